@@ -1,0 +1,61 @@
+"""gunicorn settings. Every value comes from Settings (config.ini + environment), so there is one source."""
+import sys
+
+from swagger_server.config import ConfigError, load_settings
+from swagger_server.db.budget import BudgetExceeded, check_connection_budget
+
+try:
+    _settings = load_settings()
+except ConfigError as exc:
+    # One clear line, not a traceback, and a non-zero exit before any worker starts.
+    print(f"configuration error: {exc}", file=sys.stderr)
+    sys.exit(2)
+
+# Where to listen. PORT overrides [GUNICORN] port, as platforms (Heroku, Cloud Run) expect.
+bind = f"{_settings.server.host}:{_settings.server.port}"
+
+# Processes, not threads, carry the load: each worker has its own GIL, event loop and pool.
+# WEB_CONCURRENCY overrides; workers x [POOL] max_connections must fit the server (checked at start).
+workers = _settings.server.workers
+
+# Connexion 3 is an ASGI app. The uvicorn worker (uvloop + httptools) measured faster than gunicorn's
+# own asgi worker here; Flask handlers run in a2wsgi's thread pool inside each worker.
+worker_class = "uvicorn_worker.UvicornWorker"
+
+# The app is imported in each worker, not the master: nothing can open a connection before the fork.
+preload_app = False
+
+# In-flight requests get this long to finish on SIGTERM before the worker is killed; the pool is
+# closed after them (Connexion lifespan shutdown), so nothing is left in pg_stat_activity.
+graceful_timeout = _settings.server.graceful_timeout
+timeout = 30
+
+# Keep-alive a little above typical load balancer idle timeouts is not needed on loopback; 5 s is fine.
+keepalive = 5
+
+loglevel = _settings.server.log_level
+accesslog = None          # one line per request is the app's job (structured), not gunicorn's
+errorlog = "-"
+
+
+def on_starting(server):
+    """Refuse to start when workers x max_connections would not fit in the database's free slots."""
+    try:
+        check_connection_budget(_settings, server.log)
+    except BudgetExceeded as exc:
+        print(f"refusing to start: {exc}", file=sys.stderr)
+        sys.exit(3)
+
+
+def post_fork(server, worker):
+    """Each worker gets its own pool, made after the fork so no libpq socket is shared."""
+    import wsgi
+    wsgi.open_worker_pool()
+    server.log.info("worker %s: pool opened", worker.pid)
+
+
+def worker_exit(server, worker):
+    """Close the pool if this hook runs (sync workers). Under the uvicorn worker it does not;
+    the app's lifespan shutdown closes the pool instead. Closing twice is harmless."""
+    import wsgi
+    wsgi.close_worker_pool()

@@ -1,0 +1,66 @@
+"""The app factory: create_app(settings) -> connexion.FlaskApp with middleware, API, errors and db hooks.
+
+Nothing here opens a socket: the pool is made per process, after gunicorn forks (see wsgi.py), or
+lazily on first use.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+import connexion
+from connexion.jsonifier import Jsonifier
+from connexion.middleware import MiddlewarePosition
+from connexion.options import SwaggerUIOptions
+from starlette.middleware.cors import CORSMiddleware
+
+from swagger_server import errors, security
+from swagger_server.config import Settings, load_settings
+from swagger_server.db.request import Database
+
+logger = logging.getLogger(__name__)
+
+SPEC_DIR = Path(__file__).resolve().parent.parent / "swagger"
+
+
+def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
+    """Build the application. Reads settings from config.ini and the environment when none are given."""
+    settings = settings or load_settings()
+    database = Database(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        # Runs after the server has stopped taking requests and in-flight ones have finished
+        # (uvicorn waits for them); gunicorn's worker_exit hook never runs under the uvicorn worker.
+        database.close()
+
+    app = connexion.FlaskApp(
+        __name__,
+        specification_dir=SPEC_DIR,
+        lifespan=lifespan,
+        # Connexion's default indent=2 forces the pure-Python encoder; compact output keeps the C one.
+        jsonifier=Jsonifier(json, separators=(",", ":")),
+        pythonic_params=True,
+        swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
+    )
+    # Before the exception middleware, so error responses rendered by Connexion carry CORS headers too.
+    app.add_middleware(CORSMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION,
+                       allow_origins=list(settings.api.cors_origins), allow_credentials=False,
+                       allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+                       allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+                       expose_headers=["Location", "Retry-After", "Idempotent-Replayed"], max_age=600)
+    app.add_api("swagger.yaml", base_path="/api", validate_responses=settings.api.validate_responses,
+                strict_validation=True, validator_map=errors.VALIDATORS)
+    errors.register(app)
+    security.configure(settings.api.tokens)
+    database.init_app(app.app)
+    app.app.config["SETTINGS"] = settings
+    return app
+
+
+def get_database(app: connexion.FlaskApp) -> Database:
+    """The app's Database (its pool for this process)."""
+    return app.app.extensions["db"]

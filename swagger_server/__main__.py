@@ -1,0 +1,69 @@
+"""The command line: `python -m swagger_server db upgrade | db seed | serve | check-config`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import psycopg2
+
+from swagger_server.config import ConfigError, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m swagger_server", description="Store API administration")
+    sub = parser.add_subparsers(dest="command", required=True)
+    db = sub.add_parser("db", help="database schema and demo data").add_subparsers(dest="action", required=True)
+    db.add_parser("upgrade", help="apply the schema (idempotent)")
+    seed = db.add_parser("seed", help="load deterministic demo data with COPY")
+    seed.add_argument("--customers", type=int, default=10_000)
+    seed.add_argument("--products", type=int, default=1_000)
+    seed.add_argument("--orders", type=int, default=100_000)
+    seed.add_argument("--reset", action="store_true", help="replace existing data")
+    seed.add_argument("--if-empty", action="store_true", help="do nothing if the store already has data")
+    seed.add_argument("--quiet", action="store_true", help="no progress bar")
+    serve = sub.add_parser("serve", help="development server (use gunicorn in production)")
+    serve.add_argument("--port", type=int)
+    sub.add_parser("check-config", help="validate config.ini and the environment, print the settings")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    dsn = settings.database.dsn("store-api:cli")
+    try:
+        if args.command == "check-config":
+            print(settings)
+            return 0
+        if args.command == "serve":
+            import uvicorn
+
+            from swagger_server import create_app
+            uvicorn.run(create_app(settings), host="127.0.0.1", port=args.port or settings.server.port)
+            return 0
+        if args.action == "upgrade":
+            from swagger_server.db.migrate import upgrade
+            applied = upgrade(dsn)
+            print(f"schema up to date ({len(applied)} file(s) applied)")
+            return 0
+        from swagger_server.db.seed import is_seeded, seed as run_seed
+        if args.if_empty and is_seeded(dsn):
+            print("store already has data; not seeding")
+            return 0
+        counts = run_seed(dsn, args.customers, args.products, args.orders, reset=args.reset, quiet=args.quiet)
+        print("seeded " + ", ".join(f"{n} {table}" for table, n in counts.items()))
+        return 0
+    except psycopg2.OperationalError as exc:
+        print(f"cannot reach the database at {settings.database.safe_dsn()}: "
+              f"{str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

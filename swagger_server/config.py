@@ -1,0 +1,280 @@
+"""Settings: the only reader of config.ini and os.environ. Read once, typed, validated, frozen."""
+from __future__ import annotations
+
+import configparser
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Mapping
+from urllib.parse import urlsplit
+
+import psycopg2.extensions
+
+DEFAULT_CONFIG = "config.ini"
+
+
+class ConfigError(Exception):
+    """A missing or malformed setting. The message is one line naming the key and where it came from."""
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = "postgres"
+    password: str = field(default="", repr=False)
+    dbname: str = "store"
+    sslmode: str = "prefer"
+    connect_timeout: float = 3.0
+    # A whole libpq URL (DATABASE_URL or [POSTGRES] url); wins over the keys above. Holds the password.
+    url: str = field(default="", repr=False)
+    # TCP keepalives and tcp_user_timeout: a half-open connection is detected by the kernel, not never.
+    keepalives_idle: int = 30
+    tcp_user_timeout_ms: int = 10000
+
+    def dsn(self, application_name: str = "store-api") -> str:
+        """The libpq connection string, with keepalives, tcp_user_timeout and application_name added."""
+        extra = {
+            "connect_timeout": max(1, round(self.connect_timeout)),
+            "keepalives": 1,
+            "keepalives_idle": self.keepalives_idle,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": self.tcp_user_timeout_ms,
+            "application_name": application_name,
+        }
+        if self.url:
+            return psycopg2.extensions.make_dsn(self.url, **extra)
+        return psycopg2.extensions.make_dsn(
+            host=self.host, port=self.port, user=self.user, password=self.password or None,
+            dbname=self.dbname, sslmode=self.sslmode, **extra)
+
+    def safe_dsn(self) -> str:
+        """Where we connect, for logs and errors: never the password."""
+        if self.url:
+            parts = urlsplit(self.url)
+            host = parts.hostname or "(socket)"
+            return f"{parts.scheme}://{parts.username or ''}@{host}:{parts.port or 5432}{parts.path}"
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    mode: str = "pool"                   # pool | none (a connection per request: the slow baseline)
+    min_connections: int = 2
+    max_connections: int = 10
+    timeout: float = 5.0                 # seconds a request waits for a free connection, then 503
+    max_waiting: int = 100               # requests allowed to wait at once; beyond it, 503 at once
+    statement_timeout_ms: int = 5000     # per statement, applied with SET LOCAL (PgBouncer-safe); 0 = off
+    io_grace: float = 1.0                # client-side deadline = statement timeout + this (black-holed links)
+    max_lifetime: float = 1800.0         # seconds; connections are recycled after this (jittered)
+    max_idle: float = 600.0              # seconds; idle connections above min are closed after this
+    check_idle_after: float = 2.0        # seconds idle before a checkout pings the connection
+    ping_timeout: float = 1.0            # seconds a ping may take
+    leak_threshold: float = 30.0         # seconds held before a warning with the borrower's stack; 0 = off
+    reconnect_initial_delay: float = 0.1  # backoff while the database is down: first wait, seconds
+    reconnect_max_delay: float = 1.0     # ... and the cap; fail-fast 503s name this in Retry-After
+    budget_check: str = "error"          # error | warn | off: workers x max_connections vs the server
+    budget_headroom: int = 5             # connections kept free for admins, migrations and psql
+
+    def io_timeout(self) -> float | None:
+        """Client-side deadline for one statement, or None when statement timeouts are off."""
+        if self.statement_timeout_ms <= 0:
+            return None
+        return self.statement_timeout_ms / 1000 + self.io_grace
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    tokens: tuple[str, ...] = field(default=(), repr=False)
+    cors_origins: tuple[str, ...] = ("http://localhost:3000",)
+    validate_responses: bool = False
+    retry_after: int = 1                 # seconds advertised when the pool is exhausted
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    workers: int = 2
+    graceful_timeout: int = 20
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings = DatabaseSettings()
+    pool: PoolSettings = PoolSettings()
+    api: ApiSettings = ApiSettings()
+    server: ServerSettings = ServerSettings()
+    source: str = "defaults"
+
+    def with_overrides(self, **sections: Mapping) -> "Settings":
+        """A copy with some fields replaced, e.g. `with_overrides(pool={"timeout": 1})` (for tests)."""
+        changes = {name: replace(getattr(self, name), **values) for name, values in sections.items()}
+        return replace(self, **changes)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parsing: each value carries where it came from, so an error names the key and the file or variable.
+
+def _int(raw: str) -> int:
+    return int(raw.strip())
+
+
+def _float(raw: str) -> float:
+    value = float(raw.strip())
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError
+    return value
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+_KIND = {_int: "an integer", _float: "a number", _bool: "true or false", _list: "a comma-separated list",
+         _str: "a string"}
+
+# section -> key in the ini -> (dataclass field, parser)
+_INI_KEYS: dict[str, dict[str, tuple[str, Callable]]] = {
+    "POSTGRES": {"host": ("host", _str), "port": ("port", _int), "user": ("user", _str),
+                 "password": ("password", _str), "dbname": ("dbname", _str), "sslmode": ("sslmode", _str),
+                 "connect_timeout": ("connect_timeout", _float), "url": ("url", _str),
+                 "keepalives_idle": ("keepalives_idle", _int),
+                 "tcp_user_timeout_ms": ("tcp_user_timeout_ms", _int)},
+    "POOL": {"mode": ("mode", _str), "min_connections": ("min_connections", _int),
+             "max_connections": ("max_connections", _int), "timeout": ("timeout", _float),
+             "max_waiting": ("max_waiting", _int), "statement_timeout_ms": ("statement_timeout_ms", _int),
+             "io_grace": ("io_grace", _float), "max_lifetime": ("max_lifetime", _float),
+             "max_idle": ("max_idle", _float), "check_idle_after": ("check_idle_after", _float),
+             "ping_timeout": ("ping_timeout", _float), "leak_threshold": ("leak_threshold", _float),
+             "reconnect_initial_delay": ("reconnect_initial_delay", _float),
+             "reconnect_max_delay": ("reconnect_max_delay", _float),
+             "budget_check": ("budget_check", _str), "budget_headroom": ("budget_headroom", _int)},
+    "API": {"tokens": ("tokens", _list), "cors_origins": ("cors_origins", _list),
+            "validate_responses": ("validate_responses", _bool), "retry_after": ("retry_after", _int)},
+    "GUNICORN": {"host": ("host", _str), "port": ("port", _int), "workers": ("workers", _int),
+                 "graceful_timeout": ("graceful_timeout", _int), "log_level": ("log_level", _str)},
+}
+_SECTION_ATTR = {"POSTGRES": "database", "POOL": "pool", "API": "api", "GUNICORN": "server"}
+
+# environment variable -> (section, ini key)
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "DATABASE_URL": ("POSTGRES", "url"),
+    "DB_POOL_MODE": ("POOL", "mode"),
+    "DB_POOL_MIN_CONNECTIONS": ("POOL", "min_connections"),
+    "DB_POOL_MAX_CONNECTIONS": ("POOL", "max_connections"),
+    "DB_POOL_TIMEOUT": ("POOL", "timeout"),
+    "DB_STATEMENT_TIMEOUT_MS": ("POOL", "statement_timeout_ms"),
+    "API_TOKENS": ("API", "tokens"),
+    "CORS_ORIGINS": ("API", "cors_origins"),
+    "PORT": ("GUNICORN", "port"),
+    "WEB_CONCURRENCY": ("GUNICORN", "workers"),
+}
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read config.ini (or $APP_CONFIG) and the environment overrides; validate; return Settings.
+
+    Raises ConfigError with one line naming the key and its source. A missing default config.ini
+    is fine (built-in defaults apply); a missing file named by APP_CONFIG is an error.
+    """
+    env = os.environ if environ is None else environ
+    path = env.get("APP_CONFIG")
+    explicit = path is not None
+    path = Path(path or DEFAULT_CONFIG)
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
+    if path.exists():
+        try:
+            parser.read(path, encoding="utf-8")
+        except configparser.Error as exc:
+            raise ConfigError(f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
+        source = str(path)
+    elif explicit:
+        raise ConfigError(f"APP_CONFIG={path} (environment): file not found")
+    else:
+        source = "defaults"
+
+    values: dict[str, dict] = {attr: {} for attr in _SECTION_ATTR.values()}
+    for section in parser.sections():
+        if section not in _INI_KEYS:
+            raise ConfigError(f"[{section}] in {path}: unknown section (expected one of {', '.join(_INI_KEYS)})")
+        for key, raw in parser.items(section):
+            if key not in _INI_KEYS[section]:
+                raise ConfigError(f"[{section}] {key} in {path}: unknown key")
+            name, parse = _INI_KEYS[section][key]
+            values[_SECTION_ATTR[section]][name] = _parse(parse, raw, f"[{section}] {key} in {path}")
+    for var, (section, key) in ENV_OVERRIDES.items():
+        raw = env.get(var)
+        if raw is None or (raw == "" and var != "API_TOKENS"):
+            continue
+        name, parse = _INI_KEYS[section][key]
+        values[_SECTION_ATTR[section]][name] = _parse(parse, raw, f"{var} (environment)")
+
+    settings = Settings(database=DatabaseSettings(**values["database"]), pool=PoolSettings(**values["pool"]),
+                        api=ApiSettings(**values["api"]), server=ServerSettings(**values["server"]),
+                        source=source)
+    validate(settings)
+    return settings
+
+
+def _parse(parse: Callable, raw: str, where: str):
+    try:
+        return parse(raw)
+    except (ValueError, TypeError):
+        shown = "***" if "password" in where or "url" in where or "TOKENS" in where or "DATABASE_URL" in where \
+            else repr(raw)
+        raise ConfigError(f"{where}: expected {_KIND[parse]}, got {shown}") from None
+
+
+def validate(settings: Settings) -> None:
+    """Check ranges and relations between settings; raise ConfigError naming the offending key."""
+    db, pool, api, server = settings.database, settings.pool, settings.api, settings.server
+    checks = [
+        (pool.mode in ("pool", "none"), "DB_POOL_MODE / [POOL] mode", f"must be 'pool' or 'none', got {pool.mode!r}"),
+        (pool.min_connections >= 0, "DB_POOL_MIN_CONNECTIONS / [POOL] min_connections", "must be >= 0"),
+        (pool.max_connections >= 1, "DB_POOL_MAX_CONNECTIONS / [POOL] max_connections", "must be >= 1"),
+        (pool.min_connections <= pool.max_connections, "DB_POOL_MIN_CONNECTIONS / [POOL] min_connections",
+         f"({pool.min_connections}) must not exceed max_connections ({pool.max_connections})"),
+        (pool.timeout > 0, "DB_POOL_TIMEOUT / [POOL] timeout", "must be > 0 seconds"),
+        (pool.max_waiting >= 0, "[POOL] max_waiting", "must be >= 0"),
+        (pool.statement_timeout_ms >= 0, "DB_STATEMENT_TIMEOUT_MS / [POOL] statement_timeout_ms", "must be >= 0"),
+        (pool.max_lifetime > 0, "[POOL] max_lifetime", "must be > 0 seconds"),
+        (pool.max_idle > 0, "[POOL] max_idle", "must be > 0 seconds"),
+        (pool.check_idle_after >= 0, "[POOL] check_idle_after", "must be >= 0 seconds"),
+        (pool.ping_timeout > 0, "[POOL] ping_timeout", "must be > 0 seconds"),
+        (pool.leak_threshold >= 0, "[POOL] leak_threshold", "must be >= 0 seconds"),
+        (0 < pool.reconnect_initial_delay <= pool.reconnect_max_delay, "[POOL] reconnect_initial_delay",
+         "must be > 0 and <= reconnect_max_delay"),
+        (pool.budget_check in ("error", "warn", "off"), "[POOL] budget_check",
+         f"must be error, warn or off, got {pool.budget_check!r}"),
+        (db.connect_timeout > 0, "[POSTGRES] connect_timeout", "must be > 0 seconds"),
+        (1 <= db.port <= 65535, "[POSTGRES] port", f"must be a TCP port, got {db.port}"),
+        (not db.url or db.url.startswith(("postgres://", "postgresql://")), "DATABASE_URL / [POSTGRES] url",
+         "must start with postgresql://"),
+        (bool(db.url) or bool(db.dbname), "[POSTGRES] dbname", "must not be empty"),
+        ("*" not in api.cors_origins, "CORS_ORIGINS / [API] cors_origins",
+         "'*' is not allowed: list the origins that may call the API"),
+        (all(o.startswith(("http://", "https://")) for o in api.cors_origins), "CORS_ORIGINS / [API] cors_origins",
+         "each origin must start with http:// or https://"),
+        (api.retry_after >= 1, "[API] retry_after", "must be >= 1 second"),
+        (1 <= server.port <= 65535, "PORT / [GUNICORN] port", f"must be a TCP port, got {server.port}"),
+        (server.workers >= 1, "WEB_CONCURRENCY / [GUNICORN] workers", "must be >= 1"),
+    ]
+    for ok, key, message in checks:
+        if not ok:
+            raise ConfigError(f"{key}: {message} (from {settings.source} and the environment)")

@@ -1,0 +1,65 @@
+"""Customers: list, get, create, update, delete, and a customer's orders."""
+from __future__ import annotations
+
+from psycopg2 import errors
+
+from swagger_server.controllers.reply import no_content, page, reply
+from swagger_server.db.connection import transaction
+from swagger_server.db.queries import customers, orders
+from swagger_server.db.request import get_conn
+from swagger_server.errors import Conflict, NotFound
+
+
+def list_customers(limit: int = 20, after: int | None = None, q: str | None = None):
+    rows = customers.list_customers(get_conn(), limit + 1, after, q)
+    return reply(page(rows, limit), 200)
+
+
+def get_customer(customer_id: int):
+    return reply(_found(customers.get_customer(get_conn(), customer_id), customer_id), 200)
+
+
+def create_customer(body: dict):
+    conn = get_conn()
+    try:
+        with transaction(conn):
+            row = customers.create_customer(conn, body["name"], body["email"])
+    except errors.UniqueViolation:
+        raise Conflict(f"a customer with email {body['email']!r} already exists", field="email") from None
+    return reply(row, 201, {"Location": f"/api/customers/{row['id']}"})
+
+
+def update_customer(customer_id: int, body: dict):
+    conn = get_conn()
+    try:
+        with transaction(conn):
+            row = customers.update_customer(conn, customer_id, body.get("name"), body.get("email"))
+    except errors.UniqueViolation:
+        raise Conflict(f"a customer with email {body['email']!r} already exists", field="email") from None
+    return reply(_found(row, customer_id), 200)
+
+
+def delete_customer(customer_id: int):
+    conn = get_conn()
+    try:
+        with transaction(conn):
+            deleted = customers.delete_customer(conn, customer_id)
+    except errors.ForeignKeyViolation:
+        raise Conflict(f"customer {customer_id} has orders and cannot be deleted") from None
+    if not deleted:
+        raise NotFound(f"customer {customer_id} not found")
+    return no_content()
+
+
+def list_customer_orders(customer_id: int, limit: int = 20, after: int | None = None):
+    conn = get_conn()
+    rows = orders.list_customer_orders(conn, customer_id, limit + 1, after)
+    if not rows and customers.get_customer(conn, customer_id) is None:
+        raise NotFound(f"customer {customer_id} not found")
+    return reply(page(rows, limit), 200)
+
+
+def _found(row: dict | None, customer_id: int) -> dict:
+    if row is None:
+        raise NotFound(f"customer {customer_id} not found")
+    return row

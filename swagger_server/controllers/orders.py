@@ -1,0 +1,74 @@
+"""Orders: place one (one transaction, stock checked and decremented, safe to retry), get one."""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+
+from flask import request
+from psycopg2 import errors
+
+from swagger_server.controllers.reply import reply
+from swagger_server.db.connection import transaction
+from swagger_server.db.queries import customers, orders
+from swagger_server.db.request import get_conn
+from swagger_server.errors import InsufficientStock, NotFound, UnprocessableEntity
+
+
+def create_order(body: dict):
+    """Place an order. With an Idempotency-Key, a retry returns the original order (200) instead of a second one."""
+    key = request.headers.get("Idempotency-Key")
+    wanted = Counter()
+    for line in body["lines"]:
+        wanted[line["product_id"]] += line["quantity"]
+    fingerprint = hashlib.sha256(json.dumps([body["customer_id"], sorted(wanted.items())]).encode()).hexdigest()
+    conn = get_conn()
+    if key is not None:
+        replay = _replay(conn, key, fingerprint)
+        if replay is not None:
+            return replay
+    try:
+        with transaction(conn):
+            order_id = _place(conn, body["customer_id"], wanted, key, fingerprint)
+    except errors.UniqueViolation:
+        # A concurrent request with the same key won the race; answer with its order.
+        replay = _replay(conn, key, fingerprint) if key is not None else None
+        if replay is None:
+            raise
+        return replay
+    return reply(orders.get_order(conn, order_id), 201, {"Location": f"/api/orders/{order_id}"})
+
+
+def get_order(order_id: int):
+    row = orders.get_order(get_conn(), order_id)
+    if row is None:
+        raise NotFound(f"order {order_id} not found")
+    return reply(row, 200)
+
+
+def _place(conn, customer_id: int, wanted: Counter, key: str | None, fingerprint: str) -> int:
+    if customers.get_customer(conn, customer_id) is None:
+        raise NotFound(f"customer {customer_id} not found", field="customer_id")
+    locked = orders.lock_products(conn, list(wanted))
+    missing = sorted(set(wanted) - set(locked))
+    if missing:
+        raise NotFound(f"product {missing[0]} not found", field="lines")
+    short = [pid for pid, qty in sorted(wanted.items()) if locked[pid]["stock"] < qty]
+    if short:
+        pid = short[0]
+        raise InsufficientStock(f"product {pid}: {wanted[pid]} requested, {locked[pid]['stock']} in stock",
+                                field="lines", product_id=pid, requested=wanted[pid],
+                                available=locked[pid]["stock"])
+    lines = [(pid, qty, locked[pid]["price_cents"]) for pid, qty in sorted(wanted.items())]
+    return orders.insert_order(conn, customer_id, lines, key, fingerprint if key else None)
+
+
+def _replay(conn, key: str, fingerprint: str):
+    earlier = orders.find_by_idempotency_key(conn, key)
+    if earlier is None:
+        return None
+    if earlier["request_hash"] != fingerprint:
+        raise UnprocessableEntity("this Idempotency-Key was used with a different order", field="Idempotency-Key")
+    return reply(orders.get_order(conn, earlier["id"]), 200,
+                 {"Idempotent-Replayed": "true", "Location": f"/api/orders/{earlier['id']}"})
+

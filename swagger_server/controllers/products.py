@@ -1,0 +1,41 @@
+"""Products: list, get, create, update."""
+from __future__ import annotations
+
+from psycopg2 import errors
+
+from swagger_server.controllers.reply import page, reply
+from swagger_server.db.connection import transaction
+from swagger_server.db.queries import products
+from swagger_server.db.request import get_conn
+from swagger_server.errors import Conflict, NotFound
+
+
+def list_products(limit: int = 20, after: int | None = None, in_stock: bool | None = None):
+    return reply(page(products.list_products(get_conn(), limit + 1, after, in_stock), limit), 200)
+
+
+def get_product(product_id: int):
+    return reply(_found(products.get_product(get_conn(), product_id), product_id), 200)
+
+
+def create_product(body: dict):
+    conn = get_conn()
+    try:
+        with transaction(conn):
+            row = products.create_product(conn, body["sku"], body["name"], body["price_cents"], body["stock"])
+    except errors.UniqueViolation:
+        raise Conflict(f"a product with sku {body['sku']!r} already exists", field="sku") from None
+    return reply(row, 201, {"Location": f"/api/products/{row['id']}"})
+
+
+def update_product(product_id: int, body: dict):
+    conn = get_conn()
+    with transaction(conn):
+        row = products.update_product(conn, product_id, body)
+    return reply(_found(row, product_id), 200)
+
+
+def _found(row: dict | None, product_id: int) -> dict:
+    if row is None:
+        raise NotFound(f"product {product_id} not found")
+    return row

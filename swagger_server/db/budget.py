@@ -1,0 +1,102 @@
+"""The start-up connection budget: will workers x max_connections fit in the server's free slots?
+
+Without this check the real cap (workers x pool size) is discovered in production as "remaining
+connection slots are reserved for non-replication superuser connections".
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import psycopg2
+
+from swagger_server.config import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class BudgetExceeded(Exception):
+    """workers x max_connections exceeds what the server can give; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    needed: int
+    available: int
+    max_connections: int
+    reserved: int
+    others: int
+    role_limit: int | None
+    db_limit: int | None
+
+    @property
+    def fits(self) -> bool:
+        return self.needed <= self.available
+
+
+_QUERY = """
+    SELECT current_setting('max_connections')::int,
+           current_setting('superuser_reserved_connections')::int
+             + COALESCE(NULLIF(current_setting('reserved_connections', true), ''), '0')::int,
+           (SELECT count(*) FROM pg_stat_activity
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+               AND COALESCE(application_name, '') NOT LIKE 'store-api:%%'),
+           (SELECT NULLIF(rolconnlimit, -1) FROM pg_roles WHERE rolname = current_user),
+           (SELECT NULLIF(datconnlimit, -1) FROM pg_database WHERE datname = current_database())
+"""
+
+
+def measure(settings: Settings) -> Budget:
+    """Ask the server for its limits and current use. Raises psycopg2.OperationalError if unreachable.
+
+    Connections of this application (application_name store-api:*) are not counted as used: they
+    belong to workers that are being replaced.
+    """
+    conn = psycopg2.connect(settings.database.dsn("store-api-budget-check"))
+    try:
+        with conn.cursor() as cur:
+            cur.execute(_QUERY)
+            max_conn, reserved, others, role_limit, db_limit = cur.fetchone()
+    finally:
+        conn.close()
+    available = max_conn - reserved - others - settings.pool.budget_headroom
+    for limit in (role_limit, db_limit):
+        if limit is not None:
+            available = min(available, limit - settings.pool.budget_headroom)
+    needed = settings.server.workers * settings.pool.max_connections
+    return Budget(needed, available, max_conn, reserved, others, role_limit, db_limit)
+
+
+def explain(settings: Settings, budget: Budget) -> str:
+    workers, per_worker = settings.server.workers, settings.pool.max_connections
+    fix_pool = max(0, budget.available // workers)
+    fix_workers = max(0, budget.available // per_worker)
+    limits = "".join([f", role limit {budget.role_limit}" if budget.role_limit else "",
+                      f", database limit {budget.db_limit}" if budget.db_limit else ""])
+    return (f"connection budget exceeded: {workers} workers x {per_worker} connections = {budget.needed}, "
+            f"but only {budget.available} are free (max_connections {budget.max_connections} - reserved "
+            f"{budget.reserved} - {budget.others} used by other clients - headroom {settings.pool.budget_headroom}"
+            f"{limits}). Set DB_POOL_MAX_CONNECTIONS<={fix_pool} or WEB_CONCURRENCY<={fix_workers}, raise "
+            f"max_connections, or put PgBouncer in front.")
+
+
+def check_connection_budget(settings: Settings, log: logging.Logger | None = None) -> Budget | None:
+    """Check the budget at start-up. Raises BudgetExceeded when `[POOL] budget_check = error`,
+    logs a warning when `warn`; returns None if skipped or the database is unreachable."""
+    log = log or logger
+    if settings.pool.budget_check == "off" or settings.pool.mode != "pool":
+        return None
+    try:
+        budget = measure(settings)
+    except psycopg2.OperationalError as exc:
+        log.warning("connection budget not checked: cannot reach %s: %s", settings.database.safe_dsn(),
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+        return None
+    if budget.fits:
+        log.info("connection budget: %d needed, %d free", budget.needed, budget.available)
+        return budget
+    message = explain(settings, budget)
+    if settings.pool.budget_check == "error":
+        raise BudgetExceeded(message)
+    log.warning("%s", message)
+    return budget

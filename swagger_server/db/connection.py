@@ -1,0 +1,131 @@
+"""One PostgreSQL connection as this service uses it: bounded I/O, per-statement timeouts, explicit transactions.
+
+Three decisions live here, all made to cost no extra round trip:
+- Connections run in autocommit. A one-statement read is one round trip (psycopg2 would otherwise send
+  BEGIN and, at the end, ROLLBACK: three). Writes open a transaction explicitly with `transaction()`.
+- The statement timeout travels with the statement: `SET LOCAL statement_timeout = N; <query>` is one
+  simple-query message, so it needs no session state and works behind PgBouncer in transaction mode.
+- Every socket wait has a client-side deadline (psycopg2's wait callback). libpq alone would wait forever
+  on a link that accepts bytes and never answers; with the callback a stuck read fails after
+  statement timeout + grace and the connection is discarded.
+"""
+from __future__ import annotations
+
+import contextlib
+import select
+import time
+
+import psycopg2
+import psycopg2.extensions as ext
+from psycopg2 import sql
+
+_IDLE = ext.TRANSACTION_STATUS_IDLE
+
+
+class DeadlineExceeded(psycopg2.OperationalError):
+    """A socket wait outlived its client-side deadline; the connection is now unusable."""
+
+
+def wait_with_deadline(conn: "Connection") -> None:
+    """psycopg2 wait callback: like psycopg2.extras.wait_select, but gives up at the connection's deadline."""
+    timeout = getattr(conn, "io_timeout", None)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        state = conn.poll()
+        if state == ext.POLL_OK:
+            return
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceeded(f"no answer from the database within {timeout:.2f} s")
+        fd = conn.fileno()
+        if state == ext.POLL_READ:
+            ready = select.select([fd], [], [], remaining)[0]
+        elif state == ext.POLL_WRITE:
+            ready = select.select([], [fd], [], remaining)[1]
+        else:  # pragma: no cover - psycopg2 documents only the three states
+            raise psycopg2.OperationalError(f"unexpected poll state {state}")
+        if not ready:
+            raise DeadlineExceeded(f"no answer from the database within {timeout:.2f} s")
+
+
+def install_wait_callback() -> None:
+    """Make every psycopg2 socket wait in this process go through `wait_with_deadline`.
+
+    Process-wide by psycopg2's design. COPY is unavailable afterwards, so only server processes
+    install it (the seed command, which uses COPY, does not).
+    """
+    if ext.get_wait_callback() is not wait_with_deadline:
+        ext.set_wait_callback(wait_with_deadline)
+
+
+class Cursor(ext.cursor):
+    """A cursor that sends the statement timeout with every statement outside a transaction,
+    and returns rows as dicts."""
+
+    def execute(self, query, vars=None):
+        prefix = self.connection.timeout_prefix
+        if prefix and self.connection.get_transaction_status() == _IDLE:
+            query = (sql.SQL(prefix) + query) if isinstance(query, sql.Composable) else prefix + query
+        return super().execute(query, vars)
+
+    def one(self) -> dict | None:
+        """The next row as a dict, or None."""
+        row = self.fetchone()
+        return None if row is None else dict(zip([c.name for c in self.description], row))
+
+    def all(self) -> list[dict]:
+        """The remaining rows as dicts."""
+        names = [c.name for c in self.description]
+        return [dict(zip(names, row)) for row in self.fetchall()]
+
+
+class Connection(ext.connection):
+    """A psycopg2 connection with the attributes the pool and the wait callback need.
+
+    `io_timeout` is the client-side deadline for one socket wait; it is `connect_timeout` while
+    connecting and `statement_timeout + grace` afterwards.
+    """
+
+    def __init__(self, dsn: str, *, connect_timeout: float | None = None,
+                 io_timeout: float | None = None, statement_timeout_ms: int = 0):
+        self.io_timeout = connect_timeout   # read by wait_with_deadline during the connect itself
+        super().__init__(dsn)
+        self.io_timeout = io_timeout
+        self.timeout_prefix = (f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}; "
+                               if statement_timeout_ms > 0 else "")
+        self.cursor_factory = Cursor
+        self.autocommit = True
+        now = time.monotonic()
+        self.created_at = now
+        self.last_used = now
+        self.expires_at = float("inf")
+        self.backend_pid = self.info.backend_pid
+
+
+def connect(dsn: str, *, connect_timeout: float, io_timeout: float | None,
+            statement_timeout_ms: int) -> Connection:
+    """Open one connection; raise psycopg2.OperationalError (or DeadlineExceeded) if it cannot be made."""
+    return Connection(dsn, connect_timeout=connect_timeout, io_timeout=io_timeout,
+                      statement_timeout_ms=statement_timeout_ms)
+
+
+@contextlib.contextmanager
+def transaction(conn: Connection):
+    """Run the block in one transaction: COMMIT if it completes, ROLLBACK if it raises.
+
+    BEGIN carries the statement timeout as SET LOCAL, so it holds for every statement inside.
+    """
+    begin = "BEGIN"
+    if conn.timeout_prefix:
+        begin = "BEGIN; " + conn.timeout_prefix.rstrip("; ")
+    with conn.cursor() as cur:
+        ext.cursor.execute(cur, begin)  # the base execute: BEGIN must not get the autocommit prefix
+    try:
+        yield conn
+    except BaseException:
+        if not conn.closed:
+            with contextlib.suppress(psycopg2.Error):
+                conn.cursor().execute("ROLLBACK")
+        raise
+    with conn.cursor() as cur:
+        cur.execute("COMMIT")

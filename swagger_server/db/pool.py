@@ -1,0 +1,522 @@
+"""The connection pool: the only owner of connections' lifecycle.
+
+Checkout takes the most recently used idle connection (LIFO keeps a hot set hot and lets the rest
+age out). When none is idle the caller joins a FIFO queue of waiters and, if the pool is below its
+maximum, asks a background connector to open one; whichever comes first, a returned connection or a
+new one, goes to the head of the queue. Connections are never opened on the request thread or under
+the lock.
+
+Failure is reported as one of a few specific exceptions, all `PoolError`s carrying `retry_after`:
+`PoolTimeout` (every connection busy for the whole wait), `TooManyWaiters` (the queue is full),
+`DatabaseUnavailable` (a new connection could not be made), `PoolClosed`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import select
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass
+
+import psycopg2
+import psycopg2.extensions as ext
+from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
+
+from swagger_server.config import PoolSettings
+from swagger_server.db.connection import Connection, connect, install_wait_callback
+
+logger = logging.getLogger(__name__)
+
+_IDLE = ext.TRANSACTION_STATUS_IDLE
+_ROLLBACK_STATES = (ext.TRANSACTION_STATUS_INTRANS, ext.TRANSACTION_STATUS_INERROR)
+
+# Pools inherited across a fork are kept referenced forever: letting them be garbage-collected would
+# make libpq send a Terminate message on sockets the parent still uses.
+_inherited_from_parent: list = []
+
+
+class PoolError(Exception):
+    """Base of the pool's errors. `retry_after` is the seconds a client should wait before retrying."""
+
+    retry_after = 1
+
+    def __init__(self, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+
+class PoolTimeout(PoolError):
+    """Every connection stayed busy for the whole wait."""
+
+
+class TooManyWaiters(PoolError):
+    """The queue of waiting requests is full; the request is refused without waiting."""
+
+
+class DatabaseUnavailable(PoolError):
+    """A connection to the database could not be made (or the database is known to be down)."""
+
+
+class PoolClosed(PoolError):
+    """The pool has been closed (the worker is shutting down)."""
+
+
+@dataclass
+class _Checkout:
+    since: float
+    thread: str
+    frame: object = None     # the borrower's frame, kept only when leak detection is on
+    warned: bool = False
+
+
+class _Waiter:
+    __slots__ = ("event", "conn", "error", "thread", "frame")
+
+    def __init__(self, thread: str, frame):
+        self.event = threading.Event()
+        self.conn: Connection | None = None
+        self.error: PoolError | None = None
+        self.thread = thread
+        self.frame = frame
+
+
+class ConnectionPool:
+    """A bounded, thread-safe pool of `Connection`s for one process.
+
+    `getconn()` waits up to `settings.timeout`; `putconn()` resets and returns; `close()` is idempotent.
+    The pool remembers the pid that created it and refuses to be used from another process.
+    """
+
+    def __init__(self, dsn: str, settings: PoolSettings, *, connect_timeout: float = 3.0,
+                 name: str = "primary", connector_threads: int = 2):
+        self.dsn = dsn
+        self.name = name
+        self.settings = settings
+        self.min_size = settings.min_connections
+        self.max_size = settings.max_connections
+        self.timeout = settings.timeout
+        self.connect_timeout = connect_timeout
+        self.pid = os.getpid()
+        install_wait_callback()
+
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)     # the connector threads sleep on this
+        self._stopping = threading.Event()                 # interrupts backoff sleeps on close()
+        self._idle: deque[Connection] = deque()
+        self._waiters: deque[_Waiter] = deque()
+        self._in_use: dict[int, _Checkout] = {}
+        self._size = 0          # open connections: idle + in use
+        self._opening = 0       # connections requested from the connector and not yet open
+        self._closed = False
+        self._retry_at = 0.0    # monotonic time of the next reconnect attempt while the database is down
+        self._last_error = ""
+        self._down_since: float | None = None
+        self._busy_connectors = 0
+        self._count_lock = threading.Lock()
+        self.counters = dict.fromkeys((
+            "requests", "waited", "wait_ms", "timeouts", "rejected", "unavailable", "connections_opened",
+            "connections_closed", "connection_errors", "reconnects", "pings", "discarded_dead", "recycled",
+            "rollbacks", "leaks"), 0)
+
+        self._threads = [threading.Thread(target=self._connector, args=(i == 0,), daemon=True,
+                                          name=f"pool-{name}-{i}") for i in range(max(1, connector_threads))]
+        for thread in self._threads:
+            thread.start()
+        with self._lock:
+            self._top_up_locked()
+
+    # -- public verbs --------------------------------------------------------------------------------
+    def getconn(self, timeout: float | None = None) -> Connection:
+        """Take a connection, waiting up to `timeout` (default: the pool's) for one to be free.
+
+        Raises PoolTimeout, TooManyWaiters, DatabaseUnavailable or PoolClosed; never returns a
+        connection whose socket is known dead.
+        """
+        if os.getpid() != self.pid:
+            raise PoolError(f"pool {self.name!r} was created in process {self.pid} and cannot be used "
+                            f"in process {os.getpid()} (libpq sockets must not cross a fork)")
+        timeout = self.timeout if timeout is None else timeout
+        start = time.monotonic()
+        deadline = start + timeout
+        # Leak detection keeps where the connection was taken; unlooked-up frames cost a few µs.
+        frame = (traceback.StackSummary.extract(traceback.walk_stack(sys._getframe(1)), limit=12,
+                                                lookup_lines=False)
+                 if self.settings.leak_threshold > 0 else None)
+        thread = threading.current_thread().name
+        self._count("requests")
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise PoolClosed(f"pool {self.name!r} is closed")
+                if self._idle:
+                    conn = self._idle.pop()
+                    self._in_use[id(conn)] = _Checkout(time.monotonic(), thread, frame)
+                    waiter = None
+                else:
+                    conn = None
+                    waiter = self._enqueue_locked(thread, frame)
+            if conn is not None:
+                if self._usable(conn):
+                    return conn
+                self._discard(conn, "dead on checkout")
+                continue
+            return self._wait(waiter, start, deadline)
+
+    def putconn(self, conn: Connection) -> None:
+        """Give a connection back: roll back an open transaction, discard a broken or expired one."""
+        with self._lock:
+            checkout = self._in_use.pop(id(conn), None)
+        if checkout is None:
+            logger.error("pool %r: putconn of a connection it did not hand out (or returned twice)", self.name)
+            return
+        now = time.monotonic()
+        if checkout.warned:
+            logger.warning("pool %r: connection (backend %s) came back after %.1f s", self.name,
+                           conn.backend_pid, now - checkout.since)
+        if not self._reset(conn):
+            self._forget(conn, "broken on return")
+            return
+        if self._closed or now >= conn.expires_at:
+            if not self._closed:
+                self._count("recycled")
+            self._forget(conn, "recycled at max lifetime" if not self._closed else "pool closed")
+            return
+        conn.last_used = now
+        with self._lock:
+            self._hand_over_locked(conn)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the pool: refuse new checkouts, wait up to `timeout` for connections in use, close all.
+
+        Idempotent; safe to call from the worker's shutdown path more than once.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            waiters, self._waiters = list(self._waiters), deque()
+            self._wakeup.notify_all()
+        self._stopping.set()
+        for waiter in waiters:
+            waiter.error = PoolClosed(f"pool {self.name!r} is closed")
+            waiter.event.set()
+        if os.getpid() != self.pid:
+            _inherited_from_parent.append(self)    # never touch a parent's sockets
+            return
+        deadline = time.monotonic() + timeout
+        while self._in_use and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with self._lock:
+            idle, self._idle = list(self._idle), deque()
+            self._size -= len(idle)
+            left = len(self._in_use)
+        for conn in idle:
+            self._close_quietly(conn)
+        if left:
+            logger.warning("pool %r closed with %d connection(s) still in use", self.name, left)
+        for thread in self._threads:
+            thread.join(timeout=self.connect_timeout + 1)
+        logger.info("pool %r closed", self.name)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._count_lock:
+            self.counters[name] += n
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stats(self) -> dict:
+        """A snapshot: sizes, waiting requests, database state and cumulative counters."""
+        with self._lock:
+            in_use, idle = len(self._in_use), len(self._idle)
+            snapshot = {
+                "name": self.name, "pid": self.pid, "min": self.min_size, "max": self.max_size,
+                "size": self._size, "idle": idle, "in_use": in_use, "waiting": len(self._waiters),
+                "opening": self._opening, "database_up": self._down_since is None,
+                "last_error": self._last_error or None,
+                "down_for_s": round(time.monotonic() - self._down_since, 3) if self._down_since else 0.0,
+            }
+        with self._count_lock:
+            snapshot.update(self.counters)
+        return snapshot
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Block until `min` connections are open; raise DatabaseUnavailable if they are not in time."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._size >= self.min_size:
+                    return
+            time.sleep(0.01)
+        raise DatabaseUnavailable(f"pool {self.name!r}: {self._size} of {self.min_size} connections open "
+                                  f"after {timeout:.2f} s: {self._last_error}")
+
+    # -- checkout internals -------------------------------------------------------------------------
+    def _enqueue_locked(self, thread: str, frame) -> _Waiter:
+        now = time.monotonic()
+        if self._retry_at > now:
+            # Fail fast: the last connection attempt failed and the next is scheduled. Waiting would
+            # only hold the client for the full timeout and then fail anyway.
+            self._count("unavailable")
+            raise DatabaseUnavailable(f"database unavailable (pool {self.name!r}): {self._last_error}",
+                                      retry_after=max(1, math.ceil(self._retry_at - now)))
+        if len(self._waiters) >= self.settings.max_waiting:
+            self._count("rejected")
+            raise TooManyWaiters(f"pool {self.name!r}: {len(self._waiters)} requests already waiting "
+                                 f"for {self.max_size} connections")
+        waiter = _Waiter(thread, frame)
+        self._waiters.append(waiter)
+        if self._size + self._opening < self.max_size:
+            self._opening += 1
+            self._wakeup.notify()
+        return waiter
+
+    def _wait(self, waiter: _Waiter, start: float, deadline: float) -> Connection:
+        got = waiter.event.wait(max(0.0, deadline - time.monotonic()))
+        waited = time.monotonic() - start
+        with self._lock:
+            self._count("waited")
+            self._count("wait_ms", int(waited * 1000))
+            if not got and waiter.conn is None and waiter.error is None:
+                self._waiters.remove(waiter)
+                if self._size == 0 and (self._opening or self._last_error):
+                    # Nothing is open and nothing could be made in time: that is an outage, not load.
+                    self._count("unavailable")
+                    raise DatabaseUnavailable(
+                        f"couldn't connect to the database within {waited:.2f} s (pool {self.name!r})"
+                        + (f": {self._last_error}" if self._last_error else ""))
+                self._count("timeouts")
+                raise PoolTimeout(f"couldn't get a connection after {waited:.2f} s (pool {self.name!r}: "
+                                  f"{len(self._in_use)} in use, {len(self._waiters)} waiting, max {self.max_size})")
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.conn
+
+    def _usable(self, conn: Connection) -> bool:
+        """Decide whether an idle connection can be handed out, at the least cost that is safe.
+
+        Zero round trips for a hot connection: an idle connection's socket must have nothing to read;
+        if it does, the server has closed it (restart, pg_terminate_backend, idle timeout). Only a
+        connection idle longer than `check_idle_after` pays a ping, bounded by `ping_timeout`.
+        """
+        if conn.closed:
+            return False
+        now = time.monotonic()
+        if now >= conn.expires_at:
+            self._count("recycled")
+            return False
+        try:
+            if select.select([conn.fileno()], [], [], 0)[0]:
+                return False
+        except (OSError, ValueError, psycopg2.InterfaceError):
+            return False
+        if now - conn.last_used > self.settings.check_idle_after:
+            self._count("pings")
+            saved, conn.io_timeout = conn.io_timeout, self.settings.ping_timeout
+            try:
+                with conn.cursor() as cur:
+                    ext.cursor.execute(cur, "SELECT 1")
+            except psycopg2.Error:
+                return False
+            finally:
+                conn.io_timeout = saved
+        return True
+
+    def _reset(self, conn: Connection) -> bool:
+        """Bring a returned connection back to idle; False if it must be discarded."""
+        if conn.closed:
+            return False
+        status = conn.get_transaction_status()
+        if status == _IDLE:
+            if conn.notices:
+                del conn.notices[:]
+            return True
+        if status in _ROLLBACK_STATES:
+            self._count("rollbacks")
+            try:
+                with conn.cursor() as cur:
+                    ext.cursor.execute(cur, "ROLLBACK")
+            except psycopg2.Error:
+                return False     # the slot is freed by the caller, unlike psycopg2's own pool
+            return conn.get_transaction_status() == _IDLE
+        return False             # ACTIVE or UNKNOWN: in the middle of something, or broken
+
+    def _hand_over_locked(self, conn: Connection) -> None:
+        """Give a ready connection to the first waiter, or make it idle."""
+        if self._closed:
+            self._size -= 1
+            self._close_quietly(conn)
+            return
+        if self._waiters:
+            waiter = self._waiters.popleft()
+            self._in_use[id(conn)] = _Checkout(time.monotonic(), waiter.thread, waiter.frame)
+            waiter.conn = conn
+            waiter.event.set()
+        else:
+            self._idle.append(conn)
+
+    def _discard(self, conn: Connection, why: str) -> None:
+        """Drop a connection that was checked out (dead on checkout)."""
+        with self._lock:
+            self._in_use.pop(id(conn), None)
+        self._count("discarded_dead")
+        self._forget(conn, why)
+
+    def _forget(self, conn: Connection, why: str) -> None:
+        """Close a connection that no longer counts and open a replacement if anyone needs one."""
+        logger.debug("pool %r: closing connection (backend %s): %s", self.name, conn.backend_pid, why)
+        self._close_quietly(conn)
+        with self._lock:
+            self._size -= 1
+            self._top_up_locked()
+
+    def _close_quietly(self, conn: Connection) -> None:
+        self._count("connections_closed")
+        try:
+            conn.close()
+        except psycopg2.Error:
+            logger.debug("pool %r: error closing a connection", self.name, exc_info=True)
+
+    def _top_up_locked(self) -> None:
+        """Ask for new connections: one per waiter that no opening connection will serve, then up to min."""
+        if self._closed:
+            return
+        wanted = max(len(self._waiters), self.min_size - self._size) - self._opening
+        room = self.max_size - self._size - self._opening
+        for _ in range(max(0, min(wanted, room))):
+            self._opening += 1
+            self._wakeup.notify()
+
+    # -- the connector threads -----------------------------------------------------------------------
+    def _connector(self, maintains: bool) -> None:
+        tick = 0.25
+        next_maintenance = time.monotonic() + tick
+        while True:
+            with self._lock:
+                while not self._closed and self._opening <= self._busy_connectors:
+                    timeout = next_maintenance - time.monotonic() if maintains else None
+                    if timeout is not None and timeout <= 0:
+                        break
+                    self._wakeup.wait(timeout)
+                if self._closed:
+                    return
+                work = self._opening > self._busy_connectors
+                if work:
+                    self._busy_connectors += 1
+            if work:
+                try:
+                    self._open_one()
+                finally:
+                    with self._lock:
+                        self._busy_connectors -= 1
+            if maintains and time.monotonic() >= next_maintenance:
+                next_maintenance = time.monotonic() + tick
+                try:
+                    self._maintain()
+                except Exception:   # the maintenance loop must outlive any single bad pass
+                    logger.exception("pool %r: maintenance failed", self.name)
+
+    def _open_one(self) -> None:
+        """Open one connection, retrying with exponential backoff and jitter while the database is down."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(psycopg2.OperationalError),
+            wait=wait_exponential_jitter(multiplier=self.settings.reconnect_initial_delay,
+                                         max=self.settings.reconnect_max_delay,
+                                         jitter=self.settings.reconnect_initial_delay),
+            stop=lambda state: self._closed or not self._demand(),
+            before_sleep=self._on_connect_failure,
+            sleep=self._stopping.wait,
+            reraise=True,
+        )
+        conn = None
+        try:
+            conn = retrying(self._connect)
+        except psycopg2.OperationalError as exc:
+            self._on_connect_failure(None, exc)
+            with self._lock:
+                self._retry_at = 0.0     # nobody is retrying now; the next request tries again
+        finally:
+            with self._lock:
+                self._opening -= 1
+                if conn is not None:
+                    self._size += 1
+                    was_down = self._down_since is not None
+                    self._down_since, self._retry_at, self._last_error = None, 0.0, ""
+                    self._hand_over_locked(conn)
+        if conn is not None:
+            self._count("connections_opened")
+            if was_down:
+                self._count("reconnects")
+                logger.warning("pool %r: database reachable again", self.name)
+
+    def _connect(self) -> Connection:
+        if self._closed:
+            raise PoolClosed(f"pool {self.name!r} is closed")
+        conn = connect(self.dsn, connect_timeout=self.connect_timeout, io_timeout=self.settings.io_timeout(),
+                       statement_timeout_ms=self.settings.statement_timeout_ms)
+        # Jitter, so connections made together do not all expire together.
+        conn.expires_at = conn.created_at + self.settings.max_lifetime * random.uniform(0.9, 1.0)
+        return conn
+
+    def _demand(self) -> bool:
+        with self._lock:
+            return bool(self._waiters) or self._size < self.min_size
+
+    def _on_connect_failure(self, retry_state, exc: BaseException | None = None) -> None:
+        """Record the outage and fail the waiters at once: they asked for a connection we cannot make."""
+        if exc is None:
+            exc = retry_state.outcome.exception()
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        delay = retry_state.upcoming_sleep if retry_state is not None else 0.0
+        with self._lock:
+            self._count("connection_errors")
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                logger.error("pool %r: cannot connect to the database: %s", self.name, message)
+            self._last_error = message
+            self._retry_at = time.monotonic() + delay
+            waiters, self._waiters = list(self._waiters), deque()
+        for waiter in waiters:
+            waiter.error = DatabaseUnavailable(f"database unavailable (pool {self.name!r}): {message}",
+                                               retry_after=max(1, math.ceil(delay)))
+            waiter.event.set()
+
+    def _maintain(self) -> None:
+        """Recycle idle connections past their lifetime, shrink idle ones above min, report leaks."""
+        now = time.monotonic()
+        expired: list[Connection] = []
+        with self._lock:
+            keep: deque[Connection] = deque()
+            # Oldest-used first (the left end), so shrinking removes the coldest connections.
+            for conn in self._idle:
+                too_old = now >= conn.expires_at
+                too_idle = (now - conn.last_used > self.settings.max_idle
+                            and self._size - len(expired) > self.min_size)
+                if too_old or too_idle or conn.closed:
+                    expired.append(conn)
+                else:
+                    keep.append(conn)
+            self._idle = keep
+            self._size -= len(expired)
+            self._top_up_locked()
+            leaks = [(c, co) for c, co in self._in_use.items() if not co.warned and
+                     self.settings.leak_threshold > 0 and now - co.since > self.settings.leak_threshold]
+            for _, checkout in leaks:
+                checkout.warned = True
+        for conn in expired:
+            self._count("recycled")
+            self._close_quietly(conn)
+        for _, checkout in leaks:
+            self._count("leaks")
+            stack = "".join(reversed(checkout.frame.format())) if checkout.frame else "(no stack)\n"
+            logger.warning("pool %r: connection held for %.1f s by thread %s (leak threshold %.1f s); "
+                           "taken at:\n%s", self.name, now - checkout.since, checkout.thread,
+                           self.settings.leak_threshold, stack.rstrip())

@@ -1,0 +1,135 @@
+"""Fixtures: a real PostgreSQL (embedded, or TEST_DATABASE_URL), a schema, known data, and the app.
+
+settings -> app -> client build on each other; `db` is a separate autocommit connection for
+asserting rows. Each test that uses `store` starts from the same known rows.
+"""
+from __future__ import annotations
+
+import os
+import urllib.parse
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from swagger_server import create_app, get_database
+from swagger_server.config import load_settings
+from swagger_server.db.migrate import upgrade
+
+TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+TEST_DB = "store_test"
+
+
+class ExternalServer:
+    """A server we did not start (TEST_DATABASE_URL): usable, but not restartable."""
+
+    restartable = False
+
+    def __init__(self, url: str):
+        self._url = urllib.parse.urlsplit(url)
+        self.port = self._url.port or 5432
+
+    def url(self, dbname: str = "postgres") -> str:
+        return urllib.parse.urlunsplit(self._url._replace(path="/" + dbname))
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """The PostgreSQL server for the whole session."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield ExternalServer(url)
+        return
+    from swagger_server.db.embedded import EmbeddedPostgres
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", settings={"max_connections": "100"})
+    server.restartable = True
+    server.start()
+    yield server
+    server.destroy()
+
+
+def admin_connect(url: str):
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_server) -> str:
+    """A fresh database with the schema applied."""
+    conn = admin_connect(pg_server.url("postgres"))
+    with conn.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
+        cur.execute(f'CREATE DATABASE "{TEST_DB}"')
+    conn.close()
+    url = pg_server.url(TEST_DB)
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def db(database_url):
+    """An autocommit connection for setting up and asserting rows (not from the app's pool)."""
+    conn = admin_connect(database_url)
+    yield conn
+    conn.close()
+
+
+def query(conn, sql: str, params=()):
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchall() if cur.description else None
+
+
+@pytest.fixture
+def store(db):
+    """Known rows: 3 customers, 3 products, 2 orders (customer 1). Ids restart at 1."""
+    query(db, "TRUNCATE order_lines, orders, products, customers RESTART IDENTITY CASCADE")
+    query(db, "INSERT INTO customers (name, email, created_at) VALUES"
+              " ('Ada Lovelace', 'ada@example.com', '2026-01-01T00:00:00Z'),"
+              " ('Alan Turing', 'alan@example.com', '2026-01-02T00:00:00Z'),"
+              " ('Grace Hopper', 'grace@example.com', '2026-01-03T00:00:00Z')")
+    query(db, "INSERT INTO products (sku, name, price_cents, stock) VALUES"
+              " ('SKU-1', 'Keyboard', 1000, 10), ('SKU-2', 'Mouse', 500, 5), ('SKU-3', 'Cable', 250, 0)")
+    query(db, "INSERT INTO orders (customer_id, total_cents, created_at) VALUES"
+              " (1, 2500, '2026-01-05T10:00:00Z'), (1, 1000, '2026-01-06T10:00:00Z')")
+    query(db, "INSERT INTO order_lines (order_id, product_id, quantity, unit_price_cents) VALUES"
+              " (1, 1, 2, 1000), (1, 2, 1, 500), (2, 1, 1, 1000)")
+    return db
+
+
+def make_settings(database_url: str, **overrides):
+    """Settings for tests: response validation on, short timeouts, a small pool."""
+    env = {"DATABASE_URL": database_url, "API_TOKENS": TOKEN, "APP_CONFIG": str(Path(__file__).parent / "empty.ini")}
+    base = load_settings(env)
+    sections = {"api": {"validate_responses": True},
+                "pool": {"min_connections": 1, "max_connections": 4, "timeout": 1.0, "statement_timeout_ms": 3000,
+                         "check_idle_after": 0.5, "reconnect_max_delay": 0.5}}
+    for section, values in overrides.items():
+        sections.setdefault(section, {}).update(values)
+    return base.with_overrides(**sections)
+
+
+@pytest.fixture
+def settings(database_url):
+    return make_settings(database_url)
+
+
+@pytest.fixture
+def app(settings):
+    app = create_app(settings)
+    yield app
+    get_database(app).close(timeout=2)
+
+
+@pytest.fixture
+def client(app):
+    with app.test_client() as client:
+        yield client
+
+
+@pytest.fixture
+def pool(app):
+    """The app's pool in this process (opened now)."""
+    return get_database(app).pool

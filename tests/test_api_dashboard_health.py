@@ -1,0 +1,82 @@
+"""The dashboard, health operations, CORS and the Swagger UI."""
+from tests.conftest import AUTH
+
+
+def test_dashboard_aggregates_the_range(client, store):
+    response = client.get("/api/dashboard?from=2026-01-05&to=2026-01-06&top=2")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["totals"] == {"orders": 2, "revenue_cents": 3500, "customers": 1, "average_order_cents": 1750}
+    assert body["revenue_per_day"] == [{"day": "2026-01-05", "orders": 1, "revenue_cents": 2500},
+                                       {"day": "2026-01-06", "orders": 1, "revenue_cents": 1000}]
+    assert body["top_customers"] == [{"id": 1, "name": "Ada Lovelace", "orders": 2, "revenue_cents": 3500}]
+    assert body["top_products"] == [{"id": 1, "name": "Keyboard", "units": 3, "revenue_cents": 3000},
+                                    {"id": 2, "name": "Mouse", "units": 1, "revenue_cents": 500}]
+
+
+def test_dashboard_range_is_inclusive_and_empty_ranges_are_zero(client, store):
+    one_day = client.get("/api/dashboard?from=2026-01-06&to=2026-01-06").json()
+    assert one_day["totals"]["orders"] == 1
+    empty = client.get("/api/dashboard?from=2025-01-01&to=2025-01-31").json()
+    assert empty["totals"] == {"orders": 0, "revenue_cents": 0, "customers": 0, "average_order_cents": 0}
+    assert empty["revenue_per_day"] == [] and empty["top_products"] == []
+
+
+def test_dashboard_rejects_bad_ranges(client, store):
+    reversed_range = client.get("/api/dashboard?from=2026-02-01&to=2026-01-01")
+    assert reversed_range.status_code == 400
+    assert reversed_range.json()["field"] == "from"
+    assert client.get("/api/dashboard?from=yesterday").status_code == 400
+
+
+def test_health_needs_no_database_and_no_token(client, pool):
+    before = pool.stats()["requests"]
+    assert client.get("/api/health").json() == {"status": "ok"}
+    assert pool.stats()["requests"] == before
+
+
+def test_db_health_reports_pool_statistics(client, pool):
+    assert client.get("/api/health/db").status_code == 401
+    response = client.get("/api/health/db", headers=AUTH)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "healthy"
+    assert body["pool"]["max"] == 4 and body["pool"]["in_use"] == 0
+
+
+def test_db_test_runs_a_query(client, store):
+    assert client.get("/api/health/db/test").status_code == 401
+    body = client.get("/api/health/db/test", headers=AUTH).json()
+    assert body["result"] == 1
+    assert body["application_name"].startswith("store-api:")
+
+
+def test_cors_allows_configured_origin_only(client, store):
+    preflight = client.options("/api/orders", headers={"Origin": "http://localhost:3000",
+                                                       "Access-Control-Request-Method": "POST",
+                                                       "Access-Control-Request-Headers": "authorization,content-type"})
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "http://localhost:3000"
+    # Errors rendered by Connexion's middleware carry the header too (flask-cors could not do this).
+    not_found = client.get("/api/customers/999", headers={"Origin": "http://localhost:3000"})
+    assert not_found.status_code == 404
+    assert not_found.headers["access-control-allow-origin"] == "http://localhost:3000"
+    denied = client.options("/api/orders", headers={"Origin": "http://evil.example",
+                                                    "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in denied.headers
+
+
+def test_swagger_ui_and_spec_are_served(client):
+    assert client.get("/api/ui/").status_code == 200
+    spec = client.get("/api/openapi.json").json()
+    assert spec["openapi"] == "3.0.3"
+    operations = [op for path in spec["paths"].values() for op in path.values() if isinstance(op, dict) and "operationId" in op]
+    assert len(operations) == 16
+    for op in operations:
+        assert op.get("summary") and op.get("description") and op.get("tags"), op["operationId"]
+
+
+def test_unknown_path_is_a_problem(client):
+    response = client.get("/api/nope")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
