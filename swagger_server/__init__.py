@@ -8,17 +8,22 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import warnings
 from pathlib import Path
 
-import connexion
-from connexion.jsonifier import Jsonifier
-from connexion.middleware import MiddlewarePosition
-from connexion.options import SwaggerUIOptions
-from starlette.middleware.cors import CORSMiddleware
+# Connexion imports Starlette's test client at import time, which warns about httpx on every start
+# (CLI, gunicorn). It is not ours to fix and says nothing about this service.
+warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
 
-from swagger_server import errors, security
-from swagger_server.config import Settings, load_settings
-from swagger_server.db.request import Database
+import connexion  # noqa: E402
+from connexion.jsonifier import Jsonifier  # noqa: E402
+from connexion.middleware import MiddlewarePosition  # noqa: E402
+from connexion.options import SwaggerUIOptions  # noqa: E402
+from starlette.middleware.cors import CORSMiddleware  # noqa: E402
+
+from swagger_server import errors, security  # noqa: E402
+from swagger_server.config import Settings, load_settings  # noqa: E402
+from swagger_server.db.request import Database  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

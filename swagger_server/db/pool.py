@@ -439,7 +439,11 @@ class ConnectionPool:
         conn = None
         try:
             conn = retrying(self._connect)
-        except psycopg2.OperationalError as exc:
+        except PoolClosed:
+            pass
+        except Exception as exc:  # OperationalError after the last retry, or anything unexpected:
+            if not isinstance(exc, psycopg2.OperationalError):   # a connector thread must never die
+                logger.exception("pool %r: unexpected error while connecting", self.name)
             self._on_connect_failure(None, exc)
             with self._lock:
                 self._retry_at = 0.0     # nobody is retrying now; the next request tries again

@@ -1,0 +1,84 @@
+"""Configuration: read once, validated, one clear line on error, the password never shown."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from swagger_server.config import ConfigError, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+EMPTY = str(Path(__file__).parent / "empty.ini")
+
+
+def test_defaults_and_environment_overrides():
+    settings = load_settings({"APP_CONFIG": EMPTY, "DB_POOL_MAX_CONNECTIONS": "7", "DB_POOL_TIMEOUT": "2.5",
+                              "DB_POOL_MODE": "none", "WEB_CONCURRENCY": "3", "PORT": "9000",
+                              "CORS_ORIGINS": "https://a.example, https://b.example", "API_TOKENS": "x,y"})
+    assert settings.pool.max_connections == 7 and settings.pool.timeout == 2.5 and settings.pool.mode == "none"
+    assert settings.server.workers == 3 and settings.server.port == 9000
+    assert settings.api.cors_origins == ("https://a.example", "https://b.example")
+    assert settings.api.tokens == ("x", "y")
+
+
+def test_ini_file_is_read_and_environment_wins(tmp_path):
+    ini = tmp_path / "config.ini"
+    ini.write_text("[POSTGRES]\nhost = db.internal\npassword = hunter2\n[POOL]\nmax_connections = 5\n")
+    settings = load_settings({"APP_CONFIG": str(ini), "DB_POOL_MAX_CONNECTIONS": "6"})
+    assert settings.database.host == "db.internal" and settings.pool.max_connections == 6
+    assert "hunter2" not in repr(settings) and "hunter2" not in settings.database.safe_dsn()
+    assert "password=hunter2" in settings.database.dsn()
+
+
+def test_database_url_wins_and_its_password_is_hidden():
+    settings = load_settings({"APP_CONFIG": EMPTY, "DATABASE_URL": "postgresql://app:s3cret@db:6543/store"})
+    assert "s3cret" not in repr(settings)
+    assert settings.database.safe_dsn() == "postgresql://app@db:6543/store"
+    dsn = settings.database.dsn("store-api:1")
+    assert "port=6543" in dsn and "application_name=store-api:1" in dsn and "tcp_user_timeout" in dsn
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"DB_POOL_MAX_CONNECTIONS": "lots"}, "DB_POOL_MAX_CONNECTIONS (environment): expected an integer, got 'lots'"),
+    ({"DB_POOL_TIMEOUT": "-1"}, "DB_POOL_TIMEOUT / [POOL] timeout: must be > 0 seconds"),
+    ({"DB_POOL_MODE": "maybe"}, "must be 'pool' or 'none'"),
+    ({"DB_POOL_MIN_CONNECTIONS": "9", "DB_POOL_MAX_CONNECTIONS": "3"}, "must not exceed max_connections"),
+    ({"CORS_ORIGINS": "*"}, "'*' is not allowed"),
+    ({"DATABASE_URL": "mysql://x:pw@h/d"}, "must start with postgresql://"),
+    ({"APP_CONFIG": "/nonexistent/config.ini"}, "APP_CONFIG=/nonexistent/config.ini (environment): file not found"),
+])
+def test_bad_values_give_one_line_naming_the_key(env, expected):
+    with pytest.raises(ConfigError) as error:
+        load_settings({"APP_CONFIG": EMPTY, **env})
+    assert expected in str(error.value)
+    assert "\n" not in str(error.value)
+    assert "pw" not in str(error.value)
+
+
+def test_bad_ini_value_names_section_key_and_file(tmp_path):
+    ini = tmp_path / "config.ini"
+    ini.write_text("[POOL]\ntimeout = soon\n")
+    with pytest.raises(ConfigError, match=r"\[POOL\] timeout in .*config.ini: expected a number, got 'soon'"):
+        load_settings({"APP_CONFIG": str(ini)})
+    ini.write_text("[POOL]\ntimeuot = 3\n")
+    with pytest.raises(ConfigError, match=r"\[POOL\] timeuot in .*: unknown key"):
+        load_settings({"APP_CONFIG": str(ini)})
+
+
+def test_example_config_is_valid_and_documents_every_key():
+    from swagger_server.config import _INI_KEYS
+    settings = load_settings({"APP_CONFIG": str(ROOT / "config.ini.example")})
+    assert settings.source.endswith("config.ini.example")
+    text = (ROOT / "config.ini.example").read_text()
+    for section, keys in _INI_KEYS.items():
+        assert f"[{section}]" in text
+        for key in keys:
+            assert f"\n{key} =" in text or f"\n; {key} =" in text, f"[{section}] {key} is not documented"
+
+
+def test_command_line_prints_one_line_and_exits_2():
+    result = subprocess.run([sys.executable, "-m", "swagger_server", "check-config"], cwd=ROOT, capture_output=True,
+                            text=True, env={"APP_CONFIG": EMPTY, "DB_POOL_MAX_CONNECTIONS": "x", "PATH": "/usr/bin"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "configuration error: DB_POOL_MAX_CONNECTIONS (environment): expected an integer, got 'x'"]

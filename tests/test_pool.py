@@ -1,0 +1,230 @@
+"""The pool itself, against a real PostgreSQL: reuse, reset, recycling, fail-fast, fairness, leaks."""
+import logging
+import threading
+import time
+
+import psycopg2
+import pytest
+
+from swagger_server.config import PoolSettings
+from swagger_server.db.embedded import free_port
+from swagger_server.db.pool import (ConnectionPool, DatabaseUnavailable, PoolClosed, PoolTimeout,
+                                    TooManyWaiters)
+from tests.conftest import query
+from tests.helpers import wait_until
+
+
+@pytest.fixture
+def make_pool(database_url):
+    pools = []
+
+    def make(dsn=None, **options):
+        values = {"min_connections": 1, "max_connections": 3, "timeout": 1.0, "check_idle_after": 60.0,
+                  "reconnect_max_delay": 0.5, **options}
+        pool = ConnectionPool(dsn or database_url, PoolSettings(**values), connect_timeout=2)
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        pool.close(timeout=1)
+
+
+def backend_pid(conn):
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        return cur.fetchone()[0]
+
+
+def test_hot_connection_is_reused(make_pool):
+    pool = make_pool()
+    conn = pool.getconn()
+    pid = backend_pid(conn)
+    pool.putconn(conn)
+    again = pool.getconn()
+    assert again is conn and backend_pid(again) == pid
+    pool.putconn(again)
+
+
+def test_min_connections_are_kept_warm(make_pool, db):
+    pool = make_pool(min_connections=2)
+    pool.wait_ready(5)
+    conns = [pool.getconn() for _ in range(2)]
+    for conn in conns:
+        pool.putconn(conn)
+    time.sleep(0.3)
+    stats = pool.stats()
+    assert stats["size"] == 2 and stats["connections_closed"] == 0   # no close-on-return churn
+
+
+def test_putconn_rolls_back_an_open_transaction(make_pool, store):
+    pool = make_pool(max_connections=1)
+    conn = pool.getconn()
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute("INSERT INTO customers (name, email) VALUES ('Tx', 'tx@example.com')")
+    pool.putconn(conn)
+    assert query(store, "SELECT count(*) FROM customers WHERE email = 'tx@example.com'") == [(0,)]
+    again = pool.getconn()
+    assert again is conn and again.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+    pool.putconn(again)
+
+
+def test_failed_transaction_is_rolled_back_too(make_pool):
+    pool = make_pool(max_connections=1)
+    conn = pool.getconn()
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")
+        with pytest.raises(psycopg2.errors.DivisionByZero):
+            cur.execute("SELECT 1/0")
+    pool.putconn(conn)
+    again = pool.getconn()
+    assert backend_pid(again) > 0
+    pool.putconn(again)
+
+
+def test_broken_connection_is_discarded_and_replaced(make_pool):
+    pool = make_pool(min_connections=1, max_connections=1)
+    conn = pool.getconn()
+    conn.close()
+    pool.putconn(conn)
+    fresh = pool.getconn()
+    assert fresh is not conn and backend_pid(fresh) > 0
+    pool.putconn(fresh)
+    assert pool.stats()["size"] == 1
+
+
+def test_killed_idle_backend_costs_the_client_nothing_and_no_ping(make_pool, db):
+    pool = make_pool(min_connections=2, max_connections=2, check_idle_after=60.0)
+    pool.wait_ready(5)
+    pids = []
+    conns = [pool.getconn() for _ in range(2)]
+    for conn in conns:
+        pids.append(backend_pid(conn))
+        pool.putconn(conn)
+    query(db, "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
+    wait_until(lambda: query(db, "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,))[0][0] == 0)
+    for _ in range(2):
+        conn = pool.getconn()
+        assert backend_pid(conn) not in pids
+        pool.putconn(conn)
+    stats = pool.stats()
+    assert stats["discarded_dead"] >= 1 and stats["pings"] == 0
+
+
+def test_idle_connection_is_pinged_after_the_threshold(make_pool):
+    pool = make_pool(check_idle_after=0.1)
+    conn = pool.getconn()
+    pool.putconn(conn)
+    assert pool.getconn() is conn
+    pool.putconn(conn)
+    assert pool.stats()["pings"] == 0            # hot: no round trip
+    time.sleep(0.2)
+    assert pool.getconn() is conn
+    pool.putconn(conn)
+    assert pool.stats()["pings"] == 1
+
+
+def test_connections_are_recycled_after_max_lifetime(make_pool):
+    pool = make_pool(max_connections=1, max_lifetime=0.3)
+    conn = pool.getconn()
+    first = backend_pid(conn)
+    pool.putconn(conn)
+    time.sleep(0.45)
+    conn = pool.getconn()
+    assert backend_pid(conn) != first
+    pool.putconn(conn)
+    assert pool.stats()["recycled"] >= 1
+
+
+def test_idle_connections_above_min_are_closed(make_pool):
+    pool = make_pool(min_connections=1, max_connections=3, max_idle=0.3)
+    conns = [pool.getconn() for _ in range(3)]
+    for conn in conns:
+        pool.putconn(conn)
+    assert pool.stats()["size"] == 3
+    wait_until(lambda: pool.stats()["size"] == 1, timeout=3, message="idle connections to shrink to min")
+
+
+def test_timeout_when_every_connection_is_busy(make_pool):
+    pool = make_pool(max_connections=1, timeout=0.3)
+    held = pool.getconn()
+    start = time.monotonic()
+    with pytest.raises(PoolTimeout, match=r"after 0\.3\d s"):
+        pool.getconn()
+    assert 0.3 <= time.monotonic() - start < 0.33 + 0.05
+    pool.putconn(held)
+
+
+def test_too_many_waiters_is_refused_at_once(make_pool):
+    pool = make_pool(max_connections=1, max_waiting=1, timeout=2)
+    held = pool.getconn()
+    waiter = threading.Thread(target=lambda: pool.putconn(pool.getconn()))
+    waiter.start()
+    wait_until(lambda: pool.stats()["waiting"] == 1)
+    start = time.monotonic()
+    with pytest.raises(TooManyWaiters):
+        pool.getconn()
+    assert time.monotonic() - start < 0.1
+    pool.putconn(held)
+    waiter.join()
+    assert pool.stats()["rejected"] == 1
+
+
+def test_waiters_are_served_in_arrival_order(make_pool):
+    pool = make_pool(max_connections=1, timeout=5)
+    held = pool.getconn()
+    served = []
+
+    def wait(n):
+        conn = pool.getconn()
+        served.append(n)
+        pool.putconn(conn)
+
+    threads = []
+    for n in range(5):
+        thread = threading.Thread(target=wait, args=(n,))
+        thread.start()
+        threads.append(thread)
+        wait_until(lambda: pool.stats()["waiting"] == n + 1)
+    pool.putconn(held)
+    for thread in threads:
+        thread.join()
+    assert served == [0, 1, 2, 3, 4]
+
+
+def test_unreachable_database_fails_fast_and_says_so(make_pool):
+    pool = make_pool(f"postgresql://postgres@127.0.0.1:{free_port()}/x", min_connections=0, timeout=5,
+                     reconnect_initial_delay=0.5, reconnect_max_delay=2)
+    start = time.monotonic()
+    with pytest.raises(DatabaseUnavailable) as first:
+        pool.getconn()
+    assert time.monotonic() - start < 1.0          # not the 5 s pool timeout
+    assert "Connection refused" in str(first.value) or "refused" in str(first.value).lower()
+    start = time.monotonic()
+    with pytest.raises(DatabaseUnavailable):
+        pool.getconn()
+    assert time.monotonic() - start < 1.0
+    assert pool.stats()["database_up"] is False
+
+
+def test_leaked_connection_is_reported_with_the_borrowers_stack(make_pool, caplog):
+    pool = make_pool(leak_threshold=0.2)
+    with caplog.at_level(logging.WARNING, logger="swagger_server.db.pool"):
+        conn = pool.getconn()
+        wait_until(lambda: pool.stats()["leaks"] == 1, timeout=3)
+        pool.putconn(conn)
+    held = [r.getMessage() for r in caplog.records if "held for" in r.getMessage()]
+    assert held and "test_leaked_connection_is_reported_with_the_borrowers_stack" in held[0]
+    assert any("came back after" in r.getMessage() for r in caplog.records)
+
+
+def test_close_is_idempotent_and_refuses_new_checkouts(make_pool):
+    pool = make_pool()
+    conn = pool.getconn()
+    pool.putconn(conn)
+    pool.close()
+    pool.close()
+    assert conn.closed
+    with pytest.raises(PoolClosed):
+        pool.getconn()
