@@ -1,0 +1,90 @@
+"""Real gunicorn through gunicorn.conf.py: one pool per worker, seen from the database; clean shutdown."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from swagger_server.db.embedded import free_port
+from tests.conftest import AUTH, TOKEN, query
+from tests.helpers import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+EMPTY = str(Path(__file__).parent / "empty.ini")
+
+pytestmark = pytest.mark.slow
+
+
+def gunicorn_env(database_url: str, port: int, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "API_", "WEB_", "CORS_"))}
+    env.update({"APP_CONFIG": EMPTY, "DATABASE_URL": database_url, "PORT": str(port), "API_TOKENS": TOKEN,
+                "WEB_CONCURRENCY": "2", "DB_POOL_MIN_CONNECTIONS": "2", "DB_POOL_MAX_CONNECTIONS": "4"})
+    env.update(extra)
+    return env
+
+
+def start_gunicorn(env) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_one_pool_per_worker_and_nothing_left_after_shutdown(database_url, store):
+    port = free_port()
+    server = start_gunicorn(gunicorn_env(database_url, port))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _healthy(base), timeout=20, message="gunicorn to serve")
+        workers = wait_until(lambda: len(psutil.Process(server.pid).children()) == 2
+                             and [p.pid for p in psutil.Process(server.pid).children()], timeout=10)
+        expected = {f"store-api:{pid}" for pid in workers}
+
+        def pools():
+            rows = query(store, "SELECT application_name, count(*) FROM pg_stat_activity"
+                                " WHERE application_name LIKE 'store-api:%%' GROUP BY 1")
+            return dict(rows)
+
+        # Each worker warms min_connections=2 right after the fork, before any request.
+        wait_until(lambda: pools() == {name: 2 for name in expected}, timeout=10,
+                   message=f"two connections for each of {expected}")
+        assert f"store-api:{server.pid}" not in pools()          # the master holds none
+        for _ in range(20):
+            assert requests.get(f"{base}/api/customers/1", timeout=5).status_code == 200
+        answered = {requests.get(f"{base}/api/health/db", headers=AUTH, timeout=5).json()["pool"]["pid"]
+                    for _ in range(20)}
+        assert answered <= set(workers)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        out, err = server.communicate(timeout=30)
+    assert server.returncode == 0, err
+    wait_until(lambda: query(store, "SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY(%s)",
+                             (list(expected),))[0][0] == 0, timeout=5, message="worker connections to close")
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return requests.get(f"{base}/api/health", timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+def test_refuses_to_start_when_the_connection_budget_is_exceeded(database_url):
+    port = free_port()
+    server = start_gunicorn(gunicorn_env(database_url, port, WEB_CONCURRENCY="12", DB_POOL_MAX_CONNECTIONS="10"))
+    out, err = server.communicate(timeout=30)
+    assert server.returncode == 3
+    assert "connection budget exceeded: 12 workers x 10 connections = 120" in err
+    assert "DB_POOL_MAX_CONNECTIONS<=" in err and "WEB_CONCURRENCY<=" in err
+
+
+def test_bad_configuration_stops_gunicorn_with_one_line(database_url):
+    server = start_gunicorn(gunicorn_env(database_url, free_port(), DB_POOL_TIMEOUT="soon"))
+    out, err = server.communicate(timeout=30)
+    assert server.returncode == 2
+    assert err.strip().splitlines() == ["configuration error: DB_POOL_TIMEOUT (environment): expected a number, got 'soon'"]
