@@ -41,7 +41,7 @@ def start_embedded(env) -> "EmbeddedPostgres":
     DATA.mkdir(exist_ok=True)
     pg = EmbeddedPostgres(DATA / "postgres", settings={"fsync": "on", "synchronous_commit": "on",
                                                        "full_page_writes": "on"})
-    print(f"starting embedded PostgreSQL (data in {pg.datadir}) ...", flush=True)
+    say(f"starting embedded PostgreSQL (data in {pg.datadir}) ...")
     pg.start()
     conn = psycopg2.connect(pg.url())
     conn.autocommit = True
@@ -64,6 +64,14 @@ def demo_token(env) -> str:
         path.chmod(0o600)
     env["API_TOKENS"] = path.read_text().strip()
     return env["API_TOKENS"]
+
+
+def say(message: str) -> None:
+    """Print, unless stdout is gone (the terminal or a pipe closed on Ctrl-C)."""
+    try:
+        print(message, flush=True)
+    except OSError:
+        pass
 
 
 def main() -> int:
@@ -93,6 +101,10 @@ def main() -> int:
     except subprocess.CalledProcessError as exc:
         return exc.returncode
     finally:
+        # Cleanup must finish: a second Ctrl-C, or a closed stdout (`make run | tee` loses tee on
+        # Ctrl-C), must not leave gunicorn or PostgreSQL running.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if gunicorn is not None and gunicorn.poll() is None:
             gunicorn.send_signal(signal.SIGTERM)     # graceful: in-flight requests finish, pools close
             try:
@@ -100,8 +112,9 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 gunicorn.kill()
         if pg is not None:
-            print("stopping embedded PostgreSQL ...", flush=True)
+            say("stopping embedded PostgreSQL ...")
             pg.stop()
+            say("stopped.")
 
 
 def _interrupt(*_):
