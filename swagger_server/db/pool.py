@@ -274,9 +274,8 @@ class ConnectionPool:
                                  f"for {self.max_size} connections")
         waiter = _Waiter(thread, frame)
         self._waiters.append(waiter)
-        if self._size + self._opening < self.max_size:
-            self._opening += 1
-            self._wakeup.notify()
+        # Only as many new connections as waiters that connections already being opened won't serve.
+        self._top_up_locked()
         return waiter
 
     def _wait(self, waiter: _Waiter, start: float, deadline: float) -> Connection:
