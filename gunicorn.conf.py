@@ -18,8 +18,10 @@ bind = f"{_settings.server.host}:{_settings.server.port}"
 # WEB_CONCURRENCY overrides; workers x [POOL] max_connections must fit the server (checked at start).
 workers = _settings.server.workers
 
-# Connexion 3 is an ASGI app. The uvicorn worker (uvloop + httptools) measured faster than gunicorn's
-# own asgi worker here; Flask handlers run in a2wsgi's thread pool inside each worker.
+# Connexion 3 is an ASGI app. Measured on 2 cores, 2 workers, wrk -c32 (2026-11-22): the uvicorn worker
+# (uvloop + httptools) served 2255 req/s on /api/health and 1354 on /api/customers/1, gunicorn's own
+# "asgi" worker 2162 and 1313. Close, but consistently ahead, so uvicorn. Flask handlers run in
+# a2wsgi's thread pool inside each worker.
 worker_class = "uvicorn_worker.UvicornWorker"
 
 # The app is imported in each worker, not the master: nothing can open a connection before the fork.

@@ -228,3 +228,24 @@ def test_close_is_idempotent_and_refuses_new_checkouts(make_pool):
     assert conn.closed
     with pytest.raises(PoolClosed):
         pool.getconn()
+
+
+def test_a_failed_connect_is_not_an_outage_while_connections_work(make_pool, db, database_url):
+    """With one connection open and new ones refused, a waiter waits for the open one instead of a 503."""
+    query(db, "DROP ROLE IF EXISTS limited")
+    query(db, "CREATE ROLE limited LOGIN CONNECTION LIMIT 1")
+    dsn = database_url.replace("postgres@", "limited@")
+    pool = make_pool(dsn, min_connections=1, max_connections=3, timeout=3)
+    pool.wait_ready(5)
+    held = pool.getconn()
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(pool.getconn()))
+    waiter.start()
+    wait_until(lambda: pool.stats()["connection_errors"] >= 1, message="the refused connect")
+    assert waiter.is_alive()                       # still waiting, not failed
+    pool.putconn(held)
+    waiter.join(timeout=3)
+    assert got == [held]
+    pool.putconn(held)
+    pool.close()
+    query(db, "DROP ROLE limited")

@@ -262,9 +262,10 @@ class ConnectionPool:
     # -- checkout internals -------------------------------------------------------------------------
     def _enqueue_locked(self, thread: str, frame) -> _Waiter:
         now = time.monotonic()
-        if self._retry_at > now:
-            # Fail fast: the last connection attempt failed and the next is scheduled. Waiting would
-            # only hold the client for the full timeout and then fail anyway.
+        if self._retry_at > now and self._size == 0:
+            # Fail fast: nothing is open, the last connection attempt failed and the next is
+            # scheduled. Waiting would only hold the client for the full timeout and then fail anyway.
+            # (With connections open, a failed connect is not an outage: wait for one to come back.)
             self._count("unavailable")
             raise DatabaseUnavailable(f"database unavailable (pool {self.name!r}): {self._last_error}",
                                       retry_after=max(1, math.ceil(self._retry_at - now)))
@@ -474,7 +475,8 @@ class ConnectionPool:
             return bool(self._waiters) or self._size < self.min_size
 
     def _on_connect_failure(self, retry_state, exc: BaseException | None = None) -> None:
-        """Record the outage and fail the waiters at once: they asked for a connection we cannot make."""
+        """Record the failure. If no connection is open, that is an outage: fail the waiters at once,
+        since nothing can serve them. Otherwise they keep waiting for a connection to come back."""
         if exc is None:
             exc = retry_state.outcome.exception()
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -483,10 +485,13 @@ class ConnectionPool:
             self._count("connection_errors")
             if self._down_since is None:
                 self._down_since = time.monotonic()
-                logger.error("pool %r: cannot connect to the database: %s", self.name, message)
+                logger.error("pool %r: cannot connect to the database (%d connection(s) still open): %s",
+                             self.name, self._size, message)
             self._last_error = message
             self._retry_at = time.monotonic() + delay
-            waiters, self._waiters = list(self._waiters), deque()
+            waiters = []
+            if self._size == 0:
+                waiters, self._waiters = list(self._waiters), deque()
         for waiter in waiters:
             waiter.error = DatabaseUnavailable(f"database unavailable (pool {self.name!r}): {message}",
                                                retry_after=max(1, math.ceil(delay)))
