@@ -1,38 +1,18 @@
 """Real gunicorn through gunicorn.conf.py: one pool per worker, seen from the database; clean shutdown."""
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import psutil
 import pytest
 import requests
 
 from swagger_server.db.embedded import free_port
-from tests.conftest import AUTH, TOKEN, query
+from tests.conftest import AUTH, query
 from tests.helpers import wait_until
-
-ROOT = Path(__file__).resolve().parent.parent
-EMPTY = str(Path(__file__).parent / "empty.ini")
+from tests.servers import gunicorn_env, healthy, start_gunicorn
 
 pytestmark = pytest.mark.slow
-
-
-def gunicorn_env(database_url: str, port: int, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "API_", "WEB_", "CORS_"))}
-    env.update({"APP_CONFIG": EMPTY, "DATABASE_URL": database_url, "PORT": str(port), "API_TOKENS": TOKEN,
-                "WEB_CONCURRENCY": "2", "DB_POOL_MIN_CONNECTIONS": "2", "DB_POOL_MAX_CONNECTIONS": "4"})
-    env.update(extra)
-    return env
-
-
-def start_gunicorn(env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_one_pool_per_worker_and_nothing_left_after_shutdown(database_url, store):
@@ -40,7 +20,7 @@ def test_one_pool_per_worker_and_nothing_left_after_shutdown(database_url, store
     server = start_gunicorn(gunicorn_env(database_url, port))
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _healthy(base), timeout=20, message="gunicorn to serve")
+        wait_until(lambda: healthy(base), timeout=20, message="gunicorn to serve")
         workers = wait_until(lambda: len(psutil.Process(server.pid).children()) == 2
                              and [p.pid for p in psutil.Process(server.pid).children()], timeout=10)
         expected = {f"store-api:{pid}" for pid in workers}
@@ -65,13 +45,6 @@ def test_one_pool_per_worker_and_nothing_left_after_shutdown(database_url, store
     assert server.returncode == 0, err
     wait_until(lambda: query(store, "SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY(%s)",
                              (list(expected),))[0][0] == 0, timeout=5, message="worker connections to close")
-
-
-def _healthy(base: str) -> bool:
-    try:
-        return requests.get(f"{base}/api/health", timeout=1).status_code == 200
-    except requests.ConnectionError:
-        return False
 
 
 def test_refuses_to_start_when_the_connection_budget_is_exceeded(database_url):

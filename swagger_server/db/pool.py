@@ -163,9 +163,14 @@ class ConnectionPool:
                     conn = None
                     waiter = self._enqueue_locked(thread, frame)
             if conn is not None:
-                if self._usable(conn):
+                if self._usable(conn, deadline):
                     return conn
                 self._discard(conn, "dead on checkout")
+                if time.monotonic() >= deadline:
+                    # Checking dead connections used up the wait: the database is not answering.
+                    self._count("unavailable")
+                    raise DatabaseUnavailable(f"no working connection within {timeout:.2f} s "
+                                              f"(pool {self.name!r}): idle connections did not answer")
                 continue
             return self._wait(waiter, start, deadline)
 
@@ -300,7 +305,7 @@ class ConnectionPool:
             raise waiter.error
         return waiter.conn
 
-    def _usable(self, conn: Connection) -> bool:
+    def _usable(self, conn: Connection, deadline: float) -> bool:
         """Decide whether an idle connection can be handed out, at the least cost that is safe.
 
         Zero round trips for a hot connection: an idle connection's socket must have nothing to read;
@@ -320,7 +325,8 @@ class ConnectionPool:
             return False
         if now - conn.last_used > self.settings.check_idle_after:
             self._count("pings")
-            saved, conn.io_timeout = conn.io_timeout, self.settings.ping_timeout
+            # The ping is bounded by ping_timeout and by what is left of the caller's wait.
+            saved, conn.io_timeout = conn.io_timeout, max(0.001, min(self.settings.ping_timeout, deadline - now))
             try:
                 with conn.cursor() as cur:
                     ext.cursor.execute(cur, "SELECT 1")

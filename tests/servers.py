@@ -1,0 +1,60 @@
+"""Real gunicorn for tests: start it through gunicorn.conf.py with a given environment, wait until it serves."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import requests
+
+from swagger_server.db.embedded import free_port
+from tests.conftest import TOKEN
+from tests.helpers import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+EMPTY = str(Path(__file__).parent / "empty.ini")
+
+
+def gunicorn_env(database_url: str, port: int, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "API_", "WEB_", "CORS_"))}
+    env.update({"APP_CONFIG": EMPTY, "DATABASE_URL": database_url, "PORT": str(port), "API_TOKENS": TOKEN,
+                "WEB_CONCURRENCY": "2", "DB_POOL_MIN_CONNECTIONS": "2", "DB_POOL_MAX_CONNECTIONS": "4"})
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def start_gunicorn(env) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def healthy(base: str) -> bool:
+    try:
+        return requests.get(f"{base}/api/health", timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+class Gunicorn:
+    """A running gunicorn: `base` URL, `workers` pids, `stop()` (SIGTERM, returns exit code and stderr)."""
+
+    def __init__(self, database_url: str, **env):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.process = start_gunicorn(gunicorn_env(database_url, self.port, **env))
+        wait_until(lambda: healthy(self.base) or self.process.poll() is not None, timeout=20,
+                   message="gunicorn to serve")
+        if self.process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited: {self.process.stderr.read()}")
+        expected = int(env.get("WEB_CONCURRENCY", 2))
+        self.workers = wait_until(lambda: len(psutil.Process(self.process.pid).children()) == expected
+                                  and [p.pid for p in psutil.Process(self.process.pid).children()], timeout=10)
+
+    def stop(self, timeout: float = 30) -> tuple[int, str]:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        _, err = self.process.communicate(timeout=timeout)
+        return self.process.returncode, err
