@@ -67,7 +67,9 @@ def pool_error(_request, exc: PoolError) -> ConnexionResponse:
              DatabaseUnavailable: ("database-unavailable", "The database cannot be reached right now."),
              PoolClosed: ("shutting-down", "This server is shutting down; retry on another instance.")}
     kind, detail = kinds.get(type(exc), ("database-unavailable", "The database cannot be reached right now."))
-    logger.warning("503 %s: %s", kind, exc)
+    # Debug only: during an outage this fires for every request. The pool logs the outage itself
+    # once when it starts and once when it ends, and its counters (/api/health/db) count every 503.
+    logger.debug("503 %s: %s", kind, exc)
     return problem(503, "Service Unavailable", detail, kind, headers={"Retry-After": str(exc.retry_after)})
 
 

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import psutil
@@ -39,22 +40,41 @@ def healthy(base: str) -> bool:
 
 
 class Gunicorn:
-    """A running gunicorn: `base` URL, `workers` pids, `stop()` (SIGTERM, returns exit code and stderr)."""
+    """A running gunicorn: `base` URL, `workers` pids, `stop()` (SIGTERM, returns exit code and stderr).
+
+    Its output is drained continuously: a full pipe would block the workers' log writes, and with
+    them every request (a harness fault that once looked like a server hang).
+    """
 
     def __init__(self, database_url: str, **env):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.process = start_gunicorn(gunicorn_env(database_url, self.port, **env))
+        self._output: list[str] = []
+        self._drains = [threading.Thread(target=self._drain, args=(stream,), daemon=True)
+                        for stream in (self.process.stdout, self.process.stderr)]
+        for drain in self._drains:
+            drain.start()
         wait_until(lambda: healthy(self.base) or self.process.poll() is not None, timeout=20,
                    message="gunicorn to serve")
         if self.process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited: {self.process.stderr.read()}")
+            raise RuntimeError(f"gunicorn exited: {self.output()}")
         expected = int(env.get("WEB_CONCURRENCY", 2))
         self.workers = wait_until(lambda: len(psutil.Process(self.process.pid).children()) == expected
                                   and [p.pid for p in psutil.Process(self.process.pid).children()], timeout=10)
 
+    def _drain(self, stream) -> None:
+        for line in stream:
+            self._output.append(line)
+
+    def output(self) -> str:
+        return "".join(self._output)
+
     def stop(self, timeout: float = 30) -> tuple[int, str]:
+        """SIGTERM (graceful), wait; return the exit code and everything gunicorn printed."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        _, err = self.process.communicate(timeout=timeout)
-        return self.process.returncode, err
+        self.process.wait(timeout=timeout)
+        for drain in self._drains:
+            drain.join(5)
+        return self.process.returncode, self.output()

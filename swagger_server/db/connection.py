@@ -98,7 +98,8 @@ class Connection(ext.connection):
         now = time.monotonic()
         self.created_at = now
         self.last_used = now
-        self.expires_at = float("inf")
+        self.expires_at = float("inf")   # set by the pool: max lifetime, jittered
+        self.max_idle = float("inf")     # set by the pool: idle timeout, jittered
         self.backend_pid = self.info.backend_pid
 
 

@@ -472,8 +472,9 @@ class ConnectionPool:
             raise PoolClosed(f"pool {self.name!r} is closed")
         conn = connect(self.dsn, connect_timeout=self.connect_timeout, io_timeout=self.settings.io_timeout(),
                        statement_timeout_ms=self.settings.statement_timeout_ms)
-        # Jitter, so connections made together do not all expire together.
+        # Jitter, so connections made together do not all expire (or idle out) together.
         conn.expires_at = conn.created_at + self.settings.max_lifetime * random.uniform(0.9, 1.0)
+        conn.max_idle = self.settings.max_idle * random.uniform(0.9, 1.0)
         return conn
 
     def _demand(self) -> bool:
@@ -512,7 +513,7 @@ class ConnectionPool:
             # Oldest-used first (the left end), so shrinking removes the coldest connections.
             for conn in self._idle:
                 too_old = now >= conn.expires_at
-                too_idle = (now - conn.last_used > self.settings.max_idle
+                too_idle = (now - conn.last_used > conn.max_idle
                             and self._size - len(expired) > self.min_size)
                 if too_old or too_idle or conn.closed:
                     expired.append(conn)
