@@ -1,0 +1,321 @@
+"""`make bench`: the performance study, end to end, in one run so the ratios hold on a noisy machine.
+
+Starts PostgreSQL (embedded, or BENCH_DATABASE_URL), seeds it, and for each scenario starts a server
+under gunicorn (ours through gunicorn.conf.py; the peers with their usual worker classes), drives it
+with k6 (checks on status and body) and records throughput and latency. Database round trips are
+counted at a TCP proxy; remote databases are emulated by the same proxy adding latency.
+Writes bench/results/results.md, results.json and bench.png (git-ignored) and prints the tables.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+import psycopg2  # noqa: E402
+
+from swagger_server.db.embedded import EmbeddedPostgres, free_port  # noqa: E402
+from swagger_server.db.migrate import upgrade  # noqa: E402
+from swagger_server.db.seed import seed  # noqa: E402
+from tests.faultproxy import FaultProxy  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+K6 = shutil.which("k6", path=str(Path(sys.executable).parent)) or shutil.which("k6")
+WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
+DURATION = os.environ.get("BENCH_DURATION", "10s")
+VUS = int(os.environ.get("BENCH_VUS", "32"))
+CUSTOMERS = 10_000
+POOL_MAX = 10            # per worker, for every pooled server (ours and the peers)
+
+
+# -- servers ---------------------------------------------------------------------------------------
+class Server:
+    """One gunicorn with its own environment; output drained to a log file."""
+
+    def __init__(self, name: str, args: list[str], env: dict, port: int):
+        self.name, self.port = name, port
+        self.base = f"http://127.0.0.1:{port}"
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        self.log = open(RESULTS / f"{name}.log", "w")
+        self.process = subprocess.Popen([sys.executable, "-m", "gunicorn", *args], cwd=ROOT, env=env,
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{name} exited; see {self.log.name}")
+            try:
+                urllib.request.urlopen(f"{self.base}/api/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"{name} did not start; see {self.log.name}")
+        time.sleep(0.5)
+
+    def workers(self) -> list[psutil.Process]:
+        return psutil.Process(self.process.pid).children()
+
+    def cpu_seconds(self) -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in self.workers())
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+def base_env(database_url: str, port: int, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "API_", "WEB_", "CORS_", "APP_"))}
+    env.update({"APP_CONFIG": str(ROOT / "tests" / "empty.ini"), "DATABASE_URL": database_url, "PORT": str(port),
+                "WEB_CONCURRENCY": str(WORKERS), "DB_POOL_MIN_CONNECTIONS": "4",
+                "DB_POOL_MAX_CONNECTIONS": str(POOL_MAX), "PEER_POOL_MAX": str(POOL_MAX), "API_TOKENS": "bench"})
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def ours(name: str, database_url: str, **extra) -> Server:
+    port = free_port()
+    return Server(name, ["-c", "gunicorn.conf.py", "--log-level", "warning", "wsgi:app"],
+                  base_env(database_url, port, **extra), port)
+
+
+def peer(name: str, module: str, worker_args: list[str], database_url: str) -> Server:
+    port = free_port()
+    return Server(name, ["-w", str(WORKERS), *worker_args, "-b", f"127.0.0.1:{port}", "--log-level", "warning",
+                         f"bench.peers.{module}:app"], base_env(database_url, port), port)
+
+
+# -- load ------------------------------------------------------------------------------------------
+def k6(server: Server, target: str = "customer", vus: int = VUS, duration: str = DURATION, warmup: str = "3s",
+       **env) -> dict:
+    """Run k6 against `server`; return throughput, latency percentiles, answers and worker CPU per request."""
+    script = str(ROOT / "bench" / "k6" / "get.js")
+    common = {**os.environ, "BASE_URL": server.base, "TARGET": target, "MAX_ID": str(CUSTOMERS),
+              "VUS": str(vus), **{k: str(v) for k, v in env.items()}}
+    if warmup:
+        subprocess.run([K6, "run", "--quiet", "--no-summary", script], env={**common, "DURATION": warmup},
+                       check=True, capture_output=True)
+    summary = Path(tempfile.mkstemp(suffix=".json")[1])
+    cpu_before = server.cpu_seconds()
+    subprocess.run([K6, "run", "--quiet", f"--summary-export={summary}", script],
+                   env={**common, "DURATION": duration}, check=True, capture_output=True)
+    cpu = server.cpu_seconds() - cpu_before
+    metrics = json.loads(summary.read_text())["metrics"]
+    summary.unlink()
+    duration_ms = metrics["http_req_duration"]
+    requests = metrics["http_reqs"]["count"]
+
+    def count(name):
+        return metrics.get(name, {}).get("count", 0)
+
+    return {"rps": metrics["http_reqs"]["rate"], "requests": requests, "p50": duration_ms["med"],
+            "p90": duration_ms["p(90)"], "p99": duration_ms["p(99)"], "max": duration_ms["max"],
+            "good": count("good_answers"), "bad": count("bad_answers"), "unavailable": count("unavailable_503"),
+            "cpu_ms_per_request": 1000 * cpu / max(1, requests)}
+
+
+def round_trips(server_factory, proxy: FaultProxy, requests: int = 200) -> float:
+    """Database round trips per request, counted at the proxy, after a warm-up."""
+    server = server_factory()
+    try:
+        for _ in range(20):
+            urllib.request.urlopen(f"{server.base}/api/customers/1", timeout=5).read()
+        before = proxy.round_trips
+        for i in range(requests):
+            urllib.request.urlopen(f"{server.base}/api/customers/{1 + i % CUSTOMERS}", timeout=5).read()
+        return (proxy.round_trips - before) / requests
+    finally:
+        server.stop()
+
+
+# -- the study ---------------------------------------------------------------------------------------
+def prepare_database() -> tuple[str, EmbeddedPostgres | None, int]:
+    url = os.environ.get("BENCH_DATABASE_URL")
+    pg = None
+    if not url:
+        pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="bench-pg-")) / "data",
+                              settings={"max_connections": "200", "shared_buffers": "256MB"})
+        pg.start()
+        conn = psycopg2.connect(pg.url())
+        conn.autocommit = True
+        conn.cursor().execute("CREATE DATABASE bench")
+        conn.close()
+        url = pg.url("bench")
+    upgrade(url)
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM customers")
+        seeded = cur.fetchone()[0]
+    conn.close()
+    if not seeded:
+        seed(url, customers=CUSTOMERS, products=1_000, orders=20_000, quiet=True)
+    port = pg.port if pg else int(url.rsplit(":", 1)[1].split("/")[0])
+    return url, pg, port
+
+
+def via(url: str, port: int) -> str:
+    head, tail = url.rsplit(":", 1)
+    return f"{head}:{port}/{tail.split('/', 1)[1]}"
+
+
+def main() -> int:
+    if not K6:
+        print("k6 not found: install bench/requirements.txt", file=sys.stderr)
+        return 2
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    url, pg, pg_port = prepare_database()
+    results: dict = {"machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30),
+                                 "python": platform.python_version(), "platform": platform.platform()},
+                     "settings": {"workers": WORKERS, "vus": VUS, "duration": DURATION, "pool_max_per_worker": POOL_MAX}}
+    try:
+        # 1. Throughput on the same machine, same worker count: ours (pool, none, no-DB) and the peers.
+        throughput = {}
+        for name, factory, target in [
+            ("ours: pool, GET /api/customers/{id}", lambda: ours("ours-pool", url), "customer"),
+            ("ours: no DB, GET /api/health", lambda: ours("ours-health", url), "health"),
+            ("ours: connection per request (DB_POOL_MODE=none)", lambda: ours("ours-none", url, DB_POOL_MODE="none"), "customer"),
+            ("peer: Flask + ThreadedConnectionPool, gthread", lambda: peer("peer-flask", "flask_gthread", ["-k", "gthread", "--threads", "10"], url), "customer"),
+            ("peer: FastAPI + ThreadedConnectionPool, uvicorn", lambda: peer("peer-fastapi", "fastapi_pool", ["-k", "uvicorn_worker.UvicornWorker"], url), "customer"),
+        ]:
+            server = factory()
+            try:
+                throughput[name] = k6(server, target)
+            finally:
+                server.stop()
+            print(f"  {name}: {throughput[name]['rps']:.0f} req/s, p50 {throughput[name]['p50']:.2f} ms", flush=True)
+        results["throughput"] = throughput
+
+        # 2. Round trips per request and latency with the database 1, 5 and 25 ms away (one client).
+        latency = {}
+        for rtt in (0, 1, 5, 25):
+            proxy = FaultProxy("127.0.0.1", pg_port).start()
+            proxy.delay = rtt / 2000
+            proxied = via(url, proxy.port)
+            try:
+                row = {}
+                for mode in ("pool", "none"):
+                    def factory(mode=mode):
+                        return ours(f"ours-{mode}-rtt{rtt}", proxied, DB_POOL_MODE=mode)
+                    if rtt == 0:
+                        row[f"{mode}_round_trips"] = round_trips(factory, proxy)
+                    else:
+                        server = factory()
+                        try:
+                            row[mode] = k6(server, "customer", vus=1, duration="6s", warmup="1s")
+                        finally:
+                            server.stop()
+                latency[rtt] = row
+            finally:
+                proxy.stop()
+            if rtt:
+                print(f"  RTT {rtt} ms: pool p50 {row['pool']['p50']:.1f} ms, none p50 {row['none']['p50']:.1f} ms", flush=True)
+        results["latency"] = latency
+
+        # 3. Overload: 4x the pools' capacity on a database-bound endpoint, short pool timeout.
+        over_pool, over_timeout = 2, 0.5
+        capacity = over_pool * WORKERS
+        server = ours("ours-overload", url, DB_POOL_MAX_CONNECTIONS=over_pool, DB_POOL_MIN_CONNECTIONS=over_pool,
+                      DB_POOL_TIMEOUT=over_timeout)
+        try:
+            results["overload"] = {**k6(server, "dashboard", vus=4 * capacity, ACCEPT_503="1"),
+                                   "capacity": capacity, "pool_timeout_ms": over_timeout * 1000}
+            single = k6(server, "dashboard", vus=1, duration="5s", warmup="1s")
+            results["overload"]["service_ms"] = single["p50"]
+        finally:
+            server.stop()
+    finally:
+        if pg is not None:
+            pg.destroy()
+    results["elapsed_s"] = round(time.time() - started)
+    (RESULTS / "results.json").write_text(json.dumps(results, indent=2))
+    report = render(results)
+    (RESULTS / "results.md").write_text(report)
+    chart(results)
+    print(report)
+    print(f"written: {RESULTS / 'results.md'}, {RESULTS / 'bench.png'}")
+    return 0
+
+
+def render(r: dict) -> str:
+    t = r["throughput"]
+    pool, health, none = (t["ours: pool, GET /api/customers/{id}"], t["ours: no DB, GET /api/health"],
+                          t["ours: connection per request (DB_POOL_MODE=none)"])
+    m, s = r["machine"], r["settings"]
+    lines = [f"Machine: {m['cpus']} cores, {m['memory_gb']} GiB, Python {m['python']}; {s['workers']} gunicorn workers, "
+             f"k6 {s['vus']} VUs for {s['duration']} per row (after a 3 s warm-up); pool max {s['pool_max_per_worker']} per worker.",
+             "", "| Server (same machine, same workers) | req/s | p50 ms | p99 ms | bad answers | worker CPU ms/req |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, row in t.items():
+        lines.append(f"| {name} | {row['rps']:.0f} | {row['p50']:.2f} | {row['p99']:.2f} | {row['bad']} | "
+                     f"{row['cpu_ms_per_request']:.2f} |")
+    lines += ["", f"DB endpoint / no-DB endpoint on our stack: **{pool['rps'] / health['rps']:.2f}**; "
+              f"pool / connection-per-request: **{pool['rps'] / none['rps']:.2f}x**."]
+    lat = {int(k): v for k, v in r["latency"].items()}      # int keys in memory, strings from JSON
+    rt_pool, rt_none = lat[0]["pool_round_trips"], lat[0]["none_round_trips"]
+    lines += ["", f"Database round trips per GET, counted at the proxy: pool **{rt_pool:.2f}**, connection per request "
+              f"**{rt_none:.2f}** (ratio {rt_none / rt_pool:.2f}).", "",
+              "| Emulated RTT to the database | pool p50 ms | per-request p50 ms | gain | gain / round-trip ratio |",
+              "|---:|---:|---:|---:|---:|"]
+    for rtt, row in lat.items():
+        if rtt == 0:
+            continue
+        gain = row["none"]["p50"] / row["pool"]["p50"]
+        lines.append(f"| {rtt} ms | {row['pool']['p50']:.1f} | {row['none']['p50']:.1f} | {gain:.2f}x | "
+                     f"{gain / (rt_none / rt_pool):.0%} |")
+    o = r["overload"]
+    share = o["unavailable"] / max(1, o["requests"])
+    per_worker = o["capacity"] / WORKERS
+    little = per_worker / (o["service_ms"] / 1000)
+    lines += ["", f"Overload: GET /api/dashboard (one month), pool {o['capacity']} connections in all, "
+              f"{4 * o['capacity']} VUs (4x), pool timeout {o['pool_timeout_ms']:.0f} ms: p50 {o['p50']:.1f} ms, "
+              f"p99 {o['p99']:.1f} ms, 503 share {share:.1%}, goodput {o['good'] / (o['requests'] / o['rps']):.0f} req/s, "
+              f"other errors {o['bad']}.",
+              "", f"Little's law: with a service time of {o['service_ms']:.1f} ms (one client) and {per_worker:.0f} "
+              f"connections per worker, one worker can sustain about {little:.0f} req/s "
+              f"({little * WORKERS:.0f} for {WORKERS} workers); measured under overload: {o['good'] / (o['requests'] / o['rps']):.0f} req/s."]
+    return "\n".join(lines) + "\n"
+
+
+def chart(r: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    names = list(r["throughput"])
+    values = [r["throughput"][n]["rps"] for n in names]
+    colors = ["#2b7bb9" if n.startswith("ours") else "#999999" for n in names]
+    left.barh([n.replace(", ", "\n", 1) for n in names], values, color=colors)
+    left.invert_yaxis()
+    left.set_xlabel("requests per second (higher is better)")
+    left.set_title(f"Throughput, {r['settings']['workers']} workers, {r['settings']['vus']} VUs")
+    rtts = [int(k) for k in r["latency"] if int(k) > 0]
+    lat = {int(k): v for k, v in r["latency"].items()}
+    right.plot(rtts, [lat[k]["pool"]["p50"] for k in rtts], "o-", label="pool")
+    right.plot(rtts, [lat[k]["none"]["p50"] for k in rtts], "s--", label="connection per request")
+    right.set_xlabel("emulated round-trip time to the database (ms)")
+    right.set_ylabel("p50 latency (ms), one client")
+    right.set_title("GET /api/customers/{id}, database farther away")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "bench.png", dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
