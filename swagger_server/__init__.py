@@ -16,12 +16,14 @@ from pathlib import Path
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
 
 import connexion  # noqa: E402
+from a2wsgi import WSGIMiddleware  # noqa: E402
 from connexion.jsonifier import Jsonifier  # noqa: E402
 from connexion.middleware import MiddlewarePosition  # noqa: E402
 from connexion.options import SwaggerUIOptions  # noqa: E402
 from starlette.middleware.cors import CORSMiddleware  # noqa: E402
 
 from swagger_server import errors, security  # noqa: E402
+from swagger_server.admission import AdmissionControl  # noqa: E402
 from swagger_server.config import Settings, load_settings  # noqa: E402
 from swagger_server.db.request import Database  # noqa: E402
 
@@ -59,6 +61,12 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
                        expose_headers=["Location", "Retry-After", "Idempotent-Replayed"], max_age=600)
     app.add_api("swagger.yaml", base_path="/api", validate_responses=settings.api.validate_responses,
                 strict_validation=True, validator_map=errors.VALIDATORS)
+    # Flask handlers run in a2wsgi's thread pool (Connexion fixes it at 10 threads; we size it), behind
+    # admission control, so that excess requests wait a bounded time instead of queueing without limit.
+    flask_asgi = app.middleware.app
+    flask_asgi.asgi_app = AdmissionControl(WSGIMiddleware(app.app.wsgi_app, workers=settings.server.threads),
+                                           limit=settings.server.threads, timeout=settings.pool.timeout,
+                                           retry_after=settings.api.retry_after)
     errors.register(app)
     security.configure(settings.api.tokens)
     database.init_app(app.app)

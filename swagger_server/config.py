@@ -62,7 +62,7 @@ class DatabaseSettings:
 class PoolSettings:
     mode: str = "pool"                   # pool | none (a connection per request: the slow baseline)
     min_connections: int = 2
-    max_connections: int = 10
+    max_connections: int = 6             # more than [GUNICORN] threads is never used
     timeout: float = 5.0                 # seconds a request waits for a free connection, then 503
     max_waiting: int = 100               # requests allowed to wait at once; beyond it, 503 at once
     statement_timeout_ms: int = 5000     # per statement, applied with SET LOCAL (PgBouncer-safe); 0 = off
@@ -97,6 +97,7 @@ class ServerSettings:
     host: str = "0.0.0.0"
     port: int = 8080
     workers: int = 2
+    threads: int = 6                     # a2wsgi threads per worker that run Flask handlers (measured best)
     graceful_timeout: int = 20
     log_level: str = "info"
 
@@ -168,6 +169,7 @@ _INI_KEYS: dict[str, dict[str, tuple[str, Callable]]] = {
     "API": {"tokens": ("tokens", _list), "cors_origins": ("cors_origins", _list),
             "validate_responses": ("validate_responses", _bool), "retry_after": ("retry_after", _int)},
     "GUNICORN": {"host": ("host", _str), "port": ("port", _int), "workers": ("workers", _int),
+                 "threads": ("threads", _int),
                  "graceful_timeout": ("graceful_timeout", _int), "log_level": ("log_level", _str)},
 }
 _SECTION_ATTR = {"POSTGRES": "database", "POOL": "pool", "API": "api", "GUNICORN": "server"}
@@ -184,6 +186,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "CORS_ORIGINS": ("API", "cors_origins"),
     "PORT": ("GUNICORN", "port"),
     "WEB_CONCURRENCY": ("GUNICORN", "workers"),
+    "WEB_THREADS": ("GUNICORN", "threads"),
 }
 
 
@@ -274,6 +277,7 @@ def validate(settings: Settings) -> None:
         (api.retry_after >= 1, "[API] retry_after", "must be >= 1 second"),
         (1 <= server.port <= 65535, "PORT / [GUNICORN] port", f"must be a TCP port, got {server.port}"),
         (server.workers >= 1, "WEB_CONCURRENCY / [GUNICORN] workers", "must be >= 1"),
+        (server.threads >= 1, "WEB_THREADS / [GUNICORN] threads", "must be >= 1"),
     ]
     for ok, key, message in checks:
         if not ok:

@@ -197,3 +197,30 @@ def test_link_down_then_up_through_pproxy(fault_app, store, database_url, pg_ser
     finally:
         tunnel.terminate()
         tunnel.wait(5)
+
+
+def test_requests_beyond_the_handler_threads_wait_boundedly_then_get_503(database_url, store, locker):
+    """With every handler thread busy, a request waits at most the pool timeout (not in an unbounded
+    queue), then gets 503 overloaded with Retry-After; the busy request still completes."""
+    app = create_app(make_settings(database_url, pool={**FAULT_POOL, "statement_timeout_ms": 10_000},
+                                   server={"threads": 1}))
+    try:
+        with app.test_client() as client:
+            query(locker, "BEGIN")
+            query(locker, "SELECT * FROM products WHERE id = 1 FOR UPDATE")
+            result = {}
+            placing = threading.Thread(target=lambda: result.update(r=client.post(
+                "/api/orders", json={"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}, headers=AUTH)))
+            placing.start()
+            wait_until(lambda: query(locker, "SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0] > 0,
+                       message="the order to hold the only handler thread")
+            response, elapsed = timed(lambda: client.get("/api/customers/2"))
+            query(locker, "ROLLBACK")
+            placing.join(10)
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert response.json()["type"] == "/api/problems/overloaded"
+        assert POOL_TIMEOUT <= elapsed <= POOL_TIMEOUT * 1.1 + 0.05, elapsed
+        assert result["r"].status_code == 201
+    finally:
+        get_database(app).close(timeout=2)

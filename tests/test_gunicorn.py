@@ -49,7 +49,8 @@ def test_one_pool_per_worker_and_nothing_left_after_shutdown(database_url, store
 
 def test_refuses_to_start_when_the_connection_budget_is_exceeded(database_url):
     port = free_port()
-    server = start_gunicorn(gunicorn_env(database_url, port, WEB_CONCURRENCY="12", DB_POOL_MAX_CONNECTIONS="10"))
+    server = start_gunicorn(gunicorn_env(database_url, port, WEB_CONCURRENCY="12", DB_POOL_MAX_CONNECTIONS="10",
+                                         WEB_THREADS="10"))
     out, err = server.communicate(timeout=30)
     assert server.returncode == 3
     assert "connection budget exceeded: 12 workers x 10 connections = 120" in err

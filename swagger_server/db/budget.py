@@ -46,6 +46,11 @@ _QUERY = """
 """
 
 
+def effective_pool_size(settings: Settings) -> int:
+    """Connections one worker can actually hold: one per handler thread at most."""
+    return min(settings.pool.max_connections, settings.server.threads)
+
+
 def measure(settings: Settings) -> Budget:
     """Ask the server for its limits and current use. Raises psycopg2.OperationalError if unreachable.
 
@@ -63,12 +68,12 @@ def measure(settings: Settings) -> Budget:
     for limit in (role_limit, db_limit):
         if limit is not None:
             available = min(available, limit - settings.pool.budget_headroom)
-    needed = settings.server.workers * settings.pool.max_connections
+    needed = settings.server.workers * effective_pool_size(settings)
     return Budget(needed, available, max_conn, reserved, others, role_limit, db_limit)
 
 
 def explain(settings: Settings, budget: Budget) -> str:
-    workers, per_worker = settings.server.workers, settings.pool.max_connections
+    workers, per_worker = settings.server.workers, effective_pool_size(settings)
     fix_pool = max(0, budget.available // workers)
     fix_workers = max(0, budget.available // per_worker)
     limits = "".join([f", role limit {budget.role_limit}" if budget.role_limit else "",
