@@ -62,7 +62,7 @@ class DatabaseSettings:
 class PoolSettings:
     mode: str = "pool"                   # pool | none (a connection per request: the slow baseline)
     min_connections: int = 2
-    max_connections: int = 6             # more than [GUNICORN] threads is never used
+    max_connections: int = 4             # more than [GUNICORN] threads is never used
     timeout: float = 5.0                 # seconds a request waits for a free connection, then 503
     max_waiting: int = 100               # requests allowed to wait at once; beyond it, 503 at once
     statement_timeout_ms: int = 5000     # per statement, applied with SET LOCAL (PgBouncer-safe); 0 = off
@@ -97,7 +97,7 @@ class ServerSettings:
     host: str = "0.0.0.0"
     port: int = 8080
     workers: int = 2
-    threads: int = 6                     # a2wsgi threads per worker that run Flask handlers (measured best)
+    threads: int = 4                     # a2wsgi threads per worker that run Flask handlers (measured: see README)
     graceful_timeout: int = 20
     log_level: str = "info"
 
