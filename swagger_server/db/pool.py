@@ -41,6 +41,11 @@ _ROLLBACK_STATES = (ext.TRANSACTION_STATUS_INTRANS, ext.TRANSACTION_STATUS_INERR
 _inherited_from_parent: list = []
 
 
+def keep_inherited(pool: "ConnectionPool") -> None:
+    """Keep a pool made by the parent process alive, untouched, in this (forked) process."""
+    _inherited_from_parent.append(pool)
+
+
 class PoolError(Exception):
     """Base of the pool's errors. `retry_after` is the seconds a client should wait before retrying."""
 

@@ -16,7 +16,7 @@ from flask import current_app, g
 
 from swagger_server.config import Settings
 from swagger_server.db.connection import Connection, connect, install_wait_callback
-from swagger_server.db.pool import ConnectionPool, DatabaseUnavailable, PoolClosed
+from swagger_server.db.pool import ConnectionPool, DatabaseUnavailable, keep_inherited
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,6 @@ class Database:
         self.mode = settings.pool.mode
         self._pool: ConnectionPool | None = None
         self._lock = threading.Lock()
-        self._closed = False
 
     def application_name(self) -> str:
         """What `pg_stat_activity.application_name` shows for this process: names the worker pid."""
@@ -47,8 +46,9 @@ class Database:
             if self._pool is not None and self._pool.pid != os.getpid():
                 logger.warning("fork detected: pool of process %d replaced in process %d",
                                self._pool.pid, os.getpid())
-                self._pool.close()        # only marks it closed: a foreign pool's sockets are not touched
-            self._closed = False
+                # Not closed, not even locked: its lock may have been held by a parent thread at the
+                # fork, and its sockets are the parent's. Kept referenced so it is never collected.
+                keep_inherited(self._pool)
             self._pool = ConnectionPool(self.settings.database.dsn(self.application_name()), self.settings.pool,
                                         connect_timeout=self.settings.database.connect_timeout)
             return self._pool
@@ -56,19 +56,16 @@ class Database:
     @property
     def pool(self) -> ConnectionPool | None:
         """This process's pool, opened on first use; None in mode `none`."""
-        pool = self._pool
         if self.mode != "pool":
             return None
+        pool = self._pool
         if pool is None or pool.pid != os.getpid():
-            if self._closed and pool is not None and pool.pid == os.getpid():
-                raise PoolClosed("the database pool is closed (the worker is shutting down)")
             return self.open()
-        return pool
+        return pool            # possibly closed (shutting down): its getconn raises PoolClosed
 
     def close(self, timeout: float | None = None) -> None:
         """Close this process's pool (worker shutdown). Idempotent."""
         with self._lock:
-            self._closed = True
             pool = self._pool
         if pool is not None:
             pool.close(timeout=self.settings.server.graceful_timeout if timeout is None else timeout)
