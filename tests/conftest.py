@@ -111,8 +111,23 @@ def make_settings(database_url: str, **overrides):
     return base.with_overrides(**sections)
 
 
-@pytest.fixture
-def settings(database_url):
+@pytest.fixture(scope="session")
+def pgbouncer(pg_server, database_url, tmp_path_factory):
+    """PgBouncer in transaction mode in front of the test server (skipped where it is not installed)."""
+    from tests.pgbouncer import BINARY, PgBouncer
+    if BINARY is None:
+        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer; .ci/run installs it)")
+    bouncer = PgBouncer(tmp_path_factory.mktemp("pgbouncer"), pg_server.port).start()
+    yield bouncer
+    bouncer.stop()
+
+
+@pytest.fixture(params=["direct", "pgbouncer"])
+def settings(request, database_url):
+    """The app's settings, once connected straight to PostgreSQL and once through PgBouncer in
+    transaction mode: nothing may rely on session state."""
+    if request.param == "pgbouncer":
+        return make_settings(request.getfixturevalue("pgbouncer").url(TEST_DB))
     return make_settings(database_url)
 
 
