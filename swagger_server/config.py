@@ -76,6 +76,8 @@ class PoolSettings:
     reconnect_max_delay: float = 1.0     # ... and the cap; fail-fast 503s name this in Retry-After
     budget_check: str = "error"          # error | warn | off: workers x max_connections vs the server
     budget_headroom: int = 5             # connections kept free for admins, migrations and psql
+    # Behind PgBouncer: its max_client_conn, checked instead of PostgreSQL's slots (0 = not behind it).
+    pgbouncer_max_client_conn: int = 0
 
     def io_timeout(self) -> float | None:
         """Client-side deadline for one statement, or None when statement timeouts are off."""
@@ -165,7 +167,8 @@ _INI_KEYS: dict[str, dict[str, tuple[str, Callable]]] = {
              "ping_timeout": ("ping_timeout", _float), "leak_threshold": ("leak_threshold", _float),
              "reconnect_initial_delay": ("reconnect_initial_delay", _float),
              "reconnect_max_delay": ("reconnect_max_delay", _float),
-             "budget_check": ("budget_check", _str), "budget_headroom": ("budget_headroom", _int)},
+             "budget_check": ("budget_check", _str), "budget_headroom": ("budget_headroom", _int),
+             "pgbouncer_max_client_conn": ("pgbouncer_max_client_conn", _int)},
     "API": {"tokens": ("tokens", _list), "cors_origins": ("cors_origins", _list),
             "validate_responses": ("validate_responses", _bool), "retry_after": ("retry_after", _int)},
     "GUNICORN": {"host": ("host", _str), "port": ("port", _int), "workers": ("workers", _int),
@@ -182,6 +185,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "DB_POOL_MAX_CONNECTIONS": ("POOL", "max_connections"),
     "DB_POOL_TIMEOUT": ("POOL", "timeout"),
     "DB_STATEMENT_TIMEOUT_MS": ("POOL", "statement_timeout_ms"),
+    "DB_PGBOUNCER_MAX_CLIENT_CONN": ("POOL", "pgbouncer_max_client_conn"),
     "API_TOKENS": ("API", "tokens"),
     "CORS_ORIGINS": ("API", "cors_origins"),
     "PORT": ("GUNICORN", "port"),
@@ -263,6 +267,8 @@ def validate(settings: Settings) -> None:
         (pool.leak_threshold >= 0, "[POOL] leak_threshold", "must be >= 0 seconds"),
         (0 < pool.reconnect_initial_delay <= pool.reconnect_max_delay, "[POOL] reconnect_initial_delay",
          "must be > 0 and <= reconnect_max_delay"),
+        (pool.pgbouncer_max_client_conn >= 0, "DB_PGBOUNCER_MAX_CLIENT_CONN / [POOL] pgbouncer_max_client_conn",
+         "must be >= 0"),
         (pool.budget_check in ("error", "warn", "off"), "[POOL] budget_check",
          f"must be error, warn or off, got {pool.budget_check!r}"),
         (db.connect_timeout > 0, "[POSTGRES] connect_timeout", "must be > 0 seconds"),

@@ -48,3 +48,75 @@ def test_statement_timeout_leaves_no_session_state_for_other_clients(single_serv
     finally:
         get_database(app).close(timeout=2)
     assert query(store, "SELECT count(*) FROM customers") == [(3,)]
+
+
+@pytest.fixture
+def small_server(tmp_path):
+    """A PostgreSQL that accepts only 30 connections, with the schema and three customers."""
+    from swagger_server.db.embedded import EmbeddedPostgres
+    from swagger_server.db.migrate import upgrade
+    server = EmbeddedPostgres(tmp_path / "small", settings={"max_connections": "30"})
+    server.start()
+    conn = admin_connect(server.url())
+    query(conn, "CREATE DATABASE store")
+    conn.close()
+    upgrade(server.url("store"))
+    conn = admin_connect(server.url("store"))
+    query(conn, "INSERT INTO customers (name, email) VALUES ('A', 'a@example.com'), ('B', 'b@example.com'),"
+                " ('C', 'c@example.com')")
+    yield server, conn
+    conn.close()
+    server.destroy()
+
+
+@pytest.mark.slow
+def test_eighty_app_connections_through_pgbouncer_into_thirty_slots(small_server, tmp_path):
+    import threading
+
+    import requests
+
+    from swagger_server.db.embedded import free_port
+    from tests.pgbouncer import BINARY, PgBouncer
+    from tests.servers import Gunicorn, gunicorn_env, start_gunicorn
+    if BINARY is None:
+        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer; .ci/run installs it)")
+    server, db = small_server
+    bouncer = PgBouncer(tmp_path / "bouncer", server.port, pool_size=10).start()
+    env = {"WEB_CONCURRENCY": 8, "WEB_THREADS": 10, "DB_POOL_MAX_CONNECTIONS": 10, "DB_POOL_MIN_CONNECTIONS": 10}
+    try:
+        # Without saying it is behind PgBouncer, the budget check sees 30 slots and refuses 80.
+        refused = start_gunicorn(gunicorn_env(bouncer.url("store"), free_port(), **{k: str(v) for k, v in env.items()}))
+        _, err = refused.communicate(timeout=30)
+        assert refused.returncode == 3 and "8 workers x 10 connections = 80" in err
+
+        app = Gunicorn(bouncer.url("store"), DB_PGBOUNCER_MAX_CLIENT_CONN=400, DB_POOL_TIMEOUT=5, **env)
+        peak = []
+        statuses = []
+        stop = threading.Event()
+
+        def monitor():
+            while not stop.is_set():
+                peak.append(query(db, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")[0][0])
+                stop.wait(0.05)
+
+        def load():
+            session = requests.Session()
+            for i in range(60):
+                statuses.append(session.get(f"{app.base}/api/customers/{1 + i % 3}", timeout=10).status_code)
+
+        watcher = threading.Thread(target=monitor)
+        watcher.start()
+        threads = [threading.Thread(target=load) for _ in range(40)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        stop.set()
+        watcher.join()
+        code, output = app.stop()
+        assert statuses == [200] * 2400
+        assert "too many" not in output.lower()
+        assert max(peak) <= 10 + 1        # PgBouncer's server pool, plus this test's own connection
+        assert code == 0
+    finally:
+        bouncer.stop()

@@ -28,6 +28,7 @@ class Budget:
     others: int
     role_limit: int | None
     db_limit: int | None
+    pgbouncer: bool = False
 
     @property
     def fits(self) -> bool:
@@ -49,6 +50,15 @@ _QUERY = """
 def effective_pool_size(settings: Settings) -> int:
     """Connections one worker can actually hold: one per handler thread at most."""
     return min(settings.pool.max_connections, settings.server.threads)
+
+
+def behind_pgbouncer(settings: Settings) -> Budget:
+    """The budget against PgBouncer's client limit: app connections are its clients, and PgBouncer's
+    own small server pool is what PostgreSQL sees (its default_pool_size is checked by its operator)."""
+    limit = settings.pool.pgbouncer_max_client_conn
+    available = limit - settings.pool.budget_headroom
+    needed = settings.server.workers * effective_pool_size(settings)
+    return Budget(needed, available, limit, 0, 0, None, None, pgbouncer=True)
 
 
 def measure(settings: Settings) -> Budget:
@@ -76,6 +86,11 @@ def explain(settings: Settings, budget: Budget) -> str:
     workers, per_worker = settings.server.workers, effective_pool_size(settings)
     fix_pool = max(0, budget.available // workers)
     fix_workers = max(0, budget.available // per_worker)
+    if budget.pgbouncer:
+        return (f"connection budget exceeded: {workers} workers x {per_worker} connections = {budget.needed}, "
+                f"but PgBouncer accepts {budget.max_connections} clients (max_client_conn) - headroom "
+                f"{settings.pool.budget_headroom} = {budget.available}. Set DB_POOL_MAX_CONNECTIONS<={fix_pool} or "
+                f"WEB_CONCURRENCY<={fix_workers}, or raise max_client_conn (and DB_PGBOUNCER_MAX_CLIENT_CONN).")
     limits = "".join([f", role limit {budget.role_limit}" if budget.role_limit else "",
                       f", database limit {budget.db_limit}" if budget.db_limit else ""])
     return (f"connection budget exceeded: {workers} workers x {per_worker} connections = {budget.needed}, "
@@ -92,13 +107,14 @@ def check_connection_budget(settings: Settings, log: logging.Logger | None = Non
     if settings.pool.budget_check == "off" or settings.pool.mode != "pool":
         return None
     try:
-        budget = measure(settings)
+        budget = behind_pgbouncer(settings) if settings.pool.pgbouncer_max_client_conn else measure(settings)
     except psycopg2.OperationalError as exc:
         log.warning("connection budget not checked: cannot reach %s: %s", settings.database.safe_dsn(),
                     str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
         return None
     if budget.fits:
-        log.info("connection budget: %d needed, %d free", budget.needed, budget.available)
+        log.info("connection budget: %d needed, %d free%s", budget.needed, budget.available,
+                 " (PgBouncer clients)" if budget.pgbouncer else "")
         return budget
     message = explain(settings, budget)
     if settings.pool.budget_check == "error":
