@@ -41,8 +41,10 @@ def test_get_missing_customer_is_404_problem(client, store):
     assert response.json()["detail"] == "customer 999 not found"
 
 
-def test_non_numeric_id_is_400(client, store):
-    assert client.get("/api/customers/abc").status_code in (400, 404)
+def test_non_numeric_id_matches_no_route_and_is_a_404_problem(client, store):
+    response = client.get("/api/customers/abc")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
 
 
 def test_create_customer(client, store):
