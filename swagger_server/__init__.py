@@ -57,8 +57,10 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
     app.add_middleware(CORSMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION,
                        allow_origins=list(settings.api.cors_origins), allow_credentials=False,
                        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
-                       allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
-                       expose_headers=["Location", "Retry-After", "Idempotent-Replayed"], max_age=600)
+                       allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID",
+                                      "X-Consistency-Token"],
+                       expose_headers=["Location", "Retry-After", "Idempotent-Replayed", "X-Request-ID",
+                                       "X-Consistency-Token"], max_age=600)
     app.add_api("swagger.yaml", base_path="/api", validate_responses=settings.api.validate_responses,
                 strict_validation=True, validator_map=errors.VALIDATORS)
     # Flask handlers run in a2wsgi's thread pool (Connexion fixes it at 10 threads; we size it), behind

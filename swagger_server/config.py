@@ -87,6 +87,20 @@ class PoolSettings:
 
 
 @dataclass(frozen=True)
+class ReplicaSettings:
+    """An optional streaming replica for read-only operations. Disabled while `url` is empty."""
+    url: str = field(default="", repr=False)   # DATABASE_REPLICA_URL; holds the password
+    max_lag: float = 5.0                 # seconds behind the primary before reads go to the primary
+    check_interval: float = 1.0          # seconds between lag checks (one query on the replica)
+    min_connections: int = 1
+    max_connections: int = 0             # 0 = the same as [POOL] max_connections
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+
+@dataclass(frozen=True)
 class ApiSettings:
     tokens: tuple[str, ...] = field(default=(), repr=False)
     cors_origins: tuple[str, ...] = ("http://localhost:3000",)
@@ -110,12 +124,25 @@ class Settings:
     pool: PoolSettings = PoolSettings()
     api: ApiSettings = ApiSettings()
     server: ServerSettings = ServerSettings()
+    replica: ReplicaSettings = ReplicaSettings()
     source: str = "defaults"
 
     def with_overrides(self, **sections: Mapping) -> "Settings":
         """A copy with some fields replaced, e.g. `with_overrides(pool={"timeout": 1})` (for tests)."""
         changes = {name: replace(getattr(self, name), **values) for name, values in sections.items()}
         return replace(self, **changes)
+
+    def replica_database(self) -> DatabaseSettings:
+        """Where the replica is: its URL, with the primary's timeouts and keepalives."""
+        return replace(self.database, url=self.replica.url)
+
+    def replica_pool(self) -> PoolSettings:
+        """The replica pool's settings: the primary's, with the replica's own sizes."""
+        return replace(self.pool, min_connections=min(self.replica.min_connections, self.replica_max()),
+                       max_connections=self.replica_max())
+
+    def replica_max(self) -> int:
+        return self.replica.max_connections or self.pool.max_connections
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -171,11 +198,13 @@ _INI_KEYS: dict[str, dict[str, tuple[str, Callable]]] = {
              "pgbouncer_max_client_conn": ("pgbouncer_max_client_conn", _int)},
     "API": {"tokens": ("tokens", _list), "cors_origins": ("cors_origins", _list),
             "validate_responses": ("validate_responses", _bool), "retry_after": ("retry_after", _int)},
+    "REPLICA": {"url": ("url", _str), "max_lag": ("max_lag", _float), "check_interval": ("check_interval", _float),
+                "min_connections": ("min_connections", _int), "max_connections": ("max_connections", _int)},
     "GUNICORN": {"host": ("host", _str), "port": ("port", _int), "workers": ("workers", _int),
                  "threads": ("threads", _int),
                  "graceful_timeout": ("graceful_timeout", _int), "log_level": ("log_level", _str)},
 }
-_SECTION_ATTR = {"POSTGRES": "database", "POOL": "pool", "API": "api", "GUNICORN": "server"}
+_SECTION_ATTR = {"POSTGRES": "database", "POOL": "pool", "API": "api", "REPLICA": "replica", "GUNICORN": "server"}
 
 # environment variable -> (section, ini key)
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
@@ -186,6 +215,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "DB_POOL_TIMEOUT": ("POOL", "timeout"),
     "DB_STATEMENT_TIMEOUT_MS": ("POOL", "statement_timeout_ms"),
     "DB_PGBOUNCER_MAX_CLIENT_CONN": ("POOL", "pgbouncer_max_client_conn"),
+    "DATABASE_REPLICA_URL": ("REPLICA", "url"),
+    "DB_REPLICA_MAX_LAG": ("REPLICA", "max_lag"),
     "API_TOKENS": ("API", "tokens"),
     "CORS_ORIGINS": ("API", "cors_origins"),
     "PORT": ("GUNICORN", "port"),
@@ -234,7 +265,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     settings = Settings(database=DatabaseSettings(**values["database"]), pool=PoolSettings(**values["pool"]),
                         api=ApiSettings(**values["api"]), server=ServerSettings(**values["server"]),
-                        source=source)
+                        replica=ReplicaSettings(**values["replica"]), source=source)
     validate(settings)
     return settings
 
@@ -243,7 +274,7 @@ def _parse(parse: Callable, raw: str, where: str):
     try:
         return parse(raw)
     except (ValueError, TypeError):
-        shown = "***" if "password" in where or "url" in where or "TOKENS" in where or "DATABASE_URL" in where \
+        shown = "***" if "password" in where or "url" in where or "TOKENS" in where or "_URL" in where \
             else repr(raw)
         raise ConfigError(f"{where}: expected {_KIND[parse]}, got {shown}") from None
 
@@ -251,6 +282,7 @@ def _parse(parse: Callable, raw: str, where: str):
 def validate(settings: Settings) -> None:
     """Check ranges and relations between settings; raise ConfigError naming the offending key."""
     db, pool, api, server = settings.database, settings.pool, settings.api, settings.server
+    replica = settings.replica
     checks = [
         (pool.mode in ("pool", "none"), "DB_POOL_MODE / [POOL] mode", f"must be 'pool' or 'none', got {pool.mode!r}"),
         (pool.min_connections >= 0, "DB_POOL_MIN_CONNECTIONS / [POOL] min_connections", "must be >= 0"),
@@ -280,6 +312,12 @@ def validate(settings: Settings) -> None:
          "'*' is not allowed: list the origins that may call the API"),
         (all(o.startswith(("http://", "https://")) for o in api.cors_origins), "CORS_ORIGINS / [API] cors_origins",
          "each origin must start with http:// or https://"),
+        (not replica.url or replica.url.startswith(("postgres://", "postgresql://")),
+         "DATABASE_REPLICA_URL / [REPLICA] url", "must start with postgresql://"),
+        (replica.max_lag > 0, "DB_REPLICA_MAX_LAG / [REPLICA] max_lag", "must be > 0 seconds"),
+        (replica.check_interval > 0, "[REPLICA] check_interval", "must be > 0 seconds"),
+        (replica.min_connections >= 0, "[REPLICA] min_connections", "must be >= 0"),
+        (replica.max_connections >= 0, "[REPLICA] max_connections", "must be >= 0 (0 = as [POOL])"),
         (api.retry_after >= 1, "[API] retry_after", "must be >= 1 second"),
         (1 <= server.port <= 65535, "PORT / [GUNICORN] port", f"must be a TCP port, got {server.port}"),
         (server.workers >= 1, "WEB_CONCURRENCY / [GUNICORN] workers", "must be >= 1"),

@@ -6,15 +6,17 @@ from psycopg2 import errors
 from swagger_server.controllers.reply import no_content, page, reply
 from swagger_server.db.connection import transaction
 from swagger_server.db.queries import customers, orders
-from swagger_server.db.request import get_conn
+from swagger_server.db.request import get_conn, read_only
 from swagger_server.errors import Conflict, NotFound
 
 
+@read_only
 def list_customers(limit: int = 20, after: int | None = None, q: str | None = None):
     rows = customers.list_customers(get_conn(), limit + 1, after, q)
     return reply(page(rows, limit), 200)
 
 
+@read_only
 def get_customer(customer_id: int):
     return reply(_found(customers.get_customer(get_conn(), customer_id), customer_id), 200)
 
@@ -51,6 +53,7 @@ def delete_customer(customer_id: int):
     return no_content()
 
 
+@read_only
 def list_customer_orders(customer_id: int, limit: int = 20, after: int | None = None):
     conn = get_conn()
     rows = orders.list_customer_orders(conn, customer_id, limit + 1, after)

@@ -5,10 +5,11 @@ from datetime import date, datetime, timedelta, timezone
 
 from swagger_server.controllers.reply import reply
 from swagger_server.db.queries import dashboard
-from swagger_server.db.request import get_conn
+from swagger_server.db.request import get_conn, read_only
 from swagger_server.errors import ApiError
 
 
+@read_only
 def get_dashboard(from_: str | None = None, to: str | None = None, top: int = 5):
     end = _day(to, "to") if to else datetime.now(timezone.utc).date()
     start = _day(from_, "from") if from_ else end - timedelta(days=29)

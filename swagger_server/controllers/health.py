@@ -28,8 +28,15 @@ def get_db_health():
         warnings.append(f"{stats['in_use']} of {stats['max']} connections in use ({usage:.0%})")
     if stats["waiting"]:
         warnings.append(f"{stats['waiting']} request(s) waiting for a connection")
+    body = {"mode": db.mode, "usage": round(usage, 3), "warnings": warnings, "pool": stats}
+    replica = db.replica
+    if replica is not None:
+        body["replica"] = replica.stats()
+        if body["replica"]["routing"] != "replica":
+            warnings.append(f"reads go to the {body['replica']['routing']}: replica "
+                            f"{body['replica']['last_error'] or 'lag ' + str(body['replica']['lag_s']) + ' s'}")
     status = "error" if not stats["database_up"] else ("warning" if warnings else "healthy")
-    return reply({"status": status, "mode": db.mode, "usage": round(usage, 3), "warnings": warnings, "pool": stats}, 200)
+    return reply({"status": status, **body}, 200)
 
 
 def test_db():

@@ -11,7 +11,7 @@ from psycopg2 import errors
 from swagger_server.controllers.reply import reply
 from swagger_server.db.connection import transaction
 from swagger_server.db.queries import customers, orders
-from swagger_server.db.request import get_conn
+from swagger_server.db.request import get_conn, read_only
 from swagger_server.errors import InsufficientStock, NotFound, UnprocessableEntity
 
 
@@ -39,6 +39,7 @@ def create_order(body: dict):
     return reply(orders.get_order(conn, order_id), 201, {"Location": f"/api/orders/{order_id}"})
 
 
+@read_only
 def get_order(order_id: int):
     row = orders.get_order(get_conn(), order_id)
     if row is None:

@@ -6,14 +6,16 @@ from psycopg2 import errors
 from swagger_server.controllers.reply import page, reply
 from swagger_server.db.connection import transaction
 from swagger_server.db.queries import products
-from swagger_server.db.request import get_conn
+from swagger_server.db.request import get_conn, read_only
 from swagger_server.errors import Conflict, NotFound
 
 
+@read_only
 def list_products(limit: int = 20, after: int | None = None, in_stock: bool | None = None):
     return reply(page(products.list_products(get_conn(), limit + 1, after, in_stock), limit), 200)
 
 
+@read_only
 def get_product(product_id: int):
     return reply(_found(products.get_product(get_conn(), product_id), product_id), 200)
 

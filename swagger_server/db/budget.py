@@ -29,6 +29,7 @@ class Budget:
     role_limit: int | None
     db_limit: int | None
     pgbouncer: bool = False
+    server: str = "primary"              # or "replica": the budget of the read replica's own slots
 
     @property
     def fits(self) -> bool:
@@ -47,9 +48,10 @@ _QUERY = """
 """
 
 
-def effective_pool_size(settings: Settings) -> int:
-    """Connections one worker can actually hold: one per handler thread at most."""
-    return min(settings.pool.max_connections, settings.server.threads)
+def effective_pool_size(settings: Settings, server: str = "primary") -> int:
+    """Connections one worker can actually hold in one pool: one per handler thread at most."""
+    size = settings.replica_max() if server == "replica" else settings.pool.max_connections
+    return min(size, settings.server.threads)
 
 
 def behind_pgbouncer(settings: Settings) -> Budget:
@@ -61,13 +63,15 @@ def behind_pgbouncer(settings: Settings) -> Budget:
     return Budget(needed, available, limit, 0, 0, None, None, pgbouncer=True)
 
 
-def measure(settings: Settings) -> Budget:
-    """Ask the server for its limits and current use. Raises psycopg2.OperationalError if unreachable.
+def measure(settings: Settings, server: str = "primary") -> Budget:
+    """Ask the server (the primary, or the replica) for its limits and current use. Raises
+    psycopg2.OperationalError if unreachable.
 
     Connections of this application (application_name store-api:*) are not counted as used: they
     belong to workers that are being replaced.
     """
-    conn = psycopg2.connect(settings.database.dsn("store-api-budget-check"))
+    database = settings.replica_database() if server == "replica" else settings.database
+    conn = psycopg2.connect(database.dsn("store-api-budget-check"))
     try:
         with conn.cursor() as cur:
             cur.execute(_QUERY)
@@ -78,12 +82,12 @@ def measure(settings: Settings) -> Budget:
     for limit in (role_limit, db_limit):
         if limit is not None:
             available = min(available, limit - settings.pool.budget_headroom)
-    needed = settings.server.workers * effective_pool_size(settings)
-    return Budget(needed, available, max_conn, reserved, others, role_limit, db_limit)
+    needed = settings.server.workers * effective_pool_size(settings, server)
+    return Budget(needed, available, max_conn, reserved, others, role_limit, db_limit, server=server)
 
 
 def explain(settings: Settings, budget: Budget) -> str:
-    workers, per_worker = settings.server.workers, effective_pool_size(settings)
+    workers, per_worker = settings.server.workers, effective_pool_size(settings, budget.server)
     fix_pool = max(0, budget.available // workers)
     fix_workers = max(0, budget.available // per_worker)
     if budget.pgbouncer:
@@ -93,6 +97,12 @@ def explain(settings: Settings, budget: Budget) -> str:
                 f"WEB_CONCURRENCY<={fix_workers}, or raise max_client_conn (and DB_PGBOUNCER_MAX_CLIENT_CONN).")
     limits = "".join([f", role limit {budget.role_limit}" if budget.role_limit else "",
                       f", database limit {budget.db_limit}" if budget.db_limit else ""])
+    if budget.server == "replica":
+        return (f"replica connection budget exceeded: {workers} workers x {per_worker} replica connections = "
+                f"{budget.needed}, but only {budget.available} are free on the replica (max_connections "
+                f"{budget.max_connections} - reserved {budget.reserved} - {budget.others} used by other clients - "
+                f"headroom {settings.pool.budget_headroom}{limits}). Set [REPLICA] max_connections<={fix_pool} or "
+                f"WEB_CONCURRENCY<={fix_workers}, or raise the replica's max_connections.")
     return (f"connection budget exceeded: {workers} workers x {per_worker} connections = {budget.needed}, "
             f"but only {budget.available} are free (max_connections {budget.max_connections} - reserved "
             f"{budget.reserved} - {budget.others} used by other clients - headroom {settings.pool.budget_headroom}"
@@ -101,20 +111,32 @@ def explain(settings: Settings, budget: Budget) -> str:
 
 
 def check_connection_budget(settings: Settings, log: logging.Logger | None = None) -> Budget | None:
-    """Check the budget at start-up. Raises BudgetExceeded when `[POOL] budget_check = error`,
-    logs a warning when `warn`; returns None if skipped or the database is unreachable."""
+    """Check the budget at start-up, of the primary and, when configured, of the replica.
+
+    Raises BudgetExceeded when `[POOL] budget_check = error`, logs a warning when `warn`; returns the
+    primary's Budget, or None if skipped or the database is unreachable."""
     log = log or logger
     if settings.pool.budget_check == "off" or settings.pool.mode != "pool":
         return None
+    if settings.replica.enabled:
+        _check(settings, "replica", log)
+    return _check(settings, "primary", log)
+
+
+def _check(settings: Settings, server: str, log: logging.Logger) -> Budget | None:
     try:
-        budget = behind_pgbouncer(settings) if settings.pool.pgbouncer_max_client_conn else measure(settings)
+        if server == "primary" and settings.pool.pgbouncer_max_client_conn:
+            budget = behind_pgbouncer(settings)
+        else:
+            budget = measure(settings, server)
     except psycopg2.OperationalError as exc:
-        log.warning("connection budget not checked: cannot reach %s: %s", settings.database.safe_dsn(),
+        where = (settings.replica_database() if server == "replica" else settings.database).safe_dsn()
+        log.warning("connection budget not checked: cannot reach %s: %s", where,
                     str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
         return None
     if budget.fits:
-        log.info("connection budget: %d needed, %d free%s", budget.needed, budget.available,
-                 " (PgBouncer clients)" if budget.pgbouncer else "")
+        log.info("connection budget%s: %d needed, %d free%s", " (replica)" if server == "replica" else "",
+                 budget.needed, budget.available, " (PgBouncer clients)" if budget.pgbouncer else "")
         return budget
     message = explain(settings, budget)
     if settings.pool.budget_check == "error":

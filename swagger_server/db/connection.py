@@ -101,6 +101,8 @@ class Connection(ext.connection):
         self.expires_at = float("inf")   # set by the pool: max lifetime, jittered
         self.max_idle = float("inf")     # set by the pool: idle timeout, jittered
         self.backend_pid = self.info.backend_pid
+        self.track_lsn = False           # set per checkout: fetch the WAL position with each COMMIT
+        self.commit_lsn: str | None = None
 
 
 def connect(dsn: str, *, connect_timeout: float, io_timeout: float | None,
@@ -129,4 +131,9 @@ def transaction(conn: Connection):
                 conn.cursor().execute("ROLLBACK")
         raise
     with conn.cursor() as cur:
-        cur.execute("COMMIT")
+        if conn.track_lsn:
+            # A replica is configured: the WAL position to read this write back at, in the same message.
+            cur.execute("COMMIT; SELECT pg_current_wal_insert_lsn()::text")
+            conn.commit_lsn = cur.fetchone()[0]
+        else:
+            cur.execute("COMMIT")

@@ -132,6 +132,22 @@ class EmbeddedPostgres:
                    "-w", "-t", str(timeout), "-o", " ".join(opts), "start"])
         logger.info("embedded PostgreSQL listening on 127.0.0.1:%d (data in %s)", self.port, self.datadir)
 
+    def make_replica(self, datadir: str | os.PathLike, port: int | None = None) -> "EmbeddedPostgres":
+        """A streaming replica of this running server, not yet started: `pg_basebackup -R` writes
+        standby.signal and primary_conninfo, so `start()` brings it up as a hot standby."""
+        replica = EmbeddedPostgres(datadir, port, settings=self.settings)
+        replica.datadir.mkdir(parents=True, exist_ok=True)
+        replica.datadir.chmod(0o700)
+        if _as_root():
+            _ensure_system_user()
+            _open_path_for(replica.datadir)
+            replica.datadir.chmod(0o700)
+            shutil.chown(replica.datadir, SYSTEM_USER, SYSTEM_USER)
+        self._run([self._bin("pg_basebackup"), "-D", str(replica.datadir), "-h", "127.0.0.1", "-p", str(self.port),
+                   "-U", self.user, "-R", "-X", "stream", "-c", "fast", "--no-sync"])
+        (replica.datadir / "server.log").unlink(missing_ok=True)     # the primary's, copied
+        return replica
+
     def stop(self, mode: str = "fast") -> None:
         """Stop the server; `mode` is pg_ctl's (smart, fast, immediate). Idempotent."""
         if self.initialised and self.running:

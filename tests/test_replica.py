@@ -1,0 +1,191 @@
+"""The read-replica pool against a real streaming replica (pg_basebackup of the test server).
+
+Which server answered is proven by what it can see: replay on the replica is paused, a row is
+written on the primary, and a read that returns the row came from the primary, one that does not
+came from the replica.
+"""
+from __future__ import annotations
+
+import time
+
+import psycopg2
+import pytest
+
+from swagger_server import create_app, get_database
+from swagger_server.db.budget import BudgetExceeded, check_connection_budget
+from swagger_server.db.replica import parse_lsn
+from tests.conftest import AUTH, TEST_DB, admin_connect, make_settings, query
+from tests.helpers import wait_until
+
+
+@pytest.fixture(scope="module")
+def replica_server(pg_server, database_url, tmp_path_factory):
+    if not getattr(pg_server, "restartable", False):
+        pytest.skip("TEST_DATABASE_URL is an external server: no replica can be made of it here")
+    replica = pg_server.make_replica(tmp_path_factory.mktemp("replica") / "data")
+    replica.start()
+    conn = admin_connect(replica.url(TEST_DB))
+    assert query(conn, "SELECT pg_is_in_recovery()")[0][0] is True
+    conn.close()
+    yield replica
+    replica.destroy()
+
+
+@pytest.fixture
+def replica_admin(replica_server):
+    """An autocommit connection to the replica, replay resumed after the test."""
+    conn = admin_connect(replica_server.url(TEST_DB))
+    yield conn
+    if not conn.closed:
+        query(conn, "SELECT pg_wal_replay_resume()")
+        conn.close()
+
+
+def caught_up(replica_admin, db) -> bool:
+    primary_lsn = query(db, "SELECT pg_current_wal_lsn()::text")[0][0]
+    replayed = query(replica_admin, "SELECT pg_last_wal_replay_lsn()::text")[0][0]
+    return parse_lsn(replayed) >= parse_lsn(primary_lsn)
+
+
+def make_app(database_url, replica_server, **replica):
+    settings = make_settings(database_url, replica={"url": replica_server.url(TEST_DB), "check_interval": 0.1,
+                                                     "max_lag": 60, **replica})
+    return create_app(settings)
+
+
+@pytest.fixture
+def replica_app(database_url, replica_server, store, replica_admin):
+    wait_until(lambda: caught_up(replica_admin, store), timeout=10)
+    app = make_app(database_url, replica_server)
+    replica = get_database(app).replica
+    wait_until(lambda: replica.why_not() is None, timeout=10)
+    yield app
+    get_database(app).close(timeout=2)
+
+
+def insert_customer_on_primary(db, email: str) -> int:
+    return query(db, "INSERT INTO customers (name, email) VALUES ('Replica Test', %s) RETURNING id", (email,))[0][0]
+
+
+def test_reads_go_to_the_replica_and_writes_to_the_primary(replica_app, replica_admin, store):
+    query(replica_admin, "SELECT pg_wal_replay_pause()")
+    wait_until(lambda: query(replica_admin, "SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused")
+    new_id = insert_customer_on_primary(store, "unseen@example.com")
+    replica = get_database(replica_app).replica
+    with replica_app.test_client() as client:
+        # The replica has not replayed the insert: a read served by it does not see the row.
+        assert client.get(f"/api/customers/{new_id}").status_code == 404
+        emails = [c["email"] for c in client.get("/api/customers?limit=100").json()["items"]]
+        assert "unseen@example.com" not in emails
+        assert replica.stats()["replica_reads"] >= 2
+        # A write goes to the primary, even with replay paused, and returns its WAL position.
+        created = client.post("/api/customers", json={"name": "Written", "email": "written@example.com"},
+                              headers=AUTH)
+        assert created.status_code == 201
+        token = created.headers["X-Consistency-Token"]
+        assert parse_lsn(token) > 0
+        written = created.json()["id"]
+        # Without the token, the replica answers (not replayed yet: 404); with it, the primary does.
+        assert client.get(f"/api/customers/{written}").status_code == 404
+        again = client.get(f"/api/customers/{written}", headers={"X-Consistency-Token": token})
+        assert again.status_code == 200 and again.json()["email"] == "written@example.com"
+        assert replica.stats()["fallbacks"]["behind_token"] >= 1
+        # Once the replica has replayed past the token, the same read is served by the replica.
+        query(replica_admin, "SELECT pg_wal_replay_resume()")
+        wait_until(lambda: replica.why_not(parse_lsn(token)) is None, timeout=10)
+        before = replica.stats()["replica_reads"]
+        assert client.get(f"/api/customers/{written}", headers={"X-Consistency-Token": token}).status_code == 200
+        assert replica.stats()["replica_reads"] == before + 1
+
+
+def test_a_malformed_consistency_token_is_a_400_naming_the_header(replica_app):
+    with replica_app.test_client() as client:
+        response = client.get("/api/customers/1", headers={"X-Consistency-Token": "yesterday"})
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "X-Consistency-Token" in response.json()["detail"]
+
+
+def test_a_lagging_replica_sends_reads_to_the_primary_without_errors(database_url, replica_server, store,
+                                                                      replica_admin):
+    wait_until(lambda: caught_up(replica_admin, store), timeout=10)
+    app = make_app(database_url, replica_server, max_lag=1.0)
+    replica = get_database(app).replica
+    try:
+        wait_until(lambda: replica.why_not() is None, timeout=10)
+        query(replica_admin, "SELECT pg_wal_replay_pause()")
+        new_id = insert_customer_on_primary(store, "lagged@example.com")
+        with app.test_client() as client:
+            assert client.get(f"/api/customers/{new_id}").status_code == 404    # replica, not lagging yet
+            # Keep writing so that WAL waits for replay: lag grows past max_lag (1 s).
+            wait_until(lambda: insert_customer_on_primary(store, f"w{time.monotonic_ns()}@example.com")
+                       and replica.why_not() == "lagging", timeout=15, interval=0.2)
+            response = client.get(f"/api/customers/{new_id}")
+            assert response.status_code == 200 and response.json()["email"] == "lagged@example.com"
+            health = client.get("/api/health/db", headers=AUTH).json()
+            assert health["replica"]["routing"] == "primary (lagging)"
+            assert health["replica"]["lag_s"] > 1.0
+            assert health["status"] == "warning"
+            assert health["replica"]["fallbacks"]["lagging"] >= 1
+            query(replica_admin, "SELECT pg_wal_replay_resume()")
+            wait_until(lambda: replica.why_not() is None, timeout=10)
+            assert client.get("/api/health/db", headers=AUTH).json()["replica"]["routing"] == "replica"
+    finally:
+        get_database(app).close(timeout=2)
+
+
+def test_health_shows_both_pools(replica_app):
+    with replica_app.test_client() as client:
+        client.get("/api/products")
+        body = client.get("/api/health/db", headers=AUTH).json()
+    assert body["status"] == "healthy"
+    assert body["pool"]["name"] == "primary"
+    assert body["replica"]["pool"]["name"] == "replica"
+    assert body["replica"]["in_recovery"] is True
+    assert body["replica"]["routing"] == "replica"
+
+
+def test_budget_check_covers_the_replica(database_url, replica_server):
+    settings = make_settings(database_url, replica={"url": replica_server.url(TEST_DB), "max_connections": 60},
+                             server={"workers": 2, "threads": 60}, pool={"max_connections": 2})
+    with pytest.raises(BudgetExceeded, match=r"replica connection budget exceeded: 2 workers x 60"):
+        check_connection_budget(settings)
+    fits = settings.with_overrides(replica={"max_connections": 2})
+    assert check_connection_budget(fits).needed == 4
+
+
+def test_reads_survive_the_replica_going_down_and_return_to_it(database_url, replica_server, store, replica_admin):
+    """Last in this module: stops the replica. Every read answers 200, before, during and after."""
+    wait_until(lambda: caught_up(replica_admin, store), timeout=10)
+    replica_admin.close()
+    app = make_app(database_url, replica_server)
+    replica = get_database(app).replica
+    statuses = []
+    try:
+        wait_until(lambda: replica.why_not() is None, timeout=10)
+        with app.test_client() as client:
+            def read():
+                statuses.append(client.get("/api/customers/1").status_code)
+                statuses.append(client.get("/api/dashboard?from=2026-01-01&to=2026-01-31").status_code)
+            for _ in range(5):
+                read()
+            assert replica.stats()["pool"]["size"] >= 1           # the replica pool holds connections
+            replica_server.stop("immediate")                      # they are now dead
+            read()                                                # before the monitor notices
+            wait_until(lambda: replica.why_not() == "down", timeout=10)
+            for _ in range(5):
+                read()
+            assert replica.stats()["fallbacks"].get("down", 0) >= 5
+            body = client.get("/api/health/db", headers=AUTH).json()
+            assert body["replica"]["routing"] == "primary (down)"
+            assert body["status"] == "warning"                    # reads are served: not an error
+            replica_server.start()
+            wait_until(lambda: replica.why_not() is None, timeout=30)
+            before = replica.stats()["replica_reads"]
+            read()
+            assert replica.stats()["replica_reads"] == before + 2
+        assert statuses and set(statuses) == {200}, statuses
+    finally:
+        get_database(app).close(timeout=2)
+        if not replica_server.running:
+            replica_server.start()
