@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test bench clean
+.PHONY: run test bench bench-replica bench-pgbouncer clean
 
 $(VENV)/.installed-local: requirements.txt requirements-local.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,11 @@ bench: $(VENV)/.installed-bench
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache
+
+# The realistic mix (bench/k6/mix.js) with and without a streaming replica; about 2 minutes.
+bench-replica: $(VENV)/.installed-bench
+	$(PY) bench/replica.py
+
+# 80 app connections into a PostgreSQL with 30 slots, through PgBouncer; about 2 minutes.
+bench-pgbouncer: $(VENV)/.installed-bench
+	$(PY) bench/pgbouncer.py
