@@ -1,5 +1,16 @@
 """gunicorn settings. Every value comes from Settings (config.ini + environment), so there is one source."""
+import os
+import shutil
 import sys
+import tempfile
+
+# Metrics from every worker in one /metrics (prometheus_client multiprocess mode). Set before anything
+# imports prometheus_client: it picks its storage when imported, and the workers inherit this process.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="store-api-metrics-")
+    _own_metrics_dir = True
+else:
+    _own_metrics_dir = False
 
 from swagger_server.config import ConfigError, load_settings
 from swagger_server.db.budget import BudgetExceeded, check_connection_budget
@@ -41,7 +52,13 @@ errorlog = "-"
 
 
 def on_starting(server):
-    """Refuse to start when workers x max_connections would not fit in the database's free slots."""
+    """Refuse to start when workers x max_connections would not fit in the database's free slots.
+    Start with an empty metrics directory: files of an earlier run would be counted again."""
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(metrics_dir, exist_ok=True)
+    for name in os.listdir(metrics_dir):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(metrics_dir, name))
     try:
         check_connection_budget(_settings, server.log)
     except BudgetExceeded as exc:
@@ -61,3 +78,14 @@ def worker_exit(server, worker):
     the app's lifespan shutdown closes the pool instead. Closing twice is harmless."""
     import wsgi
     wsgi.close_worker_pool()
+
+
+def child_exit(server, worker):
+    """A worker is gone: its live gauges (pool sizes) no longer count; its counters still do."""
+    from prometheus_client import multiprocess
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -16,13 +16,14 @@ from pathlib import Path
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
 
 import connexion  # noqa: E402
+import flask  # noqa: E402
 from a2wsgi import WSGIMiddleware  # noqa: E402
 from connexion.jsonifier import Jsonifier  # noqa: E402
 from connexion.middleware import MiddlewarePosition  # noqa: E402
 from connexion.options import SwaggerUIOptions  # noqa: E402
 from starlette.middleware.cors import CORSMiddleware  # noqa: E402
 
-from swagger_server import errors, security  # noqa: E402
+from swagger_server import errors, observability, security  # noqa: E402
 from swagger_server.admission import AdmissionControl  # noqa: E402
 from swagger_server.config import Settings, load_settings  # noqa: E402
 from swagger_server.db.request import Database  # noqa: E402
@@ -53,6 +54,10 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         pythonic_params=True,
         swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
     )
+    # Outermost (added first at this position): sees every answer, serves /metrics, logs each request.
+    app.add_middleware(observability.Observability, position=MiddlewarePosition.BEFORE_EXCEPTION, database=database)
+    observability.setup_access_log(settings.api.access_log)
+    database.on_checkout = _record_pool_wait
     # Before the exception middleware, so error responses rendered by Connexion carry CORS headers too.
     app.add_middleware(CORSMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION,
                        allow_origins=list(settings.api.cors_origins), allow_credentials=False,
@@ -74,6 +79,11 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
     database.init_app(app.app)
     app.app.config["SETTINGS"] = settings
     return app
+
+
+def _record_pool_wait(pool: str, seconds: float) -> None:
+    if flask.has_request_context():
+        observability.record_pool_wait(flask.request.environ, pool, seconds)
 
 
 def get_database(app: connexion.FlaskApp) -> Database:

@@ -106,6 +106,7 @@ class ApiSettings:
     cors_origins: tuple[str, ...] = ("http://localhost:3000",)
     validate_responses: bool = False
     retry_after: int = 1                 # seconds advertised when the pool is exhausted
+    access_log: bool = True              # one JSON line per request on stdout
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,8 @@ _INI_KEYS: dict[str, dict[str, tuple[str, Callable]]] = {
              "budget_check": ("budget_check", _str), "budget_headroom": ("budget_headroom", _int),
              "pgbouncer_max_client_conn": ("pgbouncer_max_client_conn", _int)},
     "API": {"tokens": ("tokens", _list), "cors_origins": ("cors_origins", _list),
-            "validate_responses": ("validate_responses", _bool), "retry_after": ("retry_after", _int)},
+            "validate_responses": ("validate_responses", _bool), "retry_after": ("retry_after", _int),
+            "access_log": ("access_log", _bool)},
     "REPLICA": {"url": ("url", _str), "max_lag": ("max_lag", _float), "check_interval": ("check_interval", _float),
                 "min_connections": ("min_connections", _int), "max_connections": ("max_connections", _int)},
     "GUNICORN": {"host": ("host", _str), "port": ("port", _int), "workers": ("workers", _int),
@@ -219,6 +221,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "DB_REPLICA_MAX_LAG": ("REPLICA", "max_lag"),
     "API_TOKENS": ("API", "tokens"),
     "CORS_ORIGINS": ("API", "cors_origins"),
+    "ACCESS_LOG": ("API", "access_log"),
     "PORT": ("GUNICORN", "port"),
     "WEB_CONCURRENCY": ("GUNICORN", "workers"),
     "WEB_THREADS": ("GUNICORN", "threads"),

@@ -71,7 +71,7 @@ def test_swagger_ui_and_spec_are_served(client):
     spec = client.get("/api/openapi.json").json()
     assert spec["openapi"] == "3.0.3"
     operations = [op for path in spec["paths"].values() for op in path.values() if isinstance(op, dict) and "operationId" in op]
-    assert len(operations) == 16
+    assert len(operations) == 17
     for op in operations:
         assert op.get("summary") and op.get("description") and op.get("tags"), op["operationId"]
 

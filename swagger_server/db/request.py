@@ -11,6 +11,8 @@ import functools
 import logging
 import os
 import threading
+import time
+from typing import Callable
 
 import psycopg2
 from flask import current_app, g, request
@@ -33,6 +35,8 @@ class Database:
         self.mode = settings.pool.mode
         self._pool: ConnectionPool | None = None
         self._replica: Replica | None = None
+        # Called after each checkout with the pool's name and the seconds waited (metrics, access log).
+        self.on_checkout: Callable[[str, float], None] | None = None
         self._lock = threading.Lock()
 
     def application_name(self) -> str:
@@ -97,10 +101,12 @@ class Database:
         conn = g.get("db_conn")
         if conn is not None:
             return conn
+        start = time.perf_counter()
         if g.get("db_read_only"):
             conn = self._replica_conn()
             if conn is not None:
                 g.db_conn, g.db_role = conn, "replica"
+                self._checked_out("replica", start)
                 return conn
         if self.mode == "pool":
             conn = self.pool.getconn()
@@ -115,7 +121,12 @@ class Database:
             except psycopg2.OperationalError as exc:
                 raise DatabaseUnavailable(f"database unavailable: {str(exc).strip().splitlines()[0]}") from None
         g.db_conn, g.db_role = conn, "primary"
+        self._checked_out("primary", start)
         return conn
+
+    def _checked_out(self, pool: str, start: float) -> None:
+        if self.on_checkout is not None:
+            self.on_checkout(pool, time.perf_counter() - start)
 
     def _replica_conn(self) -> Connection | None:
         """A replica connection for this read, or None when the read should go to the primary."""

@@ -1,0 +1,235 @@
+"""What an operator sees: Prometheus metrics, one JSON log line per request, and X-Request-ID.
+
+Metrics are aggregated across gunicorn workers with prometheus_client's multiprocess mode: each
+worker writes its values to files in PROMETHEUS_MULTIPROC_DIR (gunicorn.conf.py sets it up, and
+removes a dead worker's live gauges), and whichever worker answers GET /metrics reads them all.
+Without that variable (tests, a single process) the process's own registry is served.
+
+Pool gauges and counters are copied from each worker's pool statistics by a small thread once a
+second (and by the worker answering a scrape, for itself), never on the request path. The pool
+wait-time histogram is observed on the request path: the time a request spent in `getconn()`.
+
+The ASGI middleware here is the outermost layer: it sees every answer, including the 503s of
+admission control and the problem responses rendered by Connexion, and serves /metrics itself, so a
+scrape works even when every handler thread is busy.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
+                               generate_latest, multiprocess)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+SYNC_INTERVAL = 1.0
+
+REQUESTS = Counter("store_api_requests", "HTTP requests answered, by operation and status.",
+                   ["operation", "method", "status"])
+LATENCY = Histogram("store_api_request_duration_seconds", "Time to answer a request, by operation.",
+                    ["operation"], buckets=(.002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+POOL_CONNECTIONS = Gauge("store_api_pool_connections",
+                         "Pool connections by state (size = idle + in_use), summed over live workers.",
+                         ["pool", "state"], multiprocess_mode="livesum")
+POOL_WAIT = Histogram("store_api_pool_wait_seconds", "Time a request waited for a database connection.",
+                      ["pool"], buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+POOL_EVENTS = Counter("store_api_pool_events",
+                      "Pool events: timeouts, rejected, unavailable, connection_errors, reconnects, "
+                      "connections_opened/closed, pings, discarded_dead, recycled, rollbacks, leaks, waited.",
+                      ["pool", "event"])
+REPLICA_LAG = Gauge("store_api_replica_lag_seconds", "Replica replay lag at the last check (the largest "
+                    "any live worker saw).", multiprocess_mode="livemax")
+REPLICA_READS = Counter("store_api_replica_routed_reads", "Read-only requests by where they were served "
+                        "and, for the primary, why.", ["destination", "reason"])
+
+_EVENTS = ("timeouts", "rejected", "unavailable", "connection_errors", "reconnects", "connections_opened",
+           "connections_closed", "pings", "discarded_dead", "recycled", "rollbacks", "leaks", "waited")
+
+access_log = logging.getLogger("store_api.access")
+
+
+# -- pool statistics -> metrics ------------------------------------------------------------------------
+class PoolMetrics:
+    """Copies one process's pool statistics into the metrics. One per process (pid-checked)."""
+
+    def __init__(self, database):
+        self.database = database
+        self.pid = os.getpid()
+        self._last: dict[tuple, int] = {}
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="pool-metrics")
+        self._thread.start()
+
+    def sync(self) -> None:
+        db = self.database
+        if db.mode != "pool" or db._pool is None:
+            return
+        pools = [db._pool] + ([db._replica.pool] if db._replica is not None else [])
+        with self._lock:
+            for pool in pools:
+                stats = pool.stats()
+                for state in ("size", "idle", "in_use", "waiting", "max"):
+                    POOL_CONNECTIONS.labels(pool.name, state).set(stats[state])
+                for event in _EVENTS:
+                    self._add(POOL_EVENTS.labels(pool.name, event), (pool.name, event), stats[event])
+            replica = db._replica
+            if replica is not None:
+                state = replica.stats()
+                if state["lag_s"] is not None:
+                    REPLICA_LAG.set(state["lag_s"])
+                self._add(REPLICA_READS.labels("replica", ""), ("replica", ""), state["replica_reads"])
+                for reason, n in state["fallbacks"].items():
+                    self._add(REPLICA_READS.labels("primary", reason), ("primary", reason), n)
+
+    def _add(self, counter, key: tuple, total: int) -> None:
+        delta = total - self._last.get(key, 0)
+        if delta > 0:
+            counter.inc(delta)
+        self._last[key] = total
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(SYNC_INTERVAL)
+            try:
+                self.sync()
+            except Exception:                       # a metrics hiccup must never stop the copying
+                logging.getLogger(__name__).exception("pool metrics sync failed")
+
+
+_pool_metrics: PoolMetrics | None = None
+_pool_metrics_lock = threading.Lock()
+
+
+def pool_metrics(database) -> PoolMetrics:
+    """This process's PoolMetrics, started on first use (after gunicorn's fork)."""
+    global _pool_metrics
+    current = _pool_metrics
+    if current is None or current.pid != os.getpid() or current.database is not database:
+        with _pool_metrics_lock:
+            current = _pool_metrics
+            if current is None or current.pid != os.getpid() or current.database is not database:
+                current = _pool_metrics = PoolMetrics(database)
+    return current
+
+
+def render_metrics(database) -> bytes:
+    """The Prometheus text exposition: all workers' values in multiprocess mode, else this process's."""
+    pool_metrics(database).sync()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    from prometheus_client import REGISTRY
+    return generate_latest(REGISTRY)
+
+
+# -- logs ----------------------------------------------------------------------------------------------
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the record's `fields`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+                 "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, separators=(",", ":"), default=str)
+
+
+def setup_access_log(enabled: bool) -> None:
+    """Send the access log, as JSON lines, to stdout (once per process)."""
+    access_log.propagate = False
+    access_log.setLevel(logging.INFO if enabled else logging.WARNING)
+    if not any(getattr(h, "store_api", False) for h in access_log.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(JsonFormatter())
+        handler.store_api = True
+        access_log.addHandler(handler)
+
+
+# -- the middleware ------------------------------------------------------------------------------------
+def request_context(environ) -> dict:
+    """The per-request dict shared with the middleware (from a Flask handler: `request.environ`)."""
+    scope = environ.get("asgi.scope") or {}
+    return scope.get("extensions", {}).get("store_api", {})
+
+
+class Observability:
+    """Outermost ASGI middleware: request id, metrics, the access log line, and GET /metrics."""
+
+    def __init__(self, app, database):
+        self.app = app
+        self.database = database
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD"):
+            await self._serve_metrics(send)
+            return
+        pool_metrics(self.database)
+        start = time.perf_counter()
+        request_id = _request_id(scope)
+        context = {"request_id": request_id}
+        # Shared by reference with inner layers: Connexion's router fills in the operation id, and the
+        # Flask handler the pool wait (see request_context).
+        scope.setdefault("extensions", {})["store_api"] = context
+        status = 500
+        header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
+
+        async def send_with_id(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), header]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - start
+            routing = scope["extensions"].get("connexion_routing", {})
+            operation = (routing.get("operation_id") or "").rsplit(".", 1)[-1] or "none"
+            REQUESTS.labels(operation, scope["method"], str(status)).inc()
+            LATENCY.labels(operation).observe(elapsed)
+            if access_log.isEnabledFor(logging.INFO):
+                fields = {"request_id": request_id, "method": scope["method"], "path": scope["path"],
+                          "operation": operation, "status": status, "duration_ms": round(elapsed * 1000, 2),
+                          "pool_wait_ms": context.get("pool_wait_ms"), "db": context.get("db"),
+                          "pid": os.getpid()}
+                access_log.info("request", extra={"fields": fields})
+
+    async def _serve_metrics(self, send):
+        body = render_metrics(self.database)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode()),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _request_id(scope) -> str:
+    """The client's X-Request-ID when it is a sane token, otherwise a new one."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if _VALID_REQUEST_ID.match(text):
+                return text
+            break
+    return uuid.uuid4().hex
+
+
+def record_pool_wait(environ, pool: str, seconds: float) -> None:
+    """Called by the request's database access after a checkout: histogram and log field."""
+    POOL_WAIT.labels(pool).observe(seconds)
+    context = request_context(environ)
+    context["pool_wait_ms"] = round(seconds * 1000, 3)
+    context["db"] = pool

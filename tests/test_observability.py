@@ -1,0 +1,159 @@
+"""Metrics across gunicorn workers, JSON access logs, X-Request-ID, readiness, the database's view."""
+from __future__ import annotations
+
+import json
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg2
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from swagger_server import create_app, get_database
+from swagger_server.db.embedded import free_port
+from tests.conftest import AUTH, TEST_DB, make_settings
+from tests.helpers import wait_until
+from tests.servers import Gunicorn
+
+
+def scrape(base: str) -> dict[tuple, float]:
+    """GET /metrics, parsed: {(sample name, sorted labels): value}."""
+    response = requests.get(f"{base}/metrics", timeout=5)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def access_lines(output: str) -> list[dict]:
+    lines = []
+    for line in output.splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if entry.get("logger") == "store_api.access":
+                lines.append(entry)
+    return lines
+
+
+@pytest.fixture(scope="module")
+def two_workers(database_url):
+    server = Gunicorn(database_url, WEB_CONCURRENCY=2, DB_POOL_MIN_CONNECTIONS=2)
+    yield server
+    server.stop()
+
+
+def test_metrics_aggregate_every_worker_and_logs_say_one_line_per_request(two_workers, store):
+    base = two_workers.base
+    before = scrape(base)
+
+    def get(i):
+        # A new connection each time, from 8 threads at once: both workers answer.
+        return requests.get(f"{base}/api/customers/1", headers={"X-Request-ID": f"test-{i}"}, timeout=10)
+
+    with ThreadPoolExecutor(8) as executor:
+        answers = list(executor.map(get, range(40)))
+    assert [a.status_code for a in answers] == [200] * 40
+    assert [a.headers["X-Request-ID"] for a in answers] == [f"test-{i}" for i in range(40)]
+
+    after = scrape(base)
+    ok = {"method": "GET", "operation": "get_customer", "status": "200"}
+    assert value(after, "store_api_requests_total", **ok) - value(before, "store_api_requests_total", **ok) == 40
+    assert value(after, "store_api_request_duration_seconds_count", operation="get_customer") \
+        - value(before, "store_api_request_duration_seconds_count", operation="get_customer") == 40
+    assert value(after, "store_api_pool_wait_seconds_count", pool="primary") \
+        - value(before, "store_api_pool_wait_seconds_count", pool="primary") == 40
+
+    # Pool gauges are summed over both live workers: each keeps min 2 connections open.
+    wait_until(lambda: value(scrape(base), "store_api_pool_connections", pool="primary", state="size") >= 4,
+               timeout=5, message="both workers' pools in the gauges")
+    samples = scrape(base)
+    assert value(samples, "store_api_pool_connections", pool="primary", state="max") == 8
+    for event in ("timeouts", "connection_errors", "reconnects", "connections_opened"):
+        assert ("store_api_pool_events_total", (("event", event), ("pool", "primary"))) in samples
+
+    # One JSON line per request: the ids sent, both workers, operation, status, duration, pool wait.
+    def ours():
+        return [e for e in access_lines(two_workers.output()) if e["request_id"].startswith("test-")]
+    wait_until(lambda: len(ours()) >= 40, timeout=5, message="40 access log lines")
+    lines = ours()
+    assert sorted(e["request_id"] for e in lines) == sorted(f"test-{i}" for i in range(40))
+    assert {e["operation"] for e in lines} == {"get_customer"}
+    assert {e["status"] for e in lines} == {200}
+    assert all(e["duration_ms"] > 0 and e["pool_wait_ms"] is not None and e["db"] == "primary" for e in lines)
+    assert {e["pid"] for e in lines} == set(two_workers.workers)
+
+
+def test_health_db_shows_every_workers_connections(two_workers):
+    body = requests.get(f"{two_workers.base}/api/health/db", headers=AUTH, timeout=5).json()
+    names = {row["application_name"] for row in body["connections"]}
+    assert {f"store-api:{pid}" for pid in two_workers.workers} <= names
+    per_worker = {}
+    for row in body["connections"]:
+        per_worker[row["application_name"]] = per_worker.get(row["application_name"], 0) + row["count"]
+    assert all(per_worker[f"store-api:{pid}"] >= 1 for pid in two_workers.workers)
+
+
+def test_request_id_is_generated_when_missing_or_malformed(two_workers):
+    generated = requests.get(f"{two_workers.base}/api/health", timeout=5).headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", generated)
+    replaced = requests.get(f"{two_workers.base}/api/health", headers={"X-Request-ID": "bad id\t!"}, timeout=5)
+    assert re.fullmatch(r"[0-9a-f]{32}", replaced.headers["X-Request-ID"])
+    # Also on error answers rendered by Connexion (a 404 problem) and by the app (a 401).
+    assert "X-Request-ID" in requests.get(f"{two_workers.base}/api/nowhere", timeout=5).headers
+    assert requests.post(f"{two_workers.base}/api/customers", json={}, timeout=5,
+                         headers={"X-Request-ID": "abc"}).headers["X-Request-ID"] == "abc"
+
+
+def test_pool_timeouts_are_counted(database_url, store):
+    server = Gunicorn(database_url, WEB_CONCURRENCY=1, WEB_THREADS=2, DB_POOL_MIN_CONNECTIONS=1,
+                      DB_POOL_MAX_CONNECTIONS=1, DB_POOL_TIMEOUT=0.3)
+    locker = psycopg2.connect(database_url)
+    try:
+        with locker.cursor() as cur:
+            cur.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")       # reads of customers block
+        held = threading.Thread(target=requests.get, args=(f"{server.base}/api/customers/1",), kwargs={"timeout": 10})
+        held.start()
+        wait_until(lambda: value(scrape(server.base), "store_api_pool_connections", pool="primary",
+                                 state="in_use") == 1, timeout=5, message="the connection to be held")
+        refused = requests.get(f"{server.base}/api/customers/2", timeout=10)
+        assert refused.status_code == 503
+        assert refused.json()["type"].endswith("pool-exhausted")
+        locker.rollback()
+        held.join(10)
+        wait_until(lambda: value(scrape(server.base), "store_api_pool_events_total", pool="primary",
+                                 event="timeouts") >= 1, timeout=5, message="the timeout in the metrics")
+        samples = scrape(server.base)
+        assert value(samples, "store_api_requests_total", method="GET", operation="get_customer", status="503") == 1
+    finally:
+        locker.close()
+        server.stop()
+
+
+def test_readiness_follows_the_database(database_url):
+    app = create_app(make_settings(database_url))
+    try:
+        with app.test_client() as client:
+            ready = client.get("/api/health/ready")
+            assert ready.status_code == 200 and ready.json() == {"status": "ready", "pool": "checked"}
+    finally:
+        get_database(app).close(timeout=2)
+    nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/{TEST_DB}"
+    app = create_app(make_settings(nowhere))
+    try:
+        with app.test_client() as client:
+            down = client.get("/api/health/ready")
+            assert down.status_code == 503
+            assert down.json()["type"].endswith("database-unavailable")
+            assert "Retry-After" in down.headers
+            assert client.get("/api/health").status_code == 200      # liveness does not depend on it
+    finally:
+        get_database(app).close(timeout=2)
