@@ -12,13 +12,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PORT=8080 \
     WEB_CONCURRENCY=2
 WORKDIR /app
-RUN groupadd --system app && useradd --system --gid app --home-dir /app --shell /usr/sbin/nologin app
+# A fixed numeric uid/gid: Kubernetes' runAsNonRoot can verify it, and volume ownership is predictable.
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --home-dir /app --shell /usr/sbin/nologin app
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links /wheels /wheels/* && rm -rf /wheels
 COPY swagger_server ./swagger_server
 COPY swagger ./swagger
 COPY wsgi.py gunicorn.conf.py config.ini.example ./
-USER app
+USER 10001:10001
 EXPOSE 8080
 # Liveness without the database; /api/health/db needs a token and would flap with the database.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \

