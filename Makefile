@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test bench bench-replica bench-pgbouncer clean
+.PHONY: run test sdk bench bench-replica bench-pgbouncer clean
 
 $(VENV)/.installed-local: requirements.txt requirements-local.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(VENV)/.installed-dev: $(VENV)/.installed-local requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# Node tools for the tests (Spectral, TypeScript), pinned by tools/package-lock.json.
+tools/node_modules/.installed: tools/package.json tools/package-lock.json
+	cd tools && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 $(VENV)/.installed-bench: $(VENV)/.installed-dev bench/requirements.txt
 	$(PY) -m pip install --quiet -r bench/requirements.txt
 	touch $@
@@ -22,15 +27,19 @@ $(VENV)/.installed-bench: $(VENV)/.installed-dev bench/requirements.txt
 run: $(VENV)/.installed-local
 	$(PY) scripts/run.py
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev tools/node_modules/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Client SDKs from swagger/swagger.yaml into build/sdk/ (Python x2, TypeScript); see README.
+sdk: $(VENV)/.installed-dev
+	$(PY) scripts/sdk.py build/sdk
 
 # Not part of the tests: about 4 minutes, loopback only, stops by itself. Results in bench/results/.
 bench: $(VENV)/.installed-bench
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache
+	rm -rf $(VENV) .data .pytest_cache build tools/node_modules
 
 # The realistic mix (bench/k6/mix.js) with and without a streaming replica; about 2 minutes.
 bench-replica: $(VENV)/.installed-bench
