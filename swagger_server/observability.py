@@ -96,7 +96,7 @@ class PoolMetrics:
         self._last[key] = total
 
     def _run(self) -> None:
-        while True:
+        while _pool_metrics is self:            # superseded (a new app in this process): stop
             time.sleep(SYNC_INTERVAL)
             try:
                 self.sync()

@@ -42,7 +42,7 @@ def replica_admin(replica_server):
 
 
 def caught_up(replica_admin, db) -> bool:
-    primary_lsn = query(db, "SELECT pg_current_wal_lsn()::text")[0][0]
+    primary_lsn = query(db, "SELECT pg_current_wal_insert_lsn()::text")[0][0]
     replayed = query(replica_admin, "SELECT pg_last_wal_replay_lsn()::text")[0][0]
     return parse_lsn(replayed) >= parse_lsn(primary_lsn)
 
@@ -143,6 +143,17 @@ def test_health_shows_both_pools(replica_app):
     assert body["replica"]["pool"]["name"] == "replica"
     assert body["replica"]["in_recovery"] is True
     assert body["replica"]["routing"] == "replica"
+
+
+def test_metrics_show_both_pools_and_where_reads_went(replica_app):
+    with replica_app.test_client() as client:
+        assert client.get("/api/products/1").status_code == 200
+        text = client.get("/metrics").text
+    assert 'store_api_pool_connections{pool="replica",state="size"}' in text
+    assert 'store_api_pool_connections{pool="primary",state="size"}' in text
+    assert 'store_api_pool_wait_seconds_count{pool="replica"}' in text
+    assert 'store_api_replica_routed_reads_total{destination="replica",reason=""}' in text
+    assert "store_api_replica_lag_seconds" in text
 
 
 def test_budget_check_covers_the_replica(database_url, replica_server):
