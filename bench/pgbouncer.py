@@ -21,10 +21,7 @@ sys.path.insert(0, str(ROOT))
 import psycopg2  # noqa: E402
 
 from bench.replica import mix  # noqa: E402
-from bench.run import CUSTOMERS, RESULTS, ours  # noqa: E402
-from swagger_server.db.embedded import EmbeddedPostgres  # noqa: E402
-from swagger_server.db.migrate import upgrade  # noqa: E402
-from swagger_server.db.seed import seed  # noqa: E402
+from bench.run import RESULTS, ours, prepare_database  # noqa: E402
 from tests.pgbouncer import BINARY, PgBouncer  # noqa: E402
 
 VUS = int(os.environ.get("BENCH_VUS", "80"))
@@ -51,18 +48,10 @@ def main() -> int:
         print("pgbouncer is not installed (apt-get install pgbouncer)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="bench-pgbouncer-"))
-    pg = EmbeddedPostgres(work / "data", settings={"max_connections": "30", "shared_buffers": "256MB"})
-    pg.start()
+    url, pg, _ = prepare_database(max_connections=30, embedded=True)
     bouncer = None
     results: dict = {"max_connections": 30, "vus": VUS}
     try:
-        conn = psycopg2.connect(pg.url())
-        conn.autocommit = True
-        conn.cursor().execute("CREATE DATABASE bench")
-        conn.close()
-        url = pg.url("bench")
-        upgrade(url)
-        seed(url, customers=CUSTOMERS, products=1_000, orders=20_000, quiet=True)
         bouncer = PgBouncer(work / "bouncer", pg.port, pool_size=10).start()
         scenarios = [
             ("direct: 2 workers x 4", url, {"WEB_CONCURRENCY": 2, "WEB_THREADS": 4, "DB_POOL_MAX_CONNECTIONS": 4}),

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -160,12 +159,13 @@ def round_trips(server_factory, proxy: FaultProxy, requests: int = 200) -> float
 
 
 # -- the study ---------------------------------------------------------------------------------------
-def prepare_database() -> tuple[str, EmbeddedPostgres | None, int]:
-    url = os.environ.get("BENCH_DATABASE_URL")
+def prepare_database(max_connections: int = 200, embedded: bool = False) -> tuple[str, EmbeddedPostgres | None, int]:
+    """A seeded database: BENCH_DATABASE_URL, or (always, with `embedded`) an embedded server."""
+    url = None if embedded else os.environ.get("BENCH_DATABASE_URL")
     pg = None
     if not url:
         pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="bench-pg-")) / "data",
-                              settings={"max_connections": "200", "shared_buffers": "256MB"})
+                              settings={"max_connections": str(max_connections), "shared_buffers": "256MB"})
         pg.start()
         conn = psycopg2.connect(pg.url())
         conn.autocommit = True

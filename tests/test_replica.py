@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 
-import psycopg2
 import pytest
 
 from swagger_server import create_app, get_database
