@@ -184,18 +184,14 @@ class Observability:
         # Flask handler the pool wait (see request_context).
         scope.setdefault("extensions", {})["store_api"] = context
         status = 500
+        recorded = False
         header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
 
-        async def send_with_id(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message = {**message, "headers": [*message.get("headers", []), header]}
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
+        def record() -> None:
+            nonlocal recorded
+            if recorded:
+                return
+            recorded = True
             elapsed = time.perf_counter() - start
             routing = scope["extensions"].get("connexion_routing", {})
             operation = (routing.get("operation_id") or "").rsplit(".", 1)[-1] or "none"
@@ -207,6 +203,22 @@ class Observability:
                           "pool_wait_ms": context.get("pool_wait_ms"), "db": context.get("db"),
                           "pid": os.getpid()}
                 access_log.info("request", extra={"fields": fields})
+
+        async def send_with_id(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), header]}
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Counted before the last byte leaves: a client that has its answer and then
+                # scrapes /metrics finds its request there.
+                record()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            record()
 
     async def _serve_metrics(self, send):
         body = render_metrics(self.database)
