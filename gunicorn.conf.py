@@ -1,4 +1,5 @@
 """gunicorn settings. Every value comes from Settings (config.ini + environment), so there is one source."""
+import atexit
 import os
 import shutil
 import sys
@@ -7,10 +8,11 @@ import tempfile
 # Metrics from every worker in one /metrics (prometheus_client multiprocess mode). Set before anything
 # imports prometheus_client: it picks its storage when imported, and the workers inherit this process.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="store-api-metrics-")
-    _own_metrics_dir = True
-else:
-    _own_metrics_dir = False
+    _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="store-api-metrics-")
+    _master_pid = os.getpid()
+    # Removed when the master exits, however it exits (also a refusal at start); workers inherit
+    # this handler, hence the pid check.
+    atexit.register(lambda: os.getpid() == _master_pid and shutil.rmtree(_metrics_dir, ignore_errors=True))
 
 from swagger_server.config import ConfigError, load_settings
 from swagger_server.db.budget import BudgetExceeded, check_connection_budget
@@ -85,7 +87,3 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
     multiprocess.mark_process_dead(worker.pid)
 
-
-def on_exit(server):
-    if _own_metrics_dir:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

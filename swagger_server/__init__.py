@@ -40,6 +40,8 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
+        # Pool gauges from the start, not from this worker's first request: an idle worker counts too.
+        observability.pool_metrics(database)
         yield
         # Runs after the server has stopped taking requests and in-flight ones have finished
         # (uvicorn waits for them); gunicorn's worker_exit hook never runs under the uvicorn worker.

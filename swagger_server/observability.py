@@ -66,7 +66,10 @@ class PoolMetrics:
         self._last: dict[tuple, int] = {}
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True, name="pool-metrics")
+
+    def start(self) -> "PoolMetrics":
         self._thread.start()
+        return self
 
     def sync(self) -> None:
         db = self.database
@@ -117,6 +120,7 @@ def pool_metrics(database) -> PoolMetrics:
             current = _pool_metrics
             if current is None or current.pid != os.getpid() or current.database is not database:
                 current = _pool_metrics = PoolMetrics(database)
+                current.start()                    # after the assignment: the thread runs while it is current
     return current
 
 

@@ -18,9 +18,9 @@ from tests.helpers import wait_until
 from tests.servers import Gunicorn
 
 
-def scrape(base: str) -> dict[tuple, float]:
+def scrape(base: str, session=requests) -> dict[tuple, float]:
     """GET /metrics, parsed: {(sample name, sorted labels): value}."""
-    response = requests.get(f"{base}/metrics", timeout=5)
+    response = session.get(f"{base}/metrics", timeout=5)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     samples = {}
@@ -90,6 +90,18 @@ def test_metrics_aggregate_every_worker_and_logs_say_one_line_per_request(two_wo
     assert {e["status"] for e in lines} == {200}
     assert all(e["duration_ms"] > 0 and e["pool_wait_ms"] is not None and e["db"] == "primary" for e in lines)
     assert {e["pid"] for e in lines} == set(two_workers.workers)
+
+
+def test_idle_workers_pools_are_in_the_gauges_from_the_start(database_url):
+    """No request but scrapes on one kept-alive connection (so always the same worker): both workers'
+    pools are in the gauges, the other's copied by its own thread."""
+    server = Gunicorn(database_url, WEB_CONCURRENCY=2, DB_POOL_MIN_CONNECTIONS=2)
+    try:
+        with requests.Session() as session:
+            wait_until(lambda: value(scrape(server.base, session), "store_api_pool_connections", pool="primary",
+                                     state="max") == 8, timeout=5, message="both workers' pools in the gauges")
+    finally:
+        server.stop()
 
 
 def test_health_db_shows_every_workers_connections(two_workers):
