@@ -195,6 +195,9 @@ def test_reads_survive_the_replica_going_down_and_return_to_it(database_url, rep
             read()
             assert replica.stats()["replica_reads"] == before + 2
         assert statuses and set(statuses) == {200}, statuses
+        stats = replica.stats()          # each read counted once, where it was finally served
+        assert stats["replica_reads"] + stats["primary_reads"] == len(statuses)
+        assert sum(stats["fallbacks"].values()) == stats["primary_reads"]
     finally:
         get_database(app).close(timeout=2)
         if not replica_server.running:

@@ -92,40 +92,44 @@ class Replica:
     # -- routing (no I/O) ----------------------------------------------------------------------------
     def route(self, min_lsn: int = 0) -> str | None:
         """None when a read may go to the replica; otherwise why it goes to the primary. Counted."""
-        why = self.why_not(min_lsn)
-        self.count_read(why)
+        with self._lock:
+            why = self._why_not_locked(min_lsn)
+            if why is None:
+                self.counters["replica_reads"] += 1
+            else:
+                self._count_primary_read_locked(why)
         return why
 
     def why_not(self, min_lsn: int = 0) -> str | None:
         """Why a read would not go to the replica now (None: it would). Not counted."""
         with self._lock:
-            if self.checked_at is None:
-                why = "down" if self.failed_at is not None else "not_checked"
-            elif self.failed_at is not None and self.failed_at > self.checked_at:
-                why = "down"
-            elif time.monotonic() - self.checked_at > 3 * self.interval + self.pool.timeout:
-                why = "stale"
-            elif self.lag_s is not None and self.lag_s > self.max_lag:
-                why = "lagging"
-            elif min_lsn > self.replay_lsn:
-                why = "behind_token"
-            else:
-                why = None
-        return why
+            return self._why_not_locked(min_lsn)
 
-    def count_read(self, why: str | None) -> None:
-        with self._lock:
-            if why is None:
-                self.counters["replica_reads"] += 1
-            else:
-                self.counters["primary_reads"] += 1
-                self.fallbacks[why] = self.fallbacks.get(why, 0) + 1
+    def _why_not_locked(self, min_lsn: int) -> str | None:
+        if self.checked_at is None:
+            return "down" if self.failed_at is not None else "not_checked"
+        if self.failed_at is not None and self.failed_at > self.checked_at:
+            return "down"
+        if time.monotonic() - self.checked_at > 3 * self.interval + self.pool.timeout:
+            return "stale"
+        if self.lag_s is not None and self.lag_s > self.max_lag:
+            return "lagging"
+        if min_lsn > self.replay_lsn:
+            return "behind_token"
+        return None
+
+    def _count_primary_read_locked(self, why: str) -> None:
+        self.counters["primary_reads"] += 1
+        self.fallbacks[why] = self.fallbacks.get(why, 0) + 1
 
     def failed(self, exc: BaseException) -> None:
-        """A read on the replica failed: reads go to the primary until a lag check succeeds again.
-        A busy replica pool is not a failure of the replica."""
+        """A read routed to the replica failed there and goes to the primary: it is counted as a
+        primary read (reason `error`) instead of a replica read. Reads go to the primary until a lag
+        check succeeds again, unless the replica pool was merely busy (not a failure of the replica)."""
         with self._lock:
             self.counters["retried_on_primary"] += 1
+            self.counters["replica_reads"] -= 1
+            self._count_primary_read_locked("error")
             if isinstance(exc, (PoolTimeout, TooManyWaiters)):
                 return
             self.failed_at = time.monotonic()

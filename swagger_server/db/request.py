@@ -190,7 +190,6 @@ def read_only(func):
             db.replica.failed(exc)
             db.teardown()                       # the pool discards the broken connection
             g.db_read_only = False
-            db.replica.count_read("error")
             return func(*args, **kwargs)
         finally:
             g.db_read_only = False
