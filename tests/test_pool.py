@@ -249,3 +249,40 @@ def test_a_failed_connect_is_not_an_outage_while_connections_work(make_pool, db,
     pool.putconn(held)
     pool.close()
     query(db, "DROP ROLE limited")
+
+
+class _GapEvent(threading.Event):
+    """`close()` sets the pool's stopping event after it has taken the waiters out of the queue. This
+    one, on `set()`, first lets `hold` finish: a waiter whose own timeout fires in that gap. The
+    interleaving is forced, not hoped for."""
+
+    def __init__(self, hold: threading.Thread):
+        super().__init__()
+        self.hold = hold
+
+    def set(self):
+        self.hold.join(timeout=5)
+        super().set()
+
+
+def test_a_waiter_timing_out_while_close_fails_it_gets_one_clean_error(make_pool):
+    """The waiter race: close() takes a waiter out of the queue; that waiter's own timeout fires before
+    close() has told it why. It must get PoolClosed, never ValueError (a 500)."""
+    pool = make_pool(min_connections=1, max_connections=1, timeout=0.3)
+    held = pool.getconn()
+    outcome = []
+
+    def wait():
+        try:
+            pool.getconn()
+        except Exception as exc:   # the outcome under test is the exception's type
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    wait_until(lambda: pool.stats()["waiting"] == 1, message="the waiter to queue")
+    pool._stopping = _GapEvent(waiter)
+    pool.close(timeout=0.1)
+    waiter.join(5)
+    pool.putconn(held)
+    assert len(outcome) == 1 and isinstance(outcome[0], PoolClosed), outcome

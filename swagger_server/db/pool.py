@@ -82,7 +82,12 @@ class _Checkout:
 
 
 class _Waiter:
-    __slots__ = ("event", "conn", "error", "thread", "frame")
+    """A request waiting for a connection. Resolved exactly once: given a connection (`set`), failed
+    (`fail`), or timed out (`expire`), each called with the pool's lock held and reporting whether it
+    was the one that resolved it (psycopg_pool's WaitingClient does the same). Whoever resolves it
+    also takes it out of the queue, under the same lock, so no two parties can both remove it."""
+
+    __slots__ = ("event", "conn", "error", "thread", "frame", "resolved")
 
     def __init__(self, thread: str, frame):
         self.event = threading.Event()
@@ -90,6 +95,28 @@ class _Waiter:
         self.error: PoolError | None = None
         self.thread = thread
         self.frame = frame
+        self.resolved = False
+
+    def set(self, conn: Connection) -> bool:
+        if self.resolved:
+            return False
+        self.resolved, self.conn = True, conn
+        self.event.set()
+        return True
+
+    def fail(self, error: PoolError) -> bool:
+        if self.resolved:
+            return False
+        self.resolved, self.error = True, error
+        self.event.set()
+        return True
+
+    def expire(self) -> bool:
+        """The waiter's own timeout fired: True if nobody resolved it first (it is still queued)."""
+        if self.resolved:
+            return False
+        self.resolved = True
+        return True
 
 
 class ConnectionPool:
@@ -211,12 +238,9 @@ class ConnectionPool:
             if self._closed:
                 return
             self._closed = True
-            waiters, self._waiters = list(self._waiters), deque()
+            self._fail_waiters_locked(PoolClosed(f"pool {self.name!r} is closed"))
             self._wakeup.notify_all()
         self._stopping.set()
-        for waiter in waiters:
-            waiter.error = PoolClosed(f"pool {self.name!r} is closed")
-            waiter.event.set()
         if os.getpid() != self.pid:
             _inherited_from_parent.append(self)    # never touch a parent's sockets
             return
@@ -290,12 +314,13 @@ class ConnectionPool:
         return waiter
 
     def _wait(self, waiter: _Waiter, start: float, deadline: float) -> Connection:
-        got = waiter.event.wait(max(0.0, deadline - time.monotonic()))
+        waiter.event.wait(max(0.0, deadline - time.monotonic()))
         waited = time.monotonic() - start
         with self._lock:
             self._count("waited")
             self._count("wait_ms", int(waited * 1000))
-            if not got and waiter.conn is None and waiter.error is None:
+            # The timeout may fire just as another thread resolves the waiter: expire() says which won.
+            if waiter.expire():
                 self._waiters.remove(waiter)
                 if self._size == 0 and (self._opening or self._last_error):
                     # Nothing is open and nothing could be made in time: that is an outage, not load.
@@ -366,13 +391,18 @@ class ConnectionPool:
             self._size -= 1
             self._close_quietly(conn)
             return
-        if self._waiters:
+        while self._waiters:
             waiter = self._waiters.popleft()
-            self._in_use[id(conn)] = _Checkout(time.monotonic(), waiter.thread, waiter.frame)
-            waiter.conn = conn
-            waiter.event.set()
-        else:
-            self._idle.append(conn)
+            if waiter.set(conn):
+                self._in_use[id(conn)] = _Checkout(time.monotonic(), waiter.thread, waiter.frame)
+                return
+        self._idle.append(conn)
+
+    def _fail_waiters_locked(self, error: PoolError) -> None:
+        """Fail every queued waiter with `error`, now, under the lock (see _Waiter)."""
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            waiter.fail(error)
 
     def _discard(self, conn: Connection, why: str) -> None:
         """Drop a connection that was checked out (dead on checkout)."""
@@ -501,13 +531,9 @@ class ConnectionPool:
                              self.name, self._size, message)
             self._last_error = message
             self._retry_at = time.monotonic() + delay
-            waiters = []
             if self._size == 0:
-                waiters, self._waiters = list(self._waiters), deque()
-        for waiter in waiters:
-            waiter.error = DatabaseUnavailable(f"database unavailable (pool {self.name!r}): {message}",
-                                               retry_after=max(1, math.ceil(delay)))
-            waiter.event.set()
+                self._fail_waiters_locked(DatabaseUnavailable(
+                    f"database unavailable (pool {self.name!r}): {message}", retry_after=max(1, math.ceil(delay))))
 
     def _maintain(self) -> None:
         """Recycle idle connections past their lifetime, shrink idle ones above min, report leaks."""
