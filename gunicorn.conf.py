@@ -15,6 +15,7 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     atexit.register(lambda: os.getpid() == _master_pid and shutil.rmtree(_metrics_dir, ignore_errors=True))
 
 from swagger_server.config import ConfigError, load_settings
+from swagger_server import server as server_limits
 from swagger_server.db.budget import BudgetExceeded, check_connection_budget
 
 try:
@@ -24,8 +25,11 @@ except ConfigError as exc:
     print(f"configuration error: {exc}", file=sys.stderr)
     sys.exit(2)
 
-# Where to listen. PORT overrides [GUNICORN] port, as platforms (Heroku, Cloud Run) expect.
-bind = f"{_settings.server.host}:{_settings.server.port}"
+# Where to listen. PORT overrides [GUNICORN] port, as platforms (Heroku, Cloud Run) expect. With
+# [API] metrics_port set, /metrics is served only there (an internal port), and the API only here.
+bind = [f"{_settings.server.host}:{_settings.server.port}"]
+if _settings.api.metrics_port:
+    bind.append(f"{_settings.server.host}:{_settings.api.metrics_port}")
 
 # Processes, not threads, carry the load: each worker has its own GIL, event loop and pool.
 # WEB_CONCURRENCY overrides; workers x [POOL] max_connections must fit the server (checked at start).
@@ -35,7 +39,11 @@ workers = _settings.server.workers
 # (uvloop + httptools) served 2255 req/s on /api/health and 1354 on /api/customers/1, gunicorn's own
 # "asgi" worker 2162 and 1313. Close, but consistently ahead, so uvicorn. Flask handlers run in
 # a2wsgi's thread pool inside each worker.
-worker_class = "uvicorn_worker.UvicornWorker"
+#
+# Ours adds limits on the request line, header size and header count (gunicorn's limit_request_*
+# settings do nothing under uvicorn): see swagger_server/server.py. Set here, inherited by the workers.
+worker_class = "swagger_server.server.StoreUvicornWorker"
+server_limits.configure(_settings.api)
 
 # The app is imported in each worker, not the master: nothing can open a connection before the fork.
 preload_app = False

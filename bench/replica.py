@@ -32,7 +32,7 @@ VUS = int(os.environ.get("BENCH_VUS", "16"))
 def mix(server, duration: str = DURATION, vus: int = VUS) -> dict:
     """Run bench/k6/mix.js; return req/s, latency, failed rate and whether the thresholds held."""
     summary = Path(tempfile.mkstemp(suffix=".json")[1])
-    env = {**os.environ, "BASE_URL": server.base, "TOKEN": "bench", "VUS": str(vus), "DURATION": duration,
+    env = {**os.environ, "BASE_URL": server.base, "TOKEN": "bench-token", "VUS": str(vus), "DURATION": duration,
            "MAX_CUSTOMER": str(CUSTOMERS), "MAX_PRODUCT": "1000", "P95_MS": "1000"}
     done = subprocess.run([K6, "run", "--quiet", f"--summary-export={summary}", str(ROOT / "bench/k6/mix.js")],
                           env=env, capture_output=True, text=True)

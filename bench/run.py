@@ -36,6 +36,7 @@ K6 = shutil.which("k6", path=str(Path(sys.executable).parent)) or shutil.which("
 WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
 DURATION = os.environ.get("BENCH_DURATION", "10s")
 VUS = int(os.environ.get("BENCH_VUS", "32"))
+TOKEN = "bench-token"      # customer reads need a token; the peers ignore it
 CUSTOMERS = 10_000
 PEER_THREADS = 10        # the peers' usual setting: 10 threads and a pool of 10 per worker
 
@@ -83,7 +84,7 @@ def base_env(database_url: str, port: int, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "API_", "WEB_", "CORS_", "APP_"))}
     env.update({"APP_CONFIG": str(ROOT / "tests" / "empty.ini"), "DATABASE_URL": database_url, "PORT": str(port),
                 "WEB_CONCURRENCY": str(WORKERS), "DB_POOL_MIN_CONNECTIONS": "4",
-                "PEER_POOL_MAX": str(PEER_THREADS), "API_TOKENS": "bench"})
+                "PEER_POOL_MAX": str(PEER_THREADS), "API_TOKENS": TOKEN})
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -105,7 +106,7 @@ def k6(server: Server, target: str = "customer", vus: int = VUS, duration: str =
        **env) -> dict:
     """Run k6 against `server`; return throughput, latency percentiles, answers and worker CPU per request."""
     script = str(ROOT / "bench" / "k6" / "get.js")
-    common = {**os.environ, "BASE_URL": server.base, "TARGET": target, "MAX_ID": str(CUSTOMERS),
+    common = {**os.environ, "BASE_URL": server.base, "TARGET": target, "MAX_ID": str(CUSTOMERS), "TOKEN": TOKEN,
               "VUS": str(vus), **{k: str(v) for k, v in env.items()}}
     if warmup:
         subprocess.run([K6, "run", "--quiet", "--no-summary", script], env={**common, "DURATION": warmup},
@@ -135,8 +136,9 @@ def wrk(server: Server, path: str, connections: int = VUS, seconds: int = 10) ->
     if not binary:
         return None
     url = f"{server.base}{path}"
-    subprocess.run([binary, "-t2", f"-c{connections}", "-d3s", url], check=True, capture_output=True)
-    out = subprocess.run([binary, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url], check=True,
+    auth = ["-H", f"Authorization: Bearer {TOKEN}"]
+    subprocess.run([binary, "-t2", f"-c{connections}", "-d3s", *auth, url], check=True, capture_output=True)
+    out = subprocess.run([binary, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", *auth, url], check=True,
                          capture_output=True, text=True).stdout
     errors = "; ".join(line.strip() for line in out.splitlines() if "Non-2xx" in line or "Socket errors" in line)
     p99 = next((line.split()[1] for line in out.splitlines() if line.strip().startswith("99%")), "?")
@@ -144,15 +146,19 @@ def wrk(server: Server, path: str, connections: int = VUS, seconds: int = 10) ->
     return {"rps": rps, "p99": p99, "errors": errors or "none"}
 
 
+def _authorized(url: str) -> urllib.request.Request:
+    return urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+
+
 def round_trips(server_factory, proxy: FaultProxy, requests: int = 200) -> float:
     """Database round trips per request, counted at the proxy, after a warm-up."""
     server = server_factory()
     try:
         for _ in range(20):
-            urllib.request.urlopen(f"{server.base}/api/customers/1", timeout=5).read()
+            urllib.request.urlopen(_authorized(f"{server.base}/api/customers/1"), timeout=5).read()
         before = proxy.round_trips
         for i in range(requests):
-            urllib.request.urlopen(f"{server.base}/api/customers/{1 + i % CUSTOMERS}", timeout=5).read()
+            urllib.request.urlopen(_authorized(f"{server.base}/api/customers/{1 + i % CUSTOMERS}"), timeout=5).read()
         return (proxy.round_trips - before) / requests
     finally:
         server.stop()

@@ -23,12 +23,22 @@ from connexion.middleware import MiddlewarePosition  # noqa: E402
 from connexion.options import SwaggerUIOptions  # noqa: E402
 from starlette.middleware.cors import CORSMiddleware  # noqa: E402
 
-from swagger_server import errors, observability, security  # noqa: E402
+from connexion.frameworks import flask as _connexion_flask  # noqa: E402
+from connexion.frameworks import starlette as _connexion_starlette  # noqa: E402
+
+from swagger_server import errors, observability, security, validation  # noqa: E402
 from swagger_server.admission import AdmissionControl  # noqa: E402
+from swagger_server.limits import BodyLimit  # noqa: E402
 from swagger_server.config import Settings, load_settings  # noqa: E402
 from swagger_server.db.request import Database  # noqa: E402
 
 logger = logging.getLogger(__name__)
+
+# Connexion's router turns an integer path segment into an int before anything validates it, and
+# Python refuses to parse more than 4300 digits (ValueError: a 500). Routing at most 20 digits keeps
+# every int64 (and one digit more, which the spec's `maximum` refuses with 400); longer is a 404.
+# Flask routes again (a path Connexion did not match reaches it), with the same converter.
+_connexion_starlette.IntegerConverter.regex = _connexion_flask.IntegerConverter.regex = r"[+-]?[0-9]{1,20}"
 
 SPEC_DIR = Path(__file__).resolve().parent.parent / "swagger"
 
@@ -57,7 +67,8 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
     )
     # Outermost (added first at this position): sees every answer, serves /metrics, logs each request.
-    app.add_middleware(observability.Observability, position=MiddlewarePosition.BEFORE_EXCEPTION, database=database)
+    app.add_middleware(observability.Observability, position=MiddlewarePosition.BEFORE_EXCEPTION, database=database,
+                       metrics_token=settings.api.metrics_token, metrics_port=settings.api.metrics_port)
     observability.setup_access_log(settings.api.access_log)
     database.on_checkout = _record_pool_wait
     # Before the exception middleware, so error responses rendered by Connexion carry CORS headers too.
@@ -67,9 +78,13 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
                        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID",
                                       "X-Consistency-Token"],
                        expose_headers=["Location", "Retry-After", "Idempotent-Replayed", "X-Request-ID",
-                                       "X-Consistency-Token"], max_age=600)
+                                       "X-Consistency-Token", "WWW-Authenticate"], max_age=600)
+    # Bodies are counted before anything reads them: inside CORS (a 413 carries CORS headers), outside
+    # the exception middleware (which renders a PayloadTooLarge raised while a body is read).
+    app.add_middleware(BodyLimit, position=MiddlewarePosition.BEFORE_EXCEPTION, max_bytes=settings.api.max_body_bytes)
     app.add_api("swagger.yaml", base_path="/api", validate_responses=settings.api.validate_responses,
-                strict_validation=True, validator_map=errors.VALIDATORS)
+                strict_validation=True, validator_map=validation.VALIDATORS)
+    errors.set_routes(_spec_paths(), "/api")
     # Flask handlers run in a2wsgi's thread pool (Connexion fixes it at 10 threads; we size it), behind
     # admission control, so that excess requests wait a bounded time instead of queueing without limit.
     flask_asgi = app.middleware.app
@@ -81,6 +96,12 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
     database.init_app(app.app)
     app.app.config["SETTINGS"] = settings
     return app
+
+
+def _spec_paths() -> dict:
+    import yaml
+    with open(SPEC_DIR / "swagger.yaml", encoding="utf-8") as f:
+        return yaml.safe_load(f)["paths"]
 
 
 def _record_pool_wait(pool: str, seconds: float) -> None:

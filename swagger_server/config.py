@@ -107,6 +107,14 @@ class ApiSettings:
     validate_responses: bool = False
     retry_after: int = 1                 # seconds advertised when the pool is exhausted
     access_log: bool = True              # one JSON line per request on stdout
+    # Limits on what a client may send, enforced before the work (413, 414, 431).
+    max_body_bytes: int = 1048576        # 1 MiB; the largest valid body (an order of 100 lines) is ~5 KB
+    max_url_bytes: int = 8190            # the request target (path and query), as gunicorn's default
+    max_header_bytes: int = 32768        # the whole request head
+    max_headers: int = 100
+    idempotency_ttl: float = 86400.0     # seconds an Idempotency-Key is remembered (per client)
+    metrics_token: str = field(default="", repr=False)   # when set, GET /metrics needs this bearer token
+    metrics_port: int = 0                # when set, /metrics is served only on this port (and the API not)
 
 
 @dataclass(frozen=True)
@@ -199,7 +207,10 @@ _INI_KEYS: dict[str, dict[str, tuple[str, Callable]]] = {
              "pgbouncer_max_client_conn": ("pgbouncer_max_client_conn", _int)},
     "API": {"tokens": ("tokens", _list), "cors_origins": ("cors_origins", _list),
             "validate_responses": ("validate_responses", _bool), "retry_after": ("retry_after", _int),
-            "access_log": ("access_log", _bool)},
+            "access_log": ("access_log", _bool), "max_body_bytes": ("max_body_bytes", _int),
+            "max_url_bytes": ("max_url_bytes", _int), "max_header_bytes": ("max_header_bytes", _int),
+            "max_headers": ("max_headers", _int), "idempotency_ttl": ("idempotency_ttl", _float),
+            "metrics_token": ("metrics_token", _str), "metrics_port": ("metrics_port", _int)},
     "REPLICA": {"url": ("url", _str), "max_lag": ("max_lag", _float), "check_interval": ("check_interval", _float),
                 "min_connections": ("min_connections", _int), "max_connections": ("max_connections", _int)},
     "GUNICORN": {"host": ("host", _str), "port": ("port", _int), "workers": ("workers", _int),
@@ -222,6 +233,10 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "API_TOKENS": ("API", "tokens"),
     "CORS_ORIGINS": ("API", "cors_origins"),
     "ACCESS_LOG": ("API", "access_log"),
+    "API_MAX_BODY_BYTES": ("API", "max_body_bytes"),
+    "API_IDEMPOTENCY_TTL": ("API", "idempotency_ttl"),
+    "API_METRICS_TOKEN": ("API", "metrics_token"),
+    "API_METRICS_PORT": ("API", "metrics_port"),
     "PORT": ("GUNICORN", "port"),
     "WEB_CONCURRENCY": ("GUNICORN", "workers"),
     "WEB_THREADS": ("GUNICORN", "threads"),
@@ -282,6 +297,38 @@ def _parse(parse: Callable, raw: str, where: str):
         raise ConfigError(f"{where}: expected {_KIND[parse]}, got {shown}") from None
 
 
+TOKEN_SCOPES = ("read", "write")
+
+
+def parse_token(entry: str) -> tuple[str, str, str]:
+    """`[read:|write:][sha256:]<secret or hex digest>` -> (scope, "sha256" or "plain", value).
+
+    A token without a scope may write (and read). `sha256:` followed by 64 hex digits is the token's
+    SHA-256 digest, so that a config file need not hold the token itself.
+    """
+    scope, rest = "write", entry
+    head, sep, tail = entry.partition(":")
+    if sep and head in TOKEN_SCOPES:
+        scope, rest = head, tail
+    if rest.startswith("sha256:"):
+        return scope, "sha256", rest[len("sha256:"):].lower()
+    return scope, "plain", rest
+
+
+def token_problem(entry: str) -> str | None:
+    """Why a token entry is malformed (without echoing it), or None."""
+    _, kind, value = parse_token(entry)
+    if kind == "sha256":
+        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+            return "a sha256: entry must be followed by 64 hex digits"
+        return None
+    if len(value) < 8:
+        return "each token must be at least 8 characters long"
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return "tokens may not contain spaces or control characters"
+    return None
+
+
 def validate(settings: Settings) -> None:
     """Check ranges and relations between settings; raise ConfigError naming the offending key."""
     db, pool, api, server = settings.database, settings.pool, settings.api, settings.server
@@ -322,6 +369,15 @@ def validate(settings: Settings) -> None:
         (replica.min_connections >= 0, "[REPLICA] min_connections", "must be >= 0"),
         (replica.max_connections >= 0, "[REPLICA] max_connections", "must be >= 0 (0 = as [POOL])"),
         (api.retry_after >= 1, "[API] retry_after", "must be >= 1 second"),
+        (all(token_problem(t) is None for t in api.tokens), "API_TOKENS / [API] tokens",
+         next((token_problem(t) for t in api.tokens if token_problem(t)), "")),
+        (api.max_body_bytes >= 1024, "API_MAX_BODY_BYTES / [API] max_body_bytes", "must be >= 1024"),
+        (api.max_url_bytes >= 256, "[API] max_url_bytes", "must be >= 256"),
+        (api.max_header_bytes >= 1024, "[API] max_header_bytes", "must be >= 1024"),
+        (api.max_headers >= 10, "[API] max_headers", "must be >= 10"),
+        (api.idempotency_ttl > 0, "API_IDEMPOTENCY_TTL / [API] idempotency_ttl", "must be > 0 seconds"),
+        (0 <= api.metrics_port <= 65535 and api.metrics_port != server.port, "API_METRICS_PORT / [API] metrics_port",
+         "must be 0 (off) or a TCP port other than the API's"),
         (1 <= server.port <= 65535, "PORT / [GUNICORN] port", f"must be a TCP port, got {server.port}"),
         (server.workers >= 1, "WEB_CONCURRENCY / [GUNICORN] workers", "must be >= 1"),
         (server.threads >= 1, "WEB_THREADS / [GUNICORN] threads", "must be >= 1"),

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import psycopg2
+from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionResponse
-from connexion.utils import is_null, is_nullable
-from connexion.validators import ParameterValidator
-from jsonschema import Draft4Validator
-
-# The same format checker Connexion's own parameter validator uses.
-draft4_format_checker = Draft4Validator.FORMAT_CHECKER
+from starlette.exceptions import HTTPException
 
 from swagger_server.db.pool import DatabaseUnavailable, PoolClosed, PoolError, PoolTimeout, TooManyWaiters
 
@@ -32,10 +29,19 @@ class ApiError(Exception):
     title = "Bad Request"
     kind = "bad-request"
 
-    def __init__(self, detail: str, **extra):
+    def __init__(self, detail: str, headers: dict | None = None, **extra):
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers
         self.extra = extra
+
+
+class Unauthorized(ApiError):
+    status, title, kind = 401, "Unauthorized", "unauthorized"
+
+
+class Forbidden(ApiError):
+    status, title, kind = 403, "Forbidden", "forbidden"
 
 
 class NotFound(ApiError):
@@ -50,8 +56,34 @@ class InsufficientStock(Conflict):
     kind = "insufficient-stock"
 
 
+class PayloadTooLarge(ApiError):
+    status, title, kind = 413, "Content Too Large", "payload-too-large"
+
+
 class UnprocessableEntity(ApiError):
     status, title, kind = 422, "Unprocessable Entity", "unprocessable"
+
+
+# Problems rendered for Connexion's and Starlette's own errors (routing, security, media types):
+# the same shape and type URIs as ours, by status.
+_KINDS = {400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found",
+          405: "method-not-allowed", 406: "not-acceptable", 411: "length-required", 413: "payload-too-large",
+          414: "uri-too-long", 415: "unsupported-media-type", 422: "unprocessable", 431: "headers-too-large",
+          500: "internal", 501: "not-implemented", 503: "unavailable"}
+_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+           406: "Not Acceptable", 411: "Length Required", 413: "Content Too Large", 414: "URI Too Long",
+           415: "Unsupported Media Type", 422: "Unprocessable Entity", 431: "Request Header Fields Too Large",
+           500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable"}
+
+# No error body or log line carries more than this much of anything a client sent.
+EXCERPT = 120
+
+
+def excerpt(value, limit: int = EXCERPT) -> str:
+    """A short, printable excerpt of client input: repr-escaped, cut at `limit` characters."""
+    text = value if isinstance(value, str) else repr(value)
+    text = text.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
 
 
 def problem(status: int, title: str, detail: str, kind: str, headers: dict | None = None,
@@ -61,11 +93,60 @@ def problem(status: int, title: str, detail: str, kind: str, headers: dict | Non
                              body=json.dumps(body, separators=(",", ":")))
 
 
-def api_error(_request, exc: ApiError) -> ConnexionResponse:
-    return problem(exc.status, exc.title, exc.detail, exc.kind, **exc.extra)
+def problem_bytes(status: int, detail: str, headers: dict | None = None) -> tuple[list, bytes]:
+    """The same problem as raw ASGI headers and body, for layers that answer before Connexion does."""
+    body = json.dumps({"type": PROBLEM_BASE + _KINDS.get(status, "error"), "title": _TITLES.get(status, "Error"),
+                       "status": status, "detail": detail}, separators=(",", ":")).encode()
+    raw = [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    return raw, body
 
 
-def pool_error(_request, exc: PoolError) -> ConnexionResponse:
+async def api_error(_request, exc: ApiError) -> ConnexionResponse:
+    return problem(exc.status, exc.title, exc.detail, exc.kind, headers=exc.headers, **exc.extra)
+
+
+async def framework_problem(request, exc) -> ConnexionResponse:
+    """Connexion's problems (validation, security, media type) and Starlette's HTTP errors (routing),
+    in our shape. Their detail may quote client input (an unknown parameter's name), so it is cut."""
+    status = getattr(exc, "status_code", 500)
+    detail = excerpt(str(getattr(exc, "detail", "") or _TITLES.get(status, "Error")), 300)
+    headers = dict(getattr(exc, "headers", None) or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="store-api"'
+    if status == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request.scope.get("path", "")))
+    if status == 404:
+        detail = "no such resource: " + excerpt(request.scope.get("path", ""), 80)
+    if status >= 500:
+        logger.error("%d %s: %s", status, type(exc).__name__, detail)
+    else:
+        logger.debug("%d %s: %s", status, type(exc).__name__, detail)
+    return problem(status, _TITLES.get(status, "Error"), detail, _KINDS.get(status, "error"), headers=headers)
+
+
+# Path templates of the spec -> methods, for the Allow header of a 405 (set by create_app).
+_ROUTES: list[tuple[re.Pattern, tuple[str, ...]]] = []
+
+
+def set_routes(spec_paths: dict, base_path: str) -> None:
+    """Remember each path's methods, so that a 405 lists the path's real ones."""
+    _ROUTES.clear()
+    for template, item in spec_paths.items():
+        pattern = re.escape(base_path + template)
+        pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", pattern)
+        methods = sorted(m.upper() for m in item if m in ("get", "put", "post", "patch", "delete"))
+        _ROUTES.append((re.compile(f"^{pattern}$"), tuple(methods)))
+
+
+def allowed_methods(path: str) -> tuple[str, ...]:
+    for pattern, methods in _ROUTES:
+        if pattern.match(path):
+            return methods
+    return ()
+
+
+async def pool_error(_request, exc: PoolError) -> ConnexionResponse:
     """503 with Retry-After. The type says which: pool exhausted, too many waiting, or database down."""
     kinds = {PoolTimeout: ("pool-exhausted", "Every database connection is busy; retry shortly."),
              TooManyWaiters: ("pool-exhausted", "Too many requests are waiting for a database connection."),
@@ -78,7 +159,7 @@ def pool_error(_request, exc: PoolError) -> ConnexionResponse:
     return problem(503, "Service Unavailable", detail, kind, headers={"Retry-After": str(exc.retry_after)})
 
 
-def database_error(_request, exc: psycopg2.Error) -> ConnexionResponse:
+async def database_error(_request, exc: psycopg2.Error) -> ConnexionResponse:
     """A statement failed. Lost connections and timeouts are 503 (retryable); anything else is a 500."""
     if isinstance(exc, psycopg2.errors.QueryCanceled):
         logger.warning("503 statement-timeout: %s", str(exc).strip())
@@ -88,49 +169,19 @@ def database_error(_request, exc: psycopg2.Error) -> ConnexionResponse:
         logger.warning("503 database-unavailable: %s", str(exc).strip().splitlines()[0] if str(exc) else exc)
         return problem(503, "Service Unavailable", "The database connection was lost.", "database-unavailable",
                        headers={"Retry-After": "1"})
-    return unexpected_error(_request, exc)
+    return await unexpected_error(_request, exc)
 
 
-def unexpected_error(_request, exc: Exception) -> ConnexionResponse:
+async def unexpected_error(_request, exc: Exception) -> ConnexionResponse:
     logger.exception("unhandled error", exc_info=exc)
     return problem(500, "Internal Server Error", "An unexpected error occurred; it has been logged.", "internal")
-
-
-class NamingParameterValidator(ParameterValidator):
-    """Connexion's parameter validator with two changes:
-
-    - messages name the parameter and omit the schema dump:
-      "query parameter 'limit': 1000 is greater than the maximum of 100";
-    - one jsonschema validator per parameter, built once. Connexion deep-copies the schema and builds
-      a new validator on every request, which cost about 8% of a worker's CPU on GET /customers/{id}.
-    """
-
-    _validators: dict[int, tuple[dict, Draft4Validator]] = {}
-
-    @staticmethod
-    def validate_parameter(parameter_type, value, param, param_name=None):
-        if is_nullable(param) and is_null(value):
-            return None
-        if value is None:
-            return f"Missing {parameter_type} parameter '{param['name']}'" if param.get("required") else None
-        # Keyed by the spec's own dict, which lives as long as the app; the dict is kept in the value
-        # so its id cannot be reused by another object.
-        cached = NamingParameterValidator._validators.get(id(param))
-        if cached is None or cached[0] is not param:
-            cached = (param, Draft4Validator(param.get("schema", param), format_checker=draft4_format_checker))
-            NamingParameterValidator._validators[id(param)] = cached
-        error = next(cached[1].iter_errors(value), None)
-        if error is None:
-            return None
-        return f"{parameter_type} parameter '{param_name or param.get('name')}': {error.message}"
-
-
-VALIDATORS = {"parameter": NamingParameterValidator}
 
 
 def register(app) -> None:
     """Register the handlers on the Connexion app (not on Flask: Connexion's middleware renders errors)."""
     app.add_error_handler(ApiError, api_error)
+    app.add_error_handler(ProblemException, framework_problem)
+    app.add_error_handler(HTTPException, framework_problem)
     app.add_error_handler(PoolError, pool_error)
     app.add_error_handler(psycopg2.Error, database_error)
     app.add_error_handler(Exception, unexpected_error)

@@ -15,6 +15,7 @@ scrape works even when every handler thread is busy.
 """
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -28,7 +29,12 @@ from datetime import datetime, timezone
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
                                generate_latest, multiprocess)
 
+from swagger_server.errors import excerpt, problem_bytes
+
 REQUEST_ID_HEADER = "X-Request-ID"
+# Metric labels take the method only from this set (anything else is "other"): a client cannot make
+# new time series by sending made-up methods.
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 SYNC_INTERVAL = 1.0
 
@@ -169,16 +175,27 @@ def request_context(environ) -> dict:
 class Observability:
     """Outermost ASGI middleware: request id, metrics, the access log line, and GET /metrics."""
 
-    def __init__(self, app, database):
+    def __init__(self, app, database, metrics_token: str = "", metrics_port: int = 0):
         self.app = app
         self.database = database
+        self.metrics_token = ("bearer " + metrics_token).encode() if metrics_token else b""
+        self.metrics_port = metrics_port
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD"):
-            await self._serve_metrics(send)
+        if self.metrics_port:
+            on_metrics_port = (scope.get("server") or ("", 0))[1] == self.metrics_port
+            if on_metrics_port or scope["path"] == "/metrics":
+                # The metrics port serves /metrics and nothing else; the API port never serves it.
+                if on_metrics_port and scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD"):
+                    await self._serve_metrics(scope, send)
+                else:
+                    await _answer(send, 404, "no such resource")
+                return
+        elif scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD"):
+            await self._serve_metrics(scope, send)
             return
         pool_metrics(self.database)
         start = time.perf_counter()
@@ -199,10 +216,11 @@ class Observability:
             elapsed = time.perf_counter() - start
             routing = scope["extensions"].get("connexion_routing", {})
             operation = (routing.get("operation_id") or "").rsplit(".", 1)[-1] or "none"
-            REQUESTS.labels(operation, scope["method"], str(status)).inc()
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            REQUESTS.labels(operation, method, str(status)).inc()
             LATENCY.labels(operation).observe(elapsed)
             if access_log.isEnabledFor(logging.INFO):
-                fields = {"request_id": request_id, "method": scope["method"], "path": scope["path"],
+                fields = {"request_id": request_id, "method": method, "path": excerpt(scope["path"], 200),
                           "operation": operation, "status": status, "duration_ms": round(elapsed * 1000, 2),
                           "pool_wait_ms": context.get("pool_wait_ms"), "db": context.get("db"),
                           "pid": os.getpid()}
@@ -224,12 +242,24 @@ class Observability:
         finally:
             record()
 
-    async def _serve_metrics(self, send):
+    async def _serve_metrics(self, scope, send):
+        if self.metrics_token:
+            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            if not hmac.compare_digest(given[:7].lower() + given[7:], self.metrics_token):
+                await _answer(send, 401, "GET /metrics needs the metrics bearer token",
+                              {"WWW-Authenticate": 'Bearer realm="metrics"'})
+                return
         body = render_metrics(self.database)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode()),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+async def _answer(send, status: int, detail: str, headers: dict | None = None) -> None:
+    raw, body = problem_bytes(status, detail, headers)
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _request_id(scope) -> str:

@@ -140,6 +140,14 @@ def app(settings):
 
 @pytest.fixture
 def client(app):
+    """A client with a write token on every request (customer data and orders need one to read)."""
+    with app.test_client(headers=AUTH) as client:
+        yield client
+
+
+@pytest.fixture
+def anon(app):
+    """A client that sends no token."""
     with app.test_client() as client:
         yield client
 

@@ -35,7 +35,7 @@ def start_gunicorn(env) -> subprocess.Popen:
 def healthy(base: str) -> bool:
     try:
         return requests.get(f"{base}/api/health", timeout=1).status_code == 200
-    except requests.ConnectionError:
+    except requests.RequestException:     # refused, or too busy starting (8 workers) to answer in 1 s
         return False
 
 

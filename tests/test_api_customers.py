@@ -56,11 +56,11 @@ def test_create_customer(client, store):
         [("Edsger Dijkstra", "ewd@example.com")]
 
 
-def test_create_customer_needs_a_token(client, store):
-    response = client.post("/api/customers", json={"name": "X", "email": "x@example.com"})
+def test_create_customer_needs_a_token(client, anon, store):
+    response = anon.post("/api/customers", json={"name": "X", "email": "x@example.com"})
     assert response.status_code == 401
-    bad = client.post("/api/customers", json={"name": "X", "email": "x@example.com"},
-                      headers={"Authorization": "Bearer wrong"})
+    bad = anon.post("/api/customers", json={"name": "X", "email": "x@example.com"},
+                    headers={"Authorization": "Bearer wrong"})
     assert bad.status_code == 401
     assert query(store, "SELECT count(*) FROM customers") == [(3,)]
 
@@ -91,11 +91,11 @@ def test_update_customer(client, store):
     assert query(store, "SELECT name FROM customers WHERE id = 2") == [("Alan M. Turing",)]
 
 
-def test_update_customer_errors(client, store):
+def test_update_customer_errors(client, anon, store):
     assert client.patch("/api/customers/99", json={"name": "X"}, headers=AUTH).status_code == 404
     assert client.patch("/api/customers/2", json={"email": "ada@example.com"}, headers=AUTH).status_code == 409
     assert client.patch("/api/customers/2", json={}, headers=AUTH).status_code == 400
-    assert client.patch("/api/customers/2", json={"name": "X"}).status_code == 401
+    assert anon.patch("/api/customers/2", json={"name": "X"}).status_code == 401
     assert query(store, "SELECT name, email FROM customers WHERE id = 2") == [("Alan Turing", "alan@example.com")]
 
 

@@ -35,8 +35,8 @@ def test_health_needs_no_database_and_no_token(client, pool):
     assert pool.stats()["requests"] == before
 
 
-def test_db_health_reports_pool_statistics(client, pool):
-    assert client.get("/api/health/db").status_code == 401
+def test_db_health_reports_pool_statistics(client, anon, pool):
+    assert anon.get("/api/health/db").status_code == 401
     response = client.get("/api/health/db", headers=AUTH)
     assert response.status_code == 200
     body = response.json()
@@ -44,8 +44,8 @@ def test_db_health_reports_pool_statistics(client, pool):
     assert body["pool"]["max"] == 4 and body["pool"]["in_use"] == 0
 
 
-def test_db_test_runs_a_query(client, store):
-    assert client.get("/api/health/db/test").status_code == 401
+def test_db_test_runs_a_query(client, anon, store):
+    assert anon.get("/api/health/db/test").status_code == 401
     body = client.get("/api/health/db/test", headers=AUTH).json()
     assert body["result"] == 1
     assert body["application_name"].startswith("store-api:")

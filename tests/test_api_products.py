@@ -21,14 +21,14 @@ def test_create_product(client, store):
     assert query(store, "SELECT name, price_cents, stock FROM products WHERE sku = 'SKU-9'") == [("Lamp", 1999, 3)]
 
 
-def test_create_product_errors(client, store):
+def test_create_product_errors(client, anon, store):
     dup = client.post("/api/products", json={"sku": "SKU-1", "name": "X", "price_cents": 1, "stock": 1}, headers=AUTH)
     assert dup.status_code == 409
     assert dup.json()["field"] == "sku"
     negative = client.post("/api/products", json={"sku": "S", "name": "X", "price_cents": 1, "stock": -1}, headers=AUTH)
     assert negative.status_code == 400
     assert "stock" in negative.json()["detail"]
-    assert client.post("/api/products", json={"sku": "S", "name": "X", "price_cents": 1, "stock": 1}).status_code == 401
+    assert anon.post("/api/products", json={"sku": "S", "name": "X", "price_cents": 1, "stock": 1}).status_code == 401
     assert query(store, "SELECT count(*) FROM products") == [(3,)]
 
 

@@ -141,16 +141,18 @@ CALLS = """async ([base, down, token]) => {
   const read = async (r) => ({status: r.status, type: r.headers.get('content-type'), body: await r.json(),
                               location: r.headers.get('Location'), retryAfter: r.headers.get('Retry-After'),
                               requestId: r.headers.get('X-Request-ID')});
+  const auth = {headers: {'Authorization': `Bearer ${token}`}};
   return {
-    get: await read(await fetch(`${base}/api/customers/1`)),
+    get: await read(await fetch(`${base}/api/customers/1`, auth)),
+    anonymous: await read(await fetch(`${base}/api/customers/1`)),
     post: await read(await fetch(`${base}/api/customers`, {method: 'POST',
         headers: {'Content-Type': 'application/json', 'Authorization': `Bearer ${token}`},
         body: JSON.stringify({name: 'From a browser', email: 'cors@example.com'})})),
     bad: await read(await fetch(`${base}/api/customers`, {method: 'POST',
         headers: {'Content-Type': 'application/json', 'Authorization': `Bearer ${token}`},
         body: JSON.stringify({name: 'No email'})})),
-    missing: await read(await fetch(`${base}/api/customers/999999`)),
-    unavailable: await read(await fetch(`${down}/api/customers/1`)),
+    missing: await read(await fetch(`${base}/api/customers/999999`, auth)),
+    unavailable: await read(await fetch(`${down}/api/customers/1`, auth)),
   };
 }"""
 
@@ -168,7 +170,7 @@ def test_cors_from_an_allowed_origin_reads_answers_and_problems(browser, api, si
     assert results["get"]["requestId"]                                  # exposed to scripts
     assert results["post"]["status"] == 201 and results["post"]["body"]["email"] == "cors@example.com"
     assert results["post"]["location"] == f"/api/customers/{results['post']['body']['id']}"
-    for name, status in (("bad", 400), ("missing", 404), ("unavailable", 503)):
+    for name, status in (("bad", 400), ("anonymous", 401), ("missing", 404), ("unavailable", 503)):
         answer = results[name]
         assert answer["status"] == status, answer
         assert answer["type"].startswith("application/problem+json")

@@ -14,11 +14,11 @@ EMPTY = str(Path(__file__).parent / "empty.ini")
 def test_defaults_and_environment_overrides():
     settings = load_settings({"APP_CONFIG": EMPTY, "DB_POOL_MAX_CONNECTIONS": "7", "DB_POOL_TIMEOUT": "2.5",
                               "DB_POOL_MODE": "none", "WEB_CONCURRENCY": "3", "PORT": "9000",
-                              "CORS_ORIGINS": "https://a.example, https://b.example", "API_TOKENS": "x,y"})
+                              "CORS_ORIGINS": "https://a.example, https://b.example", "API_TOKENS": "token-x1,read:token-y2"})
     assert settings.pool.max_connections == 7 and settings.pool.timeout == 2.5 and settings.pool.mode == "none"
     assert settings.server.workers == 3 and settings.server.port == 9000
     assert settings.api.cors_origins == ("https://a.example", "https://b.example")
-    assert settings.api.tokens == ("x", "y")
+    assert settings.api.tokens == ("token-x1", "read:token-y2")
 
 
 def test_ini_file_is_read_and_environment_wins(tmp_path):

@@ -70,7 +70,7 @@ def app_backends(db, state=None):
 def test_killed_idle_backends_cost_zero_errors(fault_app, store, db):
     app = fault_app()
     pool = get_database(app).pool
-    with app.test_client() as client:
+    with app.test_client(headers=AUTH) as client:
         pool.wait_ready(5)
         assert client.get("/api/customers/1").status_code == 200
         victims = app_backends(db, "idle")
@@ -93,7 +93,7 @@ def locker(database_url):
 
 def test_backend_killed_mid_query_is_503_and_the_pool_heals(fault_app, store, db, locker):
     app = fault_app(statement_timeout_ms=10_000)
-    with app.test_client() as client:
+    with app.test_client(headers=AUTH) as client:
         query(locker, "BEGIN")
         query(locker, "SELECT * FROM products WHERE id = 1 FOR UPDATE")   # the order below waits on this lock
         result = {}
@@ -118,7 +118,7 @@ def test_backend_killed_mid_query_is_503_and_the_pool_heals(fault_app, store, db
 
 def test_statement_timeout_applies_per_statement_and_leaves_no_session_state(fault_app, store, db, locker):
     app = fault_app(statement_timeout_ms=300)
-    with app.test_client() as client:
+    with app.test_client(headers=AUTH) as client:
         query(locker, "BEGIN")
         query(locker, "SELECT * FROM products WHERE id = 1 FOR UPDATE")
         response, elapsed = timed(lambda: client.post(
@@ -139,7 +139,7 @@ def test_statement_timeout_applies_per_statement_and_leaves_no_session_state(fau
 def test_black_holed_link_fails_within_the_timeouts_and_recovers_by_itself(fault_app, store, database_url, proxy):
     app = fault_app(via_port(database_url, proxy.port))
     pool = get_database(app).pool
-    with app.test_client() as client:
+    with app.test_client(headers=AUTH) as client:
         pool.wait_ready(5)
         assert client.get("/api/customers/1").status_code == 200
         proxy.blackhole = True
@@ -161,7 +161,7 @@ def test_server_that_stalls_authentication_fails_within_the_timeout_and_recovers
     try:
         time.sleep(0.2)
         app = fault_app(min_connections=0)
-        with app.test_client() as client:
+        with app.test_client(headers=AUTH) as client:
             response, elapsed = timed(lambda: client.get("/api/customers/1"))
             assert response.status_code == 503
             assert response.json()["type"] == "/api/problems/database-unavailable"
@@ -183,7 +183,7 @@ def test_link_down_then_up_through_pproxy(fault_app, store, database_url, pg_ser
     tunnel = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     app = fault_app(via_port(database_url, port))
     try:
-        with app.test_client() as client:
+        with app.test_client(headers=AUTH) as client:
             assert wait_until(lambda: client.get("/api/customers/1").status_code == 200, timeout=5, interval=0.1)
             tunnel.terminate()
             tunnel.wait(5)
@@ -205,7 +205,7 @@ def test_requests_beyond_the_handler_threads_wait_boundedly_then_get_503(databas
     app = create_app(make_settings(database_url, pool={**FAULT_POOL, "statement_timeout_ms": 10_000},
                                    server={"threads": 1}))
     try:
-        with app.test_client() as client:
+        with app.test_client(headers=AUTH) as client:
             query(locker, "BEGIN")
             query(locker, "SELECT * FROM products WHERE id = 1 FOR UPDATE")
             result = {}

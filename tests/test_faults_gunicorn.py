@@ -54,6 +54,7 @@ def test_database_restart_under_load(server, store, pg_server):
 
     def load():
         session = requests.Session()
+        session.headers.update(AUTH)
         while not stop.is_set():
             start = time.monotonic()
             try:
@@ -113,6 +114,7 @@ def test_no_connection_leaks_after_thousands_of_mixed_requests(server, store, db
 
     def worker(n):
         session = requests.Session()
+        session.headers.update(AUTH)
         for i in range(125):
             kind = (n + i) % len(calls)
             response = calls[kind](session)
@@ -148,6 +150,7 @@ def test_fifty_parallel_orders_for_ten_in_stock(server, store, db):
 
     def place():
         session = requests.Session()
+        session.headers.update(AUTH)
         barrier.wait()
         response = session.post(f"{app.base}/api/orders", headers=AUTH,
                                 json={"customer_id": 2, "lines": [{"product_id": 1, "quantity": 1}]}, timeout=30)
@@ -171,6 +174,7 @@ def test_concurrent_retries_with_one_idempotency_key_place_one_order(server, sto
 
     def place():
         session = requests.Session()
+        session.headers.update(AUTH)
         barrier.wait()
         response = session.post(f"{app.base}/api/orders", timeout=30,
                                 headers={**AUTH, "Idempotency-Key": "same-client-retry"},

@@ -35,7 +35,7 @@ def test_one_pool_per_worker_and_nothing_left_after_shutdown(database_url, store
                    message=f"two connections for each of {expected}")
         assert f"store-api:{server.pid}" not in pools()          # the master holds none
         for _ in range(20):
-            assert requests.get(f"{base}/api/customers/1", timeout=5).status_code == 200
+            assert requests.get(f"{base}/api/customers/1", headers=AUTH, timeout=5).status_code == 200
         answered = {requests.get(f"{base}/api/health/db", headers=AUTH, timeout=5).json()["pool"]["pid"]
                     for _ in range(20)}
         assert answered <= set(workers)

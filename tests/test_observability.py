@@ -57,7 +57,7 @@ def test_metrics_aggregate_every_worker_and_logs_say_one_line_per_request(two_wo
 
     def get(i):
         # A new connection each time, from 8 threads at once: both workers answer.
-        return requests.get(f"{base}/api/customers/1", headers={"X-Request-ID": f"test-{i}"}, timeout=10)
+        return requests.get(f"{base}/api/customers/1", headers={**AUTH, "X-Request-ID": f"test-{i}"}, timeout=10)
 
     with ThreadPoolExecutor(8) as executor:
         answers = list(executor.map(get, range(40)))
@@ -98,6 +98,7 @@ def test_idle_workers_pools_are_in_the_gauges_from_the_start(database_url):
     server = Gunicorn(database_url, WEB_CONCURRENCY=2, DB_POOL_MIN_CONNECTIONS=2)
     try:
         with requests.Session() as session:
+            session.headers.update(AUTH)
             wait_until(lambda: value(scrape(server.base, session), "store_api_pool_connections", pool="primary",
                                      state="max") == 8, timeout=5, message="both workers' pools in the gauges")
     finally:
@@ -132,11 +133,11 @@ def test_pool_timeouts_are_counted(database_url, store):
     try:
         with locker.cursor() as cur:
             cur.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")       # reads of customers block
-        held = threading.Thread(target=requests.get, args=(f"{server.base}/api/customers/1",), kwargs={"timeout": 10})
+        held = threading.Thread(target=requests.get, args=(f"{server.base}/api/customers/1",), kwargs={"headers": AUTH, "timeout": 10})
         held.start()
         wait_until(lambda: value(scrape(server.base), "store_api_pool_connections", pool="primary",
                                  state="in_use") == 1, timeout=5, message="the connection to be held")
-        refused = requests.get(f"{server.base}/api/customers/2", timeout=10)
+        refused = requests.get(f"{server.base}/api/customers/2", headers=AUTH, timeout=10)
         assert refused.status_code == 503
         assert refused.json()["type"].endswith("pool-exhausted")
         locker.rollback()
@@ -153,7 +154,7 @@ def test_pool_timeouts_are_counted(database_url, store):
 def test_readiness_follows_the_database(database_url):
     app = create_app(make_settings(database_url))
     try:
-        with app.test_client() as client:
+        with app.test_client(headers=AUTH) as client:
             ready = client.get("/api/health/ready")
             assert ready.status_code == 200 and ready.json() == {"status": "ready", "pool": "checked"}
     finally:
@@ -161,7 +162,7 @@ def test_readiness_follows_the_database(database_url):
     nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/{TEST_DB}"
     app = create_app(make_settings(nowhere))
     try:
-        with app.test_client() as client:
+        with app.test_client(headers=AUTH) as client:
             down = client.get("/api/health/ready")
             assert down.status_code == 503
             assert down.json()["type"].endswith("database-unavailable")

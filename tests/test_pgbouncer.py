@@ -4,7 +4,7 @@ import pytest
 
 from swagger_server import create_app, get_database
 from swagger_server.db.request import get_conn
-from tests.conftest import TEST_DB, admin_connect, make_settings, query
+from tests.conftest import AUTH, TEST_DB, admin_connect, make_settings, query
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def test_statement_timeout_leaves_no_session_state_for_other_clients(single_serv
     url = single_server_connection.url(TEST_DB)
     app = create_app(make_settings(url, pool={"statement_timeout_ms": 1234}))
     try:
-        with app.test_client() as client:
+        with app.test_client(headers=AUTH) as client:
             for _ in range(20):
                 assert client.get("/api/customers/1").status_code == 200
             with app.app.app_context():
@@ -101,6 +101,7 @@ def test_eighty_app_connections_through_pgbouncer_into_thirty_slots(small_server
 
         def load():
             session = requests.Session()
+            session.headers.update(AUTH)
             for i in range(60):
                 statuses.append(session.get(f"{app.base}/api/customers/{1 + i % 3}", timeout=10).status_code)
 

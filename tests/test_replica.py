@@ -71,7 +71,7 @@ def test_reads_go_to_the_replica_and_writes_to_the_primary(replica_app, replica_
     wait_until(lambda: query(replica_admin, "SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused")
     new_id = insert_customer_on_primary(store, "unseen@example.com")
     replica = get_database(replica_app).replica
-    with replica_app.test_client() as client:
+    with replica_app.test_client(headers=AUTH) as client:
         # The replica has not replayed the insert: a read served by it does not see the row.
         assert client.get(f"/api/customers/{new_id}").status_code == 404
         emails = [c["email"] for c in client.get("/api/customers?limit=100").json()["items"]]
@@ -98,7 +98,7 @@ def test_reads_go_to_the_replica_and_writes_to_the_primary(replica_app, replica_
 
 
 def test_a_malformed_consistency_token_is_a_400_naming_the_header(replica_app):
-    with replica_app.test_client() as client:
+    with replica_app.test_client(headers=AUTH) as client:
         response = client.get("/api/customers/1", headers={"X-Consistency-Token": "yesterday"})
     assert response.status_code == 400
     assert response.headers["content-type"].startswith("application/problem+json")
@@ -114,7 +114,7 @@ def test_a_lagging_replica_sends_reads_to_the_primary_without_errors(database_ur
         wait_until(lambda: replica.why_not() is None, timeout=10)
         query(replica_admin, "SELECT pg_wal_replay_pause()")
         new_id = insert_customer_on_primary(store, "lagged@example.com")
-        with app.test_client() as client:
+        with app.test_client(headers=AUTH) as client:
             assert client.get(f"/api/customers/{new_id}").status_code == 404    # replica, not lagging yet
             # Keep writing so that WAL waits for replay: lag grows past max_lag (1 s).
             wait_until(lambda: insert_customer_on_primary(store, f"w{time.monotonic_ns()}@example.com")
@@ -134,7 +134,7 @@ def test_a_lagging_replica_sends_reads_to_the_primary_without_errors(database_ur
 
 
 def test_health_shows_both_pools(replica_app):
-    with replica_app.test_client() as client:
+    with replica_app.test_client(headers=AUTH) as client:
         client.get("/api/products")
         body = client.get("/api/health/db", headers=AUTH).json()
     assert body["status"] == "healthy"
@@ -145,7 +145,7 @@ def test_health_shows_both_pools(replica_app):
 
 
 def test_metrics_show_both_pools_and_where_reads_went(replica_app):
-    with replica_app.test_client() as client:
+    with replica_app.test_client(headers=AUTH) as client:
         assert client.get("/api/products/1").status_code == 200
         text = client.get("/metrics").text
     assert 'store_api_pool_connections{pool="replica",state="size"}' in text
@@ -173,7 +173,7 @@ def test_reads_survive_the_replica_going_down_and_return_to_it(database_url, rep
     statuses = []
     try:
         wait_until(lambda: replica.why_not() is None, timeout=10)
-        with app.test_client() as client:
+        with app.test_client(headers=AUTH) as client:
             def read():
                 statuses.append(client.get("/api/customers/1").status_code)
                 statuses.append(client.get("/api/dashboard?from=2026-01-01&to=2026-01-31").status_code)

@@ -66,7 +66,7 @@ def test_mode_none_opens_and_closes_a_connection_per_request(database_url, store
     name = f"store-api:{os.getpid()}"
     count = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
     baseline = query(store, count, (name,))[0][0]
-    with app.test_client() as client:
+    with app.test_client(headers=AUTH) as client:
         first = client.get("/api/health/db/test", headers=AUTH).json()["backend_pid"]
         second = client.get("/api/health/db/test", headers=AUTH).json()["backend_pid"]
     assert first != second

@@ -1,5 +1,5 @@
 // One GET scenario, parameterised by environment: BASE_URL, TARGET (customer | health | dashboard),
-// VUS, DURATION, MAX_ID, ACCEPT_503 (overload: 503 with Retry-After is an expected answer).
+// TOKEN (customer reads need one), VUS, DURATION, MAX_ID, ACCEPT_503 (overload: 503 with Retry-After is an expected answer).
 // Every response is checked for status and body; failures are counted, never ignored.
 import http from 'k6/http';
 import { check } from 'k6';
@@ -9,6 +9,7 @@ const BASE = __ENV.BASE_URL;
 const TARGET = __ENV.TARGET || 'customer';
 const MAX_ID = parseInt(__ENV.MAX_ID || '10000');
 const ACCEPT_503 = __ENV.ACCEPT_503 === '1';
+const PARAMS = { headers: { Authorization: `Bearer ${__ENV.TOKEN || ''}` } };
 
 export const unavailable = new Counter('unavailable_503');
 export const good = new Counter('good_answers');
@@ -36,7 +37,7 @@ export default function () {
     id = 1 + Math.floor(Math.random() * MAX_ID);
     url = `${BASE}/api/customers/${id}`;
   }
-  const res = http.get(url);
+  const res = http.get(url, PARAMS);
   if (res.status === 503 && ACCEPT_503) {
     const ok = check(res, { '503 has Retry-After': (r) => !!r.headers['Retry-After'] });
     unavailable.add(1);

@@ -30,6 +30,7 @@ export const options = {
   },
 };
 
+const auth = { Authorization: `Bearer ${TOKEN}` };
 const json = { headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${TOKEN}` } };
 const orderParams = Object.assign({}, json, {
   responseCallback: http.expectedStatuses(201, 409),
@@ -49,23 +50,23 @@ export default function () {
   const roll = Math.random() * 100;
   if (roll < 30) {
     const id = pick(MAX_CUSTOMER);
-    const r = http.get(`${BASE}/api/customers/${id}`, { tags: { name: 'get_customer' } });
+    const r = http.get(`${BASE}/api/customers/${id}`, { headers: auth, tags: { name: 'get_customer' } });
     check(r, { 'customer 200': (x) => x.status === 200 && x.json().id === id });
   } else if (roll < 50) {
     const id = pick(MAX_PRODUCT);
     const r = http.get(`${BASE}/api/products/${id}`, { tags: { name: 'get_product' } });
     check(r, { 'product 200': (x) => x.status === 200 && x.json().id === id });
   } else if (roll < 60) {
-    const r = http.get(`${BASE}/api/customers?limit=20&after=${pick(MAX_CUSTOMER)}`, { tags: { name: 'list_customers' } });
+    const r = http.get(`${BASE}/api/customers?limit=20&after=${pick(MAX_CUSTOMER)}`, { headers: auth, tags: { name: 'list_customers' } });
     check(r, { 'customer page 200': (x) => x.status === 200 && isPage(x) });
   } else if (roll < 68) {
     const r = http.get(`${BASE}/api/products?limit=20&in_stock=true`, { tags: { name: 'list_products' } });
     check(r, { 'product page 200': (x) => x.status === 200 && isPage(x) });
   } else if (roll < 75) {
-    const r = http.get(`${BASE}/api/customers/${pick(MAX_CUSTOMER)}/orders?limit=10`, { tags: { name: 'list_customer_orders' } });
+    const r = http.get(`${BASE}/api/customers/${pick(MAX_CUSTOMER)}/orders?limit=10`, { headers: auth, tags: { name: 'list_customer_orders' } });
     check(r, { 'orders page 200': (x) => x.status === 200 && isPage(x) });
   } else if (roll < 85) {
-    const r = http.get(`${BASE}/api/dashboard?from=${FROM}&to=${TO}&top=5`, { tags: { name: 'get_dashboard' } });
+    const r = http.get(`${BASE}/api/dashboard?from=${FROM}&to=${TO}&top=5`, { headers: auth, tags: { name: 'get_dashboard' } });
     check(r, { 'dashboard 200': (x) => x.status === 200 && x.json().totals !== undefined });
   } else if (roll < 95) {
     const body = JSON.stringify({

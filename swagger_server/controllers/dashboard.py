@@ -9,10 +9,14 @@ from swagger_server.db.request import get_conn, read_only
 from swagger_server.errors import ApiError
 
 
+_DEFAULT_SPAN = timedelta(days=29)
+
+
 @read_only
 def get_dashboard(from_: str | None = None, to: str | None = None, top: int = 5):
     end = _day(to, "to") if to else datetime.now(timezone.utc).date()
-    start = _day(from_, "from") if from_ else end - timedelta(days=29)
+    # The default range is the 30 days up to `to`, cut at the first representable day.
+    start = _day(from_, "from") if from_ else (end - _DEFAULT_SPAN if end - date.min > _DEFAULT_SPAN else date.min)
     if start > end:
         raise ApiError(f"'from' ({start}) is after 'to' ({end})", field="from")
     if (end - start).days > 3660:

@@ -5,36 +5,48 @@ import hashlib
 import json
 from collections import Counter
 
-from flask import request
-from psycopg2 import errors
+from connexion.context import context
+from flask import current_app, request
 
 from swagger_server.controllers.reply import reply
 from swagger_server.db.connection import transaction
 from swagger_server.db.queries import customers, orders
 from swagger_server.db.request import get_conn, read_only
-from swagger_server.errors import InsufficientStock, NotFound, UnprocessableEntity
+from swagger_server.errors import Conflict, InsufficientStock, NotFound, UnprocessableEntity
+
+
+class _KeyTaken(Exception):
+    """A concurrent request with the same Idempotency-Key committed first."""
 
 
 def create_order(body: dict):
-    """Place an order. With an Idempotency-Key, a retry returns the original order (200) instead of a second one."""
+    """Place an order. With an Idempotency-Key, a retry returns the original order (200) instead of a second one.
+
+    Keys belong to the caller (its token) and are remembered for `[API] idempotency_ttl` seconds.
+    """
     key = request.headers.get("Idempotency-Key")
+    client = context["token_info"]["sub"]
+    ttl = current_app.config["SETTINGS"].api.idempotency_ttl
     wanted = Counter()
     for line in body["lines"]:
         wanted[line["product_id"]] += line["quantity"]
     fingerprint = hashlib.sha256(json.dumps([body["customer_id"], sorted(wanted.items())]).encode()).hexdigest()
     conn = get_conn()
     if key is not None:
-        replay = _replay(conn, key, fingerprint)
+        replay = _replay(conn, client, key, fingerprint, ttl)
         if replay is not None:
             return replay
     try:
         with transaction(conn):
-            order_id = _place(conn, body["customer_id"], wanted, key, fingerprint)
-    except errors.UniqueViolation:
-        # A concurrent request with the same key won the race; answer with its order.
-        replay = _replay(conn, key, fingerprint) if key is not None else None
+            order_id = _place(conn, body["customer_id"], wanted)
+            if key is not None and not orders.remember_idempotency_key(conn, client, key, order_id, fingerprint, ttl):
+                raise _KeyTaken
+    except _KeyTaken:
+        # A concurrent request with the same key won the race (this order was rolled back): answer with its order.
+        replay = _replay(conn, client, key, fingerprint, ttl)
         if replay is None:
-            raise
+            raise Conflict("a request with this Idempotency-Key is in progress; retry shortly",
+                           field="Idempotency-Key") from None
         return replay
     return reply(orders.get_order(conn, order_id), 201, {"Location": f"/api/orders/{order_id}"})
 
@@ -47,7 +59,7 @@ def get_order(order_id: int):
     return reply(row, 200)
 
 
-def _place(conn, customer_id: int, wanted: Counter, key: str | None, fingerprint: str) -> int:
+def _place(conn, customer_id: int, wanted: Counter) -> int:
     if customers.get_customer(conn, customer_id) is None:
         raise NotFound(f"customer {customer_id} not found", field="customer_id")
     locked = orders.lock_products(conn, list(wanted))
@@ -61,11 +73,11 @@ def _place(conn, customer_id: int, wanted: Counter, key: str | None, fingerprint
                                 field="lines", product_id=pid, requested=wanted[pid],
                                 available=locked[pid]["stock"])
     lines = [(pid, qty, locked[pid]["price_cents"]) for pid, qty in sorted(wanted.items())]
-    return orders.insert_order(conn, customer_id, lines, key, fingerprint if key else None)
+    return orders.insert_order(conn, customer_id, lines)
 
 
-def _replay(conn, key: str, fingerprint: str):
-    earlier = orders.find_by_idempotency_key(conn, key)
+def _replay(conn, client: str, key: str, fingerprint: str, ttl: float):
+    earlier = orders.find_by_idempotency_key(conn, client, key, ttl)
     if earlier is None:
         return None
     if earlier["request_hash"] != fingerprint:

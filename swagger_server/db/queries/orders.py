@@ -32,11 +32,38 @@ def list_customer_orders(conn, customer_id: int, limit: int, after: int | None =
         return cur.all()
 
 
-def find_by_idempotency_key(conn, key: str) -> dict | None:
-    """The order placed earlier with this key (with its request fingerprint), or None."""
+def find_by_idempotency_key(conn, client: str, key: str, ttl: float) -> dict | None:
+    """The order `client` placed with this key within the last `ttl` seconds (with its request
+    fingerprint), or None."""
     with conn.cursor() as cur:
-        cur.execute("SELECT id, request_hash FROM orders WHERE idempotency_key = %s", (key,))
+        cur.execute("SELECT order_id AS id, request_hash FROM idempotency_keys WHERE client = %s AND key = %s"
+                    " AND created_at > now() - %s * interval '1 second'", (client, key, ttl))
         return cur.one()
+
+
+def remember_idempotency_key(conn, client: str, key: str, order_id: int, request_hash: str, ttl: float) -> bool:
+    """Record that `client` placed `order_id` with `key`; False if the key is taken (and unexpired).
+
+    An expired row for the same key is overwritten. Up to 100 other expired rows are purged in the
+    same statement, so the table never grows beyond one TTL's worth of keys.
+    """
+    with conn.cursor() as cur:
+        cur.execute("""
+            WITH purge AS (
+                DELETE FROM idempotency_keys WHERE ctid IN (
+                    SELECT ctid FROM idempotency_keys
+                    WHERE created_at < now() - %(ttl)s * interval '1 second'
+                      AND NOT (client = %(client)s AND key = %(key)s)
+                    LIMIT 100)
+            )
+            INSERT INTO idempotency_keys AS k (client, key, order_id, request_hash)
+            VALUES (%(client)s, %(key)s, %(order)s, %(hash)s)
+            ON CONFLICT (client, key) DO UPDATE
+                SET order_id = EXCLUDED.order_id, request_hash = EXCLUDED.request_hash, created_at = now()
+                WHERE k.created_at < now() - %(ttl)s * interval '1 second'
+            RETURNING order_id
+        """, {"client": client, "key": key, "order": order_id, "hash": request_hash, "ttl": ttl})
+        return cur.fetchone() is not None
 
 
 def lock_products(conn, product_ids: list[int]) -> dict[int, dict]:
@@ -47,8 +74,7 @@ def lock_products(conn, product_ids: list[int]) -> dict[int, dict]:
         return {row["id"]: row for row in cur.all()}
 
 
-def insert_order(conn, customer_id: int, lines: list[tuple[int, int, int]], idempotency_key: str | None,
-                 request_hash: str | None) -> int:
+def insert_order(conn, customer_id: int, lines: list[tuple[int, int, int]]) -> int:
     """Decrement stock, insert the order and its lines in one statement; return the new order id.
 
     `lines` are (product_id, quantity, unit_price_cents) for products already locked and checked.
@@ -64,14 +90,13 @@ def insert_order(conn, customer_id: int, lines: list[tuple[int, int, int]], idem
                 UPDATE products p SET stock = p.stock - w.quantity, updated_at = now()
                 FROM wanted w WHERE p.id = w.product_id RETURNING p.id
             ), new_order AS (
-                INSERT INTO orders (customer_id, total_cents, idempotency_key, request_hash)
-                SELECT %(customer)s, COALESCE(sum(quantity::bigint * price), 0), %(key)s, %(hash)s FROM wanted
+                INSERT INTO orders (customer_id, total_cents)
+                SELECT %(customer)s, COALESCE(sum(quantity::bigint * price), 0) FROM wanted
                 RETURNING id
             ), new_lines AS (
                 INSERT INTO order_lines (order_id, product_id, quantity, unit_price_cents)
                 SELECT new_order.id, w.product_id, w.quantity, w.price FROM new_order, wanted w
             )
             SELECT id FROM new_order
-        """, {"ids": product_ids, "qty": quantities, "price": prices, "customer": customer_id,
-              "key": idempotency_key, "hash": request_hash})
+        """, {"ids": product_ids, "qty": quantities, "price": prices, "customer": customer_id})
         return cur.fetchone()[0]

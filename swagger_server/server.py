@@ -1,0 +1,116 @@
+"""The gunicorn worker: uvicorn's, with limits on the request head enforced while it is parsed.
+
+gunicorn's `limit_request_line` / `limit_request_fields` / `limit_request_field_size` do nothing under
+the uvicorn worker (uvicorn parses HTTP itself), and uvicorn has no such limits for httptools: a 10 MB
+header or 20 000 headers were read into memory and served. Here the request line, the head's total
+size and its number of headers are checked as bytes arrive, before the head is complete, and a head
+over a limit is answered `414` or `431` problem+json and the connection closed. Memory per connection
+stays at the limit plus one network read.
+"""
+from __future__ import annotations
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn_worker import UvicornWorker
+
+from swagger_server.errors import problem_bytes
+
+STATUS_TEXT = {400: b"Bad Request", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
+
+
+class HeadLimits:
+    """The limits, set once per process from Settings (gunicorn.conf.py calls `configure`)."""
+
+    max_url_bytes = 8190
+    max_header_bytes = 32768
+    max_headers = 100
+
+
+def configure(api) -> None:
+    """Take the limits from `[API]` settings (ApiSettings)."""
+    HeadLimits.max_url_bytes = api.max_url_bytes
+    HeadLimits.max_header_bytes = api.max_header_bytes
+    HeadLimits.max_headers = api.max_headers
+
+
+class _HeadTooLarge(Exception):
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with HeadLimits."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        self._head_bytes = 0
+        self._header_count = 0
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._header_count = 0
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > HeadLimits.max_url_bytes:
+            raise _HeadTooLarge(414, f"the request target may be at most {HeadLimits.max_url_bytes} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > HeadLimits.max_headers:
+            raise _HeadTooLarge(431, f"a request may have at most {HeadLimits.max_headers} headers")
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True
+
+    def data_received(self, data: bytes) -> None:
+        in_head = self._in_head
+        try:
+            super_feed = self.parser.feed_data
+            self._unset_keepalive_if_required()
+            super_feed(data)
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__ if isinstance(exc.__context__, _HeadTooLarge) else None
+            if cause is not None:
+                self._refuse(cause.status, cause.detail)
+            else:
+                self.logger.warning("Invalid HTTP request received.")
+                self._refuse(400, "invalid HTTP request")
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if in_head and self._in_head:
+            # Everything in this read was head (the head is still not complete): count it.
+            self._head_bytes += len(data)
+            if self._head_bytes > HeadLimits.max_header_bytes:
+                self._refuse(431, f"the request head may be at most {HeadLimits.max_header_bytes} bytes")
+
+    def _refuse(self, status: int, detail: str) -> None:
+        headers, body = problem_bytes(status, detail, {"Connection": "close"})
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, STATUS_TEXT[status])]
+        out += [name + b": " + value + b"\r\n" for name, value in headers]
+        out += [b"\r\n", body]
+        self.transport.write(b"".join(out))
+        self.transport.close()
+        self._in_head = False        # nothing more is parsed on this connection
+
+
+class StoreUvicornWorker(UvicornWorker):
+    """gunicorn worker class: uvicorn with uvloop and the limited httptools protocol."""
+
+    CONFIG_KWARGS = {"loop": "auto", "http": LimitedHttpToolsProtocol}
