@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test sdk bench bench-replica bench-pgbouncer clean
+.PHONY: run test fuzz sdk bench bench-replica bench-pgbouncer clean
 
 $(VENV)/.installed-local: requirements.txt requirements-local.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ run: $(VENV)/.installed-local
 
 test: $(VENV)/.installed-dev tools/node_modules/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The contract fuzzer for FUZZ_SECONDS (600) with a random seed (printed; CONTRACT_SEED=N repeats one).
+FUZZ_SECONDS ?= 600
+fuzz: $(VENV)/.installed-dev
+	CONTRACT_SECONDS=$(FUZZ_SECONDS) CONTRACT_SEED=$${CONTRACT_SEED:-random} $(PY) -m pytest -s tests/test_contract.py
 
 # Client SDKs from swagger/swagger.yaml into build/sdk/ (Python x2, TypeScript); see README.
 sdk: $(VENV)/.installed-dev

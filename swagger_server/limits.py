@@ -63,7 +63,9 @@ class BodyLimit:
                 messages.append(message)
                 if not message.get("more_body", False):
                     break
-            scope = {**scope, "headers": [*scope["headers"], (b"content-length", str(size).encode())]}
+            # From here on it is an ordinary body of known length (WSGI below would look for chunks).
+            headers = [(k, v) for k, v in scope["headers"] if k != b"transfer-encoding"]
+            scope = {**scope, "headers": [*headers, (b"content-length", str(size).encode())]}
             receive = _replay(messages, receive)
         limit = self.max_bytes
         received = 0

@@ -9,12 +9,15 @@ stays at the limit plus one network read.
 """
 from __future__ import annotations
 
+import asyncio
+
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
 from swagger_server.errors import problem_bytes
 
+LINGER_SECONDS = 2.0    # how long a refused client's remaining bytes are read and dropped
 STATUS_TEXT = {400: b"Bad Request", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
 
 
@@ -48,6 +51,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._header_count = 0
+        self._lingering = False
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -75,6 +79,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return                   # refused: what the client still sends is read and dropped
         in_head = self._in_head
         try:
             super_feed = self.parser.feed_data
@@ -101,13 +107,27 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse(431, f"the request head may be at most {HeadLimits.max_header_bytes} bytes")
 
     def _refuse(self, status: int, detail: str) -> None:
+        """Answer, then close the way nginx's lingering_close does: stop sending, discard what the
+        client is still sending for up to LINGER_SECONDS, then close. Closing at once, with unread
+        bytes from the client, sends a reset that can destroy the answer before the client reads it."""
         headers, body = problem_bytes(status, detail, {"Connection": "close"})
         out = [b"HTTP/1.1 %d %s\r\n" % (status, STATUS_TEXT[status])]
         out += [name + b": " + value + b"\r\n" for name, value in headers]
         out += [b"\r\n", body]
         self.transport.write(b"".join(out))
-        self.transport.close()
         self._in_head = False        # nothing more is parsed on this connection
+        self._lingering = True
+        try:
+            self.transport.write_eof()
+        except (NotImplementedError, OSError, RuntimeError):
+            self.transport.close()
+            return
+        self._linger = asyncio.get_running_loop().call_later(LINGER_SECONDS, self.transport.close)
+
+    def connection_lost(self, exc) -> None:
+        if getattr(self, "_linger", None) is not None:
+            self._linger.cancel()
+        super().connection_lost(exc)
 
 
 class StoreUvicornWorker(UvicornWorker):

@@ -27,6 +27,11 @@ def test_dashboard_rejects_bad_ranges(client, store):
     assert reversed_range.status_code == 400
     assert reversed_range.json()["field"] == "from"
     assert client.get("/api/dashboard?from=yesterday").status_code == 400
+    too_long = client.get("/api/dashboard?from=2000-01-01&to=2026-01-01")
+    assert too_long.status_code == 400 and too_long.json()["field"] == "from"
+    for bad in ("to=", "to=20260131", "from=2026-02-30", "to=0000-01-01"):
+        answer = client.get(f"/api/dashboard?{bad}")
+        assert answer.status_code == 400 and answer.json()["field"] in ("from", "to"), (bad, answer.text)
 
 
 def test_health_needs_no_database_and_no_token(client, pool):
