@@ -70,4 +70,12 @@ def test_compose_file_structure():
     assert int(api["stop_grace_period"].rstrip("s")) > 20, "longer than gunicorn's graceful_timeout"
     for name, service in services.items():
         for port in service.get("ports", []):
-            assert re.fullmatch(r"\d+:\d+", port), f"{name}: port {port!r}"
+            # Published on loopback only: what is reachable from outside is a proxy's decision.
+            assert re.fullmatch(r"127\.0\.0\.1:\d+:\d+", port), f"{name}: port {port!r}"
+    # No secret has a default: each is required from the environment (${VAR:?message}).
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "change-me" not in text and "store:store@" not in text
+    assert re.search(r"API_TOKENS: \$\{API_TOKENS:\?", text)
+    assert re.search(r"POSTGRES_PASSWORD: \$\{POSTGRES_PASSWORD:\?", text)
+    for service in (api, migrate, bouncer):
+        assert "${POSTGRES_PASSWORD:?" in service["environment"]["DATABASE_URL"]

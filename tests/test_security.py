@@ -335,3 +335,28 @@ def test_an_empty_token_list_is_a_warning_at_start(database_url):
     finally:
         _, log = tokenless.stop()
     assert "no API tokens configured" in log
+
+
+def test_a_thousand_half_open_slow_clients_do_not_stop_the_service(server):
+    """1000 connections that send half a request head and wait hold no handler thread and no
+    connection: the service keeps answering while they are open (uvicorn parses heads on the event
+    loop; nothing reaches the app before a head is complete)."""
+    def timed_health() -> float:
+        start = time.monotonic()
+        assert requests.get(f"{server.base}/api/health", timeout=2).status_code == 200
+        return time.monotonic() - start
+
+    baseline = sorted(timed_health() for _ in range(30))[15]
+    slow = []
+    try:
+        for _ in range(1000):
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            slow.append(sock)
+        during = sorted(timed_health() for _ in range(30))[15]
+        orders = requests.get(f"{server.base}/api/customers/1", headers=AUTH, timeout=2)
+        assert orders.status_code in (200, 404)
+    finally:
+        for sock in slow:
+            sock.close()
+    print(f"p50 of /api/health: {baseline * 1000:.1f} ms alone, {during * 1000:.1f} ms beside 1000 slow clients")
