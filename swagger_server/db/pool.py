@@ -30,6 +30,8 @@ from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
 
 from swagger_server.config import PoolSettings
 from swagger_server.db.connection import Connection, connect, install_wait_callback
+from swagger_server.db.errors import (DatabaseUnavailable, PoolClosed, PoolError, PoolTimeout,  # noqa: F401
+                                      PoolUsedAcrossFork, TooManyWaiters)
 
 logger = logging.getLogger(__name__)
 
@@ -44,33 +46,6 @@ _inherited_from_parent: list = []
 def keep_inherited(pool: "ConnectionPool") -> None:
     """Keep a pool made by the parent process alive, untouched, in this (forked) process."""
     _inherited_from_parent.append(pool)
-
-
-class PoolError(Exception):
-    """Base of the pool's errors. `retry_after` is the seconds a client should wait before retrying."""
-
-    retry_after = 1
-
-    def __init__(self, message: str, retry_after: int | None = None):
-        super().__init__(message)
-        if retry_after is not None:
-            self.retry_after = retry_after
-
-
-class PoolTimeout(PoolError):
-    """Every connection stayed busy for the whole wait."""
-
-
-class TooManyWaiters(PoolError):
-    """The queue of waiting requests is full; the request is refused without waiting."""
-
-
-class DatabaseUnavailable(PoolError):
-    """A connection to the database could not be made (or the database is known to be down)."""
-
-
-class PoolClosed(PoolError):
-    """The pool has been closed (the worker is shutting down)."""
 
 
 @dataclass
@@ -172,7 +147,7 @@ class ConnectionPool:
         connection whose socket is known dead.
         """
         if os.getpid() != self.pid:
-            raise PoolError(f"pool {self.name!r} was created in process {self.pid} and cannot be used "
+            raise PoolUsedAcrossFork(f"pool {self.name!r} was created in process {self.pid} and cannot be used "
                             f"in process {os.getpid()} (libpq sockets must not cross a fork)")
         timeout = self.timeout if timeout is None else timeout
         start = time.monotonic()
