@@ -1,114 +1,22 @@
-"""The app factory: create_app(settings) -> connexion.FlaskApp with middleware, API, errors and db hooks.
+"""Store API: a spec-first PostgreSQL-backed HTTP API (Connexion 3, psycopg2, gunicorn).
 
-Nothing here opens a socket: the pool is made per process, after gunicorn forks (see wsgi.py), or
-lazily on first use.
+`create_app` and `get_database` live in swagger_server/app.py and are imported on first use, so
+that the database layer (`swagger_server.db`) imports without Connexion or Flask.
 """
 from __future__ import annotations
 
-import contextlib
-import json
-import logging
 import warnings
-from pathlib import Path
 
 # Connexion imports Starlette's test client at import time, which warns about httpx on every start
-# (CLI, gunicorn). It is not ours to fix and says nothing about this service.
+# (CLI, gunicorn). It is not ours to fix and says nothing about this service. Set here, before any
+# module of ours imports Connexion.
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
 
-import connexion  # noqa: E402
-import flask  # noqa: E402
-from a2wsgi import WSGIMiddleware  # noqa: E402
-from connexion.jsonifier import Jsonifier  # noqa: E402
-from connexion.middleware import MiddlewarePosition  # noqa: E402
-from connexion.options import SwaggerUIOptions  # noqa: E402
-from starlette.middleware.cors import CORSMiddleware  # noqa: E402
-
-from connexion.frameworks import flask as _connexion_flask  # noqa: E402
-from connexion.frameworks import starlette as _connexion_starlette  # noqa: E402
-
-from swagger_server import errors, observability, security, validation  # noqa: E402
-from swagger_server.admission import AdmissionControl  # noqa: E402
-from swagger_server.limits import BodyLimit  # noqa: E402
-from swagger_server.config import Settings, load_settings  # noqa: E402
-from swagger_server.db.request import Database  # noqa: E402
-
-logger = logging.getLogger(__name__)
-
-# Connexion's router turns an integer path segment into an int before anything validates it, and
-# Python refuses to parse more than 4300 digits (ValueError: a 500). Routing at most 20 digits keeps
-# every int64 (and one digit more, which the spec's `maximum` refuses with 400); longer is a 404.
-# Flask routes again (a path Connexion did not match reaches it), with the same converter.
-_connexion_starlette.IntegerConverter.regex = _connexion_flask.IntegerConverter.regex = r"[+-]?[0-9]{1,20}"
-
-SPEC_DIR = Path(__file__).resolve().parent.parent / "swagger"
+__all__ = ["create_app", "get_database"]
 
 
-def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
-    """Build the application. Reads settings from config.ini and the environment when none are given."""
-    settings = settings or load_settings()
-    database = Database(settings)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_app):
-        # Pool gauges from the start, not from this worker's first request: an idle worker counts too.
-        observability.pool_metrics(database)
-        yield
-        # Runs after the server has stopped taking requests and in-flight ones have finished
-        # (uvicorn waits for them); gunicorn's worker_exit hook never runs under the uvicorn worker.
-        database.close()
-
-    app = connexion.FlaskApp(
-        __name__,
-        specification_dir=SPEC_DIR,
-        lifespan=lifespan,
-        # Connexion's default indent=2 forces the pure-Python encoder; compact output keeps the C one.
-        jsonifier=Jsonifier(json, separators=(",", ":")),
-        pythonic_params=True,
-        swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
-    )
-    # Outermost (added first at this position): sees every answer, serves /metrics, logs each request.
-    app.add_middleware(observability.Observability, position=MiddlewarePosition.BEFORE_EXCEPTION, database=database,
-                       metrics_token=settings.api.metrics_token, metrics_port=settings.api.metrics_port)
-    observability.setup_access_log(settings.api.access_log)
-    database.on_checkout = _record_pool_wait
-    # Before the exception middleware, so error responses rendered by Connexion carry CORS headers too.
-    app.add_middleware(CORSMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION,
-                       allow_origins=list(settings.api.cors_origins), allow_credentials=False,
-                       allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
-                       allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID",
-                                      "X-Consistency-Token"],
-                       expose_headers=["Location", "Retry-After", "Idempotent-Replayed", "X-Request-ID",
-                                       "X-Consistency-Token", "WWW-Authenticate"], max_age=600)
-    # Bodies are counted before anything reads them: inside CORS (a 413 carries CORS headers), outside
-    # the exception middleware (which renders a PayloadTooLarge raised while a body is read).
-    app.add_middleware(BodyLimit, position=MiddlewarePosition.BEFORE_EXCEPTION, max_bytes=settings.api.max_body_bytes)
-    app.add_api("swagger.yaml", base_path="/api", validate_responses=settings.api.validate_responses,
-                strict_validation=True, validator_map=validation.VALIDATORS)
-    errors.set_routes(_spec_paths(), "/api")
-    # Flask handlers run in a2wsgi's thread pool (Connexion fixes it at 10 threads; we size it), behind
-    # admission control, so that excess requests wait a bounded time instead of queueing without limit.
-    flask_asgi = app.middleware.app
-    flask_asgi.asgi_app = AdmissionControl(WSGIMiddleware(app.app.wsgi_app, workers=settings.server.threads),
-                                           limit=settings.server.threads, timeout=settings.pool.timeout,
-                                           retry_after=settings.api.retry_after)
-    errors.register(app)
-    security.configure(settings.api.tokens)
-    database.init_app(app.app)
-    app.app.config["SETTINGS"] = settings
-    return app
-
-
-def _spec_paths() -> dict:
-    import yaml
-    with open(SPEC_DIR / "swagger.yaml", encoding="utf-8") as f:
-        return yaml.safe_load(f)["paths"]
-
-
-def _record_pool_wait(pool: str, seconds: float) -> None:
-    if flask.has_request_context():
-        observability.record_pool_wait(flask.request.environ, pool, seconds)
-
-
-def get_database(app: connexion.FlaskApp) -> Database:
-    """The app's Database (its pool for this process)."""
-    return app.app.extensions["db"]
+def __getattr__(name: str):
+    if name in __all__:
+        from swagger_server import app
+        return getattr(app, name)
+    raise AttributeError(f"module 'swagger_server' has no attribute {name!r}")

@@ -14,7 +14,7 @@ from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionResponse
 from starlette.exceptions import HTTPException
 
-from swagger_server.db.pool import DatabaseUnavailable, PoolClosed, PoolError, PoolTimeout, TooManyWaiters
+from swagger_server.db.errors import DatabaseUnavailable, PoolClosed, PoolError, PoolTimeout, TooManyWaiters
 
 logger = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
                                generate_latest, multiprocess)
 
+from swagger_server.db.pool import EVENTS
 from swagger_server.errors import excerpt, problem_bytes
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -47,17 +48,13 @@ POOL_CONNECTIONS = Gauge("store_api_pool_connections",
                          ["pool", "state"], multiprocess_mode="livesum")
 POOL_WAIT = Histogram("store_api_pool_wait_seconds", "Time a request waited for a database connection.",
                       ["pool"], buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
-POOL_EVENTS = Counter("store_api_pool_events",
-                      "Pool events: timeouts, rejected, unavailable, connection_errors, reconnects, "
-                      "connections_opened/closed, pings, discarded_dead, recycled, rollbacks, leaks, waited.",
+POOL_EVENTS = Counter("store_api_pool_events", "Pool events (the pool's own counters): " + ", ".join(EVENTS) + ".",
                       ["pool", "event"])
 REPLICA_LAG = Gauge("store_api_replica_lag_seconds", "Replica replay lag at the last check (the largest "
                     "any live worker saw).", multiprocess_mode="livemax")
 REPLICA_READS = Counter("store_api_replica_routed_reads", "Read-only requests by where they were served "
                         "and, for the primary, why.", ["destination", "reason"])
 
-_EVENTS = ("timeouts", "rejected", "unavailable", "connection_errors", "reconnects", "connections_opened",
-           "connections_closed", "pings", "discarded_dead", "recycled", "rollbacks", "leaks", "waited")
 
 access_log = logging.getLogger("store_api.access")
 
@@ -79,17 +76,17 @@ class PoolMetrics:
 
     def sync(self) -> None:
         db = self.database
-        if db.mode != "pool" or db._pool is None:
+        pools = db.pools()
+        if not pools:
             return
-        pools = [db._pool] + ([db._replica.pool] if db._replica is not None else [])
         with self._lock:
             for pool in pools:
                 stats = pool.stats()
                 for state in ("size", "idle", "in_use", "waiting", "max"):
                     POOL_CONNECTIONS.labels(pool.name, state).set(stats[state])
-                for event in _EVENTS:
+                for event in EVENTS:
                     self._add(POOL_EVENTS.labels(pool.name, event), (pool.name, event), stats[event])
-            replica = db._replica
+            replica = db.replica
             if replica is not None:
                 state = replica.stats()
                 if state["lag_s"] is not None:

@@ -16,7 +16,7 @@ import pytest
 
 from swagger_server import create_app, get_database
 from swagger_server.db.embedded import free_port
-from swagger_server.db.request import get_conn
+from swagger_server.request_scope import get_conn
 from tests.conftest import AUTH, admin_connect, make_settings, query
 from tests.faultproxy import FaultProxy
 from tests.helpers import wait_until

@@ -3,7 +3,7 @@ import psycopg2.extensions as ext
 import pytest
 
 from swagger_server import create_app, get_database
-from swagger_server.db.request import get_conn
+from swagger_server.request_scope import get_conn
 from tests.conftest import AUTH, TEST_DB, admin_connect, make_settings, query
 
 

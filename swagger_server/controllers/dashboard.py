@@ -5,7 +5,7 @@ from datetime import date, datetime, timedelta, timezone
 
 from swagger_server.controllers.reply import reply
 from swagger_server.db.queries import dashboard
-from swagger_server.db.request import get_conn, read_only
+from swagger_server.request_scope import get_conn, read_only
 from swagger_server.errors import ApiError
 
 

@@ -11,7 +11,7 @@ from flask import current_app, request
 from swagger_server.controllers.reply import reply
 from swagger_server.db.connection import transaction
 from swagger_server.db.queries import customers, orders
-from swagger_server.db.request import get_conn, read_only
+from swagger_server.request_scope import get_conn, read_only
 from swagger_server.errors import Conflict, InsufficientStock, NotFound, UnprocessableEntity
 
 

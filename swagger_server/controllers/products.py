@@ -6,7 +6,7 @@ from psycopg2 import errors
 from swagger_server.controllers.reply import page, reply
 from swagger_server.db.connection import transaction
 from swagger_server.db.queries import products
-from swagger_server.db.request import get_conn, read_only
+from swagger_server.request_scope import get_conn, read_only
 from swagger_server.errors import Conflict, NotFound
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import psycopg2
 
 from swagger_server.config import Settings
+from swagger_server.db.database import pool_class
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def check_connection_budget(settings: Settings, log: logging.Logger | None = Non
     Raises BudgetExceeded when `[POOL] budget_check = error`, logs a warning when `warn`; returns the
     primary's Budget, or None if skipped or the database is unreachable."""
     log = log or logger
-    if settings.pool.budget_check == "off" or settings.pool.mode != "pool":
+    if settings.pool.budget_check == "off" or not pool_class(settings).holds_connections:
         return None
     if settings.replica.enabled:
         _check(settings, "replica", log)

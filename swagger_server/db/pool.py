@@ -12,6 +12,7 @@ Failure is reported as one of a few specific exceptions, all `PoolError`s carryi
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -23,6 +24,7 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
+from typing import Iterator
 
 import psycopg2
 import psycopg2.extensions as ext
@@ -94,12 +96,21 @@ class _Waiter:
         return True
 
 
+# Cumulative counters in stats(). EVENTS are the ones exported as events (all but the totals).
+COUNTERS = ("requests", "waited", "wait_ms", "timeouts", "rejected", "unavailable", "connections_opened",
+            "connections_closed", "connection_errors", "reconnects", "pings", "discarded_dead", "recycled",
+            "rollbacks", "leaks")
+EVENTS = tuple(name for name in COUNTERS if name not in ("requests", "wait_ms"))
+
+
 class ConnectionPool:
     """A bounded, thread-safe pool of `Connection`s for one process.
 
     `getconn()` waits up to `settings.timeout`; `putconn()` resets and returns; `close()` is idempotent.
     The pool remembers the pid that created it and refuses to be used from another process.
     """
+
+    holds_connections = True         # counted by the start-up budget check
 
     def __init__(self, dsn: str, settings: PoolSettings, *, connect_timeout: float = 3.0,
                  name: str = "primary", connector_threads: int = 2):
@@ -127,10 +138,7 @@ class ConnectionPool:
         self._down_since: float | None = None
         self._busy_connectors = 0
         self._count_lock = threading.Lock()
-        self.counters = dict.fromkeys((
-            "requests", "waited", "wait_ms", "timeouts", "rejected", "unavailable", "connections_opened",
-            "connections_closed", "connection_errors", "reconnects", "pings", "discarded_dead", "recycled",
-            "rollbacks", "leaks"), 0)
+        self._counters = dict.fromkeys(COUNTERS, 0)
 
         self._threads = [threading.Thread(target=self._connector, args=(i == 0,), daemon=True,
                                           name=f"pool-{name}-{i}") for i in range(max(1, connector_threads))]
@@ -180,6 +188,15 @@ class ConnectionPool:
                                               f"(pool {self.name!r}): idle connections did not answer")
                 continue
             return self._wait(waiter, start, deadline)
+
+    @contextlib.contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[Connection]:
+        """`with pool.connection() as conn:` a connection for the block, given back however it ends."""
+        conn = self.getconn(timeout)
+        try:
+            yield conn
+        finally:
+            self.putconn(conn)
 
     def putconn(self, conn: Connection) -> None:
         """Give a connection back: roll back an open transaction, discard a broken or expired one."""
@@ -236,7 +253,7 @@ class ConnectionPool:
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._count_lock:
-            self.counters[name] += n
+            self._counters[name] += n
 
     @property
     def closed(self) -> bool:
@@ -254,7 +271,7 @@ class ConnectionPool:
                 "down_for_s": round(time.monotonic() - self._down_since, 3) if self._down_since else 0.0,
             }
         with self._count_lock:
-            snapshot.update(self.counters)
+            snapshot.update(self._counters)
         return snapshot
 
     def wait_ready(self, timeout: float = 10.0) -> None:

@@ -26,11 +26,11 @@ import psycopg2
 import psycopg2.errors
 
 from swagger_server.config import Settings
-from swagger_server.db.pool import ConnectionPool, PoolError, PoolTimeout, TooManyWaiters
+from swagger_server.db.errors import PoolError, PoolTimeout, TooManyWaiters
+from swagger_server.db.pool import ConnectionPool
 
 logger = logging.getLogger(__name__)
 
-CONSISTENCY_HEADER = "X-Consistency-Token"
 
 # In recovery: how far replay is, and how old the last replayed transaction is while WAL is still
 # waiting to be replayed (0 when everything received is replayed: an idle primary is not "lag").
@@ -140,19 +140,13 @@ class Replica:
     def check(self) -> None:
         """One lag check: a connection from the replica pool, one query."""
         try:
-            conn = self.pool.getconn(timeout=min(self.pool.timeout, max(self.interval, 1.0)))
-        except PoolError as exc:
+            with self.pool.connection(timeout=min(self.pool.timeout, max(self.interval, 1.0))) as conn:
+                with conn.cursor() as cur:
+                    cur.execute(_LAG_QUERY)
+                    lsn, lag, in_recovery = cur.fetchone()
+        except (PoolError, psycopg2.Error) as exc:
             self._check_failed(exc)
             return
-        try:
-            with conn.cursor() as cur:
-                cur.execute(_LAG_QUERY)
-                lsn, lag, in_recovery = cur.fetchone()
-        except psycopg2.Error as exc:
-            self._check_failed(exc)
-            return
-        finally:
-            self.pool.putconn(conn)
         with self._lock:
             was_down = self.failed_at is not None and (self.checked_at is None or self.failed_at > self.checked_at)
             self.replay_lsn, self.lag_s, self.in_recovery = parse_lsn(lsn), float(lag), in_recovery

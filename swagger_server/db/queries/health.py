@@ -18,3 +18,9 @@ def connections_by_application(conn) -> list[dict]:
                     " FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
                     " GROUP BY 1, 2 ORDER BY 1, 2")
         return cur.all()
+
+
+def ping(conn) -> None:
+    """The cheapest round trip: proves the server answers on this connection."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1")

@@ -1,0 +1,112 @@
+"""The app factory: create_app(settings) -> connexion.FlaskApp with middleware, API, errors and db hooks.
+
+(Imported lazily by the package, so that `swagger_server.db` can be used without Connexion or Flask.)
+
+Nothing here opens a socket: the pool is made per process, after gunicorn forks (see wsgi.py), or
+lazily on first use.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+import connexion
+import flask
+import yaml
+from a2wsgi import WSGIMiddleware
+from connexion.frameworks import flask as _connexion_flask
+from connexion.frameworks import starlette as _connexion_starlette
+from connexion.jsonifier import Jsonifier
+from connexion.middleware import MiddlewarePosition
+from connexion.options import SwaggerUIOptions
+from starlette.middleware.cors import CORSMiddleware
+
+from swagger_server import errors, observability, security, validation
+from swagger_server.admission import AdmissionControl
+from swagger_server.config import Settings, load_settings
+from swagger_server.db.database import Database
+from swagger_server.limits import BodyLimit
+from swagger_server.request_scope import RequestScope
+
+logger = logging.getLogger(__name__)
+
+# Connexion's router turns an integer path segment into an int before anything validates it, and
+# Python refuses to parse more than 4300 digits (ValueError: a 500). Routing at most 20 digits keeps
+# every int64 (and one digit more, which the spec's `maximum` refuses with 400); longer is a 404.
+# Flask routes again (a path Connexion did not match reaches it), with the same converter.
+_connexion_starlette.IntegerConverter.regex = _connexion_flask.IntegerConverter.regex = r"[+-]?[0-9]{1,20}"
+
+SPEC_DIR = Path(__file__).resolve().parent.parent / "swagger"
+
+
+def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
+    """Build the application. Reads settings from config.ini and the environment when none are given."""
+    settings = settings or load_settings()
+    database = Database(settings)
+    scope = RequestScope(database)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        # Pool gauges from the start, not from this worker's first request: an idle worker counts too.
+        observability.pool_metrics(database)
+        yield
+        # Runs after the server has stopped taking requests and in-flight ones have finished
+        # (uvicorn waits for them); gunicorn's worker_exit hook never runs under the uvicorn worker.
+        database.close()
+
+    app = connexion.FlaskApp(
+        __name__,
+        specification_dir=SPEC_DIR,
+        lifespan=lifespan,
+        # Connexion's default indent=2 forces the pure-Python encoder; compact output keeps the C one.
+        jsonifier=Jsonifier(json, separators=(",", ":")),
+        pythonic_params=True,
+        swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
+    )
+    # Outermost (added first at this position): sees every answer, serves /metrics, logs each request.
+    app.add_middleware(observability.Observability, position=MiddlewarePosition.BEFORE_EXCEPTION, database=database,
+                       metrics_token=settings.api.metrics_token, metrics_port=settings.api.metrics_port)
+    observability.setup_access_log(settings.api.access_log)
+    scope.on_checkout = _record_pool_wait
+    # Before the exception middleware, so error responses rendered by Connexion carry CORS headers too.
+    app.add_middleware(CORSMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION,
+                       allow_origins=list(settings.api.cors_origins), allow_credentials=False,
+                       allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+                       allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID",
+                                      "X-Consistency-Token"],
+                       expose_headers=["Location", "Retry-After", "Idempotent-Replayed", "X-Request-ID",
+                                       "X-Consistency-Token", "WWW-Authenticate"], max_age=600)
+    # Bodies are counted before anything reads them: inside CORS (a 413 carries CORS headers), outside
+    # the exception middleware (which renders a PayloadTooLarge raised while a body is read).
+    app.add_middleware(BodyLimit, position=MiddlewarePosition.BEFORE_EXCEPTION, max_bytes=settings.api.max_body_bytes)
+    app.add_api("swagger.yaml", base_path="/api", validate_responses=settings.api.validate_responses,
+                strict_validation=True, validator_map=validation.VALIDATORS)
+    errors.set_routes(_spec_paths(), "/api")
+    # Flask handlers run in a2wsgi's thread pool (Connexion fixes it at 10 threads; we size it), behind
+    # admission control, so that excess requests wait a bounded time instead of queueing without limit.
+    flask_asgi = app.middleware.app
+    flask_asgi.asgi_app = AdmissionControl(WSGIMiddleware(app.app.wsgi_app, workers=settings.server.threads),
+                                           limit=settings.server.threads, timeout=settings.pool.timeout,
+                                           retry_after=settings.api.retry_after)
+    errors.register(app)
+    security.configure(settings.api.tokens)
+    scope.init_app(app.app)
+    app.app.config["SETTINGS"] = settings
+    return app
+
+
+def _spec_paths() -> dict:
+    with open(SPEC_DIR / "swagger.yaml", encoding="utf-8") as f:
+        return yaml.safe_load(f)["paths"]
+
+
+def _record_pool_wait(pool: str, seconds: float) -> None:
+    if flask.has_request_context():
+        observability.record_pool_wait(flask.request.environ, pool, seconds)
+
+
+def get_database(app: connexion.FlaskApp) -> Database:
+    """The app's Database (its pool for this process)."""
+    return app.app.extensions["db"]

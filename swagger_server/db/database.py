@@ -1,0 +1,123 @@
+"""`Database`: one app's access to PostgreSQL in the current process: its pool, its replica, their health.
+
+The pool is made per process: by gunicorn's `post_fork` hook (through wsgi.py), or lazily on first
+use. If the process has forked since (the pid changed), a fresh pool is made and the parent's is
+left untouched: libpq sockets must not cross a fork. `[POOL] mode` is decided here, once: `pool`
+gives a ConnectionPool, `none` a NullPool (a connection per checkout), with the same verbs.
+
+Nothing here knows about HTTP; the request scope (one connection per request) is
+swagger_server/request_scope.py.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from swagger_server.config import PoolSettings, Settings
+from swagger_server.db.null_pool import NullPool
+from swagger_server.db.pool import ConnectionPool, keep_inherited
+from swagger_server.db.replica import Replica
+
+logger = logging.getLogger(__name__)
+
+WARN_USAGE = 0.8          # health is `warning` from this share of connections in use
+
+
+def pool_class(settings: Settings) -> type:
+    """The pool for `[POOL] mode`: the one place that reads it."""
+    return NullPool if settings.pool.mode == "none" else ConnectionPool
+
+
+def make_pool(dsn: str, settings: Settings, pool_settings: PoolSettings | None = None, name: str = "primary"):
+    return pool_class(settings)(dsn, pool_settings or settings.pool, connect_timeout=settings.database.connect_timeout,
+                                name=name)
+
+
+class Database:
+    """This process's pools for one app. `pool` and `replica` open them on first use in each process."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.mode = settings.pool.mode
+        self._pool = None
+        self._replica: Replica | None = None
+        self._lock = threading.Lock()
+
+    def application_name(self) -> str:
+        """What `pg_stat_activity.application_name` shows for this process: names the worker pid."""
+        return f"store-api:{os.getpid()}"
+
+    def open(self):
+        """Create this process's pool (and replica) now (gunicorn post_fork). Idempotent."""
+        with self._lock:
+            if self._pool is not None and self._pool.pid == os.getpid() and not self._pool.closed:
+                return self._pool
+            if self._pool is not None and self._pool.pid != os.getpid():
+                logger.warning("fork detected: pool of process %d replaced in process %d",
+                               self._pool.pid, os.getpid())
+                # Not closed, not even locked: its lock may have been held by a parent thread at the
+                # fork, and its sockets are the parent's. Kept referenced so it is never collected.
+                keep_inherited(self._pool)
+                if self._replica is not None:
+                    keep_inherited(self._replica.pool)
+            self._pool = make_pool(self.settings.database.dsn(self.application_name()), self.settings)
+            # A replica needs a real pool (and a lag monitor); the `none` baseline has neither.
+            self._replica = (Replica(self.settings, self.application_name())
+                             if self.settings.replica.enabled and pool_class(self.settings) is ConnectionPool
+                             else None)
+            return self._pool
+
+    @property
+    def pool(self):
+        """This process's pool, opened on first use; possibly closed (shutting down: getconn raises PoolClosed)."""
+        pool = self._pool
+        if pool is None or pool.pid != os.getpid():
+            return self.open()
+        return pool
+
+    @property
+    def replica(self) -> Replica | None:
+        """This process's replica (pool and lag monitor), or None when none is configured."""
+        if not self.settings.replica.enabled:
+            return None
+        self.pool                 # opens both in a new process
+        return self._replica
+
+    def pools(self) -> list:
+        """This process's open pools (primary first), for metrics; empty before the first use."""
+        if self._pool is None or self._pool.pid != os.getpid():
+            return []
+        return [self._pool] + ([self._replica.pool] if self._replica is not None else [])
+
+    def close(self, timeout: float | None = None) -> None:
+        """Close this process's pools (worker shutdown). Idempotent."""
+        with self._lock:
+            pool, replica = self._pool, self._replica
+        timeout = self.settings.server.graceful_timeout if timeout is None else timeout
+        if replica is not None:
+            replica.close(timeout=timeout)
+        if pool is not None:
+            pool.close(timeout=timeout)      # a pool inherited from a parent is only kept, not closed
+
+    def health(self) -> dict:
+        """The pools' statistics with a status: `error` while the database is unreachable, `warning`
+        under pressure (80% of connections in use, requests waiting, reads sent away from the replica)."""
+        stats = self.pool.stats()
+        warnings = []
+        usage = stats["in_use"] / stats["max"] if stats["max"] else 0.0
+        if not stats["database_up"]:
+            warnings.append(f"database unreachable for {stats['down_for_s']:.1f} s: {stats['last_error']}")
+        if usage >= WARN_USAGE:
+            warnings.append(f"{stats['in_use']} of {stats['max']} connections in use ({usage:.0%})")
+        if stats["waiting"]:
+            warnings.append(f"{stats['waiting']} request(s) waiting for a connection")
+        body = {"mode": self.mode, "usage": round(usage, 3), "warnings": warnings, "pool": stats}
+        replica = self.replica
+        if replica is not None:
+            body["replica"] = replica.stats()
+            if body["replica"]["routing"] != "replica":
+                warnings.append(f"reads go to the {body['replica']['routing']}: replica "
+                                f"{body['replica']['last_error'] or 'lag ' + str(body['replica']['lag_s']) + ' s'}")
+        status = "error" if not stats["database_up"] else ("warning" if warnings else "healthy")
+        return {"status": status, **body}

@@ -1,0 +1,92 @@
+"""A pool that keeps nothing: a new connection on every checkout, closed when it is given back.
+
+`[POOL] mode = none`, the slow baseline the benchmark compares against (as psycopg_pool's
+NullConnectionPool). It has the pool's verbs and an honest `stats()`, so that nothing above the
+database layer needs to know which kind it holds.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from typing import Iterator
+
+import psycopg2
+
+from swagger_server.config import PoolSettings
+from swagger_server.db.connection import Connection, connect, install_wait_callback
+from swagger_server.db.errors import DatabaseUnavailable, PoolClosed
+from swagger_server.db.pool import COUNTERS
+
+
+class NullPool:
+    """Connection per checkout. `getconn()` connects (DatabaseUnavailable if it cannot); `putconn()` closes."""
+
+    holds_connections = False        # the start-up budget check has nothing to count
+
+    def __init__(self, dsn: str, settings: PoolSettings, *, connect_timeout: float = 3.0, name: str = "primary"):
+        self.dsn = dsn
+        self.name = name
+        self.settings = settings
+        self.timeout = settings.timeout
+        self.connect_timeout = connect_timeout
+        self.pid = os.getpid()
+        self.min_size, self.max_size = 0, settings.max_connections
+        self._closed = False
+        self._lock = threading.Lock()
+        self._in_use = 0
+        self._counters = dict.fromkeys(COUNTERS, 0)
+        install_wait_callback()
+
+    def getconn(self, timeout: float | None = None) -> Connection:
+        if self._closed:
+            raise PoolClosed(f"pool {self.name!r} is closed")
+        self._count("requests")
+        try:
+            conn = connect(self.dsn, connect_timeout=self.connect_timeout, io_timeout=self.settings.io_timeout(),
+                           statement_timeout_ms=self.settings.statement_timeout_ms)
+        except psycopg2.OperationalError as exc:
+            self._count("connection_errors")
+            self._count("unavailable")
+            raise DatabaseUnavailable(f"database unavailable: {str(exc).strip().splitlines()[0]}") from None
+        self._count("connections_opened")
+        with self._lock:
+            self._in_use += 1
+        return conn
+
+    def putconn(self, conn: Connection) -> None:
+        with self._lock:
+            self._in_use -= 1
+        self._count("connections_closed")
+        if not conn.closed:
+            conn.close()
+
+    @contextlib.contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[Connection]:
+        conn = self.getconn(timeout)
+        try:
+            yield conn
+        finally:
+            self.putconn(conn)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Nothing to warm."""
+
+    def stats(self) -> dict:
+        with self._lock:
+            in_use = self._in_use
+            counters = dict(self._counters)
+        return {"name": self.name, "pid": self.pid, "min": 0, "max": self.max_size, "size": in_use, "idle": 0,
+                "in_use": in_use, "waiting": 0, "opening": 0, "database_up": True, "last_error": None,
+                "down_for_s": 0.0, **counters}
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._counters[name] += 1

@@ -1,0 +1,130 @@
+"""The request's database connection: `get_conn()` takes one on first use, teardown gives it back.
+
+One connection per request, the same for every query in it, kept on `flask.g` and returned in
+`teardown_appcontext`, which never commits: the pool rolls back what is left open and discards a
+broken connection. Read-only controllers (`@read_only`) may be served by the replica; with one
+configured, a committed write's WAL position is returned as `X-Consistency-Token`, and a read that
+sends it back is served by the replica only once it has replayed that far (db/replica.py).
+"""
+from __future__ import annotations
+
+import functools
+import time
+from typing import Callable
+
+from flask import current_app, g, request
+
+from swagger_server.db.connection import Connection
+from swagger_server.db.database import Database
+from swagger_server.db.errors import PoolError
+from swagger_server.db.replica import parse_lsn, retry_on_primary
+from swagger_server.errors import ApiError
+
+CONSISTENCY_HEADER = "X-Consistency-Token"
+
+
+class RequestScope:
+    """Binds a Database to a Flask app: the per-request connection and its teardown."""
+
+    def __init__(self, database: Database):
+        self.database = database
+        # Called after each checkout with the pool's name and the seconds waited (metrics, access log).
+        self.on_checkout: Callable[[str, float], None] | None = None
+
+    def init_app(self, flask_app) -> None:
+        flask_app.extensions["db"] = self.database
+        flask_app.extensions["request_scope"] = self
+        flask_app.teardown_appcontext(self.teardown)
+        flask_app.after_request(_consistency_token)
+
+    def get_conn(self) -> Connection:
+        """The request's connection: the same one for the whole request, taken on first use.
+
+        Raises the pool's errors (PoolTimeout, DatabaseUnavailable, ...), which the API maps to 503.
+        """
+        conn = g.get("db_conn")
+        if conn is not None:
+            return conn
+        start = time.perf_counter()
+        if g.get("db_read_only"):
+            conn = self._replica_conn()
+            if conn is not None:
+                g.db_conn, g.db_role = conn, "replica"
+                self._checked_out("replica", start)
+                return conn
+        conn = self.database.pool.getconn()
+        conn.track_lsn = self.database.replica is not None
+        conn.commit_lsn = None
+        g.db_conn, g.db_role = conn, "primary"
+        self._checked_out("primary", start)
+        return conn
+
+    def _checked_out(self, pool: str, start: float) -> None:
+        if self.on_checkout is not None:
+            self.on_checkout(pool, time.perf_counter() - start)
+
+    def _replica_conn(self) -> Connection | None:
+        """A replica connection for this read, or None when the read should go to the primary."""
+        replica = self.database.replica
+        if replica is None or replica.route(g.get("db_min_lsn", 0)) is not None:
+            return None
+        try:
+            return replica.pool.getconn()
+        except PoolError as exc:
+            replica.failed(exc)
+            return None
+
+    def teardown(self, exc: BaseException | None = None) -> None:
+        """Give the request's connection back. Never commits: the pool rolls back what is left open."""
+        conn = g.pop("db_conn", None)
+        role = g.pop("db_role", "primary")
+        if conn is None:
+            return
+        pool = self.database.replica.pool if role == "replica" else self.database.pool
+        pool.putconn(conn)
+
+
+def _consistency_token(response):
+    """After a committed write (with a replica configured): the WAL position to read it back at."""
+    conn = g.get("db_conn")
+    lsn = getattr(conn, "commit_lsn", None) if g.get("db_role") == "primary" else None
+    if lsn:
+        response.headers[CONSISTENCY_HEADER] = lsn
+    return response
+
+
+def read_only(func):
+    """Mark a controller as read-only: it may be served by the replica (see db/replica.py).
+
+    If the replica fails while serving it, the whole handler runs again on the primary: a read-only
+    handler has no side effects, so running it twice is safe.
+    """
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        scope = current_app.extensions["request_scope"]
+        replica = scope.database.replica
+        if replica is None:
+            return func(*args, **kwargs)
+        try:
+            g.db_min_lsn = parse_lsn(request.headers.get(CONSISTENCY_HEADER))
+        except ValueError:
+            raise ApiError(f"{CONSISTENCY_HEADER} must be a WAL position like 0/16B3748, as a write returned it",
+                           field=CONSISTENCY_HEADER) from None
+        g.db_read_only = True
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:
+            if g.get("db_role") != "replica" or not retry_on_primary(exc):
+                raise
+            replica.failed(exc)
+            scope.teardown()                       # the pool discards the broken connection
+            g.db_read_only = False
+            return func(*args, **kwargs)
+        finally:
+            g.db_read_only = False
+    return wrapper
+
+
+def get_conn() -> Connection:
+    """The current request's database connection (see RequestScope.get_conn)."""
+    return current_app.extensions["request_scope"].get_conn()

@@ -1,0 +1,51 @@
+"""The layering the README describes: `swagger_server/db/` depends on nothing above it, the pool
+imports without Flask or Connexion, and `[POOL] mode` is decided in one place."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DB = ROOT / "swagger_server" / "db"
+ABOVE = ("flask", "connexion", "starlette", "a2wsgi", "uvicorn", "swagger_server.errors",
+         "swagger_server.controllers", "swagger_server.app", "swagger_server.request_scope",
+         "swagger_server.observability", "swagger_server.security")
+
+
+def imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_database_layer_imports_nothing_above_it():
+    for path in DB.rglob("*.py"):
+        wrong = {name for name in imports(path) if name.startswith(ABOVE)}
+        assert not wrong, f"{path.relative_to(ROOT)} imports {sorted(wrong)}"
+
+
+def test_the_pool_imports_without_flask_or_connexion():
+    code = ("import sys; sys.modules['flask'] = sys.modules['connexion'] = sys.modules['starlette'] = None; "
+            "import swagger_server.db.pool, swagger_server.db.null_pool, swagger_server.db.database, "
+            "swagger_server.db.replica, swagger_server.db.budget; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_the_pool_mode_is_decided_in_one_place():
+    """Only config.py (validation) and db/database.py (pool_class) look at `[POOL] mode`."""
+    readers = []
+    for path in (ROOT / "swagger_server").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare) and any(
+                    isinstance(side, ast.Attribute) and side.attr == "mode" for side in [node.left, *node.comparators]):
+                readers.append(str(path.relative_to(ROOT)))
+    assert sorted(set(readers)) <= ["swagger_server/config.py", "swagger_server/db/database.py"], readers
