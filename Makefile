@@ -3,7 +3,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test fuzz sdk bench bench-replica bench-pgbouncer clean
+.PHONY: help run test fuzz sdk bench bench-replica bench-pgbouncer clean
+.DEFAULT_GOAL := help
+
+# `make` alone lists the targets: each is the line starting with "## name:" above its rule.
+help:
+	@echo "Targets:"
+	@grep -E '^## [a-z-]+:' $(MAKEFILE_LIST) | sed -E 's/^## ([a-z-]+): */  \1\t/' | expand -t 20
 
 $(VENV)/.installed-local: requirements.txt requirements-local.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,32 +30,40 @@ $(VENV)/.installed-bench: $(VENV)/.installed-dev bench/requirements.txt
 	$(PY) -m pip install --quiet -r bench/requirements.txt
 	touch $@
 
+## run: set up and serve: venv, embedded PostgreSQL, schema, demo data, gunicorn on :8080
 run: $(VENV)/.installed-local
 	$(PY) scripts/run.py
 
+## test: set up and run every test against a real PostgreSQL (about 4 minutes)
 test: $(VENV)/.installed-dev tools/node_modules/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The contract fuzzer for FUZZ_SECONDS (600) with a random seed (printed; CONTRACT_SEED=N repeats one).
 FUZZ_SECONDS ?= 600
+## fuzz: the contract fuzzer for FUZZ_SECONDS (600) with a random seed
 fuzz: $(VENV)/.installed-dev
 	CONTRACT_SECONDS=$(FUZZ_SECONDS) CONTRACT_SEED=$${CONTRACT_SEED:-random} $(PY) -m pytest -s tests/test_contract.py
 
 # Client SDKs from swagger/swagger.yaml into build/sdk/ (Python x2, TypeScript); see README.
+## sdk: generate the client SDKs into build/sdk/
 sdk: $(VENV)/.installed-dev
 	$(PY) scripts/sdk.py build/sdk
 
 # Not part of the tests: about 4 minutes, loopback only, stops by itself. Results in bench/results/.
+## bench: the benchmark: ours vs the peers, loopback only (about 5 minutes)
 bench: $(VENV)/.installed-bench
 	$(PY) bench/run.py
 
+## clean: remove the venv, .data, build/ and tools/node_modules
 clean:
 	rm -rf $(VENV) .data .pytest_cache build tools/node_modules
 
 # The realistic mix (bench/k6/mix.js) with and without a streaming replica; about 2 minutes.
+## bench-replica: the k6 mix with and without a streaming replica (about 2 minutes)
 bench-replica: $(VENV)/.installed-bench
 	$(PY) bench/replica.py
 
 # 80 app connections into a PostgreSQL with 30 slots, through PgBouncer; about 2 minutes.
+## bench-pgbouncer: 80 app connections into 30 PostgreSQL slots through PgBouncer
 bench-pgbouncer: $(VENV)/.installed-bench
 	$(PY) bench/pgbouncer.py

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import configparser
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
@@ -188,36 +188,20 @@ def _str(raw: str) -> str:
 _KIND = {_int: "an integer", _float: "a number", _bool: "true or false", _list: "a comma-separated list",
          _str: "a string"}
 
-# section -> key in the ini -> (dataclass field, parser)
-_INI_KEYS: dict[str, dict[str, tuple[str, Callable]]] = {
-    "POSTGRES": {"host": ("host", _str), "port": ("port", _int), "user": ("user", _str),
-                 "password": ("password", _str), "dbname": ("dbname", _str), "sslmode": ("sslmode", _str),
-                 "connect_timeout": ("connect_timeout", _float), "url": ("url", _str),
-                 "keepalives_idle": ("keepalives_idle", _int),
-                 "tcp_user_timeout_ms": ("tcp_user_timeout_ms", _int)},
-    "POOL": {"mode": ("mode", _str), "min_connections": ("min_connections", _int),
-             "max_connections": ("max_connections", _int), "timeout": ("timeout", _float),
-             "max_waiting": ("max_waiting", _int), "statement_timeout_ms": ("statement_timeout_ms", _int),
-             "io_grace": ("io_grace", _float), "max_lifetime": ("max_lifetime", _float),
-             "max_idle": ("max_idle", _float), "check_idle_after": ("check_idle_after", _float),
-             "ping_timeout": ("ping_timeout", _float), "leak_threshold": ("leak_threshold", _float),
-             "reconnect_initial_delay": ("reconnect_initial_delay", _float),
-             "reconnect_max_delay": ("reconnect_max_delay", _float),
-             "budget_check": ("budget_check", _str), "budget_headroom": ("budget_headroom", _int),
-             "pgbouncer_max_client_conn": ("pgbouncer_max_client_conn", _int)},
-    "API": {"tokens": ("tokens", _list), "cors_origins": ("cors_origins", _list),
-            "validate_responses": ("validate_responses", _bool), "retry_after": ("retry_after", _int),
-            "access_log": ("access_log", _bool), "max_body_bytes": ("max_body_bytes", _int),
-            "max_url_bytes": ("max_url_bytes", _int), "max_header_bytes": ("max_header_bytes", _int),
-            "max_headers": ("max_headers", _int), "idempotency_ttl": ("idempotency_ttl", _float),
-            "metrics_token": ("metrics_token", _str), "metrics_port": ("metrics_port", _int)},
-    "REPLICA": {"url": ("url", _str), "max_lag": ("max_lag", _float), "check_interval": ("check_interval", _float),
-                "min_connections": ("min_connections", _int), "max_connections": ("max_connections", _int)},
-    "GUNICORN": {"host": ("host", _str), "port": ("port", _int), "workers": ("workers", _int),
-                 "threads": ("threads", _int),
-                 "graceful_timeout": ("graceful_timeout", _int), "log_level": ("log_level", _str)},
-}
+_SECTIONS = {"POSTGRES": DatabaseSettings, "POOL": PoolSettings, "API": ApiSettings, "REPLICA": ReplicaSettings,
+             "GUNICORN": ServerSettings}
 _SECTION_ATTR = {"POSTGRES": "database", "POOL": "pool", "API": "api", "REPLICA": "replica", "GUNICORN": "server"}
+# A field's annotation (a string, under `from __future__ import annotations`) picks its parser.
+_PARSERS = {"int": _int, "float": _float, "bool": _bool, "str": _str, "tuple[str, ...]": _list}
+
+
+def _ini_keys(cls) -> dict[str, tuple[str, Callable, bool]]:
+    """key in the ini -> (dataclass field, parser, secret): every field of a section's dataclass is
+    a key, and a field declared `repr=False` holds a secret (never echoed in an error)."""
+    return {f.name: (f.name, _PARSERS[f.type], not f.repr) for f in fields(cls)}
+
+
+_INI_KEYS: dict[str, dict[str, tuple[str, Callable, bool]]] = {name: _ini_keys(cls) for name, cls in _SECTIONS.items()}
 
 # environment variable -> (section, ini key)
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
@@ -272,14 +256,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         for key, raw in parser.items(section):
             if key not in _INI_KEYS[section]:
                 raise ConfigError(f"[{section}] {key} in {path}: unknown key")
-            name, parse = _INI_KEYS[section][key]
-            values[_SECTION_ATTR[section]][name] = _parse(parse, raw, f"[{section}] {key} in {path}")
+            name, parse, secret = _INI_KEYS[section][key]
+            values[_SECTION_ATTR[section]][name] = _parse(parse, raw, f"[{section}] {key} in {path}", secret)
     for var, (section, key) in ENV_OVERRIDES.items():
         raw = env.get(var)
         if raw is None or (raw == "" and var != "API_TOKENS"):
             continue
-        name, parse = _INI_KEYS[section][key]
-        values[_SECTION_ATTR[section]][name] = _parse(parse, raw, f"{var} (environment)")
+        name, parse, secret = _INI_KEYS[section][key]
+        values[_SECTION_ATTR[section]][name] = _parse(parse, raw, f"{var} (environment)", secret)
 
     settings = Settings(database=DatabaseSettings(**values["database"]), pool=PoolSettings(**values["pool"]),
                         api=ApiSettings(**values["api"]), server=ServerSettings(**values["server"]),
@@ -288,12 +272,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return settings
 
 
-def _parse(parse: Callable, raw: str, where: str):
+def _parse(parse: Callable, raw: str, where: str, secret: bool = False):
     try:
         return parse(raw)
     except (ValueError, TypeError):
-        shown = "***" if "password" in where or "url" in where or "TOKENS" in where or "_URL" in where \
-            else repr(raw)
+        shown = "***" if secret else repr(raw)
         raise ConfigError(f"{where}: expected {_KIND[parse]}, got {shown}") from None
 
 

@@ -100,7 +100,7 @@ def test_swagger_ui_lists_every_operation_and_tries_a_get_and_a_post(browser, ap
         page.goto(f"{live.base}/api/ui/")
         for tag, operation_id in operations:
             expect(page.locator(f"#operations-{tag}-{operation_id}")).to_be_visible()
-        assert page.locator(".opblock").count() == len(operations) == 17
+        assert page.locator(".opblock").count() == len(operations)
 
         # Authorize with the bearer token.
         page.locator(".auth-wrapper button.authorize").click()

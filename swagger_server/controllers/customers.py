@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from psycopg2 import errors
 
-from swagger_server.controllers.reply import no_content, page, reply
+from swagger_server.controllers.reply import found, no_content, page, reply
 from swagger_server.db.connection import transaction
 from swagger_server.db.queries import customers, orders
 from swagger_server.request_scope import get_conn, read_only
@@ -18,7 +18,7 @@ def list_customers(limit: int = 20, after: int | None = None, q: str | None = No
 
 @read_only
 def get_customer(customer_id: int):
-    return reply(_found(customers.get_customer(get_conn(), customer_id), customer_id), 200)
+    return reply(found(customers.get_customer(get_conn(), customer_id), "customer", customer_id), 200)
 
 
 def create_customer(body: dict):
@@ -38,7 +38,7 @@ def update_customer(customer_id: int, body: dict):
             row = customers.update_customer(conn, customer_id, body.get("name"), body.get("email"))
     except errors.UniqueViolation:
         raise Conflict(f"a customer with email {body['email']!r} already exists", field="email") from None
-    return reply(_found(row, customer_id), 200)
+    return reply(found(row, "customer", customer_id), 200)
 
 
 def delete_customer(customer_id: int):
@@ -61,8 +61,3 @@ def list_customer_orders(customer_id: int, limit: int = 20, after: int | None = 
         raise NotFound(f"customer {customer_id} not found")
     return reply(page(rows, limit), 200)
 
-
-def _found(row: dict | None, customer_id: int) -> dict:
-    if row is None:
-        raise NotFound(f"customer {customer_id} not found")
-    return row

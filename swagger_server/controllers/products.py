@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from psycopg2 import errors
 
-from swagger_server.controllers.reply import page, reply
+from swagger_server.controllers.reply import found, page, reply
 from swagger_server.db.connection import transaction
 from swagger_server.db.queries import products
 from swagger_server.request_scope import get_conn, read_only
-from swagger_server.errors import Conflict, NotFound
+from swagger_server.errors import Conflict
 
 
 @read_only
@@ -17,7 +17,7 @@ def list_products(limit: int = 20, after: int | None = None, in_stock: bool | No
 
 @read_only
 def get_product(product_id: int):
-    return reply(_found(products.get_product(get_conn(), product_id), product_id), 200)
+    return reply(found(products.get_product(get_conn(), product_id), "product", product_id), 200)
 
 
 def create_product(body: dict):
@@ -34,10 +34,5 @@ def update_product(product_id: int, body: dict):
     conn = get_conn()
     with transaction(conn):
         row = products.update_product(conn, product_id, body)
-    return reply(_found(row, product_id), 200)
+    return reply(found(row, "product", product_id), 200)
 
-
-def _found(row: dict | None, product_id: int) -> dict:
-    if row is None:
-        raise NotFound(f"product {product_id} not found")
-    return row

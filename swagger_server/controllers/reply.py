@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from flask import Response
 
+from swagger_server.errors import NotFound
+
 _JSON = {"Content-Type": "application/json"}
 
 
@@ -30,3 +32,10 @@ def page(rows: list[dict], limit: int) -> dict:
     more = len(rows) > limit
     items = rows[:limit]
     return {"items": items, "next_cursor": items[-1]["id"] if more else None}
+
+
+def found(row: dict | None, what: str, key: int) -> dict:
+    """`row`, or NotFound ("customer 42 not found") when the query found nothing."""
+    if row is None:
+        raise NotFound(f"{what} {key} not found")
+    return row
