@@ -83,9 +83,9 @@ class Replica:
         self.checked_at: float | None = None     # monotonic time of the last successful check
         self.failed_at: float | None = None      # ... and of the last failure (check or read)
         self.last_error: str | None = None
-        self.counters = {"replica_reads": 0, "primary_reads": 0, "lag_checks": 0, "lag_check_errors": 0,
+        self._counters = {"replica_reads": 0, "primary_reads": 0, "lag_checks": 0, "lag_check_errors": 0,
                          "retried_on_primary": 0}
-        self.fallbacks: dict[str, int] = {}
+        self._fallbacks: dict[str, int] = {}
         self._thread = threading.Thread(target=self._monitor, daemon=True, name="replica-monitor")
         self._thread.start()
 
@@ -95,7 +95,7 @@ class Replica:
         with self._lock:
             why = self._why_not_locked(min_lsn)
             if why is None:
-                self.counters["replica_reads"] += 1
+                self._counters["replica_reads"] += 1
             else:
                 self._count_primary_read_locked(why)
         return why
@@ -119,16 +119,16 @@ class Replica:
         return None
 
     def _count_primary_read_locked(self, why: str) -> None:
-        self.counters["primary_reads"] += 1
-        self.fallbacks[why] = self.fallbacks.get(why, 0) + 1
+        self._counters["primary_reads"] += 1
+        self._fallbacks[why] = self._fallbacks.get(why, 0) + 1
 
     def failed(self, exc: BaseException) -> None:
         """A read routed to the replica failed there and goes to the primary: it is counted as a
         primary read (reason `error`) instead of a replica read. Reads go to the primary until a lag
         check succeeds again, unless the replica pool was merely busy (not a failure of the replica)."""
         with self._lock:
-            self.counters["retried_on_primary"] += 1
-            self.counters["replica_reads"] -= 1
+            self._counters["retried_on_primary"] += 1
+            self._counters["replica_reads"] -= 1
             self._count_primary_read_locked("error")
             if isinstance(exc, (PoolTimeout, TooManyWaiters)):
                 return
@@ -151,7 +151,7 @@ class Replica:
             was_down = self.failed_at is not None and (self.checked_at is None or self.failed_at > self.checked_at)
             self.replay_lsn, self.lag_s, self.in_recovery = parse_lsn(lsn), float(lag), in_recovery
             self.checked_at = time.monotonic()
-            self.counters["lag_checks"] += 1
+            self._counters["lag_checks"] += 1
         if was_down:
             logger.warning("replica %s answers again (lag %.3f s)", self.safe_dsn, lag)
 
@@ -160,7 +160,7 @@ class Replica:
             was_up = self.failed_at is None or (self.checked_at or 0) > self.failed_at
             self.failed_at = time.monotonic()
             self.last_error = _first_line(exc)
-            self.counters["lag_check_errors"] += 1
+            self._counters["lag_check_errors"] += 1
         if was_up:
             logger.warning("replica %s: lag check failed, reads go to the primary: %s", self.safe_dsn,
                            _first_line(exc))
@@ -181,7 +181,7 @@ class Replica:
                 "lag_s": None if self.lag_s is None else round(self.lag_s, 3),
                 "max_lag_s": self.max_lag, "in_recovery": self.in_recovery,
                 "checked_s_ago": None if self.checked_at is None else round(now - self.checked_at, 3),
-                "last_error": self.last_error, **self.counters, "fallbacks": dict(self.fallbacks),
+                "last_error": self.last_error, **self._counters, "fallbacks": dict(self._fallbacks),
             }
         why = self.why_not()
         state["routing"] = "replica" if why is None else f"primary ({why})"
