@@ -16,22 +16,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from swagger_server.config import ConfigError, load_settings  # noqa: E402
+from swagger_server.config import (DATA_DIR, EMBEDDED_URL_FILE, ConfigError, load_settings,  # noqa: E402
+                                   names_a_server)
 
-DATA = ROOT / ".data"
-
-
-def configured_server(env) -> bool:
-    """True if the user named a database: DATABASE_URL, or [POSTGRES] host/url in their config file."""
-    if env.get("DATABASE_URL"):
-        return True
-    path = Path(env.get("APP_CONFIG", ROOT / "config.ini"))
-    if not path.exists():
-        return False
-    import configparser
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
-    parser.read(path)
-    return parser.has_option("POSTGRES", "host") or parser.has_option("POSTGRES", "url")
+DATA = DATA_DIR
 
 
 def start_embedded(env) -> "EmbeddedPostgres":
@@ -51,6 +39,8 @@ def start_embedded(env) -> "EmbeddedPostgres":
             cur.execute("CREATE DATABASE store")
     conn.close()
     env["DATABASE_URL"] = pg.url("store")
+    # For `python -m swagger_server db ...` and check-config in another terminal while this runs.
+    EMBEDDED_URL_FILE.write_text(env["DATABASE_URL"] + "\n")
     return pg
 
 
@@ -76,24 +66,33 @@ def say(message: str) -> None:
 
 def main() -> int:
     env = dict(os.environ)
-    pg = None if configured_server(env) else start_embedded(env)
+    named = names_a_server(env)
     token = demo_token(env)
     try:
+        # Validated before anything is started, so that a bad value leaves nothing running.
         settings = load_settings(env)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    pg = None
     py = sys.executable
     gunicorn = None
     try:
+        if named is None:
+            pg = start_embedded(env)
+            settings = load_settings(env)
+        else:
+            say(f"using the database named by {named}: {settings.database.safe_dsn()}")
         for step in (["db", "upgrade"], ["db", "seed", "--if-empty"]):
             subprocess.run([py, "-m", "swagger_server", *step], env=env, cwd=ROOT, check=True)
         # Its own session: Ctrl-C reaches only us, and we stop gunicorn gracefully (SIGTERM), not abruptly.
         gunicorn = subprocess.Popen([py, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], env=env, cwd=ROOT,
                                     start_new_session=True)
         port = settings.server.port
+        database = settings.database.safe_dsn() + ("   (embedded; also in .data/database-url)" if pg else "")
         print(f"\n  Swagger UI:  http://localhost:{port}/api/ui/\n  API:         http://localhost:{port}/api/customers"
               f"\n  Demo token:  {token}   (Authorize in Swagger UI, or -H 'Authorization: Bearer {token}')"
+              f"\n  Database:    {database}"
               f"\n  Stop:        Ctrl-C\n", flush=True)
         return gunicorn.wait()
     except KeyboardInterrupt:
@@ -113,6 +112,7 @@ def main() -> int:
                 gunicorn.kill()
         if pg is not None:
             say("stopping embedded PostgreSQL ...")
+            EMBEDDED_URL_FILE.unlink(missing_ok=True)
             pg.stop()
             say("stopped.")
 

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import psycopg2
 
-from swagger_server.config import ConfigError, load_settings
+from swagger_server.config import (EMBEDDED_URL_FILE, ConfigError, describe, embedded_url, load_settings,
+                                   names_a_server)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,15 +30,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    env = dict(os.environ)
+    embedded = embedded_url(env)
+    if embedded:
+        env["DATABASE_URL"] = embedded            # `make run`'s embedded server, while it runs
     try:
-        settings = load_settings()
+        settings = load_settings(env)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     dsn = settings.database.dsn("store-api:cli")
     try:
         if args.command == "check-config":
-            print(settings)
+            print("\n".join(describe(settings)))
+            if embedded:
+                print(f"# (the embedded server `make run` started, from {EMBEDDED_URL_FILE})")
             return 0
         if args.command == "serve":
             import uvicorn
@@ -57,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         print("seeded " + ", ".join(f"{n} {table}" for table, n in counts.items()))
         return 0
     except psycopg2.OperationalError as exc:
-        print(f"cannot reach the database at {settings.database.safe_dsn()}: "
+        named = "the embedded server of `make run`" if embedded else (names_a_server(env) or "the defaults")
+        print(f"cannot reach the database at {settings.database.safe_dsn()} (named by {named}): "
               f"{str(exc).strip().splitlines()[0]}", file=sys.stderr)
         return 1
     except ValueError as exc:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import configparser
+import difflib
+import logging
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -9,6 +11,8 @@ from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
 import psycopg2.extensions
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "config.ini"
 
@@ -135,6 +139,7 @@ class Settings:
     server: ServerSettings = ServerSettings()
     replica: ReplicaSettings = ReplicaSettings()
     source: str = "defaults"
+    origins: tuple = ()                  # ((section.key, where it came from), ...), for check-config
 
     def with_overrides(self, **sections: Mapping) -> "Settings":
         """A copy with some fields replaced, e.g. `with_overrides(pool={"timeout": 1})` (for tests)."""
@@ -250,26 +255,112 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         source = "defaults"
 
     values: dict[str, dict] = {attr: {} for attr in _SECTION_ATTR.values()}
+    origins: dict[str, str] = {}
     for section in parser.sections():
         if section not in _INI_KEYS:
-            raise ConfigError(f"[{section}] in {path}: unknown section (expected one of {', '.join(_INI_KEYS)})")
+            raise ConfigError(f"[{section}] in {path}: unknown section (expected one of {', '.join(_INI_KEYS)})"
+                              + _did_you_mean(section, _INI_KEYS))
         for key, raw in parser.items(section):
+            key, raw = _tutorial_key(section, key, raw, path)
             if key not in _INI_KEYS[section]:
-                raise ConfigError(f"[{section}] {key} in {path}: unknown key")
+                raise ConfigError(f"[{section}] {key} in {path}: unknown key" + _did_you_mean(key, _INI_KEYS[section]))
             name, parse, secret = _INI_KEYS[section][key]
             values[_SECTION_ATTR[section]][name] = _parse(parse, raw, f"[{section}] {key} in {path}", secret)
+            origins[f"{section}.{key}"] = str(path)
     for var, (section, key) in ENV_OVERRIDES.items():
         raw = env.get(var)
         if raw is None or (raw == "" and var != "API_TOKENS"):
             continue
         name, parse, secret = _INI_KEYS[section][key]
         values[_SECTION_ATTR[section]][name] = _parse(parse, raw, f"{var} (environment)", secret)
+        origins[f"{section}.{key}"] = f"{var} (environment)"
+    for var in env:
+        if var.startswith(("DB_", "API_", "WEB_")) and var not in ENV_OVERRIDES:
+            logger.warning("%s (environment) is not a setting of this service; ignored%s", var,
+                           _did_you_mean(var, ENV_OVERRIDES))
 
     settings = Settings(database=DatabaseSettings(**values["database"]), pool=PoolSettings(**values["pool"]),
                         api=ApiSettings(**values["api"]), server=ServerSettings(**values["server"]),
-                        replica=ReplicaSettings(**values["replica"]), source=source)
+                        replica=ReplicaSettings(**values["replica"]), source=source,
+                        origins=tuple(sorted(origins.items())))
     validate(settings)
     return settings
+
+
+# The classic tutorial's [POSTGRES] keys (URL holding a host name, PORT, USER, PW, DB) work unchanged.
+_TUTORIAL_KEYS = {"pw": "password", "db": "dbname"}
+
+
+def _tutorial_key(section: str, key: str, raw: str, path) -> tuple[str, str]:
+    if section != "POSTGRES":
+        return key, raw
+    if key in _TUTORIAL_KEYS:
+        logger.warning("[POSTGRES] %s in %s: read as %s (the canonical name)", key, path, _TUTORIAL_KEYS[key])
+        return _TUTORIAL_KEYS[key], raw
+    if key == "url" and raw.strip() and not raw.strip().startswith(("postgres://", "postgresql://")):
+        logger.warning("[POSTGRES] url in %s holds a host name: read as host (the canonical name)", path)
+        return "host", raw
+    return key, raw
+
+
+def _did_you_mean(word: str, known) -> str:
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def names_a_server(environ: Mapping[str, str] | None = None) -> str | None:
+    """What names a database server, if anything does: DATABASE_URL, or [POSTGRES] host/url in the
+    config file. None means nothing does (`make run` then starts an embedded PostgreSQL)."""
+    env = os.environ if environ is None else environ
+    if env.get("DATABASE_URL"):
+        return "DATABASE_URL (environment)"
+    path = Path(env.get("APP_CONFIG") or DEFAULT_CONFIG)
+    if not path.exists():
+        return None
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
+    try:
+        parser.read(path, encoding="utf-8")
+    except configparser.Error:
+        return None                      # load_settings reports it
+    for key in ("url", "host"):
+        if parser.has_option("POSTGRES", key) and parser.get("POSTGRES", key).strip():
+            return f"[POSTGRES] {key} in {path}"
+    return None
+
+
+# Written by `make run` (scripts/run.py) while its embedded PostgreSQL runs, removed when it stops.
+DATA_DIR = Path(__file__).resolve().parent.parent / ".data"
+EMBEDDED_URL_FILE = DATA_DIR / "database-url"
+
+
+def embedded_url(environ: Mapping[str, str] | None = None) -> str | None:
+    """The URL of `make run`'s embedded server, when it is running and nothing else names a server."""
+    if names_a_server(environ) is not None:
+        return None
+    if not EMBEDDED_URL_FILE.exists() or not (DATA_DIR / "postgres" / "postmaster.pid").exists():
+        return None
+    return EMBEDDED_URL_FILE.read_text().strip() or None
+
+
+def describe(settings: Settings) -> list[str]:
+    """The effective settings, one per line, secrets hidden, each with where it came from."""
+    origins = dict(settings.origins)
+    lines = []
+    for section, cls in _SECTIONS.items():
+        current = getattr(settings, _SECTION_ATTR[section])
+        for f in fields(cls):
+            value = getattr(current, f.name)
+            if f.name == "url" and value:
+                shown = DatabaseSettings(url=value).safe_dsn()
+            elif not f.repr:
+                shown = "***" if value else "(empty)"
+            elif isinstance(value, tuple):
+                shown = ", ".join(value) or "(empty)"
+            else:
+                shown = str(value)
+            lines.append(f"[{section}] {f.name} = {shown}   # {origins.get(f'{section}.{f.name}', 'default')}")
+    lines.append(f"# the database used: {settings.database.safe_dsn()}")
+    return lines
 
 
 def _parse(parse: Callable, raw: str, where: str, secret: bool = False):

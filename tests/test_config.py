@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from swagger_server.config import ConfigError, load_settings
+from swagger_server.config import ConfigError, load_settings, names_a_server
 
 ROOT = Path(__file__).resolve().parent.parent
 EMPTY = str(Path(__file__).parent / "empty.ini")
@@ -61,7 +61,7 @@ def test_bad_ini_value_names_section_key_and_file(tmp_path):
     with pytest.raises(ConfigError, match=r"\[POOL\] timeout in .*config.ini: expected a number, got 'soon'"):
         load_settings({"APP_CONFIG": str(ini)})
     ini.write_text("[POOL]\ntimeuot = 3\n")
-    with pytest.raises(ConfigError, match=r"\[POOL\] timeuot in .*: unknown key"):
+    with pytest.raises(ConfigError, match=r"\[POOL\] timeuot in .*: unknown key \(did you mean timeout\?\)"):
         load_settings({"APP_CONFIG": str(ini)})
 
 
@@ -76,9 +76,73 @@ def test_example_config_is_valid_and_documents_every_key():
             assert f"\n{key} =" in text or f"\n; {key} =" in text, f"[{section}] {key} is not documented"
 
 
+def test_copying_the_example_changes_nothing():
+    from dataclasses import replace
+    example = load_settings({"APP_CONFIG": str(ROOT / "config.ini.example")})
+    assert replace(example, source="defaults") == load_settings({"APP_CONFIG": EMPTY}).__class__()
+    assert names_a_server({"APP_CONFIG": str(ROOT / "config.ini.example")}) is None
+
+
+def test_the_classic_tutorial_config_works_unchanged(tmp_path, caplog):
+    ini = tmp_path / "config.ini"
+    ini.write_text("[POSTGRES]\nURL = db.internal\nPORT = 6543\nUSER = bob\nPW = hunter2\nDB = shop\n")
+    settings = load_settings({"APP_CONFIG": str(ini)})
+    db = settings.database
+    assert (db.host, db.port, db.user, db.password, db.dbname, db.url) == ("db.internal", 6543, "bob", "hunter2",
+                                                                           "shop", "")
+    notes = " ".join(record.getMessage() for record in caplog.records)
+    assert "read as password" in notes and "read as dbname" in notes and "read as host" in notes
+    assert names_a_server({"APP_CONFIG": str(ini)}) == f"[POSTGRES] url in {ini}"
+    ini.write_text("[POSTGRES]\nURL = postgresql://bob@db.internal/shop\n")      # a libpq URL is a URL
+    assert load_settings({"APP_CONFIG": str(ini)}).database.url == "postgresql://bob@db.internal/shop"
+
+
+def test_misspelled_environment_variables_get_a_hint(caplog):
+    load_settings({"APP_CONFIG": EMPTY, "DB_POOL_TIMOUT": "3", "WEB_CONCURENCY": "2"})
+    notes = [record.getMessage() for record in caplog.records]
+    assert any("DB_POOL_TIMOUT" in n and "did you mean DB_POOL_TIMEOUT?" in n for n in notes), notes
+    assert any("WEB_CONCURENCY" in n and "did you mean WEB_CONCURRENCY?" in n for n in notes), notes
+
+
+def test_check_config_shows_the_database_actually_used():
+    env = {"APP_CONFIG": EMPTY, "PATH": "/usr/bin", "DATABASE_URL": "postgresql://bob:pw@db.example.com:6543/prod"}
+    result = subprocess.run([sys.executable, "-m", "swagger_server", "check-config"], cwd=ROOT, capture_output=True,
+                            text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "[POSTGRES] url = postgresql://bob@db.example.com:6543/prod   # DATABASE_URL (environment)" in lines
+    assert "[POOL] timeout = 5.0   # default" in lines
+    assert lines[-1] == "# the database used: postgresql://bob@db.example.com:6543/prod"
+    assert "pw" not in result.stdout.replace("password", "")
+
+
 def test_command_line_prints_one_line_and_exits_2():
     result = subprocess.run([sys.executable, "-m", "swagger_server", "check-config"], cwd=ROOT, capture_output=True,
                             text=True, env={"APP_CONFIG": EMPTY, "DB_POOL_MAX_CONNECTIONS": "x", "PATH": "/usr/bin"})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "configuration error: DB_POOL_MAX_CONNECTIONS (environment): expected an integer, got 'x'"]
+
+
+def test_make_run_refuses_a_bad_value_before_starting_anything():
+    env = {"APP_CONFIG": EMPTY, "PATH": "/usr/bin:/bin", "DB_POOL_TIMEOUT": "soon", "API_TOKENS": "demo-token-1"}
+    result = subprocess.run([sys.executable, "scripts/run.py"], cwd=ROOT, capture_output=True, text=True, env=env,
+                            timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "configuration error: DB_POOL_TIMEOUT (environment): expected a number, got 'soon'"]
+    assert "embedded PostgreSQL" not in result.stdout        # nothing was started, so nothing is left
+
+
+def test_the_cli_finds_the_embedded_server_of_make_run(tmp_path, monkeypatch):
+    from swagger_server import config
+    monkeypatch.setattr(config, "DATA_DIR", tmp_path)
+    monkeypatch.setattr(config, "EMBEDDED_URL_FILE", tmp_path / "database-url")
+    env = {"APP_CONFIG": EMPTY}
+    assert config.embedded_url(env) is None                              # make run is not running
+    (tmp_path / "database-url").write_text("postgresql://postgres@127.0.0.1:40123/store\n")
+    (tmp_path / "postgres").mkdir()
+    assert config.embedded_url(env) is None                              # its server has stopped
+    (tmp_path / "postgres" / "postmaster.pid").write_text("1\n")
+    assert config.embedded_url(env) == "postgresql://postgres@127.0.0.1:40123/store"
+    assert config.embedded_url({**env, "DATABASE_URL": "postgresql://elsewhere/store"}) is None
