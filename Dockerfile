@@ -19,7 +19,7 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links /wheels /wheels/* && rm -rf /wheels
 COPY swagger_server ./swagger_server
 COPY swagger ./swagger
-COPY wsgi.py gunicorn.conf.py config.ini.example ./
+COPY wsgi.py gunicorn.conf.py config.ini.example pyproject.toml ./
 USER 10001:10001
 EXPOSE 8080
 # Liveness without the database; /api/health/db needs a token and would flap with the database.

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help run test fuzz sdk bench bench-replica bench-pgbouncer clean
+.PHONY: help run test lint fuzz sdk bench bench-replica bench-pgbouncer clean
 .DEFAULT_GOAL := help
 
 # `make` alone lists the targets: each is the line starting with "## name:" above its rule.
@@ -35,8 +35,13 @@ run: $(VENV)/.installed-local
 	$(PY) scripts/run.py
 
 ## test: set up and run every test against a real PostgreSQL (about 4 minutes)
-test: $(VENV)/.installed-dev tools/node_modules/.installed
+test: lint tools/node_modules/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## lint: ruff (lint and format check), configured in pyproject.toml; part of make test
+lint: $(VENV)/.installed-dev
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 # The contract fuzzer for FUZZ_SECONDS (600) with a random seed (printed; CONTRACT_SEED=N repeats one).
 FUZZ_SECONDS ?= 600
@@ -49,7 +54,7 @@ fuzz: $(VENV)/.installed-dev
 sdk: $(VENV)/.installed-dev
 	$(PY) scripts/sdk.py build/sdk
 
-# Not part of the tests: about 4 minutes, loopback only, stops by itself. Results in bench/results/.
+# Not part of the tests: about 5 minutes, loopback only, stops by itself. Results in bench/results/.
 ## bench: the benchmark: ours vs the peers, loopback only (about 5 minutes)
 bench: $(VENV)/.installed-bench
 	$(PY) bench/run.py

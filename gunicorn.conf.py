@@ -1,4 +1,5 @@
 """gunicorn settings. Every value comes from Settings (config.ini + environment), so there is one source."""
+
 import atexit
 import os
 import shutil
@@ -14,8 +15,8 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     # this handler, hence the pid check.
     atexit.register(lambda: os.getpid() == _master_pid and shutil.rmtree(_metrics_dir, ignore_errors=True))
 
-from swagger_server.config import ConfigError, load_settings
 from swagger_server import server as server_limits
+from swagger_server.config import ConfigError, load_settings
 from swagger_server.db.budget import BudgetExceeded, check_connection_budget
 
 try:
@@ -23,6 +24,15 @@ try:
 except ConfigError as exc:
     # One clear line, not a traceback, and a non-zero exit before any worker starts.
     print(f"configuration error: {exc}", file=sys.stderr)
+    sys.exit(2)
+
+# Every operationId must name a controller function; a missing one stops start-up here, in one line,
+# not on the operation's first request.
+from swagger_server.app import load_spec, unresolved_operations  # noqa: E402
+
+_missing = unresolved_operations(load_spec())
+if _missing:
+    print("spec error: " + "; ".join(_missing), file=sys.stderr)
     sys.exit(2)
 
 # Where to listen. PORT overrides [GUNICORN] port, as platforms (Heroku, Cloud Run) expect. With
@@ -57,7 +67,7 @@ timeout = 30
 keepalive = 5
 
 loglevel = _settings.server.log_level
-accesslog = None          # one line per request is the app's job (structured), not gunicorn's
+accesslog = None  # one line per request is the app's job (structured), not gunicorn's
 errorlog = "-"
 
 
@@ -79,6 +89,7 @@ def on_starting(server):
 def post_fork(server, worker):
     """Each worker gets its own pool, made after the fork so no libpq socket is shared."""
     import wsgi
+
     wsgi.open_worker_pool()
     server.log.info("worker %s: pool opened", worker.pid)
 
@@ -87,11 +98,12 @@ def worker_exit(server, worker):
     """Close the pool if this hook runs (sync workers). Under the uvicorn worker it does not;
     the app's lifespan shutdown closes the pool instead. Closing twice is harmless."""
     import wsgi
+
     wsgi.close_worker_pool()
 
 
 def child_exit(server, worker):
     """A worker is gone: its live gauges (pool sizes) no longer count; its counters still do."""
     from prometheus_client import multiprocess
-    multiprocess.mark_process_dead(worker.pid)
 
+    multiprocess.mark_process_dead(worker.pid)

@@ -3,6 +3,7 @@
 Builds the app without touching the database, and exposes the hooks gunicorn.conf.py calls so the
 pool is made in each worker after the fork (never in the master, never shared across processes).
 """
+
 from __future__ import annotations
 
 from swagger_server import create_app, get_database

@@ -6,6 +6,7 @@ server pool of 10). Both under the realistic mix (bench/k6/mix.js, 80 VUs). Coun
 client backends every 50 ms and the "too many connections" errors in the server logs. Loopback only;
 about 2 minutes. Needs Debian's pgbouncer. Writes bench/results/pgbouncer.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,10 @@ class BackendCounter(threading.Thread):
     def run(self):
         while not self.stop.wait(0.05):
             with self.conn.cursor() as cur:
-                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
-                            " AND pid <> pg_backend_pid()")
+                cur.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                    " AND pid <> pg_backend_pid()"
+                )
                 self.peak = max(self.peak, cur.fetchone()[0])
 
 
@@ -55,9 +58,17 @@ def main() -> int:
         bouncer = PgBouncer(work / "bouncer", pg.port, pool_size=10).start()
         scenarios = [
             ("direct: 2 workers x 4", url, {"WEB_CONCURRENCY": 2, "WEB_THREADS": 4, "DB_POOL_MAX_CONNECTIONS": 4}),
-            ("PgBouncer: 8 workers x 10", bouncer.url("bench"),
-             {"WEB_CONCURRENCY": 8, "WEB_THREADS": 10, "DB_POOL_MAX_CONNECTIONS": 10, "DB_POOL_MIN_CONNECTIONS": 10,
-              "DB_PGBOUNCER_MAX_CLIENT_CONN": 400}),
+            (
+                "PgBouncer: 8 workers x 10",
+                bouncer.url("bench"),
+                {
+                    "WEB_CONCURRENCY": 8,
+                    "WEB_THREADS": 10,
+                    "DB_POOL_MAX_CONNECTIONS": 10,
+                    "DB_POOL_MIN_CONNECTIONS": 10,
+                    "DB_PGBOUNCER_MAX_CLIENT_CONN": 400,
+                },
+            ),
         ]
         for name, target, extra in scenarios:
             server = ours(name.split(":")[0].lower(), target, **extra)
@@ -80,13 +91,17 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "pgbouncer.json").write_text(json.dumps(results, indent=2))
     print(f"bench/k6/mix.js, {VUS} VUs, PostgreSQL max_connections 30, PgBouncer server pool 10\n")
-    print("| setup | app connections | req/s | p50 ms | p95 ms | p99 ms | failed | peak PostgreSQL backends |"
-          " 'too many connections' |")
+    print(
+        "| setup | app connections | req/s | p50 ms | p95 ms | p99 ms | failed | peak PostgreSQL backends |"
+        " 'too many connections' |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, app_conns in (("direct: 2 workers x 4", 8), ("PgBouncer: 8 workers x 10", 80)):
         r = results[name]
-        print(f"| {name} | {app_conns} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} | "
-              f"{100 * r['failed_rate']:.2f}% | {r['peak_server_connections']} | {r['too_many_connections_errors']} |")
+        print(
+            f"| {name} | {app_conns} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} | "
+            f"{100 * r['failed_rate']:.2f}% | {r['peak_server_connections']} | {r['too_many_connections_errors']} |"
+        )
     return 0 if all(results[n]["failed_rate"] < 0.01 for n, _, _ in scenarios) else 1
 
 

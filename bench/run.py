@@ -6,6 +6,7 @@ with k6 (checks on status and body) and records throughput and latency. Database
 counted at a TCP proxy; remote databases are emulated by the same proxy adding latency.
 Writes bench/results/results.md, results.json and bench.png (git-ignored) and prints the tables.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,9 +37,9 @@ K6 = shutil.which("k6", path=str(Path(sys.executable).parent)) or shutil.which("
 WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
 DURATION = os.environ.get("BENCH_DURATION", "10s")
 VUS = int(os.environ.get("BENCH_VUS", "32"))
-TOKEN = "bench-token"      # customer reads need a token; the peers ignore it
+TOKEN = "bench-token"  # customer reads need a token; the peers ignore it
 CUSTOMERS = 10_000
-PEER_THREADS = 10        # the peers' usual setting: 10 threads and a pool of 10 per worker
+PEER_THREADS = 10  # the peers' usual setting: 10 threads and a pool of 10 per worker
 
 
 # -- servers ---------------------------------------------------------------------------------------
@@ -50,8 +51,9 @@ class Server:
         self.base = f"http://127.0.0.1:{port}"
         RESULTS.mkdir(parents=True, exist_ok=True)
         self.log = open(RESULTS / f"{name}.log", "w")
-        self.process = subprocess.Popen([sys.executable, "-m", "gunicorn", *args], cwd=ROOT, env=env,
-                                        stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", *args], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -82,39 +84,80 @@ class Server:
 
 def base_env(database_url: str, port: int, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "API_", "WEB_", "CORS_", "APP_"))}
-    env.update({"APP_CONFIG": str(ROOT / "tests" / "empty.ini"), "DATABASE_URL": database_url, "PORT": str(port),
-                "WEB_CONCURRENCY": str(WORKERS), "DB_POOL_MIN_CONNECTIONS": "4",
-                "PEER_POOL_MAX": str(PEER_THREADS), "API_TOKENS": TOKEN})
+    env.update(
+        {
+            "APP_CONFIG": str(ROOT / "tests" / "empty.ini"),
+            "DATABASE_URL": database_url,
+            "PORT": str(port),
+            "WEB_CONCURRENCY": str(WORKERS),
+            "DB_POOL_MIN_CONNECTIONS": "4",
+            "PEER_POOL_MAX": str(PEER_THREADS),
+            "API_TOKENS": TOKEN,
+        }
+    )
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
 
 def ours(name: str, database_url: str, **extra) -> Server:
     port = free_port()
-    return Server(name, ["-c", "gunicorn.conf.py", "--log-level", "warning", "wsgi:app"],
-                  base_env(database_url, port, **extra), port)
+    return Server(
+        name,
+        ["-c", "gunicorn.conf.py", "--log-level", "warning", "wsgi:app"],
+        base_env(database_url, port, **extra),
+        port,
+    )
 
 
 def peer(name: str, module: str, worker_args: list[str], database_url: str) -> Server:
     port = free_port()
-    return Server(name, ["-w", str(WORKERS), *worker_args, "-b", f"127.0.0.1:{port}", "--log-level", "warning",
-                         f"bench.peers.{module}:app"], base_env(database_url, port), port)
+    return Server(
+        name,
+        [
+            "-w",
+            str(WORKERS),
+            *worker_args,
+            "-b",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            f"bench.peers.{module}:app",
+        ],
+        base_env(database_url, port),
+        port,
+    )
 
 
 # -- load ------------------------------------------------------------------------------------------
-def k6(server: Server, target: str = "customer", vus: int = VUS, duration: str = DURATION, warmup: str = "3s",
-       **env) -> dict:
+def k6(
+    server: Server, target: str = "customer", vus: int = VUS, duration: str = DURATION, warmup: str = "3s", **env
+) -> dict:
     """Run k6 against `server`; return throughput, latency percentiles, answers and worker CPU per request."""
     script = str(ROOT / "bench" / "k6" / "get.js")
-    common = {**os.environ, "BASE_URL": server.base, "TARGET": target, "MAX_ID": str(CUSTOMERS), "TOKEN": TOKEN,
-              "VUS": str(vus), **{k: str(v) for k, v in env.items()}}
+    common = {
+        **os.environ,
+        "BASE_URL": server.base,
+        "TARGET": target,
+        "MAX_ID": str(CUSTOMERS),
+        "TOKEN": TOKEN,
+        "VUS": str(vus),
+        **{k: str(v) for k, v in env.items()},
+    }
     if warmup:
-        subprocess.run([K6, "run", "--quiet", "--no-summary", script], env={**common, "DURATION": warmup},
-                       check=True, capture_output=True)
+        subprocess.run(
+            [K6, "run", "--quiet", "--no-summary", script],
+            env={**common, "DURATION": warmup},
+            check=True,
+            capture_output=True,
+        )
     summary = Path(tempfile.mkstemp(suffix=".json")[1])
     cpu_before = server.cpu_seconds()
-    subprocess.run([K6, "run", "--quiet", f"--summary-export={summary}", script],
-                   env={**common, "DURATION": duration}, check=True, capture_output=True)
+    subprocess.run(
+        [K6, "run", "--quiet", f"--summary-export={summary}", script],
+        env={**common, "DURATION": duration},
+        check=True,
+        capture_output=True,
+    )
     cpu = server.cpu_seconds() - cpu_before
     metrics = json.loads(summary.read_text())["metrics"]
     summary.unlink()
@@ -124,10 +167,18 @@ def k6(server: Server, target: str = "customer", vus: int = VUS, duration: str =
     def count(name):
         return metrics.get(name, {}).get("count", 0)
 
-    return {"rps": metrics["http_reqs"]["rate"], "requests": requests, "p50": duration_ms["med"],
-            "p90": duration_ms["p(90)"], "p99": duration_ms["p(99)"], "max": duration_ms["max"],
-            "good": count("good_answers"), "bad": count("bad_answers"), "unavailable": count("unavailable_503"),
-            "cpu_ms_per_request": 1000 * cpu / max(1, requests)}
+    return {
+        "rps": metrics["http_reqs"]["rate"],
+        "requests": requests,
+        "p50": duration_ms["med"],
+        "p90": duration_ms["p(90)"],
+        "p99": duration_ms["p(99)"],
+        "max": duration_ms["max"],
+        "good": count("good_answers"),
+        "bad": count("bad_answers"),
+        "unavailable": count("unavailable_503"),
+        "cpu_ms_per_request": 1000 * cpu / max(1, requests),
+    }
 
 
 def wrk(server: Server, path: str, connections: int = VUS, seconds: int = 10) -> dict | None:
@@ -138,8 +189,12 @@ def wrk(server: Server, path: str, connections: int = VUS, seconds: int = 10) ->
     url = f"{server.base}{path}"
     auth = ["-H", f"Authorization: Bearer {TOKEN}"]
     subprocess.run([binary, "-t2", f"-c{connections}", "-d3s", *auth, url], check=True, capture_output=True)
-    out = subprocess.run([binary, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", *auth, url], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [binary, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", *auth, url],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     errors = "; ".join(line.strip() for line in out.splitlines() if "Non-2xx" in line or "Socket errors" in line)
     p99 = next((line.split()[1] for line in out.splitlines() if line.strip().startswith("99%")), "?")
     rps = float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
@@ -170,8 +225,10 @@ def prepare_database(max_connections: int = 200, embedded: bool = False) -> tupl
     url = None if embedded else os.environ.get("BENCH_DATABASE_URL")
     pg = None
     if not url:
-        pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="bench-pg-")) / "data",
-                              settings={"max_connections": str(max_connections), "shared_buffers": "256MB"})
+        pg = EmbeddedPostgres(
+            Path(tempfile.mkdtemp(prefix="bench-pg-")) / "data",
+            settings={"max_connections": str(max_connections), "shared_buffers": "256MB"},
+        )
         pg.start()
         conn = psycopg2.connect(pg.url())
         conn.autocommit = True
@@ -202,18 +259,36 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     started = time.time()
     url, pg, pg_port = prepare_database()
-    results: dict = {"machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30),
-                                 "python": platform.python_version(), "platform": platform.platform()},
-                     "settings": {"workers": WORKERS, "vus": VUS, "duration": DURATION}}
+    results: dict = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "settings": {"workers": WORKERS, "vus": VUS, "duration": DURATION},
+    }
     try:
         # 1. Throughput on the same machine, same worker count: ours (pool, none, no-DB) and the peers.
         throughput = {}
         for name, factory, target in [
             ("ours: pool, GET /api/customers/{id}", lambda: ours("ours-pool", url), "customer"),
             ("ours: no DB, GET /api/health", lambda: ours("ours-health", url), "health"),
-            ("ours: connection per request (DB_POOL_MODE=none)", lambda: ours("ours-none", url, DB_POOL_MODE="none"), "customer"),
-            ("peer: Flask + ThreadedConnectionPool, gthread", lambda: peer("peer-flask", "flask_gthread", ["-k", "gthread", "--threads", str(PEER_THREADS)], url), "customer"),
-            ("peer: FastAPI + ThreadedConnectionPool, uvicorn", lambda: peer("peer-fastapi", "fastapi_pool", ["-k", "uvicorn_worker.UvicornWorker"], url), "customer"),
+            (
+                "ours: connection per request (DB_POOL_MODE=none)",
+                lambda: ours("ours-none", url, DB_POOL_MODE="none"),
+                "customer",
+            ),
+            (
+                "peer: Flask + ThreadedConnectionPool, gthread",
+                lambda: peer("peer-flask", "flask_gthread", ["-k", "gthread", "--threads", str(PEER_THREADS)], url),
+                "customer",
+            ),
+            (
+                "peer: FastAPI + ThreadedConnectionPool, uvicorn",
+                lambda: peer("peer-fastapi", "fastapi_pool", ["-k", "uvicorn_worker.UvicornWorker"], url),
+                "customer",
+            ),
         ]:
             server = factory()
             try:
@@ -233,8 +308,10 @@ def main() -> int:
             try:
                 row = {}
                 for mode in ("pool", "none"):
-                    def factory(mode=mode):
+
+                    def factory(mode=mode, rtt=rtt, proxied=proxied):
                         return ours(f"ours-{mode}-rtt{rtt}", proxied, DB_POOL_MODE=mode)
+
                     if rtt == 0:
                         row[f"{mode}_round_trips"] = round_trips(factory, proxy)
                     else:
@@ -247,7 +324,10 @@ def main() -> int:
             finally:
                 proxy.stop()
             if rtt:
-                print(f"  RTT {rtt} ms: pool p50 {row['pool']['p50']:.1f} ms, none p50 {row['none']['p50']:.1f} ms", flush=True)
+                print(
+                    f"  RTT {rtt} ms: pool p50 {row['pool']['p50']:.1f} ms, none p50 {row['none']['p50']:.1f} ms",
+                    flush=True,
+                )
         results["latency"] = latency
 
         # 3. Overload: 4x the pools' capacity on a database-bound endpoint, short pool timeout.
@@ -256,8 +336,11 @@ def main() -> int:
         capacity = over_pool * WORKERS
         server = ours("ours-overload", url, DB_POOL_TIMEOUT=over_timeout)
         try:
-            results["overload"] = {**k6(server, "dashboard", vus=4 * capacity, ACCEPT_503="1"),
-                                   "capacity": capacity, "pool_timeout_ms": over_timeout * 1000}
+            results["overload"] = {
+                **k6(server, "dashboard", vus=4 * capacity, ACCEPT_503="1"),
+                "capacity": capacity,
+                "pool_timeout_ms": over_timeout * 1000,
+            }
             single = k6(server, "dashboard", vus=1, duration="5s", warmup="1s")
             results["overload"]["service_ms"] = single["p50"]
         finally:
@@ -277,63 +360,91 @@ def main() -> int:
 
 def render(r: dict) -> str:
     t = r["throughput"]
-    pool, health, none = (t["ours: pool, GET /api/customers/{id}"], t["ours: no DB, GET /api/health"],
-                          t["ours: connection per request (DB_POOL_MODE=none)"])
+    pool, health, none = (
+        t["ours: pool, GET /api/customers/{id}"],
+        t["ours: no DB, GET /api/health"],
+        t["ours: connection per request (DB_POOL_MODE=none)"],
+    )
     m, s = r["machine"], r["settings"]
-    lines = [f"Machine: {m['cpus']} cores, {m['memory_gb']} GiB, Python {m['python']}; {s['workers']} gunicorn workers, "
-             f"k6 {s['vus']} VUs for {s['duration']} per row (after a 3 s warm-up). Ours: defaults (4 threads, pool 4 "
-             f"per worker); peers: their usual 10 threads (FastAPI: Starlette's 40) and a pool of 10 per worker.",
-             "", "| Server (same machine, same workers) | k6 req/s | good req/s | p50 ms | p99 ms | bad answers "
-             "| worker CPU ms/req | wrk req/s | wrk p99 | wrk errors |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        f"Machine: {m['cpus']} cores, {m['memory_gb']} GiB, Python {m['python']}; {s['workers']} gunicorn workers, "
+        f"k6 {s['vus']} VUs for {s['duration']} per row (after a 3 s warm-up). Ours: defaults (4 threads, pool 4 "
+        f"per worker); peers: their usual 10 threads (FastAPI: Starlette's 40) and a pool of 10 per worker.",
+        "",
+        "| Server (same machine, same workers) | k6 req/s | good req/s | p50 ms | p99 ms | bad answers "
+        "| worker CPU ms/req | wrk req/s | wrk p99 | wrk errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for name, row in t.items():
         good_rps = row["good"] / (row["requests"] / row["rps"])
         w = row.get("wrk") or {"rps": float("nan"), "p99": "n/a", "errors": "wrk not installed"}
-        lines.append(f"| {name} | {row['rps']:.0f} | {good_rps:.0f} | {row['p50']:.2f} | {row['p99']:.2f} | {row['bad']} | "
-                     f"{row['cpu_ms_per_request']:.2f} | {w['rps']:.0f} | {w['p99']} | {w['errors']} |")
-    lines += ["", f"DB endpoint / no-DB endpoint on our stack: **{pool['rps'] / health['rps']:.2f}** under k6 "
-              f"(checks parse every body, and k6 shares the 2 cores)"
-              + (f", **{pool['wrk']['rps'] / health['wrk']['rps']:.2f}** under wrk" if pool.get("wrk") and health.get("wrk") else "")
-              + f"; worker CPU per request {health['cpu_ms_per_request']:.2f} ms vs {pool['cpu_ms_per_request']:.2f} ms. "
-              f"Pool / connection-per-request: **{pool['rps'] / none['rps']:.2f}x**."]
-    lat = {int(k): v for k, v in r["latency"].items()}      # int keys in memory, strings from JSON
+        lines.append(
+            f"| {name} | {row['rps']:.0f} | {good_rps:.0f} | {row['p50']:.2f} | {row['p99']:.2f} | {row['bad']} | "
+            f"{row['cpu_ms_per_request']:.2f} | {w['rps']:.0f} | {w['p99']} | {w['errors']} |"
+        )
+    lines += [
+        "",
+        f"DB endpoint / no-DB endpoint on our stack: **{pool['rps'] / health['rps']:.2f}** under k6 "
+        f"(checks parse every body, and k6 shares the 2 cores)"
+        + (
+            f", **{pool['wrk']['rps'] / health['wrk']['rps']:.2f}** under wrk"
+            if pool.get("wrk") and health.get("wrk")
+            else ""
+        )
+        + f"; worker CPU per request {health['cpu_ms_per_request']:.2f} ms vs {pool['cpu_ms_per_request']:.2f} ms. "
+        f"Pool / connection-per-request: **{pool['rps'] / none['rps']:.2f}x**.",
+    ]
+    lat = {int(k): v for k, v in r["latency"].items()}  # int keys in memory, strings from JSON
     rt_pool, rt_none = lat[0]["pool_round_trips"], lat[0]["none_round_trips"]
-    lines += ["", f"Database round trips per GET, counted at the proxy: pool **{rt_pool:.2f}**, connection per request "
-              f"**{rt_none:.2f}** (ratio {rt_none / rt_pool:.2f}).", "",
-              "| Emulated RTT to the database | pool p50 ms | per-request p50 ms | gain | gain / round-trip ratio |",
-              "|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        f"Database round trips per GET, counted at the proxy: pool **{rt_pool:.2f}**, connection per request "
+        f"**{rt_none:.2f}** (ratio {rt_none / rt_pool:.2f}).",
+        "",
+        "| Emulated RTT to the database | pool p50 ms | per-request p50 ms | gain | gain / round-trip ratio |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for rtt, row in lat.items():
         if rtt == 0:
             continue
         gain = row["none"]["p50"] / row["pool"]["p50"]
-        lines.append(f"| {rtt} ms | {row['pool']['p50']:.1f} | {row['none']['p50']:.1f} | {gain:.2f}x | "
-                     f"{gain / (rt_none / rt_pool):.0%} |")
+        lines.append(
+            f"| {rtt} ms | {row['pool']['p50']:.1f} | {row['none']['p50']:.1f} | {gain:.2f}x | "
+            f"{gain / (rt_none / rt_pool):.0%} |"
+        )
     o = r["overload"]
     share = o["unavailable"] / max(1, o["requests"])
     per_worker = o["capacity"] / WORKERS
-    little_pool = per_worker / (o["service_ms"] / 1000)     # L / W: connections kept busy for W each
-    little_cpu = 1000 / o["cpu_ms_per_request"]             # one core per worker (the GIL), CPU ms each
+    little_pool = per_worker / (o["service_ms"] / 1000)  # L / W: connections kept busy for W each
+    little_cpu = 1000 / o["cpu_ms_per_request"]  # one core per worker (the GIL), CPU ms each
     cores = r["machine"]["cpus"]
     # Utilization law for the whole box: workers and PostgreSQL share the cores; on loopback the
     # one-client service time of this query is almost all database CPU.
     machine = 1000 * cores / (o["cpu_ms_per_request"] + o["service_ms"])
     little = min(little_pool * WORKERS, little_cpu * WORKERS, machine)
-    lines += ["", f"Overload: GET /api/dashboard (one month), pool {o['capacity']} connections in all, "
-              f"{4 * o['capacity']} VUs (4x), pool timeout {o['pool_timeout_ms']:.0f} ms: p50 {o['p50']:.1f} ms, "
-              f"p99 {o['p99']:.1f} ms, 503 share {share:.1%}, goodput {o['good'] / (o['requests'] / o['rps']):.0f} req/s, "
-              f"other errors {o['bad']}.",
-              "", f"Capacity (Little's law, L = λW): with a service time of {o['service_ms']:.1f} ms (one client) and "
-              f"{per_worker:.0f} connections per worker, the pool allows {little_pool:.0f} req/s per worker; the worker's "
-              f"CPU ({o['cpu_ms_per_request']:.2f} ms per request on one core, the GIL) allows {little_cpu:.0f}; the machine "
-              f"({cores} cores shared by the workers and PostgreSQL: {o['cpu_ms_per_request']:.2f} + {o['service_ms']:.1f} ms "
-              f"of CPU per request) allows {machine:.0f} in all. Estimate: the smallest, **{little:.0f} req/s**; measured "
-              f"under overload: **{o['good'] / (o['requests'] / o['rps']):.0f} req/s**."]
+    lines += [
+        "",
+        f"Overload: GET /api/dashboard (one month), pool {o['capacity']} connections in all, "
+        f"{4 * o['capacity']} VUs (4x), pool timeout {o['pool_timeout_ms']:.0f} ms: p50 {o['p50']:.1f} ms, "
+        f"p99 {o['p99']:.1f} ms, 503 share {share:.1%}, goodput {o['good'] / (o['requests'] / o['rps']):.0f} req/s, "
+        f"other errors {o['bad']}.",
+        "",
+        f"Capacity (Little's law, L = λW): with a service time of {o['service_ms']:.1f} ms (one client) and "
+        f"{per_worker:.0f} connections per worker, the pool allows {little_pool:.0f} req/s per worker; the worker's "
+        f"CPU ({o['cpu_ms_per_request']:.2f} ms per request on one core, the GIL) allows {little_cpu:.0f}; the machine "
+        f"({cores} cores shared by the workers and PostgreSQL: {o['cpu_ms_per_request']:.2f} + {o['service_ms']:.1f} ms "
+        f"of CPU per request) allows {machine:.0f} in all. Estimate: the smallest, **{little:.0f} req/s**; measured "
+        f"under overload: **{o['good'] / (o['requests'] / o['rps']):.0f} req/s**.",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def chart(r: dict) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     names = list(r["throughput"])
     values = [r["throughput"][n]["rps"] for n in names]

@@ -4,33 +4,39 @@ Steps: start PostgreSQL (embedded, data in .data/postgres) when neither DATABASE
 names a server; create the database; apply the schema; seed demo data on the first run; start gunicorn
 with gunicorn.conf.py; print the Swagger UI URL and a demo token. Ctrl-C stops everything it started.
 """
+
 from __future__ import annotations
 
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from swagger_server.config import (DATA_DIR, EMBEDDED_URL_FILE, ConfigError, load_settings,  # noqa: E402
-                                   names_a_server)
+from swagger_server.config import DATA_DIR, EMBEDDED_URL_FILE, ConfigError, load_settings, names_a_server  # noqa: E402
 
 DATA = DATA_DIR
 
 
-def start_embedded(env) -> "EmbeddedPostgres":
+def start_embedded(env, started: list):
     import psycopg2
 
     from swagger_server.db.embedded import EmbeddedPostgres
+
     DATA.mkdir(exist_ok=True)
-    pg = EmbeddedPostgres(DATA / "postgres", settings={"fsync": "on", "synchronous_commit": "on",
-                                                       "full_page_writes": "on"})
+    pg = EmbeddedPostgres(
+        DATA / "postgres", settings={"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+    )
     say(f"starting embedded PostgreSQL (data in {pg.datadir}) ...")
     pg.start()
+    started.append(pg)  # from here on, the caller stops it whatever happens next
     conn = psycopg2.connect(pg.url())
     conn.autocommit = True
     with conn.cursor() as cur:
@@ -56,6 +62,29 @@ def demo_token(env) -> str:
     return env["API_TOKENS"]
 
 
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def serving(port: int, gunicorn: subprocess.Popen, timeout: float = 60.0) -> bool:
+    """Wait until /api/health answers (True) or gunicorn exits (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and gunicorn.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1) as answer:
+                if answer.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.2)
+    return gunicorn.poll() is None
+
+
 def say(message: str) -> None:
     """Print, unless stdout is gone (the terminal or a pipe closed on Ctrl-C)."""
     try:
@@ -66,6 +95,7 @@ def say(message: str) -> None:
 
 def main() -> int:
     env = dict(os.environ)
+    env.setdefault("LOG_FORMAT", "text")  # a person is reading; production keeps one JSON line a request
     named = names_a_server(env)
     token = demo_token(env)
     try:
@@ -75,25 +105,37 @@ def main() -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     pg = None
+    started: list = []  # the embedded server, as soon as it runs
     py = sys.executable
     gunicorn = None
     try:
         if named is None:
-            pg = start_embedded(env)
+            start_embedded(env, started)
+            pg = started[0]
             settings = load_settings(env)
         else:
             say(f"using the database named by {named}: {settings.database.safe_dsn()}")
+        port = settings.server.port
+        if not port_free(settings.server.host, port):
+            print(f"port {port} is already in use: stop what listens there, or set PORT=... make run", file=sys.stderr)
+            return 2
         for step in (["db", "upgrade"], ["db", "seed", "--if-empty"]):
             subprocess.run([py, "-m", "swagger_server", *step], env=env, cwd=ROOT, check=True)
         # Its own session: Ctrl-C reaches only us, and we stop gunicorn gracefully (SIGTERM), not abruptly.
-        gunicorn = subprocess.Popen([py, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], env=env, cwd=ROOT,
-                                    start_new_session=True)
-        port = settings.server.port
+        gunicorn = subprocess.Popen(
+            [py, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], env=env, cwd=ROOT, start_new_session=True
+        )
+        # The banner once the service answers, after gunicorn's start-up lines, not before.
+        if not serving(port, gunicorn):
+            return gunicorn.wait()
         database = settings.database.safe_dsn() + ("   (embedded; also in .data/database-url)" if pg else "")
-        print(f"\n  Swagger UI:  http://localhost:{port}/api/ui/\n  API:         http://localhost:{port}/api/customers"
-              f"\n  Demo token:  {token}   (Authorize in Swagger UI, or -H 'Authorization: Bearer {token}')"
-              f"\n  Database:    {database}"
-              f"\n  Stop:        Ctrl-C\n", flush=True)
+        print(
+            f"\n  Swagger UI:  http://localhost:{port}/api/ui/\n  API:         http://localhost:{port}/api/customers"
+            f"\n  Demo token:  {token}   (Authorize in Swagger UI, or -H 'Authorization: Bearer {token}')"
+            f"\n  Database:    {database}"
+            f"\n  Stop:        Ctrl-C\n",
+            flush=True,
+        )
         return gunicorn.wait()
     except KeyboardInterrupt:
         return 0
@@ -105,11 +147,12 @@ def main() -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if gunicorn is not None and gunicorn.poll() is None:
-            gunicorn.send_signal(signal.SIGTERM)     # graceful: in-flight requests finish, pools close
+            gunicorn.send_signal(signal.SIGTERM)  # graceful: in-flight requests finish, pools close
             try:
                 gunicorn.wait(timeout=settings.server.graceful_timeout + 5)
             except subprocess.TimeoutExpired:
                 gunicorn.kill()
+        pg = started[0] if started else None
         if pg is not None:
             say("stopping embedded PostgreSQL ...")
             EMBEDDED_URL_FILE.unlink(missing_ok=True)

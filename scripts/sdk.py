@@ -8,6 +8,7 @@ OUT/store_api_pyclient openapi-python-client (package `store_api_pyclient`)
 
 Both generators come from PyPI (requirements-dev.txt); openapi-generator needs Java 11+.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,7 @@ def _tool(name: str) -> str:
 
 
 def _run(args: list[str], log: Path) -> None:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}   # ruff, for the formatter
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # ruff, for the formatter
     with log.open("w") as out:
         done = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, env=env)
     if done.returncode:
@@ -42,21 +43,56 @@ def generate(out: Path, which: tuple[str, ...] = ("python", "typescript", "pycli
     if "python" in which:
         target = out / "python"
         shutil.rmtree(target, ignore_errors=True)
-        _run([_tool("openapi-generator-cli"), "generate", "-i", str(SPEC), "-g", "python", "-o", str(target),
-              "--package-name", "store_api_client"], out / "python.log")
+        _run(
+            [
+                _tool("openapi-generator-cli"),
+                "generate",
+                "-i",
+                str(SPEC),
+                "-g",
+                "python",
+                "-o",
+                str(target),
+                "--package-name",
+                "store_api_client",
+            ],
+            out / "python.log",
+        )
         made["python"] = target
     if "typescript" in which:
         target = out / "typescript"
         shutil.rmtree(target, ignore_errors=True)
-        _run([_tool("openapi-generator-cli"), "generate", "-i", str(SPEC), "-g", "typescript-fetch", "-o",
-              str(target), "--additional-properties=npmName=store-api-client,supportsES6=true"],
-             out / "typescript.log")
+        _run(
+            [
+                _tool("openapi-generator-cli"),
+                "generate",
+                "-i",
+                str(SPEC),
+                "-g",
+                "typescript-fetch",
+                "-o",
+                str(target),
+                "--additional-properties=npmName=store-api-client,supportsES6=true",
+            ],
+            out / "typescript.log",
+        )
         made["typescript"] = target
     if "pyclient" in which:
         target = out / "store_api_pyclient"
         shutil.rmtree(target, ignore_errors=True)
-        _run([_tool("openapi-python-client"), "generate", "--path", str(SPEC), "--output-path", str(target),
-              "--meta", "none"], out / "pyclient.log")
+        _run(
+            [
+                _tool("openapi-python-client"),
+                "generate",
+                "--path",
+                str(SPEC),
+                "--output-path",
+                str(target),
+                "--meta",
+                "none",
+            ],
+            out / "pyclient.log",
+        )
         made["pyclient"] = target
     return made
 

@@ -3,6 +3,7 @@
 `create_app` and `get_database` live in swagger_server/app.py and are imported on first use, so
 that the database layer (`swagger_server.db`) imports without Connexion or Flask.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -18,5 +19,6 @@ __all__ = ["create_app", "get_database"]
 def __getattr__(name: str):
     if name in __all__:
         from swagger_server import app
+
         return getattr(app, name)
     raise AttributeError(f"module 'swagger_server' has no attribute {name!r}")

@@ -1,4 +1,5 @@
 """The command line: `python -m swagger_server db upgrade | db seed | serve | check-config`."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,7 @@ import sys
 
 import psycopg2
 
-from swagger_server.config import (EMBEDDED_URL_FILE, ConfigError, describe, embedded_url, load_settings,
-                                   names_a_server)
+from swagger_server.config import EMBEDDED_URL_FILE, ConfigError, describe, embedded_url, load_settings, names_a_server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     embedded = embedded_url(env)
     if embedded:
-        env["DATABASE_URL"] = embedded            # `make run`'s embedded server, while it runs
+        env["DATABASE_URL"] = embedded  # `make run`'s embedded server, while it runs
     try:
         settings = load_settings(env)
     except ConfigError as exc:
@@ -50,14 +50,18 @@ def main(argv: list[str] | None = None) -> int:
             import uvicorn
 
             from swagger_server import create_app
+
             uvicorn.run(create_app(settings), host="127.0.0.1", port=args.port or settings.server.port)
             return 0
         if args.action == "upgrade":
             from swagger_server.db.migrate import upgrade
+
             applied = upgrade(dsn)
             print(f"schema up to date ({len(applied)} file(s) applied)")
             return 0
-        from swagger_server.db.seed import is_seeded, seed as run_seed
+        from swagger_server.db.seed import is_seeded
+        from swagger_server.db.seed import seed as run_seed
+
         if args.if_empty and is_seeded(dsn):
             print("store already has data; not seeding")
             return 0
@@ -66,8 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except psycopg2.OperationalError as exc:
         named = "the embedded server of `make run`" if embedded else (names_a_server(env) or "the defaults")
-        print(f"cannot reach the database at {settings.database.safe_dsn()} (named by {named}): "
-              f"{str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        print(
+            f"cannot reach the database at {settings.database.safe_dsn()} (named by {named}): "
+            f"{str(exc).strip().splitlines()[0]}",
+            file=sys.stderr,
+        )
         return 1
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -6,13 +6,21 @@ bounded wait and 503 are the point. This middleware lets at most `threads` reque
 worker; the next ones wait (first come, first served) up to the pool timeout, then get 503 with
 Retry-After. Requests Connexion rejects earlier (validation, auth, routing) never get here.
 """
+
 from __future__ import annotations
 
 import asyncio
 import json
 
-_BODY = json.dumps({"type": "/api/problems/overloaded", "title": "Service Unavailable", "status": 503,
-                    "detail": "Every request handler is busy; retry shortly."}, separators=(",", ":")).encode()
+_BODY = json.dumps(
+    {
+        "type": "/api/problems/overloaded",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": "Every request handler is busy; retry shortly.",
+    },
+    separators=(",", ":"),
+).encode()
 
 
 class AdmissionControl:
@@ -23,7 +31,7 @@ class AdmissionControl:
         self.limit = limit
         self.timeout = timeout
         self.retry_after = str(retry_after)
-        self._semaphore: asyncio.Semaphore | None = None   # made on first use, on the serving loop
+        self._semaphore: asyncio.Semaphore | None = None  # made on first use, on the serving loop
         self.rejected = 0
 
     async def __call__(self, scope, receive, send):
@@ -41,15 +49,22 @@ class AdmissionControl:
                 await self._reject(send)
                 return
         else:
-            await semaphore.acquire()       # free slot: no timer, no extra task
+            await semaphore.acquire()  # free slot: no timer, no extra task
         try:
             await self.app(scope, receive, send)
         finally:
             semaphore.release()
 
     async def _reject(self, send) -> None:
-        await send({"type": "http.response.start", "status": 503,
-                    "headers": [(b"content-type", b"application/problem+json"),
-                                (b"content-length", str(len(_BODY)).encode()),
-                                (b"retry-after", self.retry_after.encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/problem+json"),
+                    (b"content-length", str(len(_BODY)).encode()),
+                    (b"retry-after", self.retry_after.encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": _BODY})

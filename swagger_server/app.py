@@ -5,9 +5,11 @@
 Nothing here opens a socket: the pool is made per process, after gunicorn forks (see wsgi.py), or
 lazily on first use.
 """
+
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 from pathlib import Path
@@ -29,6 +31,7 @@ from swagger_server.config import Settings, load_settings
 from swagger_server.db.database import Database
 from swagger_server.limits import BodyLimit
 from swagger_server.request_scope import RequestScope
+from swagger_server.version import VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -66,30 +69,59 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
     )
     # Outermost (added first at this position): sees every answer, serves /metrics, logs each request.
-    app.add_middleware(observability.Observability, position=MiddlewarePosition.BEFORE_EXCEPTION, database=database,
-                       metrics_token=settings.api.metrics_token, metrics_port=settings.api.metrics_port)
-    observability.setup_access_log(settings.api.access_log)
+    app.add_middleware(
+        observability.Observability,
+        position=MiddlewarePosition.BEFORE_EXCEPTION,
+        database=database,
+        metrics_token=settings.api.metrics_token,
+        metrics_port=settings.api.metrics_port,
+    )
+    observability.setup_access_log(settings.api.access_log, settings.api.log_format)
     scope.on_checkout = _record_pool_wait
     # Before the exception middleware, so error responses rendered by Connexion carry CORS headers too.
-    app.add_middleware(CORSMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION,
-                       allow_origins=list(settings.api.cors_origins), allow_credentials=False,
-                       allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
-                       allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID",
-                                      "X-Consistency-Token"],
-                       expose_headers=["Location", "Retry-After", "Idempotent-Replayed", "X-Request-ID",
-                                       "X-Consistency-Token", "WWW-Authenticate"], max_age=600)
+    app.add_middleware(
+        CORSMiddleware,
+        position=MiddlewarePosition.BEFORE_EXCEPTION,
+        allow_origins=list(settings.api.cors_origins),
+        allow_credentials=False,
+        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID", "X-Consistency-Token"],
+        expose_headers=[
+            "Location",
+            "Retry-After",
+            "Idempotent-Replayed",
+            "X-Request-ID",
+            "X-Consistency-Token",
+            "WWW-Authenticate",
+        ],
+        max_age=600,
+    )
     # Bodies are counted before anything reads them: inside CORS (a 413 carries CORS headers), outside
     # the exception middleware (which renders a PayloadTooLarge raised while a body is read).
     app.add_middleware(BodyLimit, position=MiddlewarePosition.BEFORE_EXCEPTION, max_bytes=settings.api.max_body_bytes)
-    app.add_api("swagger.yaml", base_path="/api", validate_responses=settings.api.validate_responses,
-                strict_validation=True, validator_map=validation.VALIDATORS)
-    errors.set_routes(_spec_paths(), "/api")
+    spec = load_spec()
+    missing = unresolved_operations(spec)
+    if missing:
+        raise RuntimeError("; ".join(missing))
+    app.add_api(
+        spec,
+        base_path="/api",
+        validate_responses=settings.api.validate_responses,
+        strict_validation=True,
+        validator_map=validation.VALIDATORS,
+    )
+    errors.set_routes(spec["paths"], "/api")
+    # A person who opens the server's root wants the UI.
+    app.add_url_rule("/", "root", lambda: flask.redirect("/api/ui/", 302))
     # Flask handlers run in a2wsgi's thread pool (Connexion fixes it at 10 threads; we size it), behind
     # admission control, so that excess requests wait a bounded time instead of queueing without limit.
     flask_asgi = app.middleware.app
-    flask_asgi.asgi_app = AdmissionControl(WSGIMiddleware(app.app.wsgi_app, workers=settings.server.threads),
-                                           limit=settings.server.threads, timeout=settings.pool.timeout,
-                                           retry_after=settings.api.retry_after)
+    flask_asgi.asgi_app = AdmissionControl(
+        WSGIMiddleware(app.app.wsgi_app, workers=settings.server.threads),
+        limit=settings.server.threads,
+        timeout=settings.pool.timeout,
+        retry_after=settings.api.retry_after,
+    )
     errors.register(app)
     security.configure(settings.api.tokens)
     scope.init_app(app.app)
@@ -97,9 +129,32 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
     return app
 
 
-def _spec_paths() -> dict:
+def unresolved_operations(spec: dict) -> list[str]:
+    """Each operation whose controller function does not exist, as one line (empty when all resolve).
+
+    Connexion resolves an operationId only on the operation's first request; checked here at start."""
+    missing = []
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if not isinstance(operation, dict) or "operationId" not in operation:
+                continue
+            module_name = operation.get("x-openapi-router-controller", "")
+            name = operation["operationId"]
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError:
+                module = None
+            if module is None or not callable(getattr(module, name, None)):
+                missing.append(f"{method.upper()} {path}: operationId {name!r} has no function {module_name}.{name}")
+    return missing
+
+
+def load_spec() -> dict:
+    """swagger.yaml, with the one version (pyproject.toml's) as info.version."""
     with open(SPEC_DIR / "swagger.yaml", encoding="utf-8") as f:
-        return yaml.safe_load(f)["paths"]
+        spec = yaml.safe_load(f)
+    spec["info"]["version"] = VERSION
+    return spec
 
 
 def _record_pool_wait(pool: str, seconds: float) -> None:

@@ -1,13 +1,14 @@
 """Settings: the only reader of config.ini and os.environ. Read once, typed, validated, frozen."""
+
 from __future__ import annotations
 
 import configparser
 import difflib
 import logging
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
 import psycopg2.extensions
@@ -50,8 +51,14 @@ class DatabaseSettings:
         if self.url:
             return psycopg2.extensions.make_dsn(self.url, **extra)
         return psycopg2.extensions.make_dsn(
-            host=self.host, port=self.port, user=self.user, password=self.password or None,
-            dbname=self.dbname, sslmode=self.sslmode, **extra)
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password or None,
+            dbname=self.dbname,
+            sslmode=self.sslmode,
+            **extra,
+        )
 
     def safe_dsn(self) -> str:
         """Where we connect, for logs and errors: never the password."""
@@ -64,22 +71,22 @@ class DatabaseSettings:
 
 @dataclass(frozen=True)
 class PoolSettings:
-    mode: str = "pool"                   # pool | none (a connection per request: the slow baseline)
+    mode: str = "pool"  # pool | none (a connection per request: the slow baseline)
     min_connections: int = 2
-    max_connections: int = 4             # more than [GUNICORN] threads is never used
-    timeout: float = 5.0                 # seconds a request waits for a free connection, then 503
-    max_waiting: int = 100               # requests allowed to wait at once; beyond it, 503 at once
-    statement_timeout_ms: int = 5000     # per statement, applied with SET LOCAL (PgBouncer-safe); 0 = off
-    io_grace: float = 1.0                # client-side deadline = statement timeout + this (black-holed links)
-    max_lifetime: float = 1800.0         # seconds; connections are recycled after this (jittered)
-    max_idle: float = 600.0              # seconds; idle connections above min are closed after this
-    check_idle_after: float = 2.0        # seconds idle before a checkout pings the connection
-    ping_timeout: float = 1.0            # seconds a ping may take
-    leak_threshold: float = 30.0         # seconds held before a warning with the borrower's stack; 0 = off
+    max_connections: int = 4  # more than [GUNICORN] threads is never used
+    timeout: float = 5.0  # seconds a request waits for a free connection, then 503
+    max_waiting: int = 100  # requests allowed to wait at once; beyond it, 503 at once
+    statement_timeout_ms: int = 5000  # per statement, applied with SET LOCAL (PgBouncer-safe); 0 = off
+    io_grace: float = 1.0  # client-side deadline = statement timeout + this (black-holed links)
+    max_lifetime: float = 1800.0  # seconds; connections are recycled after this (jittered)
+    max_idle: float = 600.0  # seconds; idle connections above min are closed after this
+    check_idle_after: float = 2.0  # seconds idle before a checkout pings the connection
+    ping_timeout: float = 1.0  # seconds a ping may take
+    leak_threshold: float = 30.0  # seconds held before a warning with the borrower's stack; 0 = off
     reconnect_initial_delay: float = 0.1  # backoff while the database is down: first wait, seconds
-    reconnect_max_delay: float = 1.0     # ... and the cap; fail-fast 503s name this in Retry-After
-    budget_check: str = "error"          # error | warn | off: workers x max_connections vs the server
-    budget_headroom: int = 5             # connections kept free for admins, migrations and psql
+    reconnect_max_delay: float = 1.0  # ... and the cap; fail-fast 503s name this in Retry-After
+    budget_check: str = "error"  # error | warn | off: workers x max_connections vs the server
+    budget_headroom: int = 5  # connections kept free for admins, migrations and psql
     # Behind PgBouncer: its max_client_conn, checked instead of PostgreSQL's slots (0 = not behind it).
     pgbouncer_max_client_conn: int = 0
 
@@ -93,11 +100,12 @@ class PoolSettings:
 @dataclass(frozen=True)
 class ReplicaSettings:
     """An optional streaming replica for read-only operations. Disabled while `url` is empty."""
-    url: str = field(default="", repr=False)   # DATABASE_REPLICA_URL; holds the password
-    max_lag: float = 5.0                 # seconds behind the primary before reads go to the primary
-    check_interval: float = 1.0          # seconds between lag checks (one query on the replica)
+
+    url: str = field(default="", repr=False)  # DATABASE_REPLICA_URL; holds the password
+    max_lag: float = 5.0  # seconds behind the primary before reads go to the primary
+    check_interval: float = 1.0  # seconds between lag checks (one query on the replica)
     min_connections: int = 1
-    max_connections: int = 0             # 0 = the same as [POOL] max_connections
+    max_connections: int = 0  # 0 = the same as [POOL] max_connections
 
     @property
     def enabled(self) -> bool:
@@ -109,16 +117,17 @@ class ApiSettings:
     tokens: tuple[str, ...] = field(default=(), repr=False)
     cors_origins: tuple[str, ...] = ("http://localhost:3000",)
     validate_responses: bool = False
-    retry_after: int = 1                 # seconds advertised when the pool is exhausted
-    access_log: bool = True              # one JSON line per request on stdout
+    retry_after: int = 1  # seconds advertised when the pool is exhausted
+    access_log: bool = True  # one line per request on stdout
+    log_format: str = "json"  # json (one JSON object a line, for machines) | text (for a person)
     # Limits on what a client may send, enforced before the work (413, 414, 431).
-    max_body_bytes: int = 1048576        # 1 MiB; the largest valid body (an order of 100 lines) is ~5 KB
-    max_url_bytes: int = 8190            # the request target (path and query), as gunicorn's default
-    max_header_bytes: int = 32768        # the whole request head
+    max_body_bytes: int = 1048576  # 1 MiB; the largest valid body (an order of 100 lines) is ~5 KB
+    max_url_bytes: int = 8190  # the request target (path and query), as gunicorn's default
+    max_header_bytes: int = 32768  # the whole request head
     max_headers: int = 100
-    idempotency_ttl: float = 86400.0     # seconds an Idempotency-Key is remembered (per client)
-    metrics_token: str = field(default="", repr=False)   # when set, GET /metrics needs this bearer token
-    metrics_port: int = 0                # when set, /metrics is served only on this port (and the API not)
+    idempotency_ttl: float = 86400.0  # seconds an Idempotency-Key is remembered (per client)
+    metrics_token: str = field(default="", repr=False)  # when set, GET /metrics needs this bearer token
+    metrics_port: int = 0  # when set, /metrics is served only on this port (and the API not)
 
 
 @dataclass(frozen=True)
@@ -126,7 +135,7 @@ class ServerSettings:
     host: str = "0.0.0.0"
     port: int = 8080
     workers: int = 2
-    threads: int = 4                     # a2wsgi threads per worker that run Flask handlers (measured: see README)
+    threads: int = 4  # a2wsgi threads per worker that run Flask handlers (measured: see README)
     graceful_timeout: int = 20
     log_level: str = "info"
 
@@ -139,9 +148,9 @@ class Settings:
     server: ServerSettings = ServerSettings()
     replica: ReplicaSettings = ReplicaSettings()
     source: str = "defaults"
-    origins: tuple = ()                  # ((section.key, where it came from), ...), for check-config
+    origins: tuple = ()  # ((section.key, where it came from), ...), for check-config
 
-    def with_overrides(self, **sections: Mapping) -> "Settings":
+    def with_overrides(self, **sections: Mapping) -> Settings:
         """A copy with some fields replaced, e.g. `with_overrides(pool={"timeout": 1})` (for tests)."""
         changes = {name: replace(getattr(self, name), **values) for name, values in sections.items()}
         return replace(self, **changes)
@@ -152,8 +161,11 @@ class Settings:
 
     def replica_pool(self) -> PoolSettings:
         """The replica pool's settings: the primary's, with the replica's own sizes."""
-        return replace(self.pool, min_connections=min(self.replica.min_connections, self.replica_max()),
-                       max_connections=self.replica_max())
+        return replace(
+            self.pool,
+            min_connections=min(self.replica.min_connections, self.replica_max()),
+            max_connections=self.replica_max(),
+        )
 
     def replica_max(self) -> int:
         return self.replica.max_connections or self.pool.max_connections
@@ -161,6 +173,7 @@ class Settings:
 
 # ---------------------------------------------------------------------------------------------------
 # Parsing: each value carries where it came from, so an error names the key and the file or variable.
+
 
 def _int(raw: str) -> int:
     return int(raw.strip())
@@ -190,11 +203,21 @@ def _str(raw: str) -> str:
     return raw.strip()
 
 
-_KIND = {_int: "an integer", _float: "a number", _bool: "true or false", _list: "a comma-separated list",
-         _str: "a string"}
+_KIND = {
+    _int: "an integer",
+    _float: "a number",
+    _bool: "true or false",
+    _list: "a comma-separated list",
+    _str: "a string",
+}
 
-_SECTIONS = {"POSTGRES": DatabaseSettings, "POOL": PoolSettings, "API": ApiSettings, "REPLICA": ReplicaSettings,
-             "GUNICORN": ServerSettings}
+_SECTIONS = {
+    "POSTGRES": DatabaseSettings,
+    "POOL": PoolSettings,
+    "API": ApiSettings,
+    "REPLICA": ReplicaSettings,
+    "GUNICORN": ServerSettings,
+}
 _SECTION_ATTR = {"POSTGRES": "database", "POOL": "pool", "API": "api", "REPLICA": "replica", "GUNICORN": "server"}
 # A field's annotation (a string, under `from __future__ import annotations`) picks its parser.
 _PARSERS = {"int": _int, "float": _float, "bool": _bool, "str": _str, "tuple[str, ...]": _list}
@@ -222,6 +245,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "API_TOKENS": ("API", "tokens"),
     "CORS_ORIGINS": ("API", "cors_origins"),
     "ACCESS_LOG": ("API", "access_log"),
+    "LOG_FORMAT": ("API", "log_format"),
     "API_MAX_BODY_BYTES": ("API", "max_body_bytes"),
     "API_IDEMPOTENCY_TTL": ("API", "idempotency_ttl"),
     "API_METRICS_TOKEN": ("API", "metrics_token"),
@@ -258,8 +282,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     origins: dict[str, str] = {}
     for section in parser.sections():
         if section not in _INI_KEYS:
-            raise ConfigError(f"[{section}] in {path}: unknown section (expected one of {', '.join(_INI_KEYS)})"
-                              + _did_you_mean(section, _INI_KEYS))
+            raise ConfigError(
+                f"[{section}] in {path}: unknown section (expected one of {', '.join(_INI_KEYS)})"
+                + _did_you_mean(section, _INI_KEYS)
+            )
         for key, raw in parser.items(section):
             key, raw = _tutorial_key(section, key, raw, path)
             if key not in _INI_KEYS[section]:
@@ -276,13 +302,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         origins[f"{section}.{key}"] = f"{var} (environment)"
     for var in env:
         if var.startswith(("DB_", "API_", "WEB_")) and var not in ENV_OVERRIDES:
-            logger.warning("%s (environment) is not a setting of this service; ignored%s", var,
-                           _did_you_mean(var, ENV_OVERRIDES))
+            logger.warning(
+                "%s (environment) is not a setting of this service; ignored%s", var, _did_you_mean(var, ENV_OVERRIDES)
+            )
 
-    settings = Settings(database=DatabaseSettings(**values["database"]), pool=PoolSettings(**values["pool"]),
-                        api=ApiSettings(**values["api"]), server=ServerSettings(**values["server"]),
-                        replica=ReplicaSettings(**values["replica"]), source=source,
-                        origins=tuple(sorted(origins.items())))
+    settings = Settings(
+        database=DatabaseSettings(**values["database"]),
+        pool=PoolSettings(**values["pool"]),
+        api=ApiSettings(**values["api"]),
+        server=ServerSettings(**values["server"]),
+        replica=ReplicaSettings(**values["replica"]),
+        source=source,
+        origins=tuple(sorted(origins.items())),
+    )
     validate(settings)
     return settings
 
@@ -321,7 +353,7 @@ def names_a_server(environ: Mapping[str, str] | None = None) -> str | None:
     try:
         parser.read(path, encoding="utf-8")
     except configparser.Error:
-        return None                      # load_settings reports it
+        return None  # load_settings reports it
     for key in ("url", "host"):
         if parser.has_option("POSTGRES", key) and parser.get("POSTGRES", key).strip():
             return f"[POSTGRES] {key} in {path}"
@@ -385,7 +417,7 @@ def parse_token(entry: str) -> tuple[str, str, str]:
     if sep and head in TOKEN_SCOPES:
         scope, rest = head, tail
     if rest.startswith("sha256:"):
-        return scope, "sha256", rest[len("sha256:"):].lower()
+        return scope, "sha256", rest[len("sha256:") :].lower()
     return scope, "plain", rest
 
 
@@ -411,8 +443,11 @@ def validate(settings: Settings) -> None:
         (pool.mode in ("pool", "none"), "DB_POOL_MODE / [POOL] mode", f"must be 'pool' or 'none', got {pool.mode!r}"),
         (pool.min_connections >= 0, "DB_POOL_MIN_CONNECTIONS / [POOL] min_connections", "must be >= 0"),
         (pool.max_connections >= 1, "DB_POOL_MAX_CONNECTIONS / [POOL] max_connections", "must be >= 1"),
-        (pool.min_connections <= pool.max_connections, "DB_POOL_MIN_CONNECTIONS / [POOL] min_connections",
-         f"({pool.min_connections}) must not exceed max_connections ({pool.max_connections})"),
+        (
+            pool.min_connections <= pool.max_connections,
+            "DB_POOL_MIN_CONNECTIONS / [POOL] min_connections",
+            f"({pool.min_connections}) must not exceed max_connections ({pool.max_connections})",
+        ),
         (pool.timeout > 0, "DB_POOL_TIMEOUT / [POOL] timeout", "must be > 0 seconds"),
         (pool.max_waiting >= 0, "[POOL] max_waiting", "must be >= 0"),
         (pool.statement_timeout_ms >= 0, "DB_STATEMENT_TIMEOUT_MS / [POOL] statement_timeout_ms", "must be >= 0"),
@@ -421,37 +456,69 @@ def validate(settings: Settings) -> None:
         (pool.check_idle_after >= 0, "[POOL] check_idle_after", "must be >= 0 seconds"),
         (pool.ping_timeout > 0, "[POOL] ping_timeout", "must be > 0 seconds"),
         (pool.leak_threshold >= 0, "[POOL] leak_threshold", "must be >= 0 seconds"),
-        (0 < pool.reconnect_initial_delay <= pool.reconnect_max_delay, "[POOL] reconnect_initial_delay",
-         "must be > 0 and <= reconnect_max_delay"),
-        (pool.pgbouncer_max_client_conn >= 0, "DB_PGBOUNCER_MAX_CLIENT_CONN / [POOL] pgbouncer_max_client_conn",
-         "must be >= 0"),
-        (pool.budget_check in ("error", "warn", "off"), "[POOL] budget_check",
-         f"must be error, warn or off, got {pool.budget_check!r}"),
+        (
+            0 < pool.reconnect_initial_delay <= pool.reconnect_max_delay,
+            "[POOL] reconnect_initial_delay",
+            "must be > 0 and <= reconnect_max_delay",
+        ),
+        (
+            pool.pgbouncer_max_client_conn >= 0,
+            "DB_PGBOUNCER_MAX_CLIENT_CONN / [POOL] pgbouncer_max_client_conn",
+            "must be >= 0",
+        ),
+        (
+            pool.budget_check in ("error", "warn", "off"),
+            "[POOL] budget_check",
+            f"must be error, warn or off, got {pool.budget_check!r}",
+        ),
         (db.connect_timeout > 0, "[POSTGRES] connect_timeout", "must be > 0 seconds"),
         (1 <= db.port <= 65535, "[POSTGRES] port", f"must be a TCP port, got {db.port}"),
-        (not db.url or db.url.startswith(("postgres://", "postgresql://")), "DATABASE_URL / [POSTGRES] url",
-         "must start with postgresql://"),
+        (
+            not db.url or db.url.startswith(("postgres://", "postgresql://")),
+            "DATABASE_URL / [POSTGRES] url",
+            "must start with postgresql://",
+        ),
         (bool(db.url) or bool(db.dbname), "[POSTGRES] dbname", "must not be empty"),
-        ("*" not in api.cors_origins, "CORS_ORIGINS / [API] cors_origins",
-         "'*' is not allowed: list the origins that may call the API"),
-        (all(o.startswith(("http://", "https://")) for o in api.cors_origins), "CORS_ORIGINS / [API] cors_origins",
-         "each origin must start with http:// or https://"),
-        (not replica.url or replica.url.startswith(("postgres://", "postgresql://")),
-         "DATABASE_REPLICA_URL / [REPLICA] url", "must start with postgresql://"),
+        (
+            "*" not in api.cors_origins,
+            "CORS_ORIGINS / [API] cors_origins",
+            "'*' is not allowed: list the origins that may call the API",
+        ),
+        (
+            all(o.startswith(("http://", "https://")) for o in api.cors_origins),
+            "CORS_ORIGINS / [API] cors_origins",
+            "each origin must start with http:// or https://",
+        ),
+        (
+            not replica.url or replica.url.startswith(("postgres://", "postgresql://")),
+            "DATABASE_REPLICA_URL / [REPLICA] url",
+            "must start with postgresql://",
+        ),
         (replica.max_lag > 0, "DB_REPLICA_MAX_LAG / [REPLICA] max_lag", "must be > 0 seconds"),
         (replica.check_interval > 0, "[REPLICA] check_interval", "must be > 0 seconds"),
         (replica.min_connections >= 0, "[REPLICA] min_connections", "must be >= 0"),
         (replica.max_connections >= 0, "[REPLICA] max_connections", "must be >= 0 (0 = as [POOL])"),
+        (
+            api.log_format in ("json", "text"),
+            "LOG_FORMAT / [API] log_format",
+            f"must be json or text, got {api.log_format!r}",
+        ),
         (api.retry_after >= 1, "[API] retry_after", "must be >= 1 second"),
-        (all(token_problem(t) is None for t in api.tokens), "API_TOKENS / [API] tokens",
-         next((token_problem(t) for t in api.tokens if token_problem(t)), "")),
+        (
+            all(token_problem(t) is None for t in api.tokens),
+            "API_TOKENS / [API] tokens",
+            next((token_problem(t) for t in api.tokens if token_problem(t)), ""),
+        ),
         (api.max_body_bytes >= 1024, "API_MAX_BODY_BYTES / [API] max_body_bytes", "must be >= 1024"),
         (api.max_url_bytes >= 256, "[API] max_url_bytes", "must be >= 256"),
         (api.max_header_bytes >= 1024, "[API] max_header_bytes", "must be >= 1024"),
         (api.max_headers >= 10, "[API] max_headers", "must be >= 10"),
         (api.idempotency_ttl > 0, "API_IDEMPOTENCY_TTL / [API] idempotency_ttl", "must be > 0 seconds"),
-        (0 <= api.metrics_port <= 65535 and api.metrics_port != server.port, "API_METRICS_PORT / [API] metrics_port",
-         "must be 0 (off) or a TCP port other than the API's"),
+        (
+            0 <= api.metrics_port <= 65535 and api.metrics_port != server.port,
+            "API_METRICS_PORT / [API] metrics_port",
+            "must be 0 (off) or a TCP port other than the API's",
+        ),
         (1 <= server.port <= 65535, "PORT / [GUNICORN] port", f"must be a TCP port, got {server.port}"),
         (server.workers >= 1, "WEB_CONCURRENCY / [GUNICORN] workers", "must be >= 1"),
         (server.threads >= 1, "WEB_THREADS / [GUNICORN] threads", "must be >= 1"),

@@ -3,6 +3,7 @@
 Every error body has the same shape (RFC 9457): type, title, status, detail. 5xx bodies never carry
 database or stack text; anything unexpected is logged once with its traceback.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,14 +67,40 @@ class UnprocessableEntity(ApiError):
 
 # Problems rendered for Connexion's and Starlette's own errors (routing, security, media types):
 # the same shape and type URIs as ours, by status.
-_KINDS = {400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found",
-          405: "method-not-allowed", 406: "not-acceptable", 411: "length-required", 413: "payload-too-large",
-          414: "uri-too-long", 415: "unsupported-media-type", 422: "unprocessable", 431: "headers-too-large",
-          500: "internal", 501: "not-implemented", 503: "unavailable"}
-_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-           406: "Not Acceptable", 411: "Length Required", 413: "Content Too Large", 414: "URI Too Long",
-           415: "Unsupported Media Type", 422: "Unprocessable Entity", 431: "Request Header Fields Too Large",
-           500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable"}
+_KINDS = {
+    400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    406: "not-acceptable",
+    411: "length-required",
+    413: "payload-too-large",
+    414: "uri-too-long",
+    415: "unsupported-media-type",
+    422: "unprocessable",
+    431: "headers-too-large",
+    500: "internal",
+    501: "not-implemented",
+    503: "unavailable",
+}
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    411: "Length Required",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Entity",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+}
 
 # No error body or log line carries more than this much of anything a client sent.
 EXCERPT = 120
@@ -86,17 +113,24 @@ def excerpt(value, limit: int = EXCERPT) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
 
 
-def problem(status: int, title: str, detail: str, kind: str, headers: dict | None = None,
-            **extra) -> ConnexionResponse:
+def problem(status: int, title: str, detail: str, kind: str, headers: dict | None = None, **extra) -> ConnexionResponse:
     body = {"type": PROBLEM_BASE + kind, "title": title, "status": status, "detail": detail, **extra}
-    return ConnexionResponse(status_code=status, content_type=PROBLEM, headers=headers or {},
-                             body=json.dumps(body, separators=(",", ":")))
+    return ConnexionResponse(
+        status_code=status, content_type=PROBLEM, headers=headers or {}, body=json.dumps(body, separators=(",", ":"))
+    )
 
 
 def problem_bytes(status: int, detail: str, headers: dict | None = None) -> tuple[list, bytes]:
     """The same problem as raw ASGI headers and body, for layers that answer before Connexion does."""
-    body = json.dumps({"type": PROBLEM_BASE + _KINDS.get(status, "error"), "title": _TITLES.get(status, "Error"),
-                       "status": status, "detail": detail}, separators=(",", ":")).encode()
+    body = json.dumps(
+        {
+            "type": PROBLEM_BASE + _KINDS.get(status, "error"),
+            "title": _TITLES.get(status, "Error"),
+            "status": status,
+            "detail": detail,
+        },
+        separators=(",", ":"),
+    ).encode()
     raw = [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     return raw, body
@@ -148,10 +182,12 @@ def allowed_methods(path: str) -> tuple[str, ...]:
 
 async def pool_error(_request, exc: PoolError) -> ConnexionResponse:
     """503 with Retry-After. The type says which: pool exhausted, too many waiting, or database down."""
-    kinds = {PoolTimeout: ("pool-exhausted", "Every database connection is busy; retry shortly."),
-             TooManyWaiters: ("pool-exhausted", "Too many requests are waiting for a database connection."),
-             DatabaseUnavailable: ("database-unavailable", "The database cannot be reached right now."),
-             PoolClosed: ("shutting-down", "This server is shutting down; retry on another instance.")}
+    kinds = {
+        PoolTimeout: ("pool-exhausted", "Every database connection is busy; retry shortly."),
+        TooManyWaiters: ("pool-exhausted", "Too many requests are waiting for a database connection."),
+        DatabaseUnavailable: ("database-unavailable", "The database cannot be reached right now."),
+        PoolClosed: ("shutting-down", "This server is shutting down; retry on another instance."),
+    }
     kind, detail = kinds.get(type(exc), ("database-unavailable", "The database cannot be reached right now."))
     # Debug only: during an outage this fires for every request. The pool logs the outage itself
     # once when it starts and once when it ends, and its counters (/api/health/db) count every 503.
@@ -163,12 +199,22 @@ async def database_error(_request, exc: psycopg2.Error) -> ConnexionResponse:
     """A statement failed. Lost connections and timeouts are 503 (retryable); anything else is a 500."""
     if isinstance(exc, psycopg2.errors.QueryCanceled):
         logger.warning("503 statement-timeout: %s", str(exc).strip())
-        return problem(503, "Service Unavailable", "The database did not answer in time.", "statement-timeout",
-                       headers={"Retry-After": "1"})
+        return problem(
+            503,
+            "Service Unavailable",
+            "The database did not answer in time.",
+            "statement-timeout",
+            headers={"Retry-After": "1"},
+        )
     if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
         logger.warning("503 database-unavailable: %s", str(exc).strip().splitlines()[0] if str(exc) else exc)
-        return problem(503, "Service Unavailable", "The database connection was lost.", "database-unavailable",
-                       headers={"Retry-After": "1"})
+        return problem(
+            503,
+            "Service Unavailable",
+            "The database connection was lost.",
+            "database-unavailable",
+            headers={"Retry-After": "1"},
+        )
     return await unexpected_error(_request, exc)
 
 

@@ -11,6 +11,7 @@ Two more rules that keep a body from being misread: a chunked body (no Content-L
 up to the limit, and passed on with its length (Connexion would otherwise see no body at all); and a
 body without a Content-Type is `415` (Connexion would otherwise hand the raw bytes to the handler).
 """
+
 from __future__ import annotations
 
 from swagger_server.errors import PayloadTooLarge, problem_bytes
@@ -40,8 +41,11 @@ class BodyLimit:
                 await self._answer(send, 400, "Content-Length must be a non-negative integer")
                 return
             if int(declared) > self.max_bytes:
-                await self._answer(send, 413, f"the request body may be at most {self.max_bytes} bytes; "
-                                              f"Content-Length says {int(declared)}")
+                await self._answer(
+                    send,
+                    413,
+                    f"the request body may be at most {self.max_bytes} bytes; Content-Length says {int(declared)}",
+                )
                 return
         has_body = chunked is not None or (declared is not None and int(declared) > 0)
         if has_body and content_type is None and scope["method"] in ("POST", "PUT", "PATCH"):
@@ -55,7 +59,7 @@ class BodyLimit:
             while True:
                 message = await receive()
                 if message["type"] != "http.request":
-                    return                                  # the client went away
+                    return  # the client went away
                 size += len(message.get("body", b""))
                 if size > self.max_bytes:
                     await self._answer(send, 413, f"the request body may be at most {self.max_bytes} bytes")
@@ -76,8 +80,9 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise PayloadTooLarge(f"the request body may be at most {limit} bytes", field="body",
-                                          headers={"Connection": "close"})
+                    raise PayloadTooLarge(
+                        f"the request body may be at most {limit} bytes", field="body", headers={"Connection": "close"}
+                    )
             return message
 
         await self.app(scope, counted_receive, send)

@@ -13,6 +13,7 @@ The ASGI middleware here is the outermost layer: it sees every answer, including
 admission control and the problem responses rendered by Connexion, and serves /metrics itself, so a
 scrape works even when every handler thread is busy.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -24,10 +25,17 @@ import sys
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
-                               generate_latest, multiprocess)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 from swagger_server.db.pool import EVENTS
 from swagger_server.errors import excerpt, problem_bytes
@@ -39,21 +47,40 @@ METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 SYNC_INTERVAL = 1.0
 
-REQUESTS = Counter("store_api_requests", "HTTP requests answered, by operation and status.",
-                   ["operation", "method", "status"])
-LATENCY = Histogram("store_api_request_duration_seconds", "Time to answer a request, by operation.",
-                    ["operation"], buckets=(.002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
-POOL_CONNECTIONS = Gauge("store_api_pool_connections",
-                         "Pool connections by state (size = idle + in_use), summed over live workers.",
-                         ["pool", "state"], multiprocess_mode="livesum")
-POOL_WAIT = Histogram("store_api_pool_wait_seconds", "Time a request waited for a database connection.",
-                      ["pool"], buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
-POOL_EVENTS = Counter("store_api_pool_events", "Pool events (the pool's own counters): " + ", ".join(EVENTS) + ".",
-                      ["pool", "event"])
-REPLICA_LAG = Gauge("store_api_replica_lag_seconds", "Replica replay lag at the last check (the largest "
-                    "any live worker saw).", multiprocess_mode="livemax")
-REPLICA_READS = Counter("store_api_replica_routed_reads", "Read-only requests by where they were served "
-                        "and, for the primary, why.", ["destination", "reason"])
+REQUESTS = Counter(
+    "store_api_requests", "HTTP requests answered, by operation and status.", ["operation", "method", "status"]
+)
+LATENCY = Histogram(
+    "store_api_request_duration_seconds",
+    "Time to answer a request, by operation.",
+    ["operation"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+POOL_CONNECTIONS = Gauge(
+    "store_api_pool_connections",
+    "Pool connections by state (size = idle + in_use), summed over live workers.",
+    ["pool", "state"],
+    multiprocess_mode="livesum",
+)
+POOL_WAIT = Histogram(
+    "store_api_pool_wait_seconds",
+    "Time a request waited for a database connection.",
+    ["pool"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+POOL_EVENTS = Counter(
+    "store_api_pool_events", "Pool events (the pool's own counters): " + ", ".join(EVENTS) + ".", ["pool", "event"]
+)
+REPLICA_LAG = Gauge(
+    "store_api_replica_lag_seconds",
+    "Replica replay lag at the last check (the largest any live worker saw).",
+    multiprocess_mode="livemax",
+)
+REPLICA_READS = Counter(
+    "store_api_replica_routed_reads",
+    "Read-only requests by where they were served and, for the primary, why.",
+    ["destination", "reason"],
+)
 
 
 access_log = logging.getLogger("store_api.access")
@@ -70,7 +97,7 @@ class PoolMetrics:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True, name="pool-metrics")
 
-    def start(self) -> "PoolMetrics":
+    def start(self) -> PoolMetrics:
         self._thread.start()
         return self
 
@@ -102,11 +129,11 @@ class PoolMetrics:
         self._last[key] = total
 
     def _run(self) -> None:
-        while _pool_metrics is self:            # superseded (a new app in this process): stop
+        while _pool_metrics is self:  # superseded (a new app in this process): stop
             time.sleep(SYNC_INTERVAL)
             try:
                 self.sync()
-            except Exception:                       # a metrics hiccup must never stop the copying
+            except Exception:  # a metrics hiccup must never stop the copying
                 logging.getLogger(__name__).exception("pool metrics sync failed")
 
 
@@ -123,7 +150,7 @@ def pool_metrics(database) -> PoolMetrics:
             current = _pool_metrics
             if current is None or current.pid != os.getpid() or current.database is not database:
                 current = _pool_metrics = PoolMetrics(database)
-                current.start()                    # after the assignment: the thread runs while it is current
+                current.start()  # after the assignment: the thread runs while it is current
     return current
 
 
@@ -135,6 +162,7 @@ def render_metrics(database) -> bytes:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry)
     from prometheus_client import REGISTRY
+
     return generate_latest(REGISTRY)
 
 
@@ -143,23 +171,49 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and the record's `fields`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
-                 "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
+        entry = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, separators=(",", ":"), default=str)
 
 
-def setup_access_log(enabled: bool) -> None:
-    """Send the access log, as JSON lines, to stdout (once per process)."""
+class TextFormatter(logging.Formatter):
+    """One short line per request, for a person at a terminal (`make run`); coloured by status on a tty."""
+
+    COLOURS = {2: "\033[32m", 3: "\033[36m", 4: "\033[33m", 5: "\033[31m"}
+
+    def __init__(self, colour: bool):
+        super().__init__()
+        self.colour = colour
+
+    def format(self, record: logging.LogRecord) -> str:
+        f = getattr(record, "fields", {})
+        if "status" not in f:
+            return f"{record.levelname.lower()} {record.getMessage()}"
+        when = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        status = str(f["status"])
+        if self.colour:
+            status = f"{self.COLOURS.get(f['status'] // 100, '')}{status}\033[0m"
+        wait = f" (waited {f['pool_wait_ms']} ms)" if f.get("pool_wait_ms") and f["pool_wait_ms"] >= 1 else ""
+        return f"{when} {f['method']:<6} {f['path']} {status} {f['duration_ms']:.1f} ms{wait}"
+
+
+def setup_access_log(enabled: bool, log_format: str = "json") -> None:
+    """Send the access log to stdout (once per process): JSON lines, or short text lines for a person."""
     access_log.propagate = False
     access_log.setLevel(logging.INFO if enabled else logging.WARNING)
-    if not any(getattr(h, "store_api", False) for h in access_log.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(JsonFormatter())
-        handler.store_api = True
-        access_log.addHandler(handler)
+    for handler in [h for h in access_log.handlers if getattr(h, "store_api", False)]:
+        access_log.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(TextFormatter(sys.stdout.isatty()) if log_format == "text" else JsonFormatter())
+    handler.store_api = True
+    access_log.addHandler(handler)
 
 
 # -- the middleware ------------------------------------------------------------------------------------
@@ -217,10 +271,17 @@ class Observability:
             REQUESTS.labels(operation, method, str(status)).inc()
             LATENCY.labels(operation).observe(elapsed)
             if access_log.isEnabledFor(logging.INFO):
-                fields = {"request_id": request_id, "method": method, "path": excerpt(scope["path"], 200),
-                          "operation": operation, "status": status, "duration_ms": round(elapsed * 1000, 2),
-                          "pool_wait_ms": context.get("pool_wait_ms"), "db": context.get("db"),
-                          "pid": os.getpid()}
+                fields = {
+                    "request_id": request_id,
+                    "method": method,
+                    "path": excerpt(scope["path"], 200),
+                    "operation": operation,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "pool_wait_ms": context.get("pool_wait_ms"),
+                    "db": context.get("db"),
+                    "pid": os.getpid(),
+                }
                 access_log.info("request", extra={"fields": fields})
 
         async def send_with_id(message):
@@ -243,13 +304,24 @@ class Observability:
         if self.metrics_token:
             given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
             if not hmac.compare_digest(given[:7].lower() + given[7:], self.metrics_token):
-                await _answer(send, 401, "GET /metrics needs the metrics bearer token",
-                              {"WWW-Authenticate": 'Bearer realm="metrics"'})
+                await _answer(
+                    send,
+                    401,
+                    "GET /metrics needs the metrics bearer token",
+                    {"WWW-Authenticate": 'Bearer realm="metrics"'},
+                )
                 return
         body = render_metrics(self.database)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode()),
-                                (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", CONTENT_TYPE_LATEST.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

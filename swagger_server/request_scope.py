@@ -6,11 +6,12 @@ broken connection. Read-only controllers (`@read_only`) may be served by the rep
 configured, a committed write's WAL position is returned as `X-Consistency-Token`, and a read that
 sends it back is served by the replica only once it has replayed that far (db/replica.py).
 """
+
 from __future__ import annotations
 
 import functools
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from flask import current_app, g, request
 
@@ -99,6 +100,7 @@ def read_only(func):
     If the replica fails while serving it, the whole handler runs again on the primary: a read-only
     handler has no side effects, so running it twice is safe.
     """
+
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         scope = current_app.extensions["request_scope"]
@@ -108,8 +110,10 @@ def read_only(func):
         try:
             g.db_min_lsn = parse_lsn(request.headers.get(CONSISTENCY_HEADER))
         except ValueError:
-            raise ApiError(f"{CONSISTENCY_HEADER} must be a WAL position like 0/16B3748, as a write returned it",
-                           field=CONSISTENCY_HEADER) from None
+            raise ApiError(
+                f"{CONSISTENCY_HEADER} must be a WAL position like 0/16B3748, as a write returned it",
+                field=CONSISTENCY_HEADER,
+            ) from None
         g.db_read_only = True
         try:
             return func(*args, **kwargs)
@@ -117,11 +121,12 @@ def read_only(func):
             if g.get("db_role") != "replica" or not retry_on_primary(exc):
                 raise
             replica.failed(exc)
-            scope.teardown()                       # the pool discards the broken connection
+            scope.teardown()  # the pool discards the broken connection
             g.db_read_only = False
             return func(*args, **kwargs)
         finally:
             g.db_read_only = False
+
     return wrapper
 
 

@@ -8,6 +8,7 @@ the scope gets `403`, an unknown or missing one `401`.
 
 It runs on the event loop thread, so it is one hash and a constant-time comparison per known token.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +20,7 @@ from swagger_server.errors import Forbidden
 
 logger = logging.getLogger(__name__)
 
-_tokens: tuple[tuple[bytes, str], ...] = ()   # (sha256 digest, scope)
+_tokens: tuple[tuple[bytes, str], ...] = ()  # (sha256 digest, scope)
 
 READ_METHODS = ("GET", "HEAD")
 
@@ -37,8 +38,9 @@ def configure(entries) -> None:
         parsed.append((bytes.fromhex(value) if kind == "sha256" else digest(value), scope))
     _tokens = tuple(parsed)
     if not _tokens:
-        logger.warning("no API tokens configured (API_TOKENS / [API] tokens): every operation that "
-                       "needs a token answers 401")
+        logger.warning(
+            "no API tokens configured (API_TOKENS / [API] tokens): every operation that needs a token answers 401"
+        )
 
 
 def required_scope(method: str) -> str:

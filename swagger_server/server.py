@@ -7,17 +7,22 @@ size and its number of headers are checked as bytes arrive, before the head is c
 over a limit is answered `414` or `431` problem+json and the connection closed. Memory per connection
 stays at the limit plus one network read.
 """
+
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
 
 import httptools
+from gunicorn.arbiter import Arbiter
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
 from swagger_server.errors import problem_bytes
 
-LINGER_SECONDS = 2.0    # how long a refused client's remaining bytes are read and dropped
+LINGER_SECONDS = 2.0  # how long a refused client's remaining bytes are read and dropped
 STATUS_TEXT = {400: b"Bad Request", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
 
 
@@ -80,7 +85,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
-            return                   # refused: what the client still sends is read and dropped
+            return  # refused: what the client still sends is read and dropped
         in_head = self._in_head
         try:
             super_feed = self.parser.feed_data
@@ -115,7 +120,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         out += [name + b": " + value + b"\r\n" for name, value in headers]
         out += [b"\r\n", body]
         self.transport.write(b"".join(out))
-        self._in_head = False        # nothing more is parsed on this connection
+        self._in_head = False  # nothing more is parsed on this connection
         self._lingering = True
         try:
             self.transport.write_eof()
@@ -134,3 +139,25 @@ class StoreUvicornWorker(UvicornWorker):
     """gunicorn worker class: uvicorn with uvloop and the limited httptools protocol."""
 
     CONFIG_KWARGS = {"loop": "auto", "http": LimitedHttpToolsProtocol}
+
+    async def _serve(self) -> None:
+        # As uvicorn_worker's, with a Server that closes the listening sockets once (see below).
+        self.config.app = self.wsgi
+        server = _Server(config=self.config)
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+
+class _Server(Server):
+    """uvicorn's Server. On shutdown its asyncio servers close the listening descriptors, and then
+    it closes gunicorn's socket objects for them again: "Error while closing socket [Errno 9] Bad
+    file descriptor" at every shutdown, and a close of whatever reused that descriptor number in
+    between. Here the socket objects only forget the descriptors their servers already closed."""
+
+    async def shutdown(self, sockets=None) -> None:
+        for listener in sockets or []:
+            with contextlib.suppress(Exception):
+                listener.sock.detach()
+        await super().shutdown(sockets=None)

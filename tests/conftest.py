@@ -3,6 +3,7 @@
 settings -> app -> client build on each other; `db` is a separate autocommit connection for
 asserting rows. Each test that uses `store` starts from the same known rows.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,6 +43,7 @@ def pg_server(tmp_path_factory):
         yield ExternalServer(url)
         return
     from swagger_server.db.embedded import EmbeddedPostgres
+
     server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", settings={"max_connections": "100"})
     server.restartable = True
     server.start()
@@ -86,16 +88,28 @@ def query(conn, sql: str, params=()):
 def store(db):
     """Known rows: 3 customers, 3 products, 2 orders (customer 1). Ids restart at 1."""
     query(db, "TRUNCATE order_lines, orders, products, customers RESTART IDENTITY CASCADE")
-    query(db, "INSERT INTO customers (name, email, created_at) VALUES"
-              " ('Ada Lovelace', 'ada@example.com', '2026-01-01T00:00:00Z'),"
-              " ('Alan Turing', 'alan@example.com', '2026-01-02T00:00:00Z'),"
-              " ('Grace Hopper', 'grace@example.com', '2026-01-03T00:00:00Z')")
-    query(db, "INSERT INTO products (sku, name, price_cents, stock) VALUES"
-              " ('SKU-1', 'Keyboard', 1000, 10), ('SKU-2', 'Mouse', 500, 5), ('SKU-3', 'Cable', 250, 0)")
-    query(db, "INSERT INTO orders (customer_id, total_cents, created_at) VALUES"
-              " (1, 2500, '2026-01-05T10:00:00Z'), (1, 1000, '2026-01-06T10:00:00Z')")
-    query(db, "INSERT INTO order_lines (order_id, product_id, quantity, unit_price_cents) VALUES"
-              " (1, 1, 2, 1000), (1, 2, 1, 500), (2, 1, 1, 1000)")
+    query(
+        db,
+        "INSERT INTO customers (name, email, created_at) VALUES"
+        " ('Ada Lovelace', 'ada@example.com', '2026-01-01T00:00:00Z'),"
+        " ('Alan Turing', 'alan@example.com', '2026-01-02T00:00:00Z'),"
+        " ('Grace Hopper', 'grace@example.com', '2026-01-03T00:00:00Z')",
+    )
+    query(
+        db,
+        "INSERT INTO products (sku, name, price_cents, stock) VALUES"
+        " ('SKU-1', 'Keyboard', 1000, 10), ('SKU-2', 'Mouse', 500, 5), ('SKU-3', 'Cable', 250, 0)",
+    )
+    query(
+        db,
+        "INSERT INTO orders (customer_id, total_cents, created_at) VALUES"
+        " (1, 2500, '2026-01-05T10:00:00Z'), (1, 1000, '2026-01-06T10:00:00Z')",
+    )
+    query(
+        db,
+        "INSERT INTO order_lines (order_id, product_id, quantity, unit_price_cents) VALUES"
+        " (1, 1, 2, 1000), (1, 2, 1, 500), (2, 1, 1, 1000)",
+    )
     return db
 
 
@@ -103,9 +117,17 @@ def make_settings(database_url: str, **overrides):
     """Settings for tests: response validation on, short timeouts, a small pool."""
     env = {"DATABASE_URL": database_url, "API_TOKENS": TOKEN, "APP_CONFIG": str(Path(__file__).parent / "empty.ini")}
     base = load_settings(env)
-    sections = {"api": {"validate_responses": True},
-                "pool": {"min_connections": 1, "max_connections": 4, "timeout": 1.0, "statement_timeout_ms": 3000,
-                         "check_idle_after": 0.5, "reconnect_max_delay": 0.5}}
+    sections = {
+        "api": {"validate_responses": True},
+        "pool": {
+            "min_connections": 1,
+            "max_connections": 4,
+            "timeout": 1.0,
+            "statement_timeout_ms": 3000,
+            "check_idle_after": 0.5,
+            "reconnect_max_delay": 0.5,
+        },
+    }
     for section, values in overrides.items():
         sections.setdefault(section, {}).update(values)
     return base.with_overrides(**sections)
@@ -115,6 +137,7 @@ def make_settings(database_url: str, **overrides):
 def pgbouncer(pg_server, database_url, tmp_path_factory):
     """PgBouncer in transaction mode in front of the test server (skipped where it is not installed)."""
     from tests.pgbouncer import BINARY, PgBouncer
+
     if BINARY is None:
         pytest.skip("pgbouncer is not installed (apt-get install pgbouncer; .ci/run installs it)")
     bouncer = PgBouncer(tmp_path_factory.mktemp("pgbouncer"), pg_server.port).start()

@@ -4,6 +4,7 @@ pproxy (used for the plain link up/down test) cannot hold bytes without answerin
 which is what a black-holed link and a distant database look like; this small asyncio proxy can.
 It also counts round trips: each time the server starts answering after the client has sent.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,8 +20,8 @@ class FaultProxy:
     def __init__(self, target_host: str, target_port: int, port: int | None = None):
         self.target = (target_host, target_port)
         self.port = port or free_port()
-        self.blackhole = False       # True: accept and read, never forward, never answer
-        self.delay = 0.0             # seconds added one way, so a round trip costs 2 * delay more
+        self.blackhole = False  # True: accept and read, never forward, never answer
+        self.delay = 0.0  # seconds added one way, so a round trip costs 2 * delay more
         self.round_trips = 0
         self.connections = 0
         self._loop = asyncio.new_event_loop()
@@ -28,7 +29,7 @@ class FaultProxy:
         self._server = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="faultproxy")
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(5)
         return self
@@ -70,9 +71,11 @@ class FaultProxy:
             return
         self._writers.add(server_writer)
         state = {"last": None}
-        await asyncio.gather(self._pipe(client_reader, server_writer, state, "client"),
-                             self._pipe(server_reader, client_writer, state, "server"),
-                             return_exceptions=True)
+        await asyncio.gather(
+            self._pipe(client_reader, server_writer, state, "client"),
+            self._pipe(server_reader, client_writer, state, "server"),
+            return_exceptions=True,
+        )
         for writer in (client_writer, server_writer):
             self._writers.discard(writer)
             if writer.transport is not None:
@@ -97,7 +100,7 @@ class FaultProxy:
                 if wait > 0:
                     await asyncio.sleep(wait)
                 if self.blackhole:
-                    continue            # held and dropped: the peer never hears back
+                    continue  # held and dropped: the peer never hears back
                 writer.write(data)
                 await writer.drain()
 

@@ -1,4 +1,5 @@
 """Small test helpers: polling for a condition that another thread makes true."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """PgBouncer in transaction mode on loopback, for running the API against it (Debian's `pgbouncer`)."""
+
 from __future__ import annotations
 
 import os
@@ -40,7 +41,7 @@ pidfile = {self.dir / "pgbouncer.pid"}
 """)
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "PgBouncer":
+    def start(self) -> PgBouncer:
         command = [BINARY, str(self.dir / "pgbouncer.ini")]
         if os.geteuid() == 0:
             # PgBouncer refuses to run as root; it drops to the embedded server's user.

@@ -1,4 +1,5 @@
 """Real gunicorn for tests: start it through gunicorn.conf.py with a given environment, wait until it serves."""
+
 from __future__ import annotations
 
 import os
@@ -21,21 +22,36 @@ EMPTY = str(Path(__file__).parent / "empty.ini")
 
 def gunicorn_env(database_url: str, port: int, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "API_", "WEB_", "CORS_"))}
-    env.update({"APP_CONFIG": EMPTY, "DATABASE_URL": database_url, "PORT": str(port), "API_TOKENS": TOKEN,
-                "WEB_CONCURRENCY": "2", "DB_POOL_MIN_CONNECTIONS": "2", "DB_POOL_MAX_CONNECTIONS": "4"})
+    env.update(
+        {
+            "APP_CONFIG": EMPTY,
+            "DATABASE_URL": database_url,
+            "PORT": str(port),
+            "API_TOKENS": TOKEN,
+            "WEB_CONCURRENCY": "2",
+            "DB_POOL_MIN_CONNECTIONS": "2",
+            "DB_POOL_MAX_CONNECTIONS": "4",
+        }
+    )
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
 
 def start_gunicorn(env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def healthy(base: str) -> bool:
     try:
         return requests.get(f"{base}/api/health", timeout=1).status_code == 200
-    except requests.RequestException:     # refused, or too busy starting (8 workers) to answer in 1 s
+    except requests.RequestException:  # refused, or too busy starting (8 workers) to answer in 1 s
         return False
 
 
@@ -51,17 +67,25 @@ class Gunicorn:
         self.base = f"http://127.0.0.1:{self.port}"
         self.process = start_gunicorn(gunicorn_env(database_url, self.port, **env))
         self._output: list[str] = []
-        self._drains = [threading.Thread(target=self._drain, args=(stream,), daemon=True)
-                        for stream in (self.process.stdout, self.process.stderr)]
+        self._drains = [
+            threading.Thread(target=self._drain, args=(stream,), daemon=True)
+            for stream in (self.process.stdout, self.process.stderr)
+        ]
         for drain in self._drains:
             drain.start()
-        wait_until(lambda: healthy(self.base) or self.process.poll() is not None, timeout=20,
-                   message="gunicorn to serve")
+        wait_until(
+            lambda: healthy(self.base) or self.process.poll() is not None, timeout=20, message="gunicorn to serve"
+        )
         if self.process.poll() is not None:
             raise RuntimeError(f"gunicorn exited: {self.output()}")
         expected = int(env.get("WEB_CONCURRENCY", 2))
-        self.workers = wait_until(lambda: len(psutil.Process(self.process.pid).children()) == expected
-                                  and [p.pid for p in psutil.Process(self.process.pid).children()], timeout=10)
+        self.workers = wait_until(
+            lambda: (
+                len(psutil.Process(self.process.pid).children()) == expected
+                and [p.pid for p in psutil.Process(self.process.pid).children()]
+            ),
+            timeout=10,
+        )
 
     def _drain(self, stream) -> None:
         for line in stream:

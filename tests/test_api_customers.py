@@ -1,4 +1,5 @@
 """Customers through HTTP (Connexion's test client, so the spec validates requests and responses)."""
+
 from tests.conftest import AUTH, query
 
 
@@ -30,8 +31,12 @@ def test_list_customers_rejects_bad_limit_naming_it(client, store):
 def test_get_customer(client, store):
     response = client.get("/api/customers/1")
     assert response.status_code == 200
-    assert response.json() == {"id": 1, "name": "Ada Lovelace", "email": "ada@example.com",
-                               "created_at": "2026-01-01T00:00:00+00:00"}
+    assert response.json() == {
+        "id": 1,
+        "name": "Ada Lovelace",
+        "email": "ada@example.com",
+        "created_at": "2026-01-01T00:00:00+00:00",
+    }
 
 
 def test_get_missing_customer_is_404_problem(client, store):
@@ -52,15 +57,17 @@ def test_create_customer(client, store):
     assert response.status_code == 201
     created = response.json()
     assert response.headers["location"] == f"/api/customers/{created['id']}"
-    assert query(store, "SELECT name, email FROM customers WHERE id = %s", (created["id"],)) == \
-        [("Edsger Dijkstra", "ewd@example.com")]
+    assert query(store, "SELECT name, email FROM customers WHERE id = %s", (created["id"],)) == [
+        ("Edsger Dijkstra", "ewd@example.com")
+    ]
 
 
 def test_create_customer_needs_a_token(client, anon, store):
     response = anon.post("/api/customers", json={"name": "X", "email": "x@example.com"})
     assert response.status_code == 401
-    bad = anon.post("/api/customers", json={"name": "X", "email": "x@example.com"},
-                    headers={"Authorization": "Bearer wrong"})
+    bad = anon.post(
+        "/api/customers", json={"name": "X", "email": "x@example.com"}, headers={"Authorization": "Bearer wrong"}
+    )
     assert bad.status_code == 401
     assert query(store, "SELECT count(*) FROM customers") == [(3,)]
 
@@ -118,7 +125,9 @@ def test_list_customer_orders(client, store):
     assert response.status_code == 200
     body = response.json()
     assert body["next_cursor"] == 1
-    assert body["items"][0]["lines"] == [{"product_id": 1, "quantity": 2, "unit_price_cents": 1000},
-                                         {"product_id": 2, "quantity": 1, "unit_price_cents": 500}]
+    assert body["items"][0]["lines"] == [
+        {"product_id": 1, "quantity": 2, "unit_price_cents": 1000},
+        {"product_id": 2, "quantity": 1, "unit_price_cents": 500},
+    ]
     assert client.get("/api/customers/2/orders").json() == {"items": [], "next_cursor": None}
     assert client.get("/api/customers/99/orders").status_code == 404

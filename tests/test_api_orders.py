@@ -1,9 +1,12 @@
 """Orders through HTTP: one transaction, stock checked and decremented, nothing half-written."""
+
 from tests.conftest import AUTH, query
 
 
 def order(client, lines, customer_id=1, headers=None):
-    return client.post("/api/orders", json={"customer_id": customer_id, "lines": lines}, headers={**AUTH, **(headers or {})})
+    return client.post(
+        "/api/orders", json={"customer_id": customer_id, "lines": lines}, headers={**AUTH, **(headers or {})}
+    )
 
 
 def test_place_order_decrements_stock(client, store):
@@ -11,8 +14,10 @@ def test_place_order_decrements_stock(client, store):
     assert response.status_code == 201
     body = response.json()
     assert body["total_cents"] == 3 * 1000 + 500
-    assert body["lines"] == [{"product_id": 1, "quantity": 3, "unit_price_cents": 1000},
-                             {"product_id": 2, "quantity": 1, "unit_price_cents": 500}]
+    assert body["lines"] == [
+        {"product_id": 1, "quantity": 3, "unit_price_cents": 1000},
+        {"product_id": 2, "quantity": 1, "unit_price_cents": 500},
+    ]
     assert response.headers["location"] == f"/api/orders/{body['id']}"
     assert query(store, "SELECT id, stock FROM products ORDER BY id") == [(1, 7), (2, 4), (3, 0)]
 
@@ -45,7 +50,10 @@ def test_unknown_customer_or_product_is_404(client, store):
 def test_order_validation(client, anon, store):
     assert order(client, []).status_code == 400
     assert order(client, [{"product_id": 1, "quantity": 0}]).status_code == 400
-    assert anon.post("/api/orders", json={"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}).status_code == 401
+    assert (
+        anon.post("/api/orders", json={"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}).status_code
+        == 401
+    )
 
 
 def test_idempotency_key_replays_the_original_order(client, store):

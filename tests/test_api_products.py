@@ -1,4 +1,5 @@
 """Products through HTTP."""
+
 from tests.conftest import AUTH, query
 
 
@@ -15,8 +16,9 @@ def test_get_product(client, store):
 
 
 def test_create_product(client, store):
-    response = client.post("/api/products", json={"sku": "SKU-9", "name": "Lamp", "price_cents": 1999, "stock": 3},
-                           headers=AUTH)
+    response = client.post(
+        "/api/products", json={"sku": "SKU-9", "name": "Lamp", "price_cents": 1999, "stock": 3}, headers=AUTH
+    )
     assert response.status_code == 201
     assert query(store, "SELECT name, price_cents, stock FROM products WHERE sku = 'SKU-9'") == [("Lamp", 1999, 3)]
 

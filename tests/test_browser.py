@@ -7,6 +7,7 @@ a page from an origin not on the list is refused by the browser.
 
 Skipped, with the reason, where Chromium or Playwright is missing; `.ci/run` installs Chromium.
 """
+
 from __future__ import annotations
 
 import http.server
@@ -24,11 +25,17 @@ from tests.conftest import TEST_DB, TOKEN
 from tests.servers import Gunicorn
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = next((path for path in (shutil.which("chromium"), shutil.which("chromium-browser"),
-                                   "/usr/bin/chromium") if path and Path(path).exists()), None)
+CHROMIUM = next(
+    (
+        path
+        for path in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
+        if path and Path(path).exists()
+    ),
+    None,
+)
 try:
     from playwright.sync_api import expect, sync_playwright
-except ImportError:                      # pragma: no cover - requirements-dev.txt installs it
+except ImportError:  # pragma: no cover - requirements-dev.txt installs it
     sync_playwright = None
 
 pytestmark = [
@@ -73,7 +80,10 @@ def browser():
 
 @pytest.fixture(scope="module")
 def sites():
-    allowed, other = StaticSite("<!doctype html><title>front-end</title>"), StaticSite("<!doctype html><title>x</title>")
+    allowed, other = (
+        StaticSite("<!doctype html><title>front-end</title>"),
+        StaticSite("<!doctype html><title>x</title>"),
+    )
     yield allowed, other
     allowed.close()
     other.close()
@@ -83,8 +93,12 @@ def sites():
 def api(database_url, sites):
     allowed, _ = sites
     live = Gunicorn(database_url, WEB_CONCURRENCY=1, CORS_ORIGINS=allowed.origin)
-    down = Gunicorn(f"postgresql://postgres@127.0.0.1:{free_port()}/{TEST_DB}", WEB_CONCURRENCY=1,
-                    DB_POOL_MIN_CONNECTIONS=0, CORS_ORIGINS=allowed.origin)
+    down = Gunicorn(
+        f"postgresql://postgres@127.0.0.1:{free_port()}/{TEST_DB}",
+        WEB_CONCURRENCY=1,
+        DB_POOL_MIN_CONNECTIONS=0,
+        CORS_ORIGINS=allowed.origin,
+    )
     yield live, down
     live.stop()
     down.stop()
@@ -93,8 +107,12 @@ def api(database_url, sites):
 def test_swagger_ui_lists_every_operation_and_tries_a_get_and_a_post(browser, api, store):
     live, _ = api
     spec = yaml.safe_load((ROOT / "swagger" / "swagger.yaml").read_text())
-    operations = {(op["tags"][0], op["operationId"]) for item in spec["paths"].values()
-                  for op in item.values() if isinstance(op, dict) and "operationId" in op}
+    operations = {
+        (op["tags"][0], op["operationId"])
+        for item in spec["paths"].values()
+        for op in item.values()
+        if isinstance(op, dict) and "operationId" in op
+    }
     page = browser.new_page()
     try:
         page.goto(f"{live.base}/api/ui/")
@@ -167,7 +185,7 @@ def test_cors_from_an_allowed_origin_reads_answers_and_problems(browser, api, si
     finally:
         page.close()
     assert results["get"]["status"] == 200 and results["get"]["body"]["email"] == "ada@example.com"
-    assert results["get"]["requestId"]                                  # exposed to scripts
+    assert results["get"]["requestId"]  # exposed to scripts
     assert results["post"]["status"] == 201 and results["post"]["body"]["email"] == "cors@example.com"
     assert results["post"]["location"] == f"/api/customers/{results['post']['body']['id']}"
     for name, status in (("bad", 400), ("anonymous", 401), ("missing", 404), ("unavailable", 503)):
@@ -180,8 +198,9 @@ def test_cors_from_an_allowed_origin_reads_answers_and_problems(browser, api, si
     assert int(results["unavailable"]["retryAfter"]) >= 1
     # The POST with a JSON body and a token was preflighted: the API logged the OPTIONS request.
     time.sleep(0.2)
-    preflights = [json.loads(line) for line in live.output().splitlines()
-                  if line.startswith("{") and '"OPTIONS"' in line]
+    preflights = [
+        json.loads(line) for line in live.output().splitlines() if line.startswith("{") and '"OPTIONS"' in line
+    ]
     assert any(p["path"] == "/api/customers" and p["status"] == 200 for p in preflights), preflights
 
 
@@ -193,13 +212,16 @@ def test_cors_from_another_origin_is_refused_by_the_browser(browser, api, sites,
     page.on("console", lambda message: errors.append(message.text))
     try:
         page.goto(other.origin)
-        outcome = page.evaluate("""async ([base, token]) => {
+        outcome = page.evaluate(
+            """async ([base, token]) => {
           const attempt = async (init) => { try { await fetch(`${base}/api/customers`, init); return 'read'; }
                                             catch (e) { return e.name; } };
           return {get: await attempt({}),
                   post: await attempt({method: 'POST', headers: {'Content-Type': 'application/json',
                         'Authorization': `Bearer ${token}`}, body: JSON.stringify({name: 'x', email: 'no@example.com'})})};
-        }""", [live.base, TOKEN])
+        }""",
+            [live.base, TOKEN],
+        )
     finally:
         page.close()
     assert outcome == {"get": "TypeError", "post": "TypeError"}

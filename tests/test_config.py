@@ -1,4 +1,5 @@
 """Configuration: read once, validated, one clear line on error, the password never shown."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,18 @@ EMPTY = str(Path(__file__).parent / "empty.ini")
 
 
 def test_defaults_and_environment_overrides():
-    settings = load_settings({"APP_CONFIG": EMPTY, "DB_POOL_MAX_CONNECTIONS": "7", "DB_POOL_TIMEOUT": "2.5",
-                              "DB_POOL_MODE": "none", "WEB_CONCURRENCY": "3", "PORT": "9000",
-                              "CORS_ORIGINS": "https://a.example, https://b.example", "API_TOKENS": "token-x1,read:token-y2"})
+    settings = load_settings(
+        {
+            "APP_CONFIG": EMPTY,
+            "DB_POOL_MAX_CONNECTIONS": "7",
+            "DB_POOL_TIMEOUT": "2.5",
+            "DB_POOL_MODE": "none",
+            "WEB_CONCURRENCY": "3",
+            "PORT": "9000",
+            "CORS_ORIGINS": "https://a.example, https://b.example",
+            "API_TOKENS": "token-x1,read:token-y2",
+        }
+    )
     assert settings.pool.max_connections == 7 and settings.pool.timeout == 2.5 and settings.pool.mode == "none"
     assert settings.server.workers == 3 and settings.server.port == 9000
     assert settings.api.cors_origins == ("https://a.example", "https://b.example")
@@ -38,15 +48,18 @@ def test_database_url_wins_and_its_password_is_hidden():
     assert "port=6543" in dsn and "application_name=store-api:1" in dsn and "tcp_user_timeout" in dsn
 
 
-@pytest.mark.parametrize("env, expected", [
-    ({"DB_POOL_MAX_CONNECTIONS": "lots"}, "DB_POOL_MAX_CONNECTIONS (environment): expected an integer, got 'lots'"),
-    ({"DB_POOL_TIMEOUT": "-1"}, "DB_POOL_TIMEOUT / [POOL] timeout: must be > 0 seconds"),
-    ({"DB_POOL_MODE": "maybe"}, "must be 'pool' or 'none'"),
-    ({"DB_POOL_MIN_CONNECTIONS": "9", "DB_POOL_MAX_CONNECTIONS": "3"}, "must not exceed max_connections"),
-    ({"CORS_ORIGINS": "*"}, "'*' is not allowed"),
-    ({"DATABASE_URL": "mysql://x:pw@h/d"}, "must start with postgresql://"),
-    ({"APP_CONFIG": "/nonexistent/config.ini"}, "APP_CONFIG=/nonexistent/config.ini (environment): file not found"),
-])
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({"DB_POOL_MAX_CONNECTIONS": "lots"}, "DB_POOL_MAX_CONNECTIONS (environment): expected an integer, got 'lots'"),
+        ({"DB_POOL_TIMEOUT": "-1"}, "DB_POOL_TIMEOUT / [POOL] timeout: must be > 0 seconds"),
+        ({"DB_POOL_MODE": "maybe"}, "must be 'pool' or 'none'"),
+        ({"DB_POOL_MIN_CONNECTIONS": "9", "DB_POOL_MAX_CONNECTIONS": "3"}, "must not exceed max_connections"),
+        ({"CORS_ORIGINS": "*"}, "'*' is not allowed"),
+        ({"DATABASE_URL": "mysql://x:pw@h/d"}, "must start with postgresql://"),
+        ({"APP_CONFIG": "/nonexistent/config.ini"}, "APP_CONFIG=/nonexistent/config.ini (environment): file not found"),
+    ],
+)
 def test_bad_values_give_one_line_naming_the_key(env, expected):
     with pytest.raises(ConfigError) as error:
         load_settings({"APP_CONFIG": EMPTY, **env})
@@ -67,6 +80,7 @@ def test_bad_ini_value_names_section_key_and_file(tmp_path):
 
 def test_example_config_is_valid_and_documents_every_key():
     from swagger_server.config import _INI_KEYS
+
     settings = load_settings({"APP_CONFIG": str(ROOT / "config.ini.example")})
     assert settings.source.endswith("config.ini.example")
     text = (ROOT / "config.ini.example").read_text()
@@ -78,6 +92,7 @@ def test_example_config_is_valid_and_documents_every_key():
 
 def test_copying_the_example_changes_nothing():
     from dataclasses import replace
+
     example = load_settings({"APP_CONFIG": str(ROOT / "config.ini.example")})
     assert replace(example, source="defaults") == load_settings({"APP_CONFIG": EMPTY}).__class__()
     assert names_a_server({"APP_CONFIG": str(ROOT / "config.ini.example")}) is None
@@ -88,12 +103,18 @@ def test_the_classic_tutorial_config_works_unchanged(tmp_path, caplog):
     ini.write_text("[POSTGRES]\nURL = db.internal\nPORT = 6543\nUSER = bob\nPW = hunter2\nDB = shop\n")
     settings = load_settings({"APP_CONFIG": str(ini)})
     db = settings.database
-    assert (db.host, db.port, db.user, db.password, db.dbname, db.url) == ("db.internal", 6543, "bob", "hunter2",
-                                                                           "shop", "")
+    assert (db.host, db.port, db.user, db.password, db.dbname, db.url) == (
+        "db.internal",
+        6543,
+        "bob",
+        "hunter2",
+        "shop",
+        "",
+    )
     notes = " ".join(record.getMessage() for record in caplog.records)
     assert "read as password" in notes and "read as dbname" in notes and "read as host" in notes
     assert names_a_server({"APP_CONFIG": str(ini)}) == f"[POSTGRES] url in {ini}"
-    ini.write_text("[POSTGRES]\nURL = postgresql://bob@db.internal/shop\n")      # a libpq URL is a URL
+    ini.write_text("[POSTGRES]\nURL = postgresql://bob@db.internal/shop\n")  # a libpq URL is a URL
     assert load_settings({"APP_CONFIG": str(ini)}).database.url == "postgresql://bob@db.internal/shop"
 
 
@@ -106,8 +127,9 @@ def test_misspelled_environment_variables_get_a_hint(caplog):
 
 def test_check_config_shows_the_database_actually_used():
     env = {"APP_CONFIG": EMPTY, "PATH": "/usr/bin", "DATABASE_URL": "postgresql://bob:pw@db.example.com:6543/prod"}
-    result = subprocess.run([sys.executable, "-m", "swagger_server", "check-config"], cwd=ROOT, capture_output=True,
-                            text=True, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "swagger_server", "check-config"], cwd=ROOT, capture_output=True, text=True, env=env
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "[POSTGRES] url = postgresql://bob@db.example.com:6543/prod   # DATABASE_URL (environment)" in lines
@@ -117,32 +139,41 @@ def test_check_config_shows_the_database_actually_used():
 
 
 def test_command_line_prints_one_line_and_exits_2():
-    result = subprocess.run([sys.executable, "-m", "swagger_server", "check-config"], cwd=ROOT, capture_output=True,
-                            text=True, env={"APP_CONFIG": EMPTY, "DB_POOL_MAX_CONNECTIONS": "x", "PATH": "/usr/bin"})
+    result = subprocess.run(
+        [sys.executable, "-m", "swagger_server", "check-config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"APP_CONFIG": EMPTY, "DB_POOL_MAX_CONNECTIONS": "x", "PATH": "/usr/bin"},
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "configuration error: DB_POOL_MAX_CONNECTIONS (environment): expected an integer, got 'x'"]
+        "configuration error: DB_POOL_MAX_CONNECTIONS (environment): expected an integer, got 'x'"
+    ]
 
 
 def test_make_run_refuses_a_bad_value_before_starting_anything():
     env = {"APP_CONFIG": EMPTY, "PATH": "/usr/bin:/bin", "DB_POOL_TIMEOUT": "soon", "API_TOKENS": "demo-token-1"}
-    result = subprocess.run([sys.executable, "scripts/run.py"], cwd=ROOT, capture_output=True, text=True, env=env,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "scripts/run.py"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "configuration error: DB_POOL_TIMEOUT (environment): expected a number, got 'soon'"]
-    assert "embedded PostgreSQL" not in result.stdout        # nothing was started, so nothing is left
+        "configuration error: DB_POOL_TIMEOUT (environment): expected a number, got 'soon'"
+    ]
+    assert "embedded PostgreSQL" not in result.stdout  # nothing was started, so nothing is left
 
 
 def test_the_cli_finds_the_embedded_server_of_make_run(tmp_path, monkeypatch):
     from swagger_server import config
+
     monkeypatch.setattr(config, "DATA_DIR", tmp_path)
     monkeypatch.setattr(config, "EMBEDDED_URL_FILE", tmp_path / "database-url")
     env = {"APP_CONFIG": EMPTY}
-    assert config.embedded_url(env) is None                              # make run is not running
+    assert config.embedded_url(env) is None  # make run is not running
     (tmp_path / "database-url").write_text("postgresql://postgres@127.0.0.1:40123/store\n")
     (tmp_path / "postgres").mkdir()
-    assert config.embedded_url(env) is None                              # its server has stopped
+    assert config.embedded_url(env) is None  # its server has stopped
     (tmp_path / "postgres" / "postmaster.pid").write_text("1\n")
     assert config.embedded_url(env) == "postgresql://postgres@127.0.0.1:40123/store"
     assert config.embedded_url({**env, "DATABASE_URL": "postgresql://elsewhere/store"}) is None

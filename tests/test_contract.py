@@ -4,6 +4,7 @@
 ten minutes. Zero failures are allowed; the only exceptions are in tests/contract/schemathesis.toml,
 each with its reason. Afterwards the server's own log must hold no traceback and no 5xx.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,24 +40,51 @@ def test_the_service_keeps_its_contract(database_url, store, tmp_path):
     server = Gunicorn(database_url, WEB_CONCURRENCY=2, DB_POOL_MAX_CONNECTIONS=4)
     try:
         result = subprocess.run(
-            [str(ST), "--config-file", str(CONFIG), "run", f"{server.base}/api/openapi.json",
-             "--checks", "all", "--phases", "examples,coverage,fuzzing,stateful", "--seed", seed,
-             "--max-time", str(seconds), "--workers", "2", "--request-timeout", "10",
-             "-H", f"Authorization: {AUTH['Authorization']}", "--no-color",
-             "--report", "json", "--report-dir", str(tmp_path)],
-            capture_output=True, text=True, timeout=seconds + 600)
+            [
+                str(ST),
+                "--config-file",
+                str(CONFIG),
+                "run",
+                f"{server.base}/api/openapi.json",
+                "--checks",
+                "all",
+                "--phases",
+                "examples,coverage,fuzzing,stateful",
+                "--seed",
+                seed,
+                "--max-time",
+                str(seconds),
+                "--workers",
+                "2",
+                "--request-timeout",
+                "10",
+                "-H",
+                f"Authorization: {AUTH['Authorization']}",
+                "--no-color",
+                "--report",
+                "json",
+                "--report-dir",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 600,
+        )
     finally:
         code, log = server.stop()
     output = result.stdout + result.stderr
-    summary = output[output.find("=== SUMMARY"):] if "=== SUMMARY" in output else output[-3000:]
+    summary = output[output.find("=== SUMMARY") :] if "=== SUMMARY" in output else output[-3000:]
     assert result.returncode == 0, f"seed {seed}: Schemathesis found failures\n{output[-15000:]}"
     report = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert report["failures"] == [] and report["errors"] == [], summary
     operations = spec_operations()
     assert f"Selected: {operations}/{operations}" in output and f"Tested: {operations}" in output, summary
     assert "Traceback" not in log and "unhandled error" not in log, log[-5000:]
-    statuses = [json.loads(line)["status"] for line in log.splitlines() if line.startswith('{"ts"')
-                and '"store_api.access"' in line]
+    statuses = [
+        json.loads(line)["status"]
+        for line in log.splitlines()
+        if line.startswith('{"ts"') and '"store_api.access"' in line
+    ]
     assert statuses and not [s for s in statuses if s >= 500], f"5xx in the access log: {summary}"
     assert code == 0, log[-3000:]
     print(f"seed {seed}: {len(statuses)} requests, none 5xx\n{summary}")

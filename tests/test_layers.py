@@ -1,5 +1,6 @@
 """The layering the README describes: `swagger_server/db/` depends on nothing above it, the pool
 imports without Flask or Connexion, and `[POOL] mode` is decided in one place."""
+
 from __future__ import annotations
 
 import ast
@@ -9,9 +10,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DB = ROOT / "swagger_server" / "db"
-ABOVE = ("flask", "connexion", "starlette", "a2wsgi", "uvicorn", "swagger_server.errors",
-         "swagger_server.controllers", "swagger_server.app", "swagger_server.request_scope",
-         "swagger_server.observability", "swagger_server.security")
+ABOVE = (
+    "flask",
+    "connexion",
+    "starlette",
+    "a2wsgi",
+    "uvicorn",
+    "swagger_server.errors",
+    "swagger_server.controllers",
+    "swagger_server.app",
+    "swagger_server.request_scope",
+    "swagger_server.observability",
+    "swagger_server.security",
+)
 
 
 def imports(path: Path) -> set[str]:
@@ -33,9 +44,11 @@ def test_the_database_layer_imports_nothing_above_it():
 
 
 def test_the_pool_imports_without_flask_or_connexion():
-    code = ("import sys; sys.modules['flask'] = sys.modules['connexion'] = sys.modules['starlette'] = None; "
-            "import swagger_server.db.pool, swagger_server.db.null_pool, swagger_server.db.database, "
-            "swagger_server.db.replica, swagger_server.db.budget; print('ok')")
+    code = (
+        "import sys; sys.modules['flask'] = sys.modules['connexion'] = sys.modules['starlette'] = None; "
+        "import swagger_server.db.pool, swagger_server.db.null_pool, swagger_server.db.database, "
+        "swagger_server.db.replica, swagger_server.db.budget; print('ok')"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
@@ -46,6 +59,19 @@ def test_the_pool_mode_is_decided_in_one_place():
     for path in (ROOT / "swagger_server").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Compare) and any(
-                    isinstance(side, ast.Attribute) and side.attr == "mode" for side in [node.left, *node.comparators]):
+                isinstance(side, ast.Attribute) and side.attr == "mode" for side in [node.left, *node.comparators]
+            ):
                 readers.append(str(path.relative_to(ROOT)))
     assert sorted(set(readers)) <= ["swagger_server/config.py", "swagger_server/db/database.py"], readers
+
+
+def test_every_operation_id_resolves_and_a_missing_one_is_named():
+    from swagger_server.app import load_spec, unresolved_operations
+
+    spec = load_spec()
+    assert unresolved_operations(spec) == []
+    spec["paths"]["/customers"]["get"]["operationId"] = "list_the_customers"
+    assert unresolved_operations(spec) == [
+        "GET /customers: operationId 'list_the_customers' has no function "
+        "swagger_server.controllers.customers.list_the_customers"
+    ]

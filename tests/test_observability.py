@@ -1,4 +1,5 @@
 """Metrics across gunicorn workers, JSON access logs, X-Request-ID, readiness, the database's view."""
+
 from __future__ import annotations
 
 import json
@@ -71,21 +72,30 @@ def test_metrics_aggregate_every_worker_and_logs_say_one_line_per_request(two_wo
             assert [a.status_code for a in answers] == [200] * 40
             assert [a.headers["X-Request-ID"] for a in answers] == [f"test-{i}" for i in range(sent, sent + 40)]
             sent += 40
-            wait_until(lambda: len(ours()) >= sent, timeout=5, message=f"{sent} access log lines")
+            wait_until(lambda sent=sent: len(ours()) >= sent, timeout=5, message=f"{sent} access log lines")
             if {e["pid"] for e in ours()} == set(two_workers.workers):
                 break
 
     after = scrape(base)
     ok = {"method": "GET", "operation": "get_customer", "status": "200"}
     assert value(after, "store_api_requests_total", **ok) - value(before, "store_api_requests_total", **ok) == sent
-    assert value(after, "store_api_request_duration_seconds_count", operation="get_customer") \
-        - value(before, "store_api_request_duration_seconds_count", operation="get_customer") == sent
-    assert value(after, "store_api_pool_wait_seconds_count", pool="primary") \
-        - value(before, "store_api_pool_wait_seconds_count", pool="primary") == sent
+    assert (
+        value(after, "store_api_request_duration_seconds_count", operation="get_customer")
+        - value(before, "store_api_request_duration_seconds_count", operation="get_customer")
+        == sent
+    )
+    assert (
+        value(after, "store_api_pool_wait_seconds_count", pool="primary")
+        - value(before, "store_api_pool_wait_seconds_count", pool="primary")
+        == sent
+    )
 
     # Pool gauges are summed over both live workers: each keeps min 2 connections open.
-    wait_until(lambda: value(scrape(base), "store_api_pool_connections", pool="primary", state="size") >= 4,
-               timeout=5, message="both workers' pools in the gauges")
+    wait_until(
+        lambda: value(scrape(base), "store_api_pool_connections", pool="primary", state="size") >= 4,
+        timeout=5,
+        message="both workers' pools in the gauges",
+    )
     samples = scrape(base)
     assert value(samples, "store_api_pool_connections", pool="primary", state="max") == 8
     for event in ("timeouts", "connection_errors", "reconnects", "connections_opened"):
@@ -107,8 +117,13 @@ def test_idle_workers_pools_are_in_the_gauges_from_the_start(database_url):
     try:
         with requests.Session() as session:
             session.headers.update(AUTH)
-            wait_until(lambda: value(scrape(server.base, session), "store_api_pool_connections", pool="primary",
-                                     state="max") == 8, timeout=5, message="both workers' pools in the gauges")
+            wait_until(
+                lambda: (
+                    value(scrape(server.base, session), "store_api_pool_connections", pool="primary", state="max") == 8
+                ),
+                timeout=5,
+                message="both workers' pools in the gauges",
+            )
     finally:
         server.stop()
 
@@ -130,28 +145,46 @@ def test_request_id_is_generated_when_missing_or_malformed(two_workers):
     assert re.fullmatch(r"[0-9a-f]{32}", replaced.headers["X-Request-ID"])
     # Also on error answers rendered by Connexion (a 404 problem) and by the app (a 401).
     assert "X-Request-ID" in requests.get(f"{two_workers.base}/api/nowhere", timeout=5).headers
-    assert requests.post(f"{two_workers.base}/api/customers", json={}, timeout=5,
-                         headers={"X-Request-ID": "abc"}).headers["X-Request-ID"] == "abc"
+    assert (
+        requests.post(f"{two_workers.base}/api/customers", json={}, timeout=5, headers={"X-Request-ID": "abc"}).headers[
+            "X-Request-ID"
+        ]
+        == "abc"
+    )
 
 
 def test_pool_timeouts_are_counted(database_url, store):
-    server = Gunicorn(database_url, WEB_CONCURRENCY=1, WEB_THREADS=2, DB_POOL_MIN_CONNECTIONS=1,
-                      DB_POOL_MAX_CONNECTIONS=1, DB_POOL_TIMEOUT=0.3)
+    server = Gunicorn(
+        database_url,
+        WEB_CONCURRENCY=1,
+        WEB_THREADS=2,
+        DB_POOL_MIN_CONNECTIONS=1,
+        DB_POOL_MAX_CONNECTIONS=1,
+        DB_POOL_TIMEOUT=0.3,
+    )
     locker = psycopg2.connect(database_url)
     try:
         with locker.cursor() as cur:
-            cur.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")       # reads of customers block
-        held = threading.Thread(target=requests.get, args=(f"{server.base}/api/customers/1",), kwargs={"headers": AUTH, "timeout": 10})
+            cur.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")  # reads of customers block
+        held = threading.Thread(
+            target=requests.get, args=(f"{server.base}/api/customers/1",), kwargs={"headers": AUTH, "timeout": 10}
+        )
         held.start()
-        wait_until(lambda: value(scrape(server.base), "store_api_pool_connections", pool="primary",
-                                 state="in_use") == 1, timeout=5, message="the connection to be held")
+        wait_until(
+            lambda: value(scrape(server.base), "store_api_pool_connections", pool="primary", state="in_use") == 1,
+            timeout=5,
+            message="the connection to be held",
+        )
         refused = requests.get(f"{server.base}/api/customers/2", headers=AUTH, timeout=10)
         assert refused.status_code == 503
         assert refused.json()["type"].endswith("pool-exhausted")
         locker.rollback()
         held.join(10)
-        wait_until(lambda: value(scrape(server.base), "store_api_pool_events_total", pool="primary",
-                                 event="timeouts") >= 1, timeout=5, message="the timeout in the metrics")
+        wait_until(
+            lambda: value(scrape(server.base), "store_api_pool_events_total", pool="primary", event="timeouts") >= 1,
+            timeout=5,
+            message="the timeout in the metrics",
+        )
         samples = scrape(server.base)
         assert value(samples, "store_api_requests_total", method="GET", operation="get_customer", status="503") == 1
     finally:
@@ -175,6 +208,20 @@ def test_readiness_follows_the_database(database_url):
             assert down.status_code == 503
             assert down.json()["type"].endswith("database-unavailable")
             assert "Retry-After" in down.headers
-            assert client.get("/api/health").status_code == 200      # liveness does not depend on it
+            assert client.get("/api/health").status_code == 200  # liveness does not depend on it
     finally:
         get_database(app).close(timeout=2)
+
+
+def test_make_run_logs_one_short_line_per_request_for_a_person(database_url):
+    server = Gunicorn(database_url, WEB_CONCURRENCY=1, LOG_FORMAT="text")
+    try:
+        requests.get(f"{server.base}/api/health", timeout=5)
+        requests.get(f"{server.base}/api/customers/1", timeout=5)
+        wait_until(lambda: "/api/customers/1 401" in server.output(), timeout=5, message="the text access line")
+    finally:
+        _, output = server.stop()
+    lines = [line for line in output.splitlines() if "/api/" in line and " ms" in line]
+    assert any(re.fullmatch(r"\d\d:\d\d:\d\d GET +/api/health 200 [\d.]+ ms", line) for line in lines), lines
+    assert all(len(line) < 120 and not line.startswith("{") for line in lines), lines
+    assert "BadRequestProblem" not in output and "OAuthProblem" not in output

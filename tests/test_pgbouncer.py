@@ -1,4 +1,5 @@
 """Behind PgBouncer in transaction mode: the app really goes through it, and leaves no session state."""
+
 import psycopg2.extensions as ext
 import pytest
 
@@ -11,6 +12,7 @@ from tests.conftest import AUTH, TEST_DB, admin_connect, make_settings, query
 def single_server_connection(pg_server, database_url, tmp_path):
     """A PgBouncer with ONE server connection: every client shares the same PostgreSQL session."""
     from tests.pgbouncer import BINARY, PgBouncer
+
     if BINARY is None:
         pytest.skip("pgbouncer is not installed (apt-get install pgbouncer; .ci/run installs it)")
     bouncer = PgBouncer(tmp_path / "bouncer", pg_server.port, pool_size=1).start()
@@ -37,8 +39,8 @@ def test_statement_timeout_leaves_no_session_state_for_other_clients(single_serv
             with app.app.app_context():
                 with get_conn().cursor() as cur:
                     cur.execute("SELECT current_setting('statement_timeout')")
-                    assert cur.fetchone() == ("1234ms",)        # the app's statements get it ...
-            other = admin_connect(url)                           # ... another client of the same session does not
+                    assert cur.fetchone() == ("1234ms",)  # the app's statements get it ...
+            other = admin_connect(url)  # ... another client of the same session does not
             try:
                 with other.cursor() as cur:
                     ext.cursor.execute(cur, "SHOW statement_timeout")
@@ -55,6 +57,7 @@ def small_server(tmp_path):
     """A PostgreSQL that accepts only 30 connections, with the schema and three customers."""
     from swagger_server.db.embedded import EmbeddedPostgres
     from swagger_server.db.migrate import upgrade
+
     server = EmbeddedPostgres(tmp_path / "small", settings={"max_connections": "30"})
     server.start()
     conn = admin_connect(server.url())
@@ -62,8 +65,11 @@ def small_server(tmp_path):
     conn.close()
     upgrade(server.url("store"))
     conn = admin_connect(server.url("store"))
-    query(conn, "INSERT INTO customers (name, email) VALUES ('A', 'a@example.com'), ('B', 'b@example.com'),"
-                " ('C', 'c@example.com')")
+    query(
+        conn,
+        "INSERT INTO customers (name, email) VALUES ('A', 'a@example.com'), ('B', 'b@example.com'),"
+        " ('C', 'c@example.com')",
+    )
     yield server, conn
     conn.close()
     server.destroy()
@@ -78,6 +84,7 @@ def test_eighty_app_connections_through_pgbouncer_into_thirty_slots(small_server
     from swagger_server.db.embedded import free_port
     from tests.pgbouncer import BINARY, PgBouncer
     from tests.servers import Gunicorn, gunicorn_env, start_gunicorn
+
     if BINARY is None:
         pytest.skip("pgbouncer is not installed (apt-get install pgbouncer; .ci/run installs it)")
     server, db = small_server
@@ -96,7 +103,9 @@ def test_eighty_app_connections_through_pgbouncer_into_thirty_slots(small_server
 
         def monitor():
             while not stop.is_set():
-                peak.append(query(db, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")[0][0])
+                peak.append(
+                    query(db, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")[0][0]
+                )
                 stop.wait(0.05)
 
         def load():
@@ -117,7 +126,7 @@ def test_eighty_app_connections_through_pgbouncer_into_thirty_slots(small_server
         code, output = app.stop()
         assert statuses == [200] * 2400
         assert "too many" not in output.lower()
-        assert max(peak) <= 10 + 1        # PgBouncer's server pool, plus this test's own connection
+        assert max(peak) <= 10 + 1  # PgBouncer's server pool, plus this test's own connection
         assert code == 0
     finally:
         bouncer.stop()

@@ -1,4 +1,5 @@
 """The pool itself, against a real PostgreSQL: reuse, reset, recycling, fail-fast, fairness, leaks."""
+
 import logging
 import threading
 import time
@@ -8,8 +9,7 @@ import pytest
 
 from swagger_server.config import PoolSettings
 from swagger_server.db.embedded import free_port
-from swagger_server.db.pool import (ConnectionPool, DatabaseUnavailable, PoolClosed, PoolTimeout,
-                                    TooManyWaiters)
+from swagger_server.db.pool import ConnectionPool, DatabaseUnavailable, PoolClosed, PoolTimeout, TooManyWaiters
 from tests.conftest import query
 from tests.helpers import wait_until
 
@@ -19,8 +19,14 @@ def make_pool(database_url):
     pools = []
 
     def make(dsn=None, **options):
-        values = {"min_connections": 1, "max_connections": 3, "timeout": 1.0, "check_idle_after": 60.0,
-                  "reconnect_max_delay": 0.5, **options}
+        values = {
+            "min_connections": 1,
+            "max_connections": 3,
+            "timeout": 1.0,
+            "check_idle_after": 60.0,
+            "reconnect_max_delay": 0.5,
+            **options,
+        }
         pool = ConnectionPool(dsn or database_url, PoolSettings(**values), connect_timeout=2)
         pools.append(pool)
         return pool
@@ -54,7 +60,7 @@ def test_min_connections_are_kept_warm(make_pool, db):
         pool.putconn(conn)
     time.sleep(0.3)
     stats = pool.stats()
-    assert stats["size"] == 2 and stats["connections_closed"] == 0   # no close-on-return churn
+    assert stats["size"] == 2 and stats["connections_closed"] == 0  # no close-on-return churn
 
 
 def test_putconn_rolls_back_an_open_transaction(make_pool, store):
@@ -118,7 +124,7 @@ def test_idle_connection_is_pinged_after_the_threshold(make_pool):
     pool.putconn(conn)
     assert pool.getconn() is conn
     pool.putconn(conn)
-    assert pool.stats()["pings"] == 0            # hot: no round trip
+    assert pool.stats()["pings"] == 0  # hot: no round trip
     time.sleep(0.2)
     assert pool.getconn() is conn
     pool.putconn(conn)
@@ -186,7 +192,7 @@ def test_waiters_are_served_in_arrival_order(make_pool):
         thread = threading.Thread(target=wait, args=(n,))
         thread.start()
         threads.append(thread)
-        wait_until(lambda: pool.stats()["waiting"] == n + 1)
+        wait_until(lambda n=n: pool.stats()["waiting"] == n + 1)
     pool.putconn(held)
     for thread in threads:
         thread.join()
@@ -194,12 +200,17 @@ def test_waiters_are_served_in_arrival_order(make_pool):
 
 
 def test_unreachable_database_fails_fast_and_says_so(make_pool):
-    pool = make_pool(f"postgresql://postgres@127.0.0.1:{free_port()}/x", min_connections=0, timeout=5,
-                     reconnect_initial_delay=0.5, reconnect_max_delay=2)
+    pool = make_pool(
+        f"postgresql://postgres@127.0.0.1:{free_port()}/x",
+        min_connections=0,
+        timeout=5,
+        reconnect_initial_delay=0.5,
+        reconnect_max_delay=2,
+    )
     start = time.monotonic()
     with pytest.raises(DatabaseUnavailable) as first:
         pool.getconn()
-    assert time.monotonic() - start < 1.0          # not the 5 s pool timeout
+    assert time.monotonic() - start < 1.0  # not the 5 s pool timeout
     assert "Connection refused" in str(first.value) or "refused" in str(first.value).lower()
     start = time.monotonic()
     with pytest.raises(DatabaseUnavailable):
@@ -242,7 +253,7 @@ def test_a_failed_connect_is_not_an_outage_while_connections_work(make_pool, db,
     waiter = threading.Thread(target=lambda: got.append(pool.getconn()))
     waiter.start()
     wait_until(lambda: pool.stats()["connection_errors"] >= 1, message="the refused connect")
-    assert waiter.is_alive()                       # still waiting, not failed
+    assert waiter.is_alive()  # still waiting, not failed
     pool.putconn(held)
     waiter.join(timeout=3)
     assert got == [held]
@@ -275,7 +286,7 @@ def test_a_waiter_timing_out_while_close_fails_it_gets_one_clean_error(make_pool
     def wait():
         try:
             pool.getconn()
-        except Exception as exc:   # the outcome under test is the exception's type
+        except Exception as exc:  # the outcome under test is the exception's type
             outcome.append(exc)
 
     waiter = threading.Thread(target=wait)

@@ -4,6 +4,7 @@
 - idle + in use <= size <= max;
 - every checkout is eventually returned and the pool ends with nothing in use.
 """
+
 from __future__ import annotations
 
 import random
@@ -25,8 +26,11 @@ def check_sizes(stats: dict) -> None:
 
 
 def test_many_threads_never_share_a_connection(database_url):
-    pool = ConnectionPool(database_url, PoolSettings(min_connections=1, max_connections=3, timeout=5,
-                                                     check_idle_after=0.05), connect_timeout=2)
+    pool = ConnectionPool(
+        database_url,
+        PoolSettings(min_connections=1, max_connections=3, timeout=5, check_idle_after=0.05),
+        connect_timeout=2,
+    )
     owners: dict[int, int] = {}
     owners_lock = threading.Lock()
     failures: list[str] = []
@@ -51,9 +55,9 @@ def test_many_threads_never_share_a_connection(database_url):
             with conn.cursor() as cur:
                 roll = rng.random()
                 if roll < 0.1:
-                    cur.execute("BEGIN")          # left open: the pool must roll it back
+                    cur.execute("BEGIN")  # left open: the pool must roll it back
                 elif roll < 0.15:
-                    conn.close()                  # broken: the pool must replace it
+                    conn.close()  # broken: the pool must replace it
                 else:
                     cur.execute("SELECT %s", (n,))
                     assert cur.fetchone() == (n,)
@@ -87,8 +91,11 @@ class PoolMachine(RuleBasedStateMachine):
 
     def __init__(self):
         super().__init__()
-        self.pool = ConnectionPool(self.dsn, PoolSettings(min_connections=0, max_connections=2, timeout=0.05,
-                                                          check_idle_after=60), connect_timeout=2)
+        self.pool = ConnectionPool(
+            self.dsn,
+            PoolSettings(min_connections=0, max_connections=2, timeout=0.05, check_idle_after=60),
+            connect_timeout=2,
+        )
         self.held: list = []
 
     @precondition(lambda self: len(self.held) < 2)
@@ -138,6 +145,7 @@ class PoolMachine(RuleBasedStateMachine):
 def test_pool_state_machine(database_url):
     PoolMachine.dsn = database_url
     machine = PoolMachine.TestCase
-    machine.settings = settings(max_examples=25, stateful_step_count=15, deadline=None,
-                                suppress_health_check=[HealthCheck.too_slow])
+    machine.settings = settings(
+        max_examples=25, stateful_step_count=15, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
     machine("runTest").runTest()

@@ -4,6 +4,7 @@ Which server answered is proven by what it can see: replay on the replica is pau
 written on the primary, and a read that returns the row came from the primary, one that does not
 came from the replica.
 """
+
 from __future__ import annotations
 
 import time
@@ -47,8 +48,9 @@ def caught_up(replica_admin, db) -> bool:
 
 
 def make_app(database_url, replica_server, **replica):
-    settings = make_settings(database_url, replica={"url": replica_server.url(TEST_DB), "check_interval": 0.1,
-                                                     "max_lag": 60, **replica})
+    settings = make_settings(
+        database_url, replica={"url": replica_server.url(TEST_DB), "check_interval": 0.1, "max_lag": 60, **replica}
+    )
     return create_app(settings)
 
 
@@ -78,8 +80,7 @@ def test_reads_go_to_the_replica_and_writes_to_the_primary(replica_app, replica_
         assert "unseen@example.com" not in emails
         assert replica.stats()["replica_reads"] >= 2
         # A write goes to the primary, even with replay paused, and returns its WAL position.
-        created = client.post("/api/customers", json={"name": "Written", "email": "written@example.com"},
-                              headers=AUTH)
+        created = client.post("/api/customers", json={"name": "Written", "email": "written@example.com"}, headers=AUTH)
         assert created.status_code == 201
         token = created.headers["X-Consistency-Token"]
         assert parse_lsn(token) > 0
@@ -105,8 +106,9 @@ def test_a_malformed_consistency_token_is_a_400_naming_the_header(replica_app):
     assert "X-Consistency-Token" in response.json()["detail"]
 
 
-def test_a_lagging_replica_sends_reads_to_the_primary_without_errors(database_url, replica_server, store,
-                                                                      replica_admin):
+def test_a_lagging_replica_sends_reads_to_the_primary_without_errors(
+    database_url, replica_server, store, replica_admin
+):
     wait_until(lambda: caught_up(replica_admin, store), timeout=10)
     app = make_app(database_url, replica_server, max_lag=1.0)
     replica = get_database(app).replica
@@ -115,10 +117,16 @@ def test_a_lagging_replica_sends_reads_to_the_primary_without_errors(database_ur
         query(replica_admin, "SELECT pg_wal_replay_pause()")
         new_id = insert_customer_on_primary(store, "lagged@example.com")
         with app.test_client(headers=AUTH) as client:
-            assert client.get(f"/api/customers/{new_id}").status_code == 404    # replica, not lagging yet
+            assert client.get(f"/api/customers/{new_id}").status_code == 404  # replica, not lagging yet
             # Keep writing so that WAL waits for replay: lag grows past max_lag (1 s).
-            wait_until(lambda: insert_customer_on_primary(store, f"w{time.monotonic_ns()}@example.com")
-                       and replica.why_not() == "lagging", timeout=15, interval=0.2)
+            wait_until(
+                lambda: (
+                    insert_customer_on_primary(store, f"w{time.monotonic_ns()}@example.com")
+                    and replica.why_not() == "lagging"
+                ),
+                timeout=15,
+                interval=0.2,
+            )
             response = client.get(f"/api/customers/{new_id}")
             assert response.status_code == 200 and response.json()["email"] == "lagged@example.com"
             health = client.get("/api/health/db", headers=AUTH).json()
@@ -156,8 +164,12 @@ def test_metrics_show_both_pools_and_where_reads_went(replica_app):
 
 
 def test_budget_check_covers_the_replica(database_url, replica_server):
-    settings = make_settings(database_url, replica={"url": replica_server.url(TEST_DB), "max_connections": 60},
-                             server={"workers": 2, "threads": 60}, pool={"max_connections": 2})
+    settings = make_settings(
+        database_url,
+        replica={"url": replica_server.url(TEST_DB), "max_connections": 60},
+        server={"workers": 2, "threads": 60},
+        pool={"max_connections": 2},
+    )
     with pytest.raises(BudgetExceeded, match=r"replica connection budget exceeded: 2 workers x 60"):
         check_connection_budget(settings)
     fits = settings.with_overrides(replica={"max_connections": 2})
@@ -174,28 +186,30 @@ def test_reads_survive_the_replica_going_down_and_return_to_it(database_url, rep
     try:
         wait_until(lambda: replica.why_not() is None, timeout=10)
         with app.test_client(headers=AUTH) as client:
+
             def read():
                 statuses.append(client.get("/api/customers/1").status_code)
                 statuses.append(client.get("/api/dashboard?from=2026-01-01&to=2026-01-31").status_code)
+
             for _ in range(5):
                 read()
-            assert replica.stats()["pool"]["size"] >= 1           # the replica pool holds connections
-            replica_server.stop("immediate")                      # they are now dead
-            read()                                                # before the monitor notices
+            assert replica.stats()["pool"]["size"] >= 1  # the replica pool holds connections
+            replica_server.stop("immediate")  # they are now dead
+            read()  # before the monitor notices
             wait_until(lambda: replica.why_not() == "down", timeout=10)
             for _ in range(5):
                 read()
             assert replica.stats()["fallbacks"].get("down", 0) >= 5
             body = client.get("/api/health/db", headers=AUTH).json()
             assert body["replica"]["routing"] == "primary (down)"
-            assert body["status"] == "warning"                    # reads are served: not an error
+            assert body["status"] == "warning"  # reads are served: not an error
             replica_server.start()
             wait_until(lambda: replica.why_not() is None, timeout=30)
             before = replica.stats()["replica_reads"]
             read()
             assert replica.stats()["replica_reads"] == before + 2
         assert statuses and set(statuses) == {200}, statuses
-        stats = replica.stats()          # each read counted once, where it was finally served
+        stats = replica.stats()  # each read counted once, where it was finally served
         assert stats["replica_reads"] + stats["primary_reads"] == len(statuses)
         assert sum(stats["fallbacks"].values()) == stats["primary_reads"]
     finally:

@@ -1,4 +1,5 @@
 """The per-request connection contract, through the app: one connection per request, always returned."""
+
 import os
 import time
 
@@ -16,7 +17,7 @@ def test_same_connection_for_the_whole_request(app, pool):
         assert get_conn() is first
         assert pool.stats()["in_use"] == 1
     assert pool.stats()["in_use"] == 0
-    assert not first.closed        # returned to the pool, not closed
+    assert not first.closed  # returned to the pool, not closed
 
 
 def test_a_request_with_two_queries_takes_one_connection(client, store, pool):
@@ -56,7 +57,7 @@ def test_exhausted_pool_answers_503_with_retry_after_after_the_timeout(client, s
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
     assert response.json()["type"] == "/api/problems/pool-exhausted"
-    assert 1.0 <= elapsed <= 1.1 * 1.0 + 0.05, elapsed   # pool timeout 1 s, +10% (+ request overhead)
+    assert 1.0 <= elapsed <= 1.1 * 1.0 + 0.05, elapsed  # pool timeout 1 s, +10% (+ request overhead)
     assert pool.stats()["timeouts"] == 1
     assert client.get("/api/customers/1").status_code == 200
 
@@ -70,10 +71,12 @@ def test_mode_none_opens_and_closes_a_connection_per_request(database_url, store
         first = client.get("/api/health/db/test", headers=AUTH).json()["backend_pid"]
         second = client.get("/api/health/db/test", headers=AUTH).json()["backend_pid"]
     assert first != second
-    wait_until(lambda: query(store, "SELECT count(*) FROM pg_stat_activity WHERE pid IN (%s, %s)",
-                             (first, second))[0][0] == 0, message="per-request connections to close")
+    wait_until(
+        lambda: query(store, "SELECT count(*) FROM pg_stat_activity WHERE pid IN (%s, %s)", (first, second))[0][0] == 0,
+        message="per-request connections to close",
+    )
     assert query(store, count, (name,))[0][0] == baseline
-    stats = get_database(app).pool.stats()            # a NullPool: honest counts, nothing kept
+    stats = get_database(app).pool.stats()  # a NullPool: honest counts, nothing kept
     assert stats["connections_opened"] == stats["connections_closed"] == 2 and stats["size"] == 0
 
 
@@ -81,7 +84,7 @@ def test_the_pool_is_made_per_process(app, pool):
     """A pool never crosses a fork: the child gets its own, and the parent's is refused there."""
     read, write = os.pipe()
     child = os.fork()
-    if child == 0:   # pragma: no cover - runs in the child
+    if child == 0:  # pragma: no cover - runs in the child
         code = 1
         try:
             try:

@@ -5,6 +5,7 @@ in its own process: create a customer, read it, create a product, place an order
 then a 409 (duplicate email, short stock) and a 503 (a server whose database is down) as typed errors.
 The spec itself must pass Spectral (every rule of its OpenAPI ruleset) and openapi-spec-validator.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,9 @@ def node_tool(name: str) -> str:
 def servers(database_url):
     """A healthy server, and one whose database is unreachable (every database operation: 503)."""
     live = Gunicorn(database_url, WEB_CONCURRENCY=1)
-    down = Gunicorn(f"postgresql://postgres@127.0.0.1:{free_port()}/{TEST_DB}", WEB_CONCURRENCY=1,
-                    DB_POOL_MIN_CONNECTIONS=0)
+    down = Gunicorn(
+        f"postgresql://postgres@127.0.0.1:{free_port()}/{TEST_DB}", WEB_CONCURRENCY=1, DB_POOL_MIN_CONNECTIONS=0
+    )
     yield {"BASE_URL": live.base, "DOWN_URL": down.base, "TOKEN": TOKEN}
     live.stop()
     down.stop()
@@ -52,9 +54,24 @@ def run_flow(args: list[str], env: dict, cwd: Path) -> None:
 
 def spectral(spec: Path, report: Path) -> tuple[subprocess.CompletedProcess, list[dict]]:
     """Spectral with our ruleset (every rule of spectral:oas); its findings, from a JSON report."""
-    done = subprocess.run([node_tool("spectral"), "lint", "--ruleset", str(ROOT / ".spectral.yaml"),
-                           "--fail-severity", "hint", "--format", "json", "--output", str(report), str(spec)],
-                          capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        [
+            node_tool("spectral"),
+            "lint",
+            "--ruleset",
+            str(ROOT / ".spectral.yaml"),
+            "--fail-severity",
+            "hint",
+            "--format",
+            "json",
+            "--output",
+            str(report),
+            str(spec),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     return done, json.loads(report.read_text())
 
 
@@ -65,8 +82,10 @@ def test_spec_passes_spectral_with_every_oas_rule(tmp_path):
 
 def test_spectral_does_find_problems_in_a_bad_spec(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("openapi: 3.0.3\ninfo: {title: x, version: '1'}\npaths:\n  /a:\n    get:\n"
-                   "      responses: {'200': {description: ok}}\n")
+    bad.write_text(
+        "openapi: 3.0.3\ninfo: {title: x, version: '1'}\npaths:\n  /a:\n    get:\n"
+        "      responses: {'200': {description: ok}}\n"
+    )
     done, findings = spectral(bad, tmp_path / "report.json")
     assert done.returncode != 0
     codes = {finding["code"] for finding in findings}
@@ -76,20 +95,27 @@ def test_spectral_does_find_problems_in_a_bad_spec(tmp_path):
 def test_spec_passes_openapi_spec_validator():
     from openapi_spec_validator import validate
     from openapi_spec_validator.readers import read_from_filename
+
     spec, _ = read_from_filename(str(ROOT / "swagger" / "swagger.yaml"))
-    validate(spec)          # raises on any violation
+    validate(spec)  # raises on any violation
 
 
 def test_openapi_generator_python_sdk(servers, tmp_path):
     made = generate(tmp_path, ("python",))
-    run_flow([sys.executable, str(FLOWS / "flow_openapi_generator.py")],
-             {**servers, "PYTHONPATH": str(made["python"])}, tmp_path)
+    run_flow(
+        [sys.executable, str(FLOWS / "flow_openapi_generator.py")],
+        {**servers, "PYTHONPATH": str(made["python"])},
+        tmp_path,
+    )
 
 
 def test_openapi_python_client_sdk(servers, tmp_path):
     made = generate(tmp_path, ("pyclient",))
-    run_flow([sys.executable, str(FLOWS / "flow_openapi_python_client.py")],
-             {**servers, "PYTHONPATH": str(made["pyclient"].parent)}, tmp_path)
+    run_flow(
+        [sys.executable, str(FLOWS / "flow_openapi_python_client.py")],
+        {**servers, "PYTHONPATH": str(made["pyclient"].parent)},
+        tmp_path,
+    )
 
 
 def test_typescript_fetch_sdk(servers, tmp_path):
@@ -97,10 +123,24 @@ def test_typescript_fetch_sdk(servers, tmp_path):
     project = tmp_path / "ts-flow"
     shutil.copytree(made["typescript"] / "src", project / "src" / "sdk")
     shutil.copy(FLOWS / "flow.ts", project / "src" / "flow.ts")
-    (project / "tsconfig.json").write_text(json.dumps({"compilerOptions": {
-        "target": "es2020", "module": "commonjs", "lib": ["es2020", "dom"], "strict": True,
-        "outDir": "dist", "rootDir": "src", "skipLibCheck": True, "types": ["node"],
-        "typeRoots": [str(ROOT / "tools" / "node_modules" / "@types")]}, "include": ["src"]}))
+    (project / "tsconfig.json").write_text(
+        json.dumps(
+            {
+                "compilerOptions": {
+                    "target": "es2020",
+                    "module": "commonjs",
+                    "lib": ["es2020", "dom"],
+                    "strict": True,
+                    "outDir": "dist",
+                    "rootDir": "src",
+                    "skipLibCheck": True,
+                    "types": ["node"],
+                    "typeRoots": [str(ROOT / "tools" / "node_modules" / "@types")],
+                },
+                "include": ["src"],
+            }
+        )
+    )
     compiled = subprocess.run([node_tool("tsc"), "-p", str(project)], capture_output=True, text=True)
     assert compiled.returncode == 0, compiled.stdout + compiled.stderr
     run_flow(["node", str(project / "dist" / "flow.js")], servers, project)

@@ -4,6 +4,7 @@ tokens with scopes, per-client Idempotency-Keys, bounded metric labels.
 Memory is measured as the workers' RSS (psutil) before and after; time as the wall time until the
 answer arrives, against a bound the test sets (the limit is hit at 1 MiB of a 20 MiB body).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,7 +19,6 @@ import requests
 
 from swagger_server.db.embedded import free_port
 from tests.conftest import AUTH, TEST_DB, TOKEN, query
-from tests.helpers import wait_until
 from tests.servers import Gunicorn
 
 READER = "reader-token-1"
@@ -54,7 +54,7 @@ def raw_request(server, head: bytes, body_chunks=(), read_timeout: float = 10.0)
             for chunk in body_chunks:
                 sock.sendall(chunk)
         except OSError:
-            pass                                     # the server answered and closed: expected
+            pass  # the server answered and closed: expected
 
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
@@ -96,12 +96,16 @@ def test_a_20_mib_body_is_413_at_once_with_memory_flat(server, how):
     before = rss(server)
     chunk = b"x" * 65536
     if how == "content-length":
-        head = (f"POST /api/customers HTTP/1.1\r\nHost: x\r\n{AUTH_LINE}Content-Type: application/json\r\n"
-                f"Content-Length: {BIG}\r\n\r\n").encode()
+        head = (
+            f"POST /api/customers HTTP/1.1\r\nHost: x\r\n{AUTH_LINE}Content-Type: application/json\r\n"
+            f"Content-Length: {BIG}\r\n\r\n"
+        ).encode()
         chunks = (chunk for _ in range(BIG // len(chunk)))
     else:
-        head = (f"POST /api/customers HTTP/1.1\r\nHost: x\r\n{AUTH_LINE}Content-Type: application/json\r\n"
-                "Transfer-Encoding: chunked\r\n\r\n").encode()
+        head = (
+            f"POST /api/customers HTTP/1.1\r\nHost: x\r\n{AUTH_LINE}Content-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n"
+        ).encode()
         chunks = (b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(BIG // len(chunk)))
     status, headers, body, elapsed = raw_request(server, head, chunks)
     problem = assert_problem(status, headers, body, 413)
@@ -115,20 +119,28 @@ def test_a_20_mib_body_is_413_at_once_with_memory_flat(server, how):
 
 def test_a_chunked_body_under_the_limit_is_served(server, store):
     body = json.dumps({"name": "Chunked", "email": "chunked@example.com"}).encode()
-    head = (f"POST /api/customers HTTP/1.1\r\nHost: x\r\n{AUTH_LINE}Content-Type: application/json\r\n"
-            "Transfer-Encoding: chunked\r\n\r\n").encode()
+    head = (
+        f"POST /api/customers HTTP/1.1\r\nHost: x\r\n{AUTH_LINE}Content-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
     chunks = [b"%x\r\n%s\r\n" % (5, body[:5]), b"%x\r\n%s\r\n" % (len(body) - 5, body[5:]), b"0\r\n\r\n"]
     status, _, answer, _ = raw_request(server, head, chunks)
     assert status == 201, answer
     assert query(store, "SELECT count(*) FROM customers WHERE email = 'chunked@example.com'") == [(1,)]
 
 
-@pytest.mark.parametrize("name, head, expected", [
-    ("request line of 20 KB", f"GET /api/customers?q={'a' * 20000} HTTP/1.1\r\nHost: x\r\n\r\n", 414),
-    ("one 10 MB header", f"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Big: {'a' * 10 * MIB}\r\n\r\n", 431),
-    ("20 000 headers", "GET /api/health HTTP/1.1\r\nHost: x\r\n" + "".join(f"X-H{i}: a\r\n" for i in range(20000))
-     + "\r\n", 431),
-])
+@pytest.mark.parametrize(
+    "name, head, expected",
+    [
+        ("request line of 20 KB", f"GET /api/customers?q={'a' * 20000} HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        ("one 10 MB header", f"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Big: {'a' * 10 * MIB}\r\n\r\n", 431),
+        (
+            "20 000 headers",
+            "GET /api/health HTTP/1.1\r\nHost: x\r\n" + "".join(f"X-H{i}: a\r\n" for i in range(20000)) + "\r\n",
+            431,
+        ),
+    ],
+)
 def test_request_heads_over_the_limits_are_refused_while_parsed(server, name, head, expected):
     before = rss(server)
     status, headers, body, _ = raw_request(server, head.encode())
@@ -148,17 +160,44 @@ MALFORMED = [
     ("not UTF-8", "POST", "/api/customers", J, b'{"name":"\xff\xfe","email":"a@b.io"}', 400, "body"),
     ("binary PATCH", "PATCH", "/api/products/1", J, bytes(range(256)), 400, "body"),
     ("JSON 100 000 deep", "POST", "/api/customers", J, "[" * 100000 + "]" * 100000, 400, "body"),
-    ("JSON 500 deep in a member", "POST", "/api/orders", J,
-     '{"customer_id":1,"lines":[{"product_id":1,"quantity":1,"x":' + "[" * 500 + "]" * 500 + '}]}', 400, None),
-    ("5000-digit integer in a body", "POST", "/api/products", J,
-     '{"sku":"a","name":"b","price_cents":' + "9" * 5000 + ',"stock":1}', 400, "body"),
+    (
+        "JSON 500 deep in a member",
+        "POST",
+        "/api/orders",
+        J,
+        '{"customer_id":1,"lines":[{"product_id":1,"quantity":1,"x":' + "[" * 500 + "]" * 500 + "}]}",
+        400,
+        None,
+    ),
+    (
+        "5000-digit integer in a body",
+        "POST",
+        "/api/products",
+        J,
+        '{"sku":"a","name":"b","price_cents":' + "9" * 5000 + ',"stock":1}',
+        400,
+        "body",
+    ),
     ("NaN", "POST", "/api/products", J, '{"sku":"a","name":"b","price_cents":NaN,"stock":1}', 400, "body"),
-    ("1e400", "POST", "/api/products", J, '{"sku":"a","name":"b","price_cents":1e400,"stock":1}', 400,
-     "price_cents"),
-    ("price over the maximum", "POST", "/api/products", J,
-     '{"sku":"a","name":"b","price_cents":100000001,"stock":1}', 400, "price_cents"),
-    ("id beyond bigint in a body", "POST", "/api/orders", J,
-     '{"customer_id":9223372036854775808,"lines":[{"product_id":1,"quantity":1}]}', 400, "customer_id"),
+    ("1e400", "POST", "/api/products", J, '{"sku":"a","name":"b","price_cents":1e400,"stock":1}', 400, "price_cents"),
+    (
+        "price over the maximum",
+        "POST",
+        "/api/products",
+        J,
+        '{"sku":"a","name":"b","price_cents":100000001,"stock":1}',
+        400,
+        "price_cents",
+    ),
+    (
+        "id beyond bigint in a body",
+        "POST",
+        "/api/orders",
+        J,
+        '{"customer_id":9223372036854775808,"lines":[{"product_id":1,"quantity":1}]}',
+        400,
+        "customer_id",
+    ),
     ("5000-digit path id", "GET", "/api/customers/" + "9" * 5000, AUTH, None, 404, None),
     ("id beyond bigint in the path", "GET", "/api/customers/9223372036854775808", AUTH, None, 400, "customer_id"),
     ("after beyond int64", "GET", "/api/customers?after=9223372036854775808", AUTH, None, 400, "after"),
@@ -166,15 +205,27 @@ MALFORMED = [
     ("non-numeric id", "GET", "/api/customers/abc", AUTH, None, 404, None),
     ("date out of range", "GET", "/api/dashboard?to=0000-01-01", AUTH, None, 400, "to"),
     ("an email the format refuses", "POST", "/api/customers", J, '{"name":"a","email":"x@y.io*"}', 400, "email"),
-    ("a local part over 64", "POST", "/api/customers", J, '{"name":"a","email":"' + "x" * 65 + '@y.io"}', 400,
-     "email"),
+    ("a local part over 64", "POST", "/api/customers", J, '{"name":"a","email":"' + "x" * 65 + '@y.io"}', 400, "email"),
     ("200 KB name", "POST", "/api/customers", J, '{"name":"' + "n" * 200000 + '","email":"a@b.io"}', 400, "name"),
-    ("unknown member", "POST", "/api/customers", J, '{"name":"a","email":"a@b.io","' + "k" * 5000 + '":1}', 400,
-     None),
-    ("10 KB Idempotency-Key", "POST", "/api/orders", {**J, "Idempotency-Key": "k" * 10000}, NEW_ORDER, 400,
-     "Idempotency-Key"),
-    ("5 KB consistency token", "GET", "/api/products", {"X-Consistency-Token": "x" * 5000}, None, 400,
-     "X-Consistency-Token"),
+    ("unknown member", "POST", "/api/customers", J, '{"name":"a","email":"a@b.io","' + "k" * 5000 + '":1}', 400, None),
+    (
+        "10 KB Idempotency-Key",
+        "POST",
+        "/api/orders",
+        {**J, "Idempotency-Key": "k" * 10000},
+        NEW_ORDER,
+        400,
+        "Idempotency-Key",
+    ),
+    (
+        "5 KB consistency token",
+        "GET",
+        "/api/products",
+        {"X-Consistency-Token": "x" * 5000},
+        None,
+        400,
+        "X-Consistency-Token",
+    ),
     ("unknown query parameter", "GET", "/api/products?" + "z" * 3000 + "=1", {}, None, 400, None),
     ("text/plain body", "POST", "/api/customers", {**AUTH, "Content-Type": "text/plain"}, "hi", 415, None),
     ("no Content-Type", "POST", "/api/customers", AUTH, '{"name":"a","email":"a@b.io"}', 415, None),
@@ -182,12 +233,14 @@ MALFORMED = [
 ]
 
 
-@pytest.mark.parametrize("name, method, path, headers, body, status, field", MALFORMED,
-                         ids=[case[0] for case in MALFORMED])
+@pytest.mark.parametrize(
+    "name, method, path, headers, body, status, field", MALFORMED, ids=[case[0] for case in MALFORMED]
+)
 def test_malformed_input_is_a_short_4xx_problem(server, store, name, method, path, headers, body, status, field):
     answer = requests.request(method, server.base + path, headers=headers, data=body, timeout=10)
-    problem = assert_problem(answer.status_code, {k.lower(): v for k, v in answer.headers.items()},
-                             answer.content, status, field)
+    problem = assert_problem(
+        answer.status_code, {k.lower(): v for k, v in answer.headers.items()}, answer.content, status, field
+    )
     assert len(problem["detail"]) <= 400
 
 
@@ -209,8 +262,9 @@ def test_every_error_has_the_one_shape(server, store, database_url):
     cases = {
         400: requests.get(f"{b}/api/customers?limit=0", headers=AUTH),
         401: requests.get(f"{b}/api/customers/1"),
-        403: requests.post(f"{b}/api/customers", json={"name": "a", "email": "a@b.io"},
-                           headers={"Authorization": f"Bearer {READER}"}),
+        403: requests.post(
+            f"{b}/api/customers", json={"name": "a", "email": "a@b.io"}, headers={"Authorization": f"Bearer {READER}"}
+        ),
         404: requests.get(f"{b}/api/customers/999", headers=AUTH),
         405: requests.put(f"{b}/api/customers/1", headers=AUTH),
         409: requests.post(f"{b}/api/customers", json={"name": "a", "email": "ada@example.com"}, headers=AUTH),
@@ -220,8 +274,9 @@ def test_every_error_has_the_one_shape(server, store, database_url):
     }
     key = {**J, "Idempotency-Key": "shape-422"}
     requests.post(f"{b}/api/orders", data=NEW_ORDER, headers=key)
-    cases[422] = requests.post(f"{b}/api/orders", headers=key,
-                               data='{"customer_id":1,"lines":[{"product_id":2,"quantity":1}]}')
+    cases[422] = requests.post(
+        f"{b}/api/orders", headers=key, data='{"customer_id":1,"lines":[{"product_id":2,"quantity":1}]}'
+    )
     unknown_route = requests.get(f"{b}/api/nowhere")
     for status, answer in [*cases.items(), (404, unknown_route)]:
         assert_problem(answer.status_code, {k.lower(): v for k, v in answer.headers.items()}, answer.content, status)
@@ -231,30 +286,37 @@ def test_every_error_has_the_one_shape(server, store, database_url):
 
 
 def test_every_5xx_has_the_one_shape(database_url):
-    down = Gunicorn(f"postgresql://postgres@127.0.0.1:{free_port()}/{TEST_DB}", WEB_CONCURRENCY=1,
-                    DB_POOL_MIN_CONNECTIONS=0)
+    down = Gunicorn(
+        f"postgresql://postgres@127.0.0.1:{free_port()}/{TEST_DB}", WEB_CONCURRENCY=1, DB_POOL_MIN_CONNECTIONS=0
+    )
     try:
         answer = requests.get(f"{down.base}/api/customers/1", headers=AUTH, timeout=10)
     finally:
         down.stop()
-    problem = assert_problem(answer.status_code, {k.lower(): v for k, v in answer.headers.items()},
-                             answer.content, 503)
+    problem = assert_problem(answer.status_code, {k.lower(): v for k, v in answer.headers.items()}, answer.content, 503)
     assert problem["type"] == "/api/problems/database-unavailable" and int(answer.headers["Retry-After"]) >= 1
 
 
 def test_customer_data_needs_a_token_and_writes_need_the_write_scope(server, store):
     b = server.base
-    for path in ("/api/customers", "/api/customers/1", "/api/customers/1/orders", "/api/orders/1",
-                 "/api/dashboard", "/api/health/db"):
+    for path in (
+        "/api/customers",
+        "/api/customers/1",
+        "/api/customers/1/orders",
+        "/api/orders/1",
+        "/api/dashboard",
+        "/api/health/db",
+    ):
         assert requests.get(b + path).status_code == 401, path
         assert requests.get(b + path, headers={"Authorization": f"Bearer {READER}"}).status_code == 200, path
-    assert requests.get(f"{b}/api/products").status_code == 200            # the catalog is public
+    assert requests.get(f"{b}/api/products").status_code == 200  # the catalog is public
     assert requests.get(f"{b}/api/health").status_code == 200
-    hashed = {"Authorization": f"Bearer {HASHED}"}                       # configured as its SHA-256 only
+    hashed = {"Authorization": f"Bearer {HASHED}"}  # configured as its SHA-256 only
     assert requests.get(f"{b}/api/customers/1", headers=hashed).status_code == 200
     for token in (READER, HASHED):
-        refused = requests.patch(f"{b}/api/customers/1", json={"name": "Nope"},
-                                 headers={"Authorization": f"Bearer {token}"})
+        refused = requests.patch(
+            f"{b}/api/customers/1", json={"name": "Nope"}, headers={"Authorization": f"Bearer {token}"}
+        )
         assert_problem(refused.status_code, {k.lower(): v for k, v in refused.headers.items()}, refused.content, 403)
     assert query(store, "SELECT name FROM customers WHERE id = 1") == [("Ada Lovelace",)]
     assert requests.get(f"{b}/api/customers/1", headers={"Authorization": f"Bearer {HASHED}x"}).status_code == 401
@@ -265,6 +327,7 @@ def test_the_spec_declares_the_scope_the_server_enforces():
 
     from swagger_server.security import required_scope
     from tests.servers import ROOT
+
     spec = yaml.safe_load((ROOT / "swagger" / "swagger.yaml").read_text())
     for path, item in spec["paths"].items():
         for method, operation in item.items():
@@ -281,13 +344,17 @@ def test_the_spec_declares_the_scope_the_server_enforces():
 def test_idempotency_keys_are_per_client_and_expire(server, store):
     b = server.base
     mine = {**J, "Idempotency-Key": "shared-key"}
-    theirs = {"Content-Type": "application/json", "Authorization": f"Bearer {OTHER_WRITER}",
-              "Idempotency-Key": "shared-key"}
+    theirs = {
+        "Content-Type": "application/json",
+        "Authorization": f"Bearer {OTHER_WRITER}",
+        "Idempotency-Key": "shared-key",
+    }
     first = requests.post(f"{b}/api/orders", data=NEW_ORDER, headers=mine)
     assert first.status_code == 201
     # Another client's same key is its own: a new order, not a 422 or a replay of mine.
-    other = requests.post(f"{b}/api/orders", headers=theirs,
-                          data='{"customer_id":2,"lines":[{"product_id":2,"quantity":1}]}')
+    other = requests.post(
+        f"{b}/api/orders", headers=theirs, data='{"customer_id":2,"lines":[{"product_id":2,"quantity":1}]}'
+    )
     assert other.status_code == 201 and other.json()["id"] != first.json()["id"]
     replay = requests.post(f"{b}/api/orders", data=NEW_ORDER, headers=mine)
     assert replay.status_code == 200 and replay.json()["id"] == first.json()["id"]
@@ -296,8 +363,9 @@ def test_idempotency_keys_are_per_client_and_expire(server, store):
     again = requests.post(f"{b}/api/orders", data=NEW_ORDER, headers=mine)
     assert again.status_code == 201 and again.json()["id"] != first.json()["id"]
     # ...and the same statement purged the other expired keys (theirs): nothing older than the TTL is left.
-    assert query(store, "SELECT count(*) FROM idempotency_keys WHERE created_at < now() - interval '1 second'") \
-        == [(0,)]
+    assert query(store, "SELECT count(*) FROM idempotency_keys WHERE created_at < now() - interval '1 second'") == [
+        (0,)
+    ]
     assert query(store, "SELECT count(*) FROM idempotency_keys WHERE key = 'shared-key'") == [(1,)]
 
 
@@ -342,6 +410,7 @@ def test_a_thousand_half_open_slow_clients_do_not_stop_the_service(server):
     """1000 connections that send half a request head and wait hold no handler thread and no
     connection: the service keeps answering while they are open (uvicorn parses heads on the event
     loop; nothing reaches the app before a head is complete)."""
+
     def timed_health() -> float:
         start = time.monotonic()
         assert requests.get(f"{server.base}/api/health", timeout=2).status_code == 200

@@ -2,6 +2,7 @@
 
 Sync handlers run in Starlette's thread pool. Same query and JSON as GET /api/customers/{id}.
 """
+
 import os
 import threading
 
@@ -18,7 +19,9 @@ def pool() -> ThreadedConnectionPool:
     if _pool is None:
         with _lock:
             if _pool is None:
-                _pool = ThreadedConnectionPool(2, int(os.environ.get("PEER_POOL_MAX", "10")), os.environ["DATABASE_URL"])
+                _pool = ThreadedConnectionPool(
+                    2, int(os.environ.get("PEER_POOL_MAX", "10")), os.environ["DATABASE_URL"]
+                )
     return _pool
 
 

@@ -3,10 +3,10 @@
 Same query and JSON as GET /api/customers/{id}. The pool is made lazily in each worker (after the fork),
 which is the correct version of this pattern.
 """
+
 import os
 import threading
 
-import psycopg2
 from flask import Flask, abort, jsonify
 from psycopg2.pool import ThreadedConnectionPool
 
@@ -20,7 +20,9 @@ def pool() -> ThreadedConnectionPool:
     if _pool is None:
         with _lock:
             if _pool is None:
-                _pool = ThreadedConnectionPool(2, int(os.environ.get("PEER_POOL_MAX", "10")), os.environ["DATABASE_URL"])
+                _pool = ThreadedConnectionPool(
+                    2, int(os.environ.get("PEER_POOL_MAX", "10")), os.environ["DATABASE_URL"]
+                )
     return _pool
 
 

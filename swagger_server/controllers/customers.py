@@ -1,4 +1,5 @@
 """Customers: list, get, create, update, delete, and a customer's orders."""
+
 from __future__ import annotations
 
 from psycopg2 import errors
@@ -6,8 +7,8 @@ from psycopg2 import errors
 from swagger_server.controllers.reply import found, no_content, page, reply
 from swagger_server.db.connection import transaction
 from swagger_server.db.queries import customers, orders
-from swagger_server.request_scope import get_conn, read_only
 from swagger_server.errors import Conflict, NotFound
+from swagger_server.request_scope import get_conn, read_only
 
 
 @read_only
@@ -60,4 +61,3 @@ def list_customer_orders(customer_id: int, limit: int = 20, after: int | None = 
     if not rows and customers.get_customer(conn, customer_id) is None:
         raise NotFound(f"customer {customer_id} not found")
     return reply(page(rows, limit), 200)
-

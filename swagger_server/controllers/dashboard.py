@@ -1,20 +1,20 @@
 """The sales dashboard for a date range."""
+
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from swagger_server.controllers.reply import reply
 from swagger_server.db.queries import dashboard
-from swagger_server.request_scope import get_conn, read_only
 from swagger_server.errors import ApiError
-
+from swagger_server.request_scope import get_conn, read_only
 
 _DEFAULT_SPAN = timedelta(days=29)
 
 
 @read_only
 def get_dashboard(from_: str | None = None, to: str | None = None, top: int = 5):
-    end = _day(to, "to") if to else datetime.now(timezone.utc).date()
+    end = _day(to, "to") if to else datetime.now(UTC).date()
     # The default range is the 30 days up to `to`, cut at the first representable day.
     start = _day(from_, "from") if from_ else (end - _DEFAULT_SPAN if end - date.min > _DEFAULT_SPAN else date.min)
     if start > end:

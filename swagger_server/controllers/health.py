@@ -1,4 +1,5 @@
 """Health: the process (no database), the pools' statistics, readiness and a live database probe."""
+
 from __future__ import annotations
 
 import psycopg2
@@ -8,10 +9,11 @@ from swagger_server.controllers.reply import reply
 from swagger_server.db.errors import DatabaseUnavailable, PoolError, PoolTimeout, TooManyWaiters
 from swagger_server.db.queries import health
 from swagger_server.request_scope import get_conn
+from swagger_server.version import VERSION
 
 
 def get_health():
-    return reply({"status": "ok"}, 200)
+    return reply({"status": "ok", "version": VERSION}, 200)
 
 
 def get_db_health():
@@ -33,7 +35,7 @@ def get_ready():
         with pool.connection(timeout=0.5) as conn:
             health.ping(conn)
     except (PoolTimeout, TooManyWaiters):
-        if pool.stats()["size"] == 0:            # nothing open: still connecting, not busy
+        if pool.stats()["size"] == 0:  # nothing open: still connecting, not busy
             raise DatabaseUnavailable("no connection to the database could be made yet") from None
         return reply({"status": "ready", "pool": "busy"}, 200)
     return reply({"status": "ready", "pool": "checked"}, 200)

@@ -1,4 +1,5 @@
 """Orders: place one (one transaction, stock checked and decremented, safe to retry), get one."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +12,8 @@ from flask import current_app, request
 from swagger_server.controllers.reply import reply
 from swagger_server.db.connection import transaction
 from swagger_server.db.queries import customers, orders
-from swagger_server.request_scope import get_conn, read_only
 from swagger_server.errors import Conflict, InsufficientStock, NotFound, UnprocessableEntity
+from swagger_server.request_scope import get_conn, read_only
 
 
 class _KeyTaken(Exception):
@@ -45,8 +46,9 @@ def create_order(body: dict):
         # A concurrent request with the same key won the race (this order was rolled back): answer with its order.
         replay = _replay(conn, client, key, fingerprint, ttl)
         if replay is None:
-            raise Conflict("a request with this Idempotency-Key is in progress; retry shortly",
-                           field="Idempotency-Key") from None
+            raise Conflict(
+                "a request with this Idempotency-Key is in progress; retry shortly", field="Idempotency-Key"
+            ) from None
         return replay
     return reply(orders.get_order(conn, order_id), 201, {"Location": f"/api/orders/{order_id}"})
 
@@ -69,9 +71,13 @@ def _place(conn, customer_id: int, wanted: Counter) -> int:
     short = [pid for pid, qty in sorted(wanted.items()) if locked[pid]["stock"] < qty]
     if short:
         pid = short[0]
-        raise InsufficientStock(f"product {pid}: {wanted[pid]} requested, {locked[pid]['stock']} in stock",
-                                field="lines", product_id=pid, requested=wanted[pid],
-                                available=locked[pid]["stock"])
+        raise InsufficientStock(
+            f"product {pid}: {wanted[pid]} requested, {locked[pid]['stock']} in stock",
+            field="lines",
+            product_id=pid,
+            requested=wanted[pid],
+            available=locked[pid]["stock"],
+        )
     lines = [(pid, qty, locked[pid]["price_cents"]) for pid, qty in sorted(wanted.items())]
     return orders.insert_order(conn, customer_id, lines)
 
@@ -82,6 +88,8 @@ def _replay(conn, client: str, key: str, fingerprint: str, ttl: float):
         return None
     if earlier["request_hash"] != fingerprint:
         raise UnprocessableEntity("this Idempotency-Key was used with a different order", field="Idempotency-Key")
-    return reply(orders.get_order(conn, earlier["id"]), 200,
-                 {"Idempotent-Replayed": "true", "Location": f"/api/orders/{earlier['id']}"})
-
+    return reply(
+        orders.get_order(conn, earlier["id"]),
+        200,
+        {"Idempotent-Replayed": "true", "Location": f"/api/orders/{earlier['id']}"},
+    )

@@ -1,4 +1,5 @@
 """Products: list, get, create, update."""
+
 from __future__ import annotations
 
 from psycopg2 import errors
@@ -6,8 +7,8 @@ from psycopg2 import errors
 from swagger_server.controllers.reply import found, page, reply
 from swagger_server.db.connection import transaction
 from swagger_server.db.queries import products
-from swagger_server.request_scope import get_conn, read_only
 from swagger_server.errors import Conflict
+from swagger_server.request_scope import get_conn, read_only
 
 
 @read_only
@@ -35,4 +36,3 @@ def update_product(product_id: int, body: dict):
     with transaction(conn):
         row = products.update_product(conn, product_id, body)
     return reply(found(row, "product", product_id), 200)
-

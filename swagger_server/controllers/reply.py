@@ -3,6 +3,7 @@
 Operations declare both application/json (success) and application/problem+json (errors), so Connexion
 needs the content type named on every successful answer.
 """
+
 from __future__ import annotations
 
 from flask import Response

@@ -3,6 +3,7 @@
 Without this check the real cap (workers x pool size) is discovered in production as "remaining
 connection slots are reserved for non-replication superuser connections".
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,7 +31,7 @@ class Budget:
     role_limit: int | None
     db_limit: int | None
     pgbouncer: bool = False
-    server: str = "primary"              # or "replica": the budget of the read replica's own slots
+    server: str = "primary"  # or "replica": the budget of the read replica's own slots
 
     @property
     def fits(self) -> bool:
@@ -92,23 +93,33 @@ def explain(settings: Settings, budget: Budget) -> str:
     fix_pool = max(0, budget.available // workers)
     fix_workers = max(0, budget.available // per_worker)
     if budget.pgbouncer:
-        return (f"connection budget exceeded: {workers} workers x {per_worker} connections = {budget.needed}, "
-                f"but PgBouncer accepts {budget.max_connections} clients (max_client_conn) - headroom "
-                f"{settings.pool.budget_headroom} = {budget.available}. Set DB_POOL_MAX_CONNECTIONS<={fix_pool} or "
-                f"WEB_CONCURRENCY<={fix_workers}, or raise max_client_conn (and DB_PGBOUNCER_MAX_CLIENT_CONN).")
-    limits = "".join([f", role limit {budget.role_limit}" if budget.role_limit else "",
-                      f", database limit {budget.db_limit}" if budget.db_limit else ""])
+        return (
+            f"connection budget exceeded: {workers} workers x {per_worker} connections = {budget.needed}, "
+            f"but PgBouncer accepts {budget.max_connections} clients (max_client_conn) - headroom "
+            f"{settings.pool.budget_headroom} = {budget.available}. Set DB_POOL_MAX_CONNECTIONS<={fix_pool} or "
+            f"WEB_CONCURRENCY<={fix_workers}, or raise max_client_conn (and DB_PGBOUNCER_MAX_CLIENT_CONN)."
+        )
+    limits = "".join(
+        [
+            f", role limit {budget.role_limit}" if budget.role_limit else "",
+            f", database limit {budget.db_limit}" if budget.db_limit else "",
+        ]
+    )
     if budget.server == "replica":
-        return (f"replica connection budget exceeded: {workers} workers x {per_worker} replica connections = "
-                f"{budget.needed}, but only {budget.available} are free on the replica (max_connections "
-                f"{budget.max_connections} - reserved {budget.reserved} - {budget.others} used by other clients - "
-                f"headroom {settings.pool.budget_headroom}{limits}). Set [REPLICA] max_connections<={fix_pool} or "
-                f"WEB_CONCURRENCY<={fix_workers}, or raise the replica's max_connections.")
-    return (f"connection budget exceeded: {workers} workers x {per_worker} connections = {budget.needed}, "
-            f"but only {budget.available} are free (max_connections {budget.max_connections} - reserved "
-            f"{budget.reserved} - {budget.others} used by other clients - headroom {settings.pool.budget_headroom}"
-            f"{limits}). Set DB_POOL_MAX_CONNECTIONS<={fix_pool} or WEB_CONCURRENCY<={fix_workers}, raise "
-            f"max_connections, or put PgBouncer in front.")
+        return (
+            f"replica connection budget exceeded: {workers} workers x {per_worker} replica connections = "
+            f"{budget.needed}, but only {budget.available} are free on the replica (max_connections "
+            f"{budget.max_connections} - reserved {budget.reserved} - {budget.others} used by other clients - "
+            f"headroom {settings.pool.budget_headroom}{limits}). Set [REPLICA] max_connections<={fix_pool} or "
+            f"WEB_CONCURRENCY<={fix_workers}, or raise the replica's max_connections."
+        )
+    return (
+        f"connection budget exceeded: {workers} workers x {per_worker} connections = {budget.needed}, "
+        f"but only {budget.available} are free (max_connections {budget.max_connections} - reserved "
+        f"{budget.reserved} - {budget.others} used by other clients - headroom {settings.pool.budget_headroom}"
+        f"{limits}). Set DB_POOL_MAX_CONNECTIONS<={fix_pool} or WEB_CONCURRENCY<={fix_workers}, raise "
+        f"max_connections, or put PgBouncer in front."
+    )
 
 
 def check_connection_budget(settings: Settings, log: logging.Logger | None = None) -> Budget | None:
@@ -132,12 +143,20 @@ def _check(settings: Settings, server: str, log: logging.Logger) -> Budget | Non
             budget = measure(settings, server)
     except psycopg2.OperationalError as exc:
         where = (settings.replica_database() if server == "replica" else settings.database).safe_dsn()
-        log.warning("connection budget not checked: cannot reach %s: %s", where,
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+        log.warning(
+            "connection budget not checked: cannot reach %s: %s",
+            where,
+            str(exc).strip().splitlines()[0] if str(exc).strip() else exc,
+        )
         return None
     if budget.fits:
-        log.info("connection budget%s: %d needed, %d free%s", " (replica)" if server == "replica" else "",
-                 budget.needed, budget.available, " (PgBouncer clients)" if budget.pgbouncer else "")
+        log.info(
+            "connection budget%s: %d needed, %d free%s",
+            " (replica)" if server == "replica" else "",
+            budget.needed,
+            budget.available,
+            " (PgBouncer clients)" if budget.pgbouncer else "",
+        )
         return budget
     message = explain(settings, budget)
     if settings.pool.budget_check == "error":

@@ -9,6 +9,7 @@ Three decisions live here, all made to cost no extra round trip:
   on a link that accepts bytes and never answers; with the callback a stuck read fails after
   statement timeout + grace and the connection is discarded.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,7 +27,7 @@ class DeadlineExceeded(psycopg2.OperationalError):
     """A socket wait outlived its client-side deadline; the connection is now unusable."""
 
 
-def wait_with_deadline(conn: "Connection") -> None:
+def wait_with_deadline(conn: Connection) -> None:
     """psycopg2 wait callback: like psycopg2.extras.wait_select, but gives up at the connection's deadline."""
     timeout = getattr(conn, "io_timeout", None)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -71,12 +72,12 @@ class Cursor(ext.cursor):
     def one(self) -> dict | None:
         """The next row as a dict, or None."""
         row = self.fetchone()
-        return None if row is None else dict(zip([c.name for c in self.description], row))
+        return None if row is None else dict(zip([c.name for c in self.description], row, strict=True))
 
     def all(self) -> list[dict]:
         """The remaining rows as dicts."""
         names = [c.name for c in self.description]
-        return [dict(zip(names, row)) for row in self.fetchall()]
+        return [dict(zip(names, row, strict=True)) for row in self.fetchall()]
 
 
 class Connection(ext.connection):
@@ -86,30 +87,37 @@ class Connection(ext.connection):
     connecting and `statement_timeout + grace` afterwards.
     """
 
-    def __init__(self, dsn: str, *, connect_timeout: float | None = None,
-                 io_timeout: float | None = None, statement_timeout_ms: int = 0):
-        self.io_timeout = connect_timeout   # read by wait_with_deadline during the connect itself
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        connect_timeout: float | None = None,
+        io_timeout: float | None = None,
+        statement_timeout_ms: int = 0,
+    ):
+        self.io_timeout = connect_timeout  # read by wait_with_deadline during the connect itself
         super().__init__(dsn)
         self.io_timeout = io_timeout
-        self.timeout_prefix = (f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}; "
-                               if statement_timeout_ms > 0 else "")
+        self.timeout_prefix = (
+            f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}; " if statement_timeout_ms > 0 else ""
+        )
         self.cursor_factory = Cursor
         self.autocommit = True
         now = time.monotonic()
         self.created_at = now
         self.last_used = now
-        self.expires_at = float("inf")   # set by the pool: max lifetime, jittered
-        self.max_idle = float("inf")     # set by the pool: idle timeout, jittered
+        self.expires_at = float("inf")  # set by the pool: max lifetime, jittered
+        self.max_idle = float("inf")  # set by the pool: idle timeout, jittered
         self.backend_pid = self.info.backend_pid
-        self.track_lsn = False           # set per checkout: fetch the WAL position with each COMMIT
+        self.track_lsn = False  # set per checkout: fetch the WAL position with each COMMIT
         self.commit_lsn: str | None = None
 
 
-def connect(dsn: str, *, connect_timeout: float, io_timeout: float | None,
-            statement_timeout_ms: int) -> Connection:
+def connect(dsn: str, *, connect_timeout: float, io_timeout: float | None, statement_timeout_ms: int) -> Connection:
     """Open one connection; raise psycopg2.OperationalError (or DeadlineExceeded) if it cannot be made."""
-    return Connection(dsn, connect_timeout=connect_timeout, io_timeout=io_timeout,
-                      statement_timeout_ms=statement_timeout_ms)
+    return Connection(
+        dsn, connect_timeout=connect_timeout, io_timeout=io_timeout, statement_timeout_ms=statement_timeout_ms
+    )
 
 
 @contextlib.contextmanager

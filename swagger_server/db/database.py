@@ -8,6 +8,7 @@ gives a ConnectionPool, `none` a NullPool (a connection per checkout), with the 
 Nothing here knows about HTTP; the request scope (one connection per request) is
 swagger_server/request_scope.py.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,7 +22,7 @@ from swagger_server.db.replica import Replica
 
 logger = logging.getLogger(__name__)
 
-WARN_USAGE = 0.8          # health is `warning` from this share of connections in use
+WARN_USAGE = 0.8  # health is `warning` from this share of connections in use
 
 
 def pool_class(settings: Settings) -> type:
@@ -30,8 +31,9 @@ def pool_class(settings: Settings) -> type:
 
 
 def make_pool(dsn: str, settings: Settings, pool_settings: PoolSettings | None = None, name: str = "primary"):
-    return pool_class(settings)(dsn, pool_settings or settings.pool, connect_timeout=settings.database.connect_timeout,
-                                name=name)
+    return pool_class(settings)(
+        dsn, pool_settings or settings.pool, connect_timeout=settings.database.connect_timeout, name=name
+    )
 
 
 class Database:
@@ -54,8 +56,7 @@ class Database:
             if self._pool is not None and self._pool.pid == os.getpid() and not self._pool.closed:
                 return self._pool
             if self._pool is not None and self._pool.pid != os.getpid():
-                logger.warning("fork detected: pool of process %d replaced in process %d",
-                               self._pool.pid, os.getpid())
+                logger.warning("fork detected: pool of process %d replaced in process %d", self._pool.pid, os.getpid())
                 # Not closed, not even locked: its lock may have been held by a parent thread at the
                 # fork, and its sockets are the parent's. Kept referenced so it is never collected.
                 keep_inherited(self._pool)
@@ -63,9 +64,11 @@ class Database:
                     keep_inherited(self._replica.pool)
             self._pool = make_pool(self.settings.database.dsn(self.application_name()), self.settings)
             # A replica needs a real pool (and a lag monitor); the `none` baseline has neither.
-            self._replica = (Replica(self.settings, self.application_name())
-                             if self.settings.replica.enabled and pool_class(self.settings) is ConnectionPool
-                             else None)
+            self._replica = (
+                Replica(self.settings, self.application_name())
+                if self.settings.replica.enabled and pool_class(self.settings) is ConnectionPool
+                else None
+            )
             return self._pool
 
     @property
@@ -81,7 +84,7 @@ class Database:
         """This process's replica (pool and lag monitor), or None when none is configured."""
         if not self.settings.replica.enabled:
             return None
-        self.pool                 # opens both in a new process
+        _ = self.pool  # opens both in a new process
         return self._replica
 
     def pools(self) -> list:
@@ -98,7 +101,7 @@ class Database:
         if replica is not None:
             replica.close(timeout=timeout)
         if pool is not None:
-            pool.close(timeout=timeout)      # a pool inherited from a parent is only kept, not closed
+            pool.close(timeout=timeout)  # a pool inherited from a parent is only kept, not closed
 
     def health(self) -> dict:
         """The pools' statistics with a status: `error` while the database is unreachable, `warning`
@@ -117,7 +120,9 @@ class Database:
         if replica is not None:
             body["replica"] = replica.stats()
             if body["replica"]["routing"] != "replica":
-                warnings.append(f"reads go to the {body['replica']['routing']}: replica "
-                                f"{body['replica']['last_error'] or 'lag ' + str(body['replica']['lag_s']) + ' s'}")
+                warnings.append(
+                    f"reads go to the {body['replica']['routing']}: replica "
+                    f"{body['replica']['last_error'] or 'lag ' + str(body['replica']['lag_s']) + ' s'}"
+                )
         status = "error" if not stats["database_up"] else ("warning" if warnings else "healthy")
         return {"status": status, **body}

@@ -4,6 +4,7 @@ Used by `make run` (when no server is configured), by the tests and by the bench
 TCP loopback (not only a Unix socket) so that a proxy can be put in front of it for fault injection,
 and it can be stopped, started and restarted on demand.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -14,7 +15,6 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
-
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +69,16 @@ class EmbeddedPostgres:
     with the server log attached to the message when PostgreSQL refuses.
     """
 
-    def __init__(self, datadir: str | os.PathLike, port: int | None = None, *,
-                 settings: dict[str, str] | None = None):
+    def __init__(self, datadir: str | os.PathLike, port: int | None = None, *, settings: dict[str, str] | None = None):
         self.datadir = Path(datadir).resolve()
         self.port = port or free_port()
-        self.settings = {"max_connections": "100", "fsync": "off", "synchronous_commit": "off",
-                         "full_page_writes": "off", **(settings or {})}
+        self.settings = {
+            "max_connections": "100",
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            **(settings or {}),
+        }
         self.user = "postgres"
 
     # -- paths and commands -------------------------------------------------
@@ -92,8 +96,9 @@ class EmbeddedPostgres:
         except subprocess.CalledProcessError as exc:
             log = self.datadir / "server.log"
             tail = log.read_text()[-2000:] if log.exists() else ""
-            raise subprocess.CalledProcessError(exc.returncode, exc.cmd, exc.stdout,
-                                                f"{exc.stderr}\n--- server log ---\n{tail}") from None
+            raise subprocess.CalledProcessError(
+                exc.returncode, exc.cmd, exc.stdout, f"{exc.stderr}\n--- server log ---\n{tail}"
+            ) from None
 
     @property
     def initialised(self) -> bool:
@@ -116,8 +121,19 @@ class EmbeddedPostgres:
             _ensure_system_user()
             _open_path_for(self.datadir)
             shutil.chown(self.datadir, SYSTEM_USER, SYSTEM_USER)
-        self._run([self._bin("initdb"), "-D", str(self.datadir), "-U", self.user, "--auth=trust",
-                   "--encoding=UTF8", "--locale=C", "--no-instructions"])
+        self._run(
+            [
+                self._bin("initdb"),
+                "-D",
+                str(self.datadir),
+                "-U",
+                self.user,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-instructions",
+            ]
+        )
 
     def start(self, timeout: int = 30) -> None:
         """Start the server (initialising it first if needed) and wait until it accepts connections."""
@@ -128,11 +144,24 @@ class EmbeddedPostgres:
             return
         opts = [f"-c {k}={v}" for k, v in self.settings.items()]
         opts += [f"-p {self.port}", "-h 127.0.0.1", "-k ''"]
-        self._run([self._bin("pg_ctl"), "-D", str(self.datadir), "-l", str(self.datadir / "server.log"),
-                   "-w", "-t", str(timeout), "-o", " ".join(opts), "start"])
+        self._run(
+            [
+                self._bin("pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.datadir / "server.log"),
+                "-w",
+                "-t",
+                str(timeout),
+                "-o",
+                " ".join(opts),
+                "start",
+            ]
+        )
         logger.info("embedded PostgreSQL listening on 127.0.0.1:%d (data in %s)", self.port, self.datadir)
 
-    def make_replica(self, datadir: str | os.PathLike, port: int | None = None) -> "EmbeddedPostgres":
+    def make_replica(self, datadir: str | os.PathLike, port: int | None = None) -> EmbeddedPostgres:
         """A streaming replica of this running server, not yet started: `pg_basebackup -R` writes
         standby.signal and primary_conninfo, so `start()` brings it up as a hot standby."""
         replica = EmbeddedPostgres(datadir, port, settings=self.settings)
@@ -143,9 +172,26 @@ class EmbeddedPostgres:
             _open_path_for(replica.datadir)
             replica.datadir.chmod(0o700)
             shutil.chown(replica.datadir, SYSTEM_USER, SYSTEM_USER)
-        self._run([self._bin("pg_basebackup"), "-D", str(replica.datadir), "-h", "127.0.0.1", "-p", str(self.port),
-                   "-U", self.user, "-R", "-X", "stream", "-c", "fast", "--no-sync"])
-        (replica.datadir / "server.log").unlink(missing_ok=True)     # the primary's, copied
+        self._run(
+            [
+                self._bin("pg_basebackup"),
+                "-D",
+                str(replica.datadir),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                self.user,
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ]
+        )
+        (replica.datadir / "server.log").unlink(missing_ok=True)  # the primary's, copied
         return replica
 
     def stop(self, mode: str = "fast") -> None:

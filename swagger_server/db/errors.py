@@ -2,6 +2,7 @@
 should wait; the HTTP layer maps them to 503 with Retry-After. `PoolUsedAcrossFork` is a bug in
 the caller (a pool from another process), not a condition to retry.
 """
+
 from __future__ import annotations
 
 

@@ -4,12 +4,13 @@
 NullConnectionPool). It has the pool's verbs and an honest `stats()`, so that nothing above the
 database layer needs to know which kind it holds.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import psycopg2
 
@@ -22,7 +23,7 @@ from swagger_server.db.pool import COUNTERS
 class NullPool:
     """Connection per checkout. `getconn()` connects (DatabaseUnavailable if it cannot); `putconn()` closes."""
 
-    holds_connections = False        # the start-up budget check has nothing to count
+    holds_connections = False  # the start-up budget check has nothing to count
 
     def __init__(self, dsn: str, settings: PoolSettings, *, connect_timeout: float = 3.0, name: str = "primary"):
         self.dsn = dsn
@@ -43,8 +44,12 @@ class NullPool:
             raise PoolClosed(f"pool {self.name!r} is closed")
         self._count("requests")
         try:
-            conn = connect(self.dsn, connect_timeout=self.connect_timeout, io_timeout=self.settings.io_timeout(),
-                           statement_timeout_ms=self.settings.statement_timeout_ms)
+            conn = connect(
+                self.dsn,
+                connect_timeout=self.connect_timeout,
+                io_timeout=self.settings.io_timeout(),
+                statement_timeout_ms=self.settings.statement_timeout_ms,
+            )
         except psycopg2.OperationalError as exc:
             self._count("connection_errors")
             self._count("unavailable")
@@ -83,9 +88,21 @@ class NullPool:
         with self._lock:
             in_use = self._in_use
             counters = dict(self._counters)
-        return {"name": self.name, "pid": self.pid, "min": 0, "max": self.max_size, "size": in_use, "idle": 0,
-                "in_use": in_use, "waiting": 0, "opening": 0, "database_up": True, "last_error": None,
-                "down_for_s": 0.0, **counters}
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "min": 0,
+            "max": self.max_size,
+            "size": in_use,
+            "idle": 0,
+            "in_use": in_use,
+            "waiting": 0,
+            "opening": 0,
+            "database_up": True,
+            "last_error": None,
+            "down_for_s": 0.0,
+            **counters,
+        }
 
     def _count(self, name: str) -> None:
         with self._lock:

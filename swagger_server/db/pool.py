@@ -10,6 +10,7 @@ Failure is reported as one of a few specific exceptions, all `PoolError`s carryi
 `PoolTimeout` (every connection busy for the whole wait), `TooManyWaiters` (the queue is full),
 `DatabaseUnavailable` (a new connection could not be made), `PoolClosed`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,8 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import psycopg2
 import psycopg2.extensions as ext
@@ -32,8 +33,14 @@ from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
 
 from swagger_server.config import PoolSettings
 from swagger_server.db.connection import Connection, connect, install_wait_callback
-from swagger_server.db.errors import (DatabaseUnavailable, PoolClosed, PoolError, PoolTimeout,  # noqa: F401
-                                      PoolUsedAcrossFork, TooManyWaiters)
+from swagger_server.db.errors import (  # noqa: F401
+    DatabaseUnavailable,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    PoolUsedAcrossFork,
+    TooManyWaiters,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +52,7 @@ _ROLLBACK_STATES = (ext.TRANSACTION_STATUS_INTRANS, ext.TRANSACTION_STATUS_INERR
 _inherited_from_parent: list = []
 
 
-def keep_inherited(pool: "ConnectionPool") -> None:
+def keep_inherited(pool: ConnectionPool) -> None:
     """Keep a pool made by the parent process alive, untouched, in this (forked) process."""
     _inherited_from_parent.append(pool)
 
@@ -54,7 +61,7 @@ def keep_inherited(pool: "ConnectionPool") -> None:
 class _Checkout:
     since: float
     thread: str
-    frame: object = None     # the borrower's frame, kept only when leak detection is on
+    frame: object = None  # the borrower's frame, kept only when leak detection is on
     warned: bool = False
 
 
@@ -97,9 +104,23 @@ class _Waiter:
 
 
 # Cumulative counters in stats(). EVENTS are the ones exported as events (all but the totals).
-COUNTERS = ("requests", "waited", "wait_ms", "timeouts", "rejected", "unavailable", "connections_opened",
-            "connections_closed", "connection_errors", "reconnects", "pings", "discarded_dead", "recycled",
-            "rollbacks", "leaks")
+COUNTERS = (
+    "requests",
+    "waited",
+    "wait_ms",
+    "timeouts",
+    "rejected",
+    "unavailable",
+    "connections_opened",
+    "connections_closed",
+    "connection_errors",
+    "reconnects",
+    "pings",
+    "discarded_dead",
+    "recycled",
+    "rollbacks",
+    "leaks",
+)
 EVENTS = tuple(name for name in COUNTERS if name not in ("requests", "wait_ms"))
 
 
@@ -110,10 +131,17 @@ class ConnectionPool:
     The pool remembers the pid that created it and refuses to be used from another process.
     """
 
-    holds_connections = True         # counted by the start-up budget check
+    holds_connections = True  # counted by the start-up budget check
 
-    def __init__(self, dsn: str, settings: PoolSettings, *, connect_timeout: float = 3.0,
-                 name: str = "primary", connector_threads: int = 2):
+    def __init__(
+        self,
+        dsn: str,
+        settings: PoolSettings,
+        *,
+        connect_timeout: float = 3.0,
+        name: str = "primary",
+        connector_threads: int = 2,
+    ):
         self.dsn = dsn
         self.name = name
         self.settings = settings
@@ -125,23 +153,25 @@ class ConnectionPool:
         install_wait_callback()
 
         self._lock = threading.Lock()
-        self._wakeup = threading.Condition(self._lock)     # the connector threads sleep on this
-        self._stopping = threading.Event()                 # interrupts backoff sleeps on close()
+        self._wakeup = threading.Condition(self._lock)  # the connector threads sleep on this
+        self._stopping = threading.Event()  # interrupts backoff sleeps on close()
         self._idle: deque[Connection] = deque()
         self._waiters: deque[_Waiter] = deque()
         self._in_use: dict[int, _Checkout] = {}
-        self._size = 0          # open connections: idle + in use
-        self._opening = 0       # connections requested from the connector and not yet open
+        self._size = 0  # open connections: idle + in use
+        self._opening = 0  # connections requested from the connector and not yet open
         self._closed = False
-        self._retry_at = 0.0    # monotonic time of the next reconnect attempt while the database is down
+        self._retry_at = 0.0  # monotonic time of the next reconnect attempt while the database is down
         self._last_error = ""
         self._down_since: float | None = None
         self._busy_connectors = 0
         self._count_lock = threading.Lock()
         self._counters = dict.fromkeys(COUNTERS, 0)
 
-        self._threads = [threading.Thread(target=self._connector, args=(i == 0,), daemon=True,
-                                          name=f"pool-{name}-{i}") for i in range(max(1, connector_threads))]
+        self._threads = [
+            threading.Thread(target=self._connector, args=(i == 0,), daemon=True, name=f"pool-{name}-{i}")
+            for i in range(max(1, connector_threads))
+        ]
         for thread in self._threads:
             thread.start()
         with self._lock:
@@ -155,15 +185,19 @@ class ConnectionPool:
         connection whose socket is known dead.
         """
         if os.getpid() != self.pid:
-            raise PoolUsedAcrossFork(f"pool {self.name!r} was created in process {self.pid} and cannot be used "
-                            f"in process {os.getpid()} (libpq sockets must not cross a fork)")
+            raise PoolUsedAcrossFork(
+                f"pool {self.name!r} was created in process {self.pid} and cannot be used "
+                f"in process {os.getpid()} (libpq sockets must not cross a fork)"
+            )
         timeout = self.timeout if timeout is None else timeout
         start = time.monotonic()
         deadline = start + timeout
         # Leak detection keeps where the connection was taken; unlooked-up frames cost a few µs.
-        frame = (traceback.StackSummary.extract(traceback.walk_stack(sys._getframe(1)), limit=12,
-                                                lookup_lines=False)
-                 if self.settings.leak_threshold > 0 else None)
+        frame = (
+            traceback.StackSummary.extract(traceback.walk_stack(sys._getframe(1)), limit=12, lookup_lines=False)
+            if self.settings.leak_threshold > 0
+            else None
+        )
         thread = threading.current_thread().name
         self._count("requests")
         while True:
@@ -184,8 +218,10 @@ class ConnectionPool:
                 if time.monotonic() >= deadline:
                     # Checking dead connections used up the wait: the database is not answering.
                     self._count("unavailable")
-                    raise DatabaseUnavailable(f"no working connection within {timeout:.2f} s "
-                                              f"(pool {self.name!r}): idle connections did not answer")
+                    raise DatabaseUnavailable(
+                        f"no working connection within {timeout:.2f} s "
+                        f"(pool {self.name!r}): idle connections did not answer"
+                    )
                 continue
             return self._wait(waiter, start, deadline)
 
@@ -207,8 +243,12 @@ class ConnectionPool:
             return
         now = time.monotonic()
         if checkout.warned:
-            logger.warning("pool %r: connection (backend %s) came back after %.1f s", self.name,
-                           conn.backend_pid, now - checkout.since)
+            logger.warning(
+                "pool %r: connection (backend %s) came back after %.1f s",
+                self.name,
+                conn.backend_pid,
+                now - checkout.since,
+            )
         if not self._reset(conn):
             self._forget(conn, "broken on return")
             return
@@ -234,7 +274,7 @@ class ConnectionPool:
             self._wakeup.notify_all()
         self._stopping.set()
         if os.getpid() != self.pid:
-            _inherited_from_parent.append(self)    # never touch a parent's sockets
+            _inherited_from_parent.append(self)  # never touch a parent's sockets
             return
         deadline = time.monotonic() + timeout
         while self._in_use and time.monotonic() < deadline:
@@ -264,9 +304,16 @@ class ConnectionPool:
         with self._lock:
             in_use, idle = len(self._in_use), len(self._idle)
             snapshot = {
-                "name": self.name, "pid": self.pid, "min": self.min_size, "max": self.max_size,
-                "size": self._size, "idle": idle, "in_use": in_use, "waiting": len(self._waiters),
-                "opening": self._opening, "database_up": self._down_since is None,
+                "name": self.name,
+                "pid": self.pid,
+                "min": self.min_size,
+                "max": self.max_size,
+                "size": self._size,
+                "idle": idle,
+                "in_use": in_use,
+                "waiting": len(self._waiters),
+                "opening": self._opening,
+                "database_up": self._down_since is None,
                 "last_error": self._last_error or None,
                 "down_for_s": round(time.monotonic() - self._down_since, 3) if self._down_since else 0.0,
             }
@@ -282,8 +329,10 @@ class ConnectionPool:
                 if self._size >= self.min_size:
                     return
             time.sleep(0.01)
-        raise DatabaseUnavailable(f"pool {self.name!r}: {self._size} of {self.min_size} connections open "
-                                  f"after {timeout:.2f} s: {self._last_error}")
+        raise DatabaseUnavailable(
+            f"pool {self.name!r}: {self._size} of {self.min_size} connections open "
+            f"after {timeout:.2f} s: {self._last_error}"
+        )
 
     # -- checkout internals -------------------------------------------------------------------------
     def _enqueue_locked(self, thread: str, frame) -> _Waiter:
@@ -293,12 +342,15 @@ class ConnectionPool:
             # scheduled. Waiting would only hold the client for the full timeout and then fail anyway.
             # (With connections open, a failed connect is not an outage: wait for one to come back.)
             self._count("unavailable")
-            raise DatabaseUnavailable(f"database unavailable (pool {self.name!r}): {self._last_error}",
-                                      retry_after=max(1, math.ceil(self._retry_at - now)))
+            raise DatabaseUnavailable(
+                f"database unavailable (pool {self.name!r}): {self._last_error}",
+                retry_after=max(1, math.ceil(self._retry_at - now)),
+            )
         if len(self._waiters) >= self.settings.max_waiting:
             self._count("rejected")
-            raise TooManyWaiters(f"pool {self.name!r}: {len(self._waiters)} requests already waiting "
-                                 f"for {self.max_size} connections")
+            raise TooManyWaiters(
+                f"pool {self.name!r}: {len(self._waiters)} requests already waiting for {self.max_size} connections"
+            )
         waiter = _Waiter(thread, frame)
         self._waiters.append(waiter)
         # Only as many new connections as waiters that connections already being opened won't serve.
@@ -319,10 +371,13 @@ class ConnectionPool:
                     self._count("unavailable")
                     raise DatabaseUnavailable(
                         f"couldn't connect to the database within {waited:.2f} s (pool {self.name!r})"
-                        + (f": {self._last_error}" if self._last_error else ""))
+                        + (f": {self._last_error}" if self._last_error else "")
+                    )
                 self._count("timeouts")
-                raise PoolTimeout(f"couldn't get a connection after {waited:.2f} s (pool {self.name!r}: "
-                                  f"{len(self._in_use)} in use, {len(self._waiters)} waiting, max {self.max_size})")
+                raise PoolTimeout(
+                    f"couldn't get a connection after {waited:.2f} s (pool {self.name!r}: "
+                    f"{len(self._in_use)} in use, {len(self._waiters)} waiting, max {self.max_size})"
+                )
         if waiter.error is not None:
             raise waiter.error
         return waiter.conn
@@ -373,9 +428,9 @@ class ConnectionPool:
                 with conn.cursor() as cur:
                     ext.cursor.execute(cur, "ROLLBACK")
             except psycopg2.Error:
-                return False     # the slot is freed by the caller, unlike psycopg2's own pool
+                return False  # the slot is freed by the caller, unlike psycopg2's own pool
             return conn.get_transaction_status() == _IDLE
-        return False             # ACTIVE or UNKNOWN: in the middle of something, or broken
+        return False  # ACTIVE or UNKNOWN: in the middle of something, or broken
 
     def _hand_over_locked(self, conn: Connection) -> None:
         """Give a ready connection to the first waiter, or make it idle."""
@@ -454,16 +509,18 @@ class ConnectionPool:
                 next_maintenance = time.monotonic() + tick
                 try:
                     self._maintain()
-                except Exception:   # the maintenance loop must outlive any single bad pass
+                except Exception:  # the maintenance loop must outlive any single bad pass
                     logger.exception("pool %r: maintenance failed", self.name)
 
     def _open_one(self) -> None:
         """Open one connection, retrying with exponential backoff and jitter while the database is down."""
         retrying = Retrying(
             retry=retry_if_exception_type(psycopg2.OperationalError),
-            wait=wait_exponential_jitter(multiplier=self.settings.reconnect_initial_delay,
-                                         max=self.settings.reconnect_max_delay,
-                                         jitter=self.settings.reconnect_initial_delay),
+            wait=wait_exponential_jitter(
+                multiplier=self.settings.reconnect_initial_delay,
+                max=self.settings.reconnect_max_delay,
+                jitter=self.settings.reconnect_initial_delay,
+            ),
             stop=lambda state: self._closed or not self._demand(),
             before_sleep=self._on_connect_failure,
             sleep=self._stopping.wait,
@@ -475,11 +532,11 @@ class ConnectionPool:
         except PoolClosed:
             pass
         except Exception as exc:  # OperationalError after the last retry, or anything unexpected:
-            if not isinstance(exc, psycopg2.OperationalError):   # a connector thread must never die
+            if not isinstance(exc, psycopg2.OperationalError):  # a connector thread must never die
                 logger.exception("pool %r: unexpected error while connecting", self.name)
             self._on_connect_failure(None, exc)
             with self._lock:
-                self._retry_at = 0.0     # nobody is retrying now; the next request tries again
+                self._retry_at = 0.0  # nobody is retrying now; the next request tries again
         finally:
             with self._lock:
                 self._opening -= 1
@@ -497,8 +554,12 @@ class ConnectionPool:
     def _connect(self) -> Connection:
         if self._closed:
             raise PoolClosed(f"pool {self.name!r} is closed")
-        conn = connect(self.dsn, connect_timeout=self.connect_timeout, io_timeout=self.settings.io_timeout(),
-                       statement_timeout_ms=self.settings.statement_timeout_ms)
+        conn = connect(
+            self.dsn,
+            connect_timeout=self.connect_timeout,
+            io_timeout=self.settings.io_timeout(),
+            statement_timeout_ms=self.settings.statement_timeout_ms,
+        )
         # Jitter, so connections made together do not all expire (or idle out) together.
         conn.expires_at = conn.created_at + self.settings.max_lifetime * random.uniform(0.9, 1.0)
         conn.max_idle = self.settings.max_idle * random.uniform(0.9, 1.0)
@@ -519,13 +580,20 @@ class ConnectionPool:
             self._count("connection_errors")
             if self._down_since is None:
                 self._down_since = time.monotonic()
-                logger.error("pool %r: cannot connect to the database (%d connection(s) still open): %s",
-                             self.name, self._size, message)
+                logger.error(
+                    "pool %r: cannot connect to the database (%d connection(s) still open): %s",
+                    self.name,
+                    self._size,
+                    message,
+                )
             self._last_error = message
             self._retry_at = time.monotonic() + delay
             if self._size == 0:
-                self._fail_waiters_locked(DatabaseUnavailable(
-                    f"database unavailable (pool {self.name!r}): {message}", retry_after=max(1, math.ceil(delay))))
+                self._fail_waiters_locked(
+                    DatabaseUnavailable(
+                        f"database unavailable (pool {self.name!r}): {message}", retry_after=max(1, math.ceil(delay))
+                    )
+                )
 
     def _maintain(self) -> None:
         """Recycle idle connections past their lifetime, shrink idle ones above min, report leaks."""
@@ -536,8 +604,7 @@ class ConnectionPool:
             # Oldest-used first (the left end), so shrinking removes the coldest connections.
             for conn in self._idle:
                 too_old = now >= conn.expires_at
-                too_idle = (now - conn.last_used > conn.max_idle
-                            and self._size - len(expired) > self.min_size)
+                too_idle = now - conn.last_used > conn.max_idle and self._size - len(expired) > self.min_size
                 if too_old or too_idle or conn.closed:
                     expired.append(conn)
                 else:
@@ -545,8 +612,11 @@ class ConnectionPool:
             self._idle = keep
             self._size -= len(expired)
             self._top_up_locked()
-            leaks = [(c, co) for c, co in self._in_use.items() if not co.warned and
-                     self.settings.leak_threshold > 0 and now - co.since > self.settings.leak_threshold]
+            leaks = [
+                (c, co)
+                for c, co in self._in_use.items()
+                if not co.warned and self.settings.leak_threshold > 0 and now - co.since > self.settings.leak_threshold
+            ]
             for _, checkout in leaks:
                 checkout.warned = True
         for conn in expired:
@@ -555,6 +625,11 @@ class ConnectionPool:
         for _, checkout in leaks:
             self._count("leaks")
             stack = "".join(reversed(checkout.frame.format())) if checkout.frame else "(no stack)\n"
-            logger.warning("pool %r: connection held for %.1f s by thread %s (leak threshold %.1f s); "
-                           "taken at:\n%s", self.name, now - checkout.since, checkout.thread,
-                           self.settings.leak_threshold, stack.rstrip())
+            logger.warning(
+                "pool %r: connection held for %.1f s by thread %s (leak threshold %.1f s); taken at:\n%s",
+                self.name,
+                now - checkout.since,
+                checkout.thread,
+                self.settings.leak_threshold,
+                stack.rstrip(),
+            )

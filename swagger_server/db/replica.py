@@ -15,6 +15,7 @@ costs no extra round trip, and returns it as `X-Consistency-Token`. The insert p
 write position: with synchronous_commit off the commit record may not be written out yet. A read that sends it back is served by
 the replica only once the replica has replayed that far.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,8 +48,12 @@ _LSN = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
 
 # Failures of a read on the replica that the primary may not have: the read is run again there.
 # A statement timeout (QueryCanceled) is not one of them: the primary would time out the same way.
-_RETRY_ON_PRIMARY = (PoolError, psycopg2.OperationalError, psycopg2.InterfaceError,
-                     psycopg2.errors.SerializationFailure)
+_RETRY_ON_PRIMARY = (
+    PoolError,
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
+    psycopg2.errors.SerializationFailure,
+)
 
 
 def parse_lsn(text: str | None) -> int:
@@ -73,18 +78,27 @@ class Replica:
         self.max_lag = settings.replica.max_lag
         self.interval = settings.replica.check_interval
         self.safe_dsn = settings.replica_database().safe_dsn()
-        self.pool = ConnectionPool(settings.replica_database().dsn(application_name), settings.replica_pool(),
-                                   connect_timeout=settings.database.connect_timeout, name="replica")
+        self.pool = ConnectionPool(
+            settings.replica_database().dsn(application_name),
+            settings.replica_pool(),
+            connect_timeout=settings.database.connect_timeout,
+            name="replica",
+        )
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.lag_s: float | None = None
         self.replay_lsn = 0
         self.in_recovery: bool | None = None
-        self.checked_at: float | None = None     # monotonic time of the last successful check
-        self.failed_at: float | None = None      # ... and of the last failure (check or read)
+        self.checked_at: float | None = None  # monotonic time of the last successful check
+        self.failed_at: float | None = None  # ... and of the last failure (check or read)
         self.last_error: str | None = None
-        self._counters = {"replica_reads": 0, "primary_reads": 0, "lag_checks": 0, "lag_check_errors": 0,
-                         "retried_on_primary": 0}
+        self._counters = {
+            "replica_reads": 0,
+            "primary_reads": 0,
+            "lag_checks": 0,
+            "lag_check_errors": 0,
+            "retried_on_primary": 0,
+        }
         self._fallbacks: dict[str, int] = {}
         self._thread = threading.Thread(target=self._monitor, daemon=True, name="replica-monitor")
         self._thread.start()
@@ -162,14 +176,13 @@ class Replica:
             self.last_error = _first_line(exc)
             self._counters["lag_check_errors"] += 1
         if was_up:
-            logger.warning("replica %s: lag check failed, reads go to the primary: %s", self.safe_dsn,
-                           _first_line(exc))
+            logger.warning("replica %s: lag check failed, reads go to the primary: %s", self.safe_dsn, _first_line(exc))
 
     def _monitor(self) -> None:
         while not self._stop.is_set():
             try:
                 self.check()
-            except Exception:                      # never let the monitor die: routing would go stale
+            except Exception:  # never let the monitor die: routing would go stale
                 logger.exception("replica lag check crashed")
             self._stop.wait(self.interval)
 
@@ -179,9 +192,12 @@ class Replica:
             now = time.monotonic()
             state = {
                 "lag_s": None if self.lag_s is None else round(self.lag_s, 3),
-                "max_lag_s": self.max_lag, "in_recovery": self.in_recovery,
+                "max_lag_s": self.max_lag,
+                "in_recovery": self.in_recovery,
                 "checked_s_ago": None if self.checked_at is None else round(now - self.checked_at, 3),
-                "last_error": self.last_error, **self._counters, "fallbacks": dict(self._fallbacks),
+                "last_error": self.last_error,
+                **self._counters,
+                "fallbacks": dict(self._fallbacks),
             }
         why = self.why_not()
         state["routing"] = "replica" if why is None else f"primary ({why})"

@@ -1,5 +1,6 @@
 """A user's flow with the openapi-generator Python SDK (package store_api_client).
 Env: BASE_URL (a live server), DOWN_URL (one whose database is unreachable), TOKEN. Prints OK."""
+
 import os
 import time
 
@@ -16,26 +17,29 @@ customer = customers.create_customer(sdk.NewCustomer(name="SDK User", email=f"sd
 assert isinstance(customer, sdk.Customer) and customer.id > 0
 assert customers.get_customer(customer.id).email == f"sdk-{stamp}@example.com"
 product = products.create_product(sdk.NewProduct(sku=f"SDK-{stamp}", name="SDK Widget", price_cents=250, stock=3))
-order = orders.create_order(sdk.NewOrder(customer_id=customer.id,
-                                         lines=[sdk.NewOrderLine(product_id=product.id, quantity=2)]))
+order = orders.create_order(
+    sdk.NewOrder(customer_id=customer.id, lines=[sdk.NewOrderLine(product_id=product.id, quantity=2)])
+)
 assert isinstance(order, sdk.Order) and order.total_cents == 500
 report = dashboard.get_dashboard(top=5)
 assert isinstance(report, sdk.Dashboard) and report.totals.orders >= 1
 
-try:                                                   # 409: the same email again
+try:  # 409: the same email again
     customers.create_customer(sdk.NewCustomer(name="Again", email=f"sdk-{stamp}@example.com"))
     raise AssertionError("expected a 409")
 except ConflictException as exc:
     assert exc.status == 409 and isinstance(exc.data, sdk.Problem), exc
     assert exc.data.type.endswith("/conflict") and exc.data.var_field == "email", exc.data
-try:                                                   # 409: more than the stock left (1)
-    orders.create_order(sdk.NewOrder(customer_id=customer.id, lines=[sdk.NewOrderLine(product_id=product.id, quantity=2)]))
+try:  # 409: more than the stock left (1)
+    orders.create_order(
+        sdk.NewOrder(customer_id=customer.id, lines=[sdk.NewOrderLine(product_id=product.id, quantity=2)])
+    )
     raise AssertionError("expected a 409")
 except ConflictException as exc:
     assert exc.data.type.endswith("/insufficient-stock"), exc.data
 
 down_client = sdk.ApiClient(sdk.Configuration(host=f"{down}/api", access_token=token))
-try:                                                   # 503: the database is unreachable
+try:  # 503: the database is unreachable
     sdk.CustomersApi(down_client).get_customer(1)
     raise AssertionError("expected a 503")
 except ServiceException as exc:

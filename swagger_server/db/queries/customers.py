@@ -1,6 +1,6 @@
 """SQL for customers. Every function takes the connection first and never commits."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 
 def get_customer(conn, customer_id: int) -> dict | None:
@@ -11,27 +11,36 @@ def get_customer(conn, customer_id: int) -> dict | None:
 
 def list_customers(conn, limit: int, after: int | None = None, search: str | None = None) -> list[dict]:
     """Up to `limit` customers with id > `after`, by id; `search` matches name or email, case-insensitive."""
-    pattern = None if search is None else "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    pattern = (
+        None if search is None else "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    )
     with conn.cursor() as cur:
-        cur.execute("SELECT id, name, email, created_at FROM customers"
-                    " WHERE id > %(after)s AND (%(pattern)s::text IS NULL OR name ILIKE %(pattern)s OR email ILIKE %(pattern)s)"
-                    " ORDER BY id LIMIT %(limit)s",
-                    {"after": after or 0, "pattern": pattern, "limit": limit})
+        cur.execute(
+            "SELECT id, name, email, created_at FROM customers"
+            " WHERE id > %(after)s AND (%(pattern)s::text IS NULL OR name ILIKE %(pattern)s OR email ILIKE %(pattern)s)"
+            " ORDER BY id LIMIT %(limit)s",
+            {"after": after or 0, "pattern": pattern, "limit": limit},
+        )
         return cur.all()
 
 
 def create_customer(conn, name: str, email: str) -> dict:
     """Insert a customer. Raises psycopg2.errors.UniqueViolation if the email is taken."""
     with conn.cursor() as cur:
-        cur.execute("INSERT INTO customers (name, email) VALUES (%s, %s) RETURNING id, name, email, created_at", (name, email))
+        cur.execute(
+            "INSERT INTO customers (name, email) VALUES (%s, %s) RETURNING id, name, email, created_at", (name, email)
+        )
         return cur.one()
 
 
 def update_customer(conn, customer_id: int, name: str | None, email: str | None) -> dict | None:
     """Change the given fields; None if no such customer. Raises UniqueViolation if the email is taken."""
     with conn.cursor() as cur:
-        cur.execute("UPDATE customers SET name = COALESCE(%s, name), email = COALESCE(%s, email)"
-                    " WHERE id = %s RETURNING id, name, email, created_at", (name, email, customer_id))
+        cur.execute(
+            "UPDATE customers SET name = COALESCE(%s, name), email = COALESCE(%s, email)"
+            " WHERE id = %s RETURNING id, name, email, created_at",
+            (name, email, customer_id),
+        )
         return cur.one()
 
 

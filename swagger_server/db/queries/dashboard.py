@@ -1,4 +1,5 @@
 """The sales dashboard: one query, one round trip, the whole report built as JSON by PostgreSQL."""
+
 from __future__ import annotations
 
 from datetime import date
@@ -7,7 +8,8 @@ from datetime import date
 def sales_report(conn, start: date, end: date, top: int) -> dict:
     """Totals, revenue per day, top customers and top products for orders placed on [start, end] (UTC days)."""
     with conn.cursor() as cur:
-        cur.execute("""
+        cur.execute(
+            """
             WITH o AS (
                 SELECT id, customer_id, total_cents, created_at FROM orders
                 WHERE created_at >= %(start)s::date::timestamp AT TIME ZONE 'UTC'
@@ -35,5 +37,7 @@ def sales_report(conn, start: date, end: date, top: int) -> dict:
                 'revenue_per_day', COALESCE((SELECT json_agg(per_day) FROM per_day), '[]'),
                 'top_customers', COALESCE((SELECT json_agg(top_customers) FROM top_customers), '[]'),
                 'top_products', COALESCE((SELECT json_agg(top_products) FROM top_products), '[]'))
-        """, {"start": start, "end": end, "top": top})
+        """,
+            {"start": start, "end": end, "top": top},
+        )
         return cur.fetchone()[0]

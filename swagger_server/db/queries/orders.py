@@ -1,4 +1,5 @@
 """SQL for orders. Placing an order is several statements; the caller runs them in one transaction."""
+
 from __future__ import annotations
 
 _ORDER_BY_ID = """
@@ -36,8 +37,11 @@ def find_by_idempotency_key(conn, client: str, key: str, ttl: float) -> dict | N
     """The order `client` placed with this key within the last `ttl` seconds (with its request
     fingerprint), or None."""
     with conn.cursor() as cur:
-        cur.execute("SELECT order_id AS id, request_hash FROM idempotency_keys WHERE client = %s AND key = %s"
-                    " AND created_at > now() - %s * interval '1 second'", (client, key, ttl))
+        cur.execute(
+            "SELECT order_id AS id, request_hash FROM idempotency_keys WHERE client = %s AND key = %s"
+            " AND created_at > now() - %s * interval '1 second'",
+            (client, key, ttl),
+        )
         return cur.one()
 
 
@@ -48,7 +52,8 @@ def remember_idempotency_key(conn, client: str, key: str, order_id: int, request
     same statement, so the table never grows beyond one TTL's worth of keys.
     """
     with conn.cursor() as cur:
-        cur.execute("""
+        cur.execute(
+            """
             WITH purge AS (
                 DELETE FROM idempotency_keys WHERE ctid IN (
                     SELECT ctid FROM idempotency_keys
@@ -62,15 +67,19 @@ def remember_idempotency_key(conn, client: str, key: str, order_id: int, request
                 SET order_id = EXCLUDED.order_id, request_hash = EXCLUDED.request_hash, created_at = now()
                 WHERE k.created_at < now() - %(ttl)s * interval '1 second'
             RETURNING order_id
-        """, {"client": client, "key": key, "order": order_id, "hash": request_hash, "ttl": ttl})
+        """,
+            {"client": client, "key": key, "order": order_id, "hash": request_hash, "ttl": ttl},
+        )
         return cur.fetchone() is not None
 
 
 def lock_products(conn, product_ids: list[int]) -> dict[int, dict]:
     """Lock the products' rows (in id order, so concurrent orders cannot deadlock); id -> row."""
     with conn.cursor() as cur:
-        cur.execute("SELECT id, price_cents, stock FROM products WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
-                    (sorted(product_ids),))
+        cur.execute(
+            "SELECT id, price_cents, stock FROM products WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+            (sorted(product_ids),),
+        )
         return {row["id"]: row for row in cur.all()}
 
 
@@ -83,7 +92,8 @@ def insert_order(conn, customer_id: int, lines: list[tuple[int, int, int]]) -> i
     quantities = [line[1] for line in lines]
     prices = [line[2] for line in lines]
     with conn.cursor() as cur:
-        cur.execute("""
+        cur.execute(
+            """
             WITH wanted AS (
                 SELECT * FROM unnest(%(ids)s::bigint[], %(qty)s::int[], %(price)s::int[]) AS w(product_id, quantity, price)
             ), stock AS (
@@ -98,5 +108,7 @@ def insert_order(conn, customer_id: int, lines: list[tuple[int, int, int]]) -> i
                 SELECT new_order.id, w.product_id, w.quantity, w.price FROM new_order, wanted w
             )
             SELECT id FROM new_order
-        """, {"ids": product_ids, "qty": quantities, "price": prices, "customer": customer_id})
+        """,
+            {"ids": product_ids, "qty": quantities, "price": prices, "customer": customer_id},
+        )
         return cur.fetchone()[0]

@@ -1,36 +1,51 @@
 """SQL for products. Every function takes the connection first and never commits."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 
 def get_product(conn, product_id: int) -> dict | None:
     with conn.cursor() as cur:
-        cur.execute("SELECT id, sku, name, price_cents, stock, created_at, updated_at FROM products WHERE id = %s", (product_id,))
+        cur.execute(
+            "SELECT id, sku, name, price_cents, stock, created_at, updated_at FROM products WHERE id = %s",
+            (product_id,),
+        )
         return cur.one()
 
 
 def list_products(conn, limit: int, after: int | None = None, in_stock: bool | None = None) -> list[dict]:
     with conn.cursor() as cur:
-        cur.execute("SELECT id, sku, name, price_cents, stock, created_at, updated_at FROM products WHERE id > %(after)s"
-                    " AND (%(in_stock)s::boolean IS NULL OR (stock > 0) = %(in_stock)s)"
-                    " ORDER BY id LIMIT %(limit)s", {"after": after or 0, "in_stock": in_stock, "limit": limit})
+        cur.execute(
+            "SELECT id, sku, name, price_cents, stock, created_at, updated_at FROM products WHERE id > %(after)s"
+            " AND (%(in_stock)s::boolean IS NULL OR (stock > 0) = %(in_stock)s)"
+            " ORDER BY id LIMIT %(limit)s",
+            {"after": after or 0, "in_stock": in_stock, "limit": limit},
+        )
         return cur.all()
 
 
 def create_product(conn, sku: str, name: str, price_cents: int, stock: int) -> dict:
     """Insert a product. Raises psycopg2.errors.UniqueViolation if the SKU is taken."""
     with conn.cursor() as cur:
-        cur.execute("INSERT INTO products (sku, name, price_cents, stock) VALUES (%s, %s, %s, %s)"
-                    " RETURNING id, sku, name, price_cents, stock, created_at, updated_at", (sku, name, price_cents, stock))
+        cur.execute(
+            "INSERT INTO products (sku, name, price_cents, stock) VALUES (%s, %s, %s, %s)"
+            " RETURNING id, sku, name, price_cents, stock, created_at, updated_at",
+            (sku, name, price_cents, stock),
+        )
         return cur.one()
 
 
 def update_product(conn, product_id: int, fields: dict) -> dict | None:
     """Change the given fields (name, price_cents, stock); None if no such product."""
     with conn.cursor() as cur:
-        cur.execute("UPDATE products SET name = COALESCE(%(name)s, name),"
-                    " price_cents = COALESCE(%(price_cents)s, price_cents), stock = COALESCE(%(stock)s, stock),"
-                    " updated_at = now() WHERE id = %(id)s RETURNING id, sku, name, price_cents, stock, created_at, updated_at",
-                    {"name": fields.get("name"), "price_cents": fields.get("price_cents"),
-                     "stock": fields.get("stock"), "id": product_id})
+        cur.execute(
+            "UPDATE products SET name = COALESCE(%(name)s, name),"
+            " price_cents = COALESCE(%(price_cents)s, price_cents), stock = COALESCE(%(stock)s, stock),"
+            " updated_at = now() WHERE id = %(id)s RETURNING id, sku, name, price_cents, stock, created_at, updated_at",
+            {
+                "name": fields.get("name"),
+                "price_cents": fields.get("price_cents"),
+                "stock": fields.get("stock"),
+                "id": product_id,
+            },
+        )
         return cur.one()
