@@ -20,7 +20,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from swagger_server.config import DATA_DIR, EMBEDDED_URL_FILE, ConfigError, load_settings, names_a_server  # noqa: E402
+from swagger_server.config import (  # noqa: E402
+    DATA_DIR,
+    EMBEDDED_URL_FILE,
+    ConfigError,
+    embedded_url,
+    load_settings,
+    names_a_server,
+)
 
 DATA = DATA_DIR
 
@@ -104,6 +111,14 @@ def main() -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    port = settings.server.port
+    if not port_free(settings.server.host, port):
+        print(f"port {port} is already in use: stop what listens there, or set PORT=... make run", file=sys.stderr)
+        return 2
+    running = embedded_url(env) if named is None else None
+    if running:
+        print(f"make run is already running here (its PostgreSQL: {running}); stop it first", file=sys.stderr)
+        return 2
     pg = None
     started: list = []  # the embedded server, as soon as it runs
     py = sys.executable
@@ -116,9 +131,6 @@ def main() -> int:
         else:
             say(f"using the database named by {named}: {settings.database.safe_dsn()}")
         port = settings.server.port
-        if not port_free(settings.server.host, port):
-            print(f"port {port} is already in use: stop what listens there, or set PORT=... make run", file=sys.stderr)
-            return 2
         for step in (["db", "upgrade"], ["db", "seed", "--if-empty"]):
             subprocess.run([py, "-m", "swagger_server", *step], env=env, cwd=ROOT, check=True)
         # Its own session: Ctrl-C reaches only us, and we stop gunicorn gracefully (SIGTERM), not abruptly.
