@@ -73,19 +73,27 @@ class Gunicorn:
         ]
         for drain in self._drains:
             drain.start()
-        wait_until(
-            lambda: healthy(self.base) or self.process.poll() is not None, timeout=20, message="gunicorn to serve"
-        )
-        if self.process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited: {self.output()}")
-        expected = int(env.get("WEB_CONCURRENCY", 2))
-        self.workers = wait_until(
-            lambda: (
-                len(psutil.Process(self.process.pid).children()) == expected
-                and [p.pid for p in psutil.Process(self.process.pid).children()]
-            ),
-            timeout=10,
-        )
+        try:
+            wait_until(
+                lambda: healthy(self.base) or self.process.poll() is not None, timeout=20, message="gunicorn to serve"
+            )
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited: {self.output()}")
+            expected = int(env.get("WEB_CONCURRENCY", 2))
+            self.workers = wait_until(
+                lambda: (
+                    len(psutil.Process(self.process.pid).children()) == expected
+                    and [p.pid for p in psutil.Process(self.process.pid).children()]
+                ),
+                timeout=10,
+            )
+        except BaseException:
+            # A server that did not come up is not left running behind the failed test.
+            try:
+                self.stop(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+            raise
 
     def _drain(self, stream) -> None:
         for line in stream:
