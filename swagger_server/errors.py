@@ -136,6 +136,13 @@ def problem_bytes(status: int, detail: str, headers: dict | None = None) -> tupl
     return raw, body
 
 
+async def send_problem(send, status: int, detail: str, headers: dict | None = None) -> None:
+    """Answer with that problem on a raw ASGI `send` (middleware that answers before Connexion)."""
+    raw, body = problem_bytes(status, detail, headers)
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def api_error(_request, exc: ApiError) -> ConnexionResponse:
     return problem(exc.status, exc.title, exc.detail, exc.kind, headers=exc.headers, **exc.extra)
 

@@ -14,7 +14,9 @@ body without a Content-Type is `415` (Connexion would otherwise hand the raw byt
 
 from __future__ import annotations
 
-from swagger_server.errors import PayloadTooLarge, problem_bytes
+from swagger_server.errors import PayloadTooLarge, send_problem
+
+_CLOSE = {"Connection": "close"}  # the rest of a refused body is never read
 
 
 class BodyLimit:
@@ -38,19 +40,20 @@ class BodyLimit:
                 content_type = value
         if declared is not None:
             if not declared.isdigit() or len(declared) > 18:
-                await self._answer(send, 400, "Content-Length must be a non-negative integer")
+                await send_problem(send, 400, "Content-Length must be a non-negative integer", _CLOSE)
                 return
             if int(declared) > self.max_bytes:
-                await self._answer(
+                await send_problem(
                     send,
                     413,
                     f"the request body may be at most {self.max_bytes} bytes; Content-Length says {int(declared)}",
+                    _CLOSE,
                 )
                 return
         has_body = chunked is not None or (declared is not None and int(declared) > 0)
         if has_body and content_type is None and scope["method"] in ("POST", "PUT", "PATCH"):
             # Without it, Connexion would hand the raw bytes to the handler as the body.
-            await self._answer(send, 415, "a request body needs Content-Type: application/json")
+            await send_problem(send, 415, "a request body needs Content-Type: application/json", _CLOSE)
             return
         if chunked is not None and declared is None:
             # Connexion reads a body only when Content-Length says there is one: read it here, up to the
@@ -62,7 +65,7 @@ class BodyLimit:
                     return  # the client went away
                 size += len(message.get("body", b""))
                 if size > self.max_bytes:
-                    await self._answer(send, 413, f"the request body may be at most {self.max_bytes} bytes")
+                    await send_problem(send, 413, f"the request body may be at most {self.max_bytes} bytes", _CLOSE)
                     return
                 messages.append(message)
                 if not message.get("more_body", False):
@@ -81,17 +84,11 @@ class BodyLimit:
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise PayloadTooLarge(
-                        f"the request body may be at most {limit} bytes", field="body", headers={"Connection": "close"}
+                        f"the request body may be at most {limit} bytes", field="body", headers=_CLOSE
                     )
             return message
 
         await self.app(scope, counted_receive, send)
-
-    @staticmethod
-    async def _answer(send, status: int, detail: str) -> None:
-        headers, body = problem_bytes(status, detail, {"Connection": "close"})
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
 
 
 def _replay(messages: list, receive):

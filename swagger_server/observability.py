@@ -38,7 +38,7 @@ from prometheus_client import (
 )
 
 from swagger_server.db.pool import EVENTS
-from swagger_server.errors import excerpt, problem_bytes
+from swagger_server.errors import excerpt, send_problem
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Metric labels take the method only from this set (anything else is "other"): a client cannot make
@@ -243,7 +243,7 @@ class Observability:
                 if on_metrics_port and scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD"):
                     await self._serve_metrics(scope, send)
                 else:
-                    await _answer(send, 404, "no such resource")
+                    await send_problem(send, 404, "no such resource")
                 return
         elif scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD"):
             await self._serve_metrics(scope, send)
@@ -304,7 +304,7 @@ class Observability:
         if self.metrics_token:
             given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
             if not hmac.compare_digest(given[:7].lower() + given[7:], self.metrics_token):
-                await _answer(
+                await send_problem(
                     send,
                     401,
                     "GET /metrics needs the metrics bearer token",
@@ -323,12 +323,6 @@ class Observability:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-async def _answer(send, status: int, detail: str, headers: dict | None = None) -> None:
-    raw, body = problem_bytes(status, detail, headers)
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
 
 
 def _request_id(scope) -> str:

@@ -7,20 +7,18 @@ database layer needs to know which kind it holds.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
-from collections.abc import Iterator
 
 import psycopg2
 
 from swagger_server.config import PoolSettings
 from swagger_server.db.connection import Connection, connect, install_wait_callback
 from swagger_server.db.errors import DatabaseUnavailable, PoolClosed
-from swagger_server.db.pool import COUNTERS
+from swagger_server.db.pool import COUNTERS, PoolVerbs
 
 
-class NullPool:
+class NullPool(PoolVerbs):
     """Connection per checkout. `getconn()` connects (DatabaseUnavailable if it cannot); `putconn()` closes."""
 
     holds_connections = False  # the start-up budget check has nothing to count
@@ -65,14 +63,6 @@ class NullPool:
         self._count("connections_closed")
         if not conn.closed:
             conn.close()
-
-    @contextlib.contextmanager
-    def connection(self, timeout: float | None = None) -> Iterator[Connection]:
-        conn = self.getconn(timeout)
-        try:
-            yield conn
-        finally:
-            self.putconn(conn)
 
     def close(self, timeout: float = 5.0) -> None:
         self._closed = True

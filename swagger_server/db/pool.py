@@ -124,7 +124,20 @@ COUNTERS = (
 EVENTS = tuple(name for name in COUNTERS if name not in ("requests", "wait_ms"))
 
 
-class ConnectionPool:
+class PoolVerbs:
+    """What every pool offers on top of its own `getconn` and `putconn`."""
+
+    @contextlib.contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[Connection]:
+        """`with pool.connection() as conn:` a connection for the block, given back however it ends."""
+        conn = self.getconn(timeout)
+        try:
+            yield conn
+        finally:
+            self.putconn(conn)
+
+
+class ConnectionPool(PoolVerbs):
     """A bounded, thread-safe pool of `Connection`s for one process.
 
     `getconn()` waits up to `settings.timeout`; `putconn()` resets and returns; `close()` is idempotent.
@@ -224,15 +237,6 @@ class ConnectionPool:
                     )
                 continue
             return self._wait(waiter, start, deadline)
-
-    @contextlib.contextmanager
-    def connection(self, timeout: float | None = None) -> Iterator[Connection]:
-        """`with pool.connection() as conn:` a connection for the block, given back however it ends."""
-        conn = self.getconn(timeout)
-        try:
-            yield conn
-        finally:
-            self.putconn(conn)
 
     def putconn(self, conn: Connection) -> None:
         """Give a connection back: roll back an open transaction, discard a broken or expired one."""
