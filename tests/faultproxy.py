@@ -11,15 +11,13 @@ import asyncio
 import threading
 import time
 
-from swagger_server.db.embedded import free_port
-
 
 class FaultProxy:
     """Listens on 127.0.0.1:`port` and forwards to `target`. Thread-safe controls; runs its own loop."""
 
     def __init__(self, target_host: str, target_port: int, port: int | None = None):
         self.target = (target_host, target_port)
-        self.port = port or free_port()
+        self.port = port or 0  # 0: the kernel picks a free one when the proxy listens (no race)
         self.blackhole = False  # True: accept and read, never forward, never answer
         self.delay = 0.0  # seconds added one way, so a round trip costs 2 * delay more
         self.round_trips = 0
@@ -46,10 +44,15 @@ class FaultProxy:
     # -- internals --------------------------------------------------------------------------------
     async def _listen(self):
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
 
     async def _shutdown(self):
         self._server.close()
         await self._cut()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _cut(self):
         for writer in list(self._writers):

@@ -7,6 +7,7 @@ came from the replica.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -15,6 +16,7 @@ from swagger_server import create_app, get_database
 from swagger_server.db.budget import BudgetExceeded, check_connection_budget
 from swagger_server.db.replica import parse_lsn
 from tests.conftest import AUTH, TEST_DB, admin_connect, make_settings, query
+from tests.faultproxy import FaultProxy
 from tests.helpers import wait_until
 
 
@@ -42,7 +44,10 @@ def replica_admin(replica_server):
 
 
 def caught_up(replica_admin, db) -> bool:
-    primary_lsn = query(db, "SELECT pg_current_wal_insert_lsn()::text")[0][0]
+    # The flush position, not the insert position: on an idle primary whose last record ended on a
+    # page boundary, the insert position already counts the next page's header, which no record
+    # will reach until something else is written, so "caught up" would never come.
+    primary_lsn = query(db, "SELECT pg_current_wal_flush_lsn()::text")[0][0]
     replayed = query(replica_admin, "SELECT pg_last_wal_replay_lsn()::text")[0][0]
     return parse_lsn(replayed) >= parse_lsn(primary_lsn)
 
@@ -176,37 +181,114 @@ def test_budget_check_covers_the_replica(database_url, replica_server):
     assert check_connection_budget(fits).needed == 4
 
 
+def test_a_read_cut_off_mid_query_on_the_replica_is_run_again_on_the_primary(
+    database_url, replica_server, store, replica_admin
+):
+    """Reads in flight on the replica when its link drops: each fails mid-query and is answered by
+    the primary (fallback `error`), none with an error. A proxy adds 0.2 s each way, so the reads are
+    still waiting for their answers when the link is cut."""
+    wait_until(lambda: caught_up(replica_admin, store), timeout=10)
+    proxy = FaultProxy("127.0.0.1", replica_server.port).start()
+    proxied = f"postgresql://postgres@127.0.0.1:{proxy.port}/{TEST_DB}"
+    app = make_app(database_url, replica_server, url=proxied, check_interval=30, min_connections=3)
+    replica = get_database(app).replica
+    statuses: list[int] = []
+    errors: list[BaseException] = []
+    try:
+        wait_until(lambda: replica.why_not() is None and replica.pool.stats()["idle"] == 3, timeout=10)
+        proxy.delay = 0.2
+        with app.test_client(headers=AUTH) as client:
+            assert client.get("/api/customers/1").status_code == 200  # routes registered, one thread
+            before = replica.stats()["replica_reads"]
+
+            def reader():
+                try:
+                    statuses.append(app.test_client(headers=AUTH).get("/api/customers/1").status_code)
+                except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=reader) for _ in range(3)]
+            for thread in threads:
+                thread.start()
+            wait_until(lambda: replica.pool.stats()["in_use"] == 3, message="three reads in flight on the replica")
+            proxy.cut()
+            for thread in threads:
+                thread.join(30)
+        assert errors == [] and statuses == [200, 200, 200]
+        stats = replica.stats()
+        assert stats["fallbacks"].get("error") == 3 and stats["retried_on_primary"] == 3, stats
+        assert stats["replica_reads"] == before  # all three counted where they were served: the primary
+        assert replica.why_not() == "down"  # until the monitor's next check succeeds
+    finally:
+        get_database(app).close(timeout=2)
+        proxy.stop()
+
+
 def test_reads_survive_the_replica_going_down_and_return_to_it(database_url, replica_server, store, replica_admin):
-    """Last in this module: stops the replica. Every read answers 200, before, during and after."""
+    """Last in this module: stops the replica. Every read answers 200, before, during and after.
+
+    The monitor checks only every 30 s here, so it cannot mark the replica down first: reads run
+    from four threads at once on the replica pool's connections just after they were killed, and
+    each one that fails there is run again on the primary (fallback `error`). Only then is the
+    monitor's check run, which sees the replica down; after a restart, the next check sends reads
+    back to it.
+    """
     wait_until(lambda: caught_up(replica_admin, store), timeout=10)
     replica_admin.close()
-    app = make_app(database_url, replica_server)
+    app = make_app(database_url, replica_server, check_interval=30)
     replica = get_database(app).replica
-    statuses = []
+    statuses: list[int] = []
+    errors: list[BaseException] = []
+
+    def read(client):
+        statuses.append(client.get("/api/customers/1").status_code)
+        statuses.append(client.get("/api/dashboard?from=2026-01-01&to=2026-01-31").status_code)
+
+    def concurrently(rounds: int):
+        def reader():
+            try:
+                client = app.test_client(headers=AUTH)
+                for _ in range(rounds):
+                    read(client)
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=reader) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == [] and not any(thread.is_alive() for thread in threads)
+
     try:
         wait_until(lambda: replica.why_not() is None, timeout=10)
+        # One client context for the whole test (leaving it shuts the app down, pools included);
+        # the reader threads use clients of their own inside it.
         with app.test_client(headers=AUTH) as client:
-
-            def read():
-                statuses.append(client.get("/api/customers/1").status_code)
-                statuses.append(client.get("/api/dashboard?from=2026-01-01&to=2026-01-31").status_code)
-
-            for _ in range(5):
-                read()
-            assert replica.stats()["pool"]["size"] >= 1  # the replica pool holds connections
-            replica_server.stop("immediate")  # they are now dead
-            read()  # before the monitor notices
-            wait_until(lambda: replica.why_not() == "down", timeout=10)
-            for _ in range(5):
-                read()
-            assert replica.stats()["fallbacks"].get("down", 0) >= 5
+            read(client)  # Connexion registers its routes on the first request: not from four threads at once
+            concurrently(3)
+            assert replica.stats()["pool"]["size"] >= 2  # the replica pool holds connections
+            assert replica.stats()["fallbacks"] == {}
+            replica_server.stop("immediate")  # they are now dead, and the monitor does not know
+            assert replica.why_not() is None
+            concurrently(2)
+            stats = replica.stats()
+            assert stats["fallbacks"].get("error", 0) >= 1, stats  # failed on the replica, served by the primary
+            assert stats["retried_on_primary"] == stats["fallbacks"]["error"]
+            assert stats["lag_check_errors"] == 0  # the monitor had not run: the reads found it
+            replica.check()  # what the monitor runs every check_interval
+            assert replica.why_not() == "down" and replica.stats()["lag_check_errors"] == 1
+            before = replica.stats()["fallbacks"].get("down", 0)
+            for _ in range(3):
+                read(client)
+            assert replica.stats()["fallbacks"].get("down", 0) == before + 6
             body = client.get("/api/health/db", headers=AUTH).json()
             assert body["replica"]["routing"] == "primary (down)"
             assert body["status"] == "warning"  # reads are served: not an error
             replica_server.start()
-            wait_until(lambda: replica.why_not() is None, timeout=30)
+            wait_until(lambda: replica.check() or replica.why_not() is None, timeout=30, interval=0.2)
             before = replica.stats()["replica_reads"]
-            read()
+            read(client)
             assert replica.stats()["replica_reads"] == before + 2
         assert statuses and set(statuses) == {200}, statuses
         stats = replica.stats()  # each read counted once, where it was finally served

@@ -1,0 +1,88 @@
+"""Mutations: each breaks one guarantee in the source, and the test named for it must then fail.
+
+`make mutations` applies them one at a time to a scratch copy of the tree (never to the working
+tree), runs the named tests there, and reports any mutation that the tests did not catch ("survived").
+Exit code 1 if one survived. Each entry: the guarantee, the file, the exact text replaced, its
+replacement, and the pytest node ids that must fail.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutation:
+    guarantee: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTATIONS = [
+    Mutation(
+        "a read that fails on the replica is run again on the primary",
+        "swagger_server/db/replica.py",
+        "return isinstance(exc, _RETRY_ON_PRIMARY) and not",
+        "return False and not",
+        ("tests/test_replica.py::test_a_read_cut_off_mid_query_on_the_replica_is_run_again_on_the_primary",),
+    ),
+    Mutation(
+        "a replica connection that cannot be had (killed, server down) sends the read to the primary",
+        "swagger_server/request_scope.py",
+        "            replica.failed(exc)\n            return None",
+        "            raise",
+        ("tests/test_replica.py::test_reads_survive_the_replica_going_down_and_return_to_it",),
+    ),
+]
+
+
+def run(mutation: Mutation, python: str) -> tuple[bool, float, str]:
+    """Apply `mutation` in a scratch copy; True if the tests failed (the mutation was caught)."""
+    with tempfile.TemporaryDirectory(prefix="mutation-") as scratch:
+        tree = Path(scratch) / "tree"
+        shutil.copytree(
+            ROOT, tree, ignore=shutil.ignore_patterns(".venv", ".git", ".data", "build", "node_modules", ".*cache*")
+        )
+        target = tree / mutation.path
+        text = target.read_text()
+        if text.count(mutation.old) != 1:
+            return False, 0.0, f"the text to replace is not in {mutation.path} exactly once"
+        target.write_text(text.replace(mutation.old, mutation.new))
+        began = time.monotonic()
+        result = subprocess.run(
+            [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutation.tests],
+            cwd=tree,
+            capture_output=True,
+            text=True,
+        )
+        lines = (result.stdout + result.stderr).strip().splitlines()
+        summary = [line for line in lines if " passed" in line or " failed" in line or " error" in line]
+        return result.returncode == 1, time.monotonic() - began, (summary or lines or [""])[-1]
+
+
+def main(argv: list[str]) -> int:
+    chosen = [m for m in MUTATIONS if not argv or any(a in m.guarantee or a in " ".join(m.tests) for a in argv)]
+    survived = 0
+    for mutation in chosen:
+        caught, seconds, tail = run(mutation, sys.executable)
+        survived += not caught
+        print(
+            f"{'caught  ' if caught else 'SURVIVED'} {seconds:5.1f}s  {mutation.guarantee}\n          {tail}",
+            flush=True,
+        )
+    print(f"{len(chosen) - survived}/{len(chosen)} mutations caught")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
