@@ -179,3 +179,20 @@ def anon(app):
 def pool(app):
     """The app's pool in this process (opened now)."""
     return get_database(app).pool
+
+
+# -- under CI, a skip is a failure --------------------------------------------------------------------
+def _ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With CI=true a test that would skip (no Chromium, no PgBouncer, an unrestartable server)
+    fails instead: CI must prove the browser and PgBouncer claims, not pass them quietly."""
+    report = yield
+    if _ci() and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which fails the run instead: {reason}"
+    return report
