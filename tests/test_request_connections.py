@@ -6,6 +6,7 @@ import time
 import pytest
 
 from swagger_server import create_app, get_database
+from swagger_server.db.connection import Cursor
 from swagger_server.request_scope import get_conn
 from tests.conftest import AUTH, make_settings, query
 from tests.helpers import wait_until
@@ -20,10 +21,35 @@ def test_same_connection_for_the_whole_request(app, pool):
     assert not first.closed  # returned to the pool, not closed
 
 
+class _RecordingCursor(Cursor):
+    """The app's own cursor class, also noting which backend ran each statement."""
+
+    ran: list[tuple[int, str]] = []
+
+    def execute(self, query, vars=None):
+        _RecordingCursor.ran.append((self.connection.backend_pid, str(query)))
+        return super().execute(query, vars)
+
+
 def test_a_request_with_two_queries_takes_one_connection(client, store, pool):
+    # Every connection the pool has, with a cursor that records what runs on it.
+    conns = [pool.getconn() for _ in range(pool.max_size)]
+    for conn in conns:
+        conn.cursor_factory = _RecordingCursor
+        pool.putconn(conn)
+    _RecordingCursor.ran = []
     before = pool.stats()["requests"]
-    # An empty page of orders makes the handler also look the customer up: two queries.
-    assert client.get("/api/customers/2/orders").status_code == 200
+    try:
+        # An empty page of orders makes the handler also look the customer up: two queries.
+        response = client.get("/api/customers/2/orders")
+    finally:
+        for conn in conns:
+            conn.cursor_factory = Cursor
+    assert response.status_code == 200 and response.json()["items"] == []
+    ran = _RecordingCursor.ran
+    assert len(ran) == 2, ran
+    assert "FROM orders" in ran[0][1] and "FROM customers" in ran[1][1], ran
+    assert ran[0][0] == ran[1][0]  # the same backend: one connection
     assert pool.stats()["requests"] == before + 1
 
 
@@ -45,21 +71,27 @@ def test_connection_returned_and_rolled_back_when_the_handler_raises(app, client
     assert query(store, "SELECT count(*) FROM customers WHERE email = 'half@example.com'") == [(0,)]
 
 
-def test_exhausted_pool_answers_503_with_retry_after_after_the_timeout(client, store, pool):
+def test_exhausted_pool_answers_503_with_retry_after_after_the_timeout(database_url, store):
+    app = create_app(make_settings(database_url, pool={"timeout": 2.0}))
+    pool = get_database(app).pool
     held = [pool.getconn() for _ in range(pool.max_size)]
     try:
-        start = time.monotonic()
-        response = client.get("/api/customers/1")
-        elapsed = time.monotonic() - start
+        with app.test_client(headers=AUTH) as client:
+            try:
+                start = time.monotonic()
+                response = client.get("/api/customers/1")
+                elapsed = time.monotonic() - start
+            finally:
+                for conn in held:
+                    pool.putconn(conn)
+            assert response.status_code == 503
+            assert response.headers["retry-after"] == "1"
+            assert response.json()["type"] == "/api/problems/pool-exhausted"
+            assert 2.0 <= elapsed <= 2.0 * 1.1, elapsed  # the pool timeout, +10 %
+            assert pool.stats()["timeouts"] == 1
+            assert client.get("/api/customers/1").status_code == 200
     finally:
-        for conn in held:
-            pool.putconn(conn)
-    assert response.status_code == 503
-    assert response.headers["retry-after"] == "1"
-    assert response.json()["type"] == "/api/problems/pool-exhausted"
-    assert 1.0 <= elapsed <= 1.1 * 1.0 + 0.05, elapsed  # pool timeout 1 s, +10% (+ request overhead)
-    assert pool.stats()["timeouts"] == 1
-    assert client.get("/api/customers/1").status_code == 200
+        get_database(app).close(timeout=2)
 
 
 def test_mode_none_opens_and_closes_a_connection_per_request(database_url, store):
@@ -83,7 +115,10 @@ def test_mode_none_opens_and_closes_a_connection_per_request(database_url, store
 def test_the_pool_is_made_per_process(app, pool):
     """A pool never crosses a fork: the child gets its own, and the parent's is refused there."""
     read, write = os.pipe()
-    child = os.fork()
+    # Fork while this thread holds the pool's lock: no pool thread can be holding it (or be halfway
+    # through what it guards) at the fork, and the child, where this thread goes on, releases it.
+    with pool._lock:
+        child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
         code = 1
         try:
@@ -115,8 +150,29 @@ def test_the_pool_is_made_per_process(app, pool):
     pool.putconn(conn)
 
 
-@pytest.mark.parametrize("path", ["/api/customers?limit=0", "/api/customers/abc", "/api/nope"])
-def test_rejected_requests_take_no_connection(client, pool, path):
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "status"),
+    [
+        ("GET", "/api/customers?limit=0", AUTH, 400),  # invalid query
+        ("GET", "/api/customers/abc", AUTH, 404),  # not an id: no such route
+        ("GET", "/api/nope", AUTH, 404),
+        ("GET", "/api/customers/1", {}, 401),  # no token
+        ("GET", "/api/customers/1", {"Authorization": "Bearer wrong"}, 401),
+        ("DELETE", "/api/products", AUTH, 405),
+        (
+            "OPTIONS",  # a CORS preflight, answered by the CORS middleware
+            "/api/customers",
+            {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"},
+            200,
+        ),
+        ("POST", "/api/customers", {**AUTH, "Content-Type": "text/plain"}, 415),
+    ],
+)
+def test_rejected_requests_take_no_connection(app, pool, method, path, headers, status):
     before = pool.stats()["requests"]
-    assert client.get(path).status_code in (400, 404)
+    with app.test_client() as client:
+        response = client.request(method, path, headers=headers, content=b"x" if method == "POST" else None)
+    assert response.status_code == status, response.text
+    if method == "OPTIONS":
+        assert response.headers["access-control-allow-origin"] == "http://localhost:3000"
     assert pool.stats()["requests"] == before
