@@ -43,6 +43,65 @@ MUTATIONS = [
         "            raise",
         ("tests/test_replica.py::test_reads_survive_the_replica_going_down_and_return_to_it",),
     ),
+    Mutation(
+        "a connection whose rollback fails frees its slot",
+        "swagger_server/db/pool.py",
+        """        if not self._reset(conn):
+            self._forget(conn, "broken on return")
+            return""",
+        """        if not self._reset(conn):
+            return""",
+        ("tests/test_pool.py::test_a_connection_whose_rollback_fails_frees_its_slot",),
+    ),
+    Mutation(
+        "min connections are kept however long they idle",
+        "swagger_server/db/pool.py",
+        "too_idle = now - conn.last_used > conn.max_idle and self._size - len(expired) > self.min_size",
+        "too_idle = now - conn.last_used > conn.max_idle",
+        ("tests/test_pool.py::test_min_connections_are_kept_warm",),
+    ),
+    Mutation(
+        "lifetimes are jittered per connection",
+        "swagger_server/db/pool.py",
+        "self.settings.max_lifetime * random.uniform(0.9, 1.0)",
+        "self.settings.max_lifetime * 0.95",
+        ("tests/test_pool.py::test_lifetime_and_idle_limits_are_jittered_per_connection",),
+    ),
+    Mutation(
+        "a dead idle connection is found by its socket, without a ping",
+        "swagger_server/db/pool.py",
+        "            if select.select([conn.fileno()], [], [], 0)[0]:\n                return False",
+        "            if False:\n                return False",
+        ("tests/test_faults.py::test_killed_idle_backends_cost_zero_errors",),
+    ),
+    Mutation(
+        "a hot connection is handed out without a round trip",
+        "swagger_server/db/pool.py",
+        "if now - conn.last_used > self.settings.check_idle_after:",
+        "if True:",
+        ("tests/test_faults.py::test_killed_idle_backends_cost_zero_errors",),
+    ),
+    Mutation(
+        "a dead worker's gauges are dropped",
+        "gunicorn.conf.py",
+        "    multiprocess.mark_process_dead(worker.pid)",
+        "    pass",
+        ("tests/test_observability.py::test_a_dead_workers_gauges_are_dropped",),
+    ),
+    Mutation(
+        "X-Request-ID is kept up to 128 characters, no more",
+        "swagger_server/observability.py",
+        '_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\\-]{1,128}$")',
+        '_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\\-]{1,256}$")',
+        ("tests/test_observability.py::test_request_id_is_generated_when_missing_or_malformed",),
+    ),
+    Mutation(
+        "the access log records the method",
+        "swagger_server/observability.py",
+        '                    "method": method,',
+        '                    "method": "GET",',
+        ("tests/test_observability.py::test_metrics_aggregate_every_worker_and_logs_say_one_line_per_request",),
+    ),
 ]
 
 

@@ -66,10 +66,11 @@ class Gunicorn:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.process = start_gunicorn(gunicorn_env(database_url, self.port, **env))
-        self._output: list[str] = []
+        self._output: list[str] = []  # both streams, in the order lines arrived
+        self._stdout: list[str] = []
         self._drains = [
-            threading.Thread(target=self._drain, args=(stream,), daemon=True)
-            for stream in (self.process.stdout, self.process.stderr)
+            threading.Thread(target=self._drain, args=(stream, mine), daemon=True)
+            for stream, mine in ((self.process.stdout, self._stdout), (self.process.stderr, None))
         ]
         for drain in self._drains:
             drain.start()
@@ -95,12 +96,18 @@ class Gunicorn:
                 self.process.kill()
             raise
 
-    def _drain(self, stream) -> None:
+    def _drain(self, stream, mine: list[str] | None) -> None:
         for line in stream:
             self._output.append(line)
+            if mine is not None:
+                mine.append(line)
 
     def output(self) -> str:
         return "".join(self._output)
+
+    def stdout(self) -> str:
+        """What gunicorn wrote on stdout alone (the access log's stream)."""
+        return "".join(self._stdout)
 
     def stop(self, timeout: float = 30) -> tuple[int, str]:
         """SIGTERM (graceful), wait; return the exit code and everything gunicorn printed."""

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import psycopg2
 import pytest
 import requests
@@ -60,8 +64,8 @@ def test_metrics_aggregate_every_worker_and_logs_say_one_line_per_request(two_wo
         # A new connection each time, from 8 threads at once: both workers answer.
         return requests.get(f"{base}/api/customers/1", headers={**AUTH, "X-Request-ID": f"test-{i}"}, timeout=10)
 
-    def ours():
-        return [e for e in access_lines(two_workers.output()) if e["request_id"].startswith("test-")]
+    def ours():  # the access lines of this test's requests, from stdout alone
+        return [e for e in access_lines(two_workers.stdout()) if e["request_id"].startswith("test-")]
 
     # Rounds of 40 until both workers have answered: which worker accepts a connection is the
     # kernel's choice, and on a loaded machine one worker can take a whole round.
@@ -101,12 +105,16 @@ def test_metrics_aggregate_every_worker_and_logs_say_one_line_per_request(two_wo
     for event in ("timeouts", "connection_errors", "reconnects", "connections_opened"):
         assert ("store_api_pool_events_total", (("event", event), ("pool", "primary"))) in samples
 
-    # One JSON line per request: the ids sent, both workers, operation, status, duration, pool wait.
+    # One JSON line per request on stdout (none on stderr): the ids sent, both workers, method, path,
+    # operation, status, duration, and the pool wait as a part of the duration.
     lines = ours()
     assert sorted(e["request_id"] for e in lines) == sorted(f"test-{i}" for i in range(sent))
-    assert {e["operation"] for e in lines} == {"get_customer"}
-    assert {e["status"] for e in lines} == {200}
-    assert all(e["duration_ms"] > 0 and e["pool_wait_ms"] is not None and e["db"] == "primary" for e in lines)
+    everywhere = [e for e in access_lines(two_workers.output()) if e["request_id"].startswith("test-")]
+    assert len(everywhere) == len(lines)  # the combined output holds no more: nothing went to stderr
+    assert {(e["method"], e["path"], e["operation"], e["status"], e["db"]) for e in lines} == {
+        ("GET", "/api/customers/1", "get_customer", 200, "primary")
+    }
+    assert all(0 < e["duration_ms"] and 0 <= e["pool_wait_ms"] <= e["duration_ms"] for e in lines), lines[:3]
     assert {e["pid"] for e in lines} == set(two_workers.workers)
 
 
@@ -143,6 +151,11 @@ def test_request_id_is_generated_when_missing_or_malformed(two_workers):
     assert re.fullmatch(r"[0-9a-f]{32}", generated)
     replaced = requests.get(f"{two_workers.base}/api/health", headers={"X-Request-ID": "bad id\t!"}, timeout=5)
     assert re.fullmatch(r"[0-9a-f]{32}", replaced.headers["X-Request-ID"])
+    longest = "a:b.c-D_" * 16  # 128 characters of the allowed set: kept
+    kept = requests.get(f"{two_workers.base}/api/health", headers={"X-Request-ID": longest}, timeout=5)
+    assert kept.headers["X-Request-ID"] == longest
+    too_long = requests.get(f"{two_workers.base}/api/health", headers={"X-Request-ID": longest + "x"}, timeout=5)
+    assert re.fullmatch(r"[0-9a-f]{32}", too_long.headers["X-Request-ID"])
     # Also on error answers rendered by Connexion (a 404 problem) and by the app (a 401).
     assert "X-Request-ID" in requests.get(f"{two_workers.base}/api/nowhere", timeout=5).headers
     assert (
@@ -225,3 +238,73 @@ def test_make_run_logs_one_short_line_per_request_for_a_person(database_url):
     assert any(re.fullmatch(r"\d\d:\d\d:\d\d GET +/api/health 200 [\d.]+ ms", line) for line in lines), lines
     assert all(len(line) < 120 and not line.startswith("{") for line in lines), lines
     assert "BadRequestProblem" not in output and "OAuthProblem" not in output
+
+
+def test_access_log_false_writes_no_request_lines_but_still_counts(database_url, store):
+    server = Gunicorn(database_url, WEB_CONCURRENCY=1, ACCESS_LOG="false")
+    try:
+        before = value(
+            scrape(server.base), "store_api_requests_total", method="GET", operation="get_customer", status="200"
+        )
+        for _ in range(5):
+            assert requests.get(f"{server.base}/api/customers/1", headers=AUTH, timeout=5).status_code == 200
+        after = value(
+            scrape(server.base), "store_api_requests_total", method="GET", operation="get_customer", status="200"
+        )
+    finally:
+        _, output = server.stop()
+    assert after - before == 5
+    assert access_lines(output) == [] and '"store_api.access"' not in output
+
+
+def test_a_scrape_is_answered_while_every_handler_thread_is_busy(database_url, store):
+    """One worker, one handler thread, held by a request waiting on a lock: /metrics still answers
+    at once (it is served before the handler threads), and shows the held connection."""
+    server = Gunicorn(database_url, WEB_CONCURRENCY=1, WEB_THREADS=1, DB_POOL_TIMEOUT=5, DB_STATEMENT_TIMEOUT_MS=10_000)
+    locker = psycopg2.connect(database_url)
+    try:
+        with locker.cursor() as cur:
+            cur.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
+            held = threading.Thread(
+                target=requests.get, args=(f"{server.base}/api/customers/1",), kwargs={"headers": AUTH, "timeout": 20}
+            )
+            held.start()
+            wait_until(
+                lambda: cur.execute("SELECT count(*) FROM pg_locks WHERE NOT granted") or cur.fetchone()[0] > 0,
+                message="the only handler thread to wait on the lock",
+            )
+            # A request to the API now waits for the thread (up to the 5 s pool timeout); a scrape does not.
+            samples = scrape(server.base)  # its own timeout is 5 s
+            assert value(samples, "store_api_pool_connections", pool="primary", state="in_use") == 1
+        locker.rollback()
+        held.join(20)
+    finally:
+        locker.close()
+        server.stop()
+
+
+def test_a_dead_workers_gauges_are_dropped(database_url):
+    """A worker killed with SIGKILL is replaced; the gauges sum the two live workers (max 2 x 4 = 8),
+    not the dead one's last values too (which would make 12)."""
+    server = Gunicorn(database_url, WEB_CONCURRENCY=2, DB_POOL_MAX_CONNECTIONS=4)
+    try:
+        assert wait_until(
+            lambda: value(scrape(server.base), "store_api_pool_connections", pool="primary", state="max") == 8,
+            message="both workers in the gauges",
+        )
+        victim = server.workers[0]
+        os.kill(victim, signal.SIGKILL)
+        master = psutil.Process(server.process.pid)
+        replacement = wait_until(
+            lambda: (
+                [p for p in master.children() if p.pid not in server.workers] if len(master.children()) == 2 else []
+            ),
+            timeout=20,
+            message="gunicorn to replace the killed worker",
+        )[0]
+        # Once the replacement has been up for over two sync intervals it has written its own gauges.
+        wait_until(lambda: time.time() - replacement.create_time() > 2.5, timeout=10, message="two sync intervals")
+        samples = scrape(server.base)
+        assert value(samples, "store_api_pool_connections", pool="primary", state="max") == 8
+    finally:
+        server.stop()
