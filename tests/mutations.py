@@ -102,6 +102,48 @@ MUTATIONS = [
         '                    "method": "GET",',
         ("tests/test_observability.py::test_metrics_aggregate_every_worker_and_logs_say_one_line_per_request",),
     ),
+    Mutation(
+        "a role's other connections count against its connection limit",
+        "swagger_server/db/budget.py",
+        "available = min(available, limit - used - headroom)",
+        "available = min(available, limit - headroom)",
+        ("tests/test_budget.py::test_a_roles_other_connections_count_against_its_limit",),
+    ),
+    Mutation(
+        "clients hidden from an unprivileged role are still counted",
+        "swagger_server/db/budget.py",
+        "WHERE COALESCE(backend_type = 'client backend', usename IS NOT NULL AND datname IS NOT NULL)",
+        "WHERE backend_type = 'client backend'",
+        ("tests/test_budget.py::test_a_role_without_stats_privileges_still_sees_other_roles_clients",),
+    ),
+    Mutation(
+        "a server that refuses the check's connection for want of a slot is a refusal, not a warning",
+        "swagger_server/db/budget.py",
+        "if any(phrase in str(exc) for phrase in _NO_SLOT):",
+        "if False:",
+        ("tests/test_budget.py::test_a_role_limit_of_zero_refuses_to_start",),
+    ),
+    Mutation(
+        "a pool counts at most one connection per handler thread",
+        "swagger_server/db/budget.py",
+        "return min(size, settings.server.threads)",
+        "return size",
+        ("tests/test_budget.py::test_the_pool_counts_at_most_one_connection_per_handler_thread",),
+    ),
+    Mutation(
+        "headroom is kept behind PgBouncer too",
+        "swagger_server/db/budget.py",
+        "available = limit - settings.pool.budget_headroom",
+        "available = limit",
+        ("tests/test_budget.py::test_behind_pgbouncer_the_budget_is_its_client_limit_less_headroom",),
+    ),
+    Mutation(
+        "exactly at the limit fits",
+        "swagger_server/db/budget.py",
+        "return self.needed <= self.available",
+        "return self.needed < self.available",
+        ("tests/test_budget.py::test_exactly_at_the_limit_fits_and_one_more_is_refused",),
+    ),
 ]
 
 

@@ -117,6 +117,22 @@ def test_metrics_aggregate_every_worker_and_logs_say_one_line_per_request(two_wo
     assert all(0 < e["duration_ms"] and 0 <= e["pool_wait_ms"] <= e["duration_ms"] for e in lines), lines[:3]
     assert {e["pid"] for e in lines} == set(two_workers.workers)
 
+    # Another method and path, refused by validation: its own line says so.
+    refused = requests.post(f"{base}/api/customers", json={}, headers={**AUTH, "X-Request-ID": "post-1"}, timeout=5)
+    assert refused.status_code == 400
+
+    def post_line():
+        return [e for e in access_lines(two_workers.stdout()) if e["request_id"] == "post-1"]
+
+    (line,) = wait_until(post_line, timeout=5, message="the POST's access line")
+    assert (line["method"], line["path"], line["operation"], line["status"], line["db"]) == (
+        "POST",
+        "/api/customers",
+        "create_customer",
+        400,
+        None,
+    )
+
 
 def test_idle_workers_pools_are_in_the_gauges_from_the_start(database_url):
     """No request but scrapes on one kept-alive connection (so always the same worker): both workers'

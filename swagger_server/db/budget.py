@@ -32,22 +32,42 @@ class Budget:
     db_limit: int | None
     pgbouncer: bool = False
     server: str = "primary"  # or "replica": the budget of the read replica's own slots
+    refused: str = ""  # the server refused the check's own connection for want of a slot: this why
 
     @property
     def fits(self) -> bool:
         return self.needed <= self.available
 
 
+# Role and database connection limits bind only a non-superuser (PostgreSQL exempts superusers from
+# both), and what counts against them is that role's (that database's) other connections.
 _QUERY = """
+    WITH me AS (SELECT rolsuper, NULLIF(rolconnlimit, -1) AS limit FROM pg_roles WHERE rolname = current_user),
+         -- A role without pg_read_all_stats sees other roles' sessions with backend_type and
+         -- application_name hidden (NULL, ''): a row with a user and a database is a client then.
+         others AS (SELECT usename, datname FROM pg_stat_activity
+                     WHERE COALESCE(backend_type = 'client backend', usename IS NOT NULL AND datname IS NOT NULL)
+                       AND pid <> pg_backend_pid()
+                       AND COALESCE(application_name, '') NOT LIKE 'store-api:%%')
     SELECT current_setting('max_connections')::int,
            current_setting('superuser_reserved_connections')::int
              + COALESCE(NULLIF(current_setting('reserved_connections', true), ''), '0')::int,
-           (SELECT count(*) FROM pg_stat_activity
-             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
-               AND COALESCE(application_name, '') NOT LIKE 'store-api:%%'),
-           (SELECT NULLIF(rolconnlimit, -1) FROM pg_roles WHERE rolname = current_user),
-           (SELECT NULLIF(datconnlimit, -1) FROM pg_database WHERE datname = current_database())
+           (SELECT count(*) FROM others),
+           (SELECT CASE WHEN rolsuper THEN NULL ELSE me.limit END FROM me),
+           (SELECT count(*) FROM others WHERE usename = current_user),
+           (SELECT CASE WHEN (SELECT rolsuper FROM me) THEN NULL ELSE NULLIF(datconnlimit, -1) END
+              FROM pg_database WHERE datname = current_database()),
+           (SELECT count(*) FROM others WHERE datname = current_database())
 """
+
+# What PostgreSQL says when it refuses a connection for want of a slot: the budget is then zero,
+# which is an answer, not an unreachable server.
+_NO_SLOT = (
+    "too many connections for role",
+    "too many connections for database",
+    "too many clients already",
+    "remaining connection slots are reserved",
+)
 
 
 def effective_pool_size(settings: Settings, server: str = "primary") -> int:
@@ -73,17 +93,24 @@ def measure(settings: Settings, server: str = "primary") -> Budget:
     belong to workers that are being replaced.
     """
     database = settings.replica_database() if server == "replica" else settings.database
-    conn = psycopg2.connect(database.dsn("store-api-budget-check"))
+    try:
+        conn = psycopg2.connect(database.dsn("store-api-budget-check"))
+    except psycopg2.OperationalError as exc:
+        if any(phrase in str(exc) for phrase in _NO_SLOT):
+            needed = settings.server.workers * effective_pool_size(settings, server)
+            return Budget(needed, 0, 0, 0, 0, None, None, server=server, refused=str(exc).strip().splitlines()[0])
+        raise
     try:
         with conn.cursor() as cur:
             cur.execute(_QUERY)
-            max_conn, reserved, others, role_limit, db_limit = cur.fetchone()
+            max_conn, reserved, others, role_limit, role_others, db_limit, db_others = cur.fetchone()
     finally:
         conn.close()
-    available = max_conn - reserved - others - settings.pool.budget_headroom
-    for limit in (role_limit, db_limit):
+    headroom = settings.pool.budget_headroom
+    available = max_conn - reserved - others - headroom
+    for limit, used in ((role_limit, role_others), (db_limit, db_others)):
         if limit is not None:
-            available = min(available, limit - settings.pool.budget_headroom)
+            available = min(available, limit - used - headroom)
     needed = settings.server.workers * effective_pool_size(settings, server)
     return Budget(needed, available, max_conn, reserved, others, role_limit, db_limit, server=server)
 
@@ -99,10 +126,17 @@ def explain(settings: Settings, budget: Budget) -> str:
             f"{settings.pool.budget_headroom} = {budget.available}. Set DB_POOL_MAX_CONNECTIONS<={fix_pool} or "
             f"WEB_CONCURRENCY<={fix_workers}, or raise max_client_conn (and DB_PGBOUNCER_MAX_CLIENT_CONN)."
         )
+    if budget.refused:
+        return (
+            f"{'replica ' if budget.server == 'replica' else ''}connection budget exceeded: {workers} workers x "
+            f"{per_worker} connections = {budget.needed}, but the server refused even the check's one "
+            f"connection ({budget.refused}). Raise the role's or database's CONNECTION LIMIT or the "
+            f"server's max_connections, or free connections."
+        )
     limits = "".join(
         [
-            f", role limit {budget.role_limit}" if budget.role_limit else "",
-            f", database limit {budget.db_limit}" if budget.db_limit else "",
+            f", role limit {budget.role_limit}" if budget.role_limit is not None else "",
+            f", database limit {budget.db_limit}" if budget.db_limit is not None else "",
         ]
     )
     if budget.server == "replica":

@@ -1,0 +1,158 @@
+"""The start-up connection budget against a real PostgreSQL: every term of the sum, and each mode.
+
+available = max_connections - reserved - other clients - headroom, and no more than a role's or a
+database's CONNECTION LIMIT minus that role's (database's) other connections, minus headroom, for a
+role that is not a superuser (superusers are exempt from both). needed = workers x min(pool size,
+threads). The app's own connections (store-api:*) are not "other clients": they belong to workers
+being replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg2
+import pytest
+
+from swagger_server.db.budget import BudgetExceeded, check_connection_budget, measure
+from tests.conftest import admin_connect, make_settings, query
+
+
+def budget_settings(url, workers=2, size=4, threads=None, **pool):
+    return make_settings(
+        url,
+        server={"workers": workers, "threads": threads or size},
+        pool={"max_connections": size, "budget_headroom": 0, **pool},
+    )
+
+
+@pytest.fixture
+def role(db, database_url):
+    """A login role (not a superuser) with a connection limit; its DSN."""
+    made = []
+
+    def make(limit: int) -> str:
+        query(db, "DROP ROLE IF EXISTS budget_app")
+        query(db, f"CREATE ROLE budget_app LOGIN CONNECTION LIMIT {int(limit)}")
+        made.append("budget_app")
+        return database_url.replace("postgres@", "budget_app@")
+
+    yield make
+    for name in made:
+        query(db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,))
+        query(db, f"DROP ROLE IF EXISTS {name}")
+
+
+def test_available_is_max_connections_less_reserved_and_other_clients(database_url, db):
+    max_connections, superuser_reserved = (
+        int(query(db, "SELECT current_setting('max_connections')")[0][0]),
+        int(query(db, "SELECT current_setting('superuser_reserved_connections')")[0][0]),
+    )
+    extra = query(db, "SELECT COALESCE(NULLIF(current_setting('reserved_connections', true), ''), '0')::int")[0][0]
+    before = measure(budget_settings(database_url))
+    assert before.max_connections == max_connections and before.reserved == superuser_reserved + extra
+    others = [psycopg2.connect(database_url, application_name="someone-else") for _ in range(5)]
+    ours = [psycopg2.connect(database_url, application_name="store-api:12345") for _ in range(3)]
+    try:
+        during = measure(budget_settings(database_url))
+    finally:
+        for conn in others + ours:
+            conn.close()
+    assert during.others == before.others + 5  # the app's own three are not counted
+    assert during.available == max_connections - during.reserved - during.others
+    assert during.role_limit is None and during.db_limit is None  # a superuser: exempt
+
+
+def test_headroom_is_kept_free(database_url):
+    without = measure(budget_settings(database_url))
+    with_headroom = measure(budget_settings(database_url, budget_headroom=7))
+    assert with_headroom.available == without.available - 7
+
+
+def test_exactly_at_the_limit_fits_and_one_more_is_refused(role):
+    url = role(10)
+    assert check_connection_budget(budget_settings(url, workers=2, size=5)).needed == 10
+    with pytest.raises(BudgetExceeded, match=r"2 workers x 6 connections = 12, but only 10 are free.*role limit 10"):
+        check_connection_budget(budget_settings(url, workers=2, size=6))
+
+
+def test_a_roles_other_connections_count_against_its_limit(role):
+    url = role(10)
+    held = [psycopg2.connect(url, application_name="a-script") for _ in range(3)]
+    try:
+        budget = measure(budget_settings(url))
+        assert budget.role_limit == 10 and budget.available == 7
+        with pytest.raises(BudgetExceeded, match="only 7 are free"):
+            check_connection_budget(budget_settings(url, workers=2, size=4))
+    finally:
+        for conn in held:
+            conn.close()
+
+
+def test_a_database_limit_binds_too(database_url, db, role):
+    url = role(-1)
+    query(db, "ALTER DATABASE store_test CONNECTION LIMIT 20")
+    held = [psycopg2.connect(database_url, application_name="a-script") for _ in range(4)]
+    try:
+        others = query(
+            db,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'store_test' AND application_name NOT LIKE 'store-api:%%'",
+        )[0][0]
+        budget = measure(budget_settings(url))
+        # Counted as a role without pg_read_all_stats sees them (another role's sessions half hidden):
+        # the fixture's `db` and the four scripts, all of the superuser.
+        assert others >= 5 and budget.db_limit == 20 and budget.available == 20 - others, budget
+    finally:
+        for conn in held:
+            conn.close()
+        query(db, "ALTER DATABASE store_test CONNECTION LIMIT -1")
+
+
+def test_a_role_limit_of_zero_refuses_to_start(role):
+    url = role(0)
+    with pytest.raises(BudgetExceeded, match=r"refused even the check's one connection \(.*too many connections"):
+        check_connection_budget(budget_settings(url))
+
+
+def test_the_pool_counts_at_most_one_connection_per_handler_thread(role):
+    url = role(10)
+    # 2 workers x a pool of 20, but 4 threads each: 8 connections can ever be held.
+    assert check_connection_budget(budget_settings(url, workers=2, size=20, threads=4)).needed == 8
+
+
+def test_warn_mode_starts_with_a_warning_and_off_mode_does_not_check(role, caplog):
+    url = role(4)
+    with caplog.at_level(logging.WARNING):
+        budget = check_connection_budget(budget_settings(url, size=5, budget_check="warn"))
+    assert budget is not None and not budget.fits
+    assert any("connection budget exceeded" in r.getMessage() for r in caplog.records)
+    assert check_connection_budget(budget_settings(url, size=50, budget_check="off")) is None
+
+
+def test_behind_pgbouncer_the_budget_is_its_client_limit_less_headroom(database_url):
+    fits = budget_settings(database_url, workers=9, size=10, pgbouncer_max_client_conn=100, budget_headroom=10)
+    assert check_connection_budget(fits).needed == 90
+    over = budget_settings(database_url, workers=10, size=10, pgbouncer_max_client_conn=100, budget_headroom=10)
+    with pytest.raises(BudgetExceeded, match=r"= 100, but PgBouncer accepts 100 clients .* - headroom 10 = 90"):
+        check_connection_budget(over)
+
+
+def test_an_unreachable_server_is_a_warning_not_a_refusal(caplog):
+    from swagger_server.db.embedded import free_port
+
+    nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/x"
+    with caplog.at_level(logging.WARNING):
+        assert check_connection_budget(budget_settings(nowhere)) is None
+    assert any("connection budget not checked" in r.getMessage() for r in caplog.records)
+
+
+def test_a_role_without_stats_privileges_still_sees_other_roles_clients(database_url, role):
+    """PostgreSQL hides another role's backend_type from such a role: those clients count anyway."""
+    url = role(-1)
+    as_superuser = measure(budget_settings(database_url)).others
+    held = [admin_connect(database_url) for _ in range(3)]
+    try:
+        assert measure(budget_settings(url)).others >= as_superuser + 3
+    finally:
+        for conn in held:
+            conn.close()
