@@ -514,12 +514,12 @@ def validate(settings: Settings) -> None:
         (api.max_header_bytes >= 1024, "[API] max_header_bytes", "must be >= 1024"),
         (api.max_headers >= 10, "[API] max_headers", "must be >= 10"),
         (api.idempotency_ttl > 0, "API_IDEMPOTENCY_TTL / [API] idempotency_ttl", "must be > 0 seconds"),
+        (1 <= server.port <= 65535, "PORT / [GUNICORN] port", f"must be a TCP port, got {server.port}"),
         (
-            0 <= api.metrics_port <= 65535 and api.metrics_port != server.port,
+            api.metrics_port == 0 or (1 <= api.metrics_port <= 65535 and api.metrics_port != server.port),
             "API_METRICS_PORT / [API] metrics_port",
             "must be 0 (off) or a TCP port other than the API's",
         ),
-        (1 <= server.port <= 65535, "PORT / [GUNICORN] port", f"must be a TCP port, got {server.port}"),
         (server.workers >= 1, "WEB_CONCURRENCY / [GUNICORN] workers", "must be >= 1"),
         (server.threads >= 1, "WEB_THREADS / [GUNICORN] threads", "must be >= 1"),
     ]

@@ -87,6 +87,43 @@ def test_cors_allows_configured_origin_only(client, store):
     assert "access-control-allow-origin" not in denied.headers
 
 
+ORIGIN = {"Origin": "http://localhost:3000"}
+
+
+def test_every_error_carries_cors_headers_for_an_allowed_origin(app, store):
+    """A browser on an allowed origin can read every error, whoever rendered it: Connexion (401, 404
+    of an unknown route, 405, validation 400), our handlers (404, 409, 422), the body limit (413,
+    415). The 503s are covered where they are provoked (pool-exhausted, overloaded)."""
+    order = {"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}
+    with app.test_client() as client:
+        first = client.post("/api/orders", json=order, headers={**AUTH, "Idempotency-Key": "cors-1"})
+        assert first.status_code == 201
+        answers = {
+            401: client.get("/api/customers/1", headers=ORIGIN),
+            404: client.get("/api/nope", headers={**ORIGIN, **AUTH}),
+            405: client.delete("/api/products", headers={**ORIGIN, **AUTH}),
+            400: client.get("/api/customers?limit=0", headers={**ORIGIN, **AUTH}),
+            409: client.post(
+                "/api/customers", json={"name": "Dup", "email": "ada@example.com"}, headers={**ORIGIN, **AUTH}
+            ),
+            422: client.post(
+                "/api/orders",
+                json={**order, "lines": [{"product_id": 2, "quantity": 1}]},
+                headers={**ORIGIN, **AUTH, "Idempotency-Key": "cors-1"},
+            ),
+            413: client.post(
+                "/api/customers",
+                content=b"{" + b" " * (2 * 1024 * 1024) + b"}",
+                headers={**ORIGIN, **AUTH, "Content-Type": "application/json"},
+            ),
+            415: client.post("/api/customers", content=b"x", headers={**ORIGIN, **AUTH, "Content-Type": "text/plain"}),
+        }
+    for status, response in answers.items():
+        assert response.status_code == status, (status, response.text)
+        assert response.headers.get("access-control-allow-origin") == "http://localhost:3000", status
+        assert response.headers["content-type"].startswith("application/problem+json"), status
+
+
 def test_swagger_ui_and_spec_are_served(client):
     assert client.get("/api/ui/").status_code == 200
     spec = client.get("/api/openapi.json").json()

@@ -48,24 +48,76 @@ def test_database_url_wins_and_its_password_is_hidden():
     assert "port=6543" in dsn and "application_name=store-api:1" in dsn and "tcp_user_timeout" in dsn
 
 
+SECRET_URL = "postgresql://app:pw-s3cret@db/store"  # in every row: no message may show its password
+
+
 @pytest.mark.parametrize(
     "env, expected",
     [
         ({"DB_POOL_MAX_CONNECTIONS": "lots"}, "DB_POOL_MAX_CONNECTIONS (environment): expected an integer, got 'lots'"),
         ({"DB_POOL_TIMEOUT": "-1"}, "DB_POOL_TIMEOUT / [POOL] timeout: must be > 0 seconds"),
-        ({"DB_POOL_MODE": "maybe"}, "must be 'pool' or 'none'"),
-        ({"DB_POOL_MIN_CONNECTIONS": "9", "DB_POOL_MAX_CONNECTIONS": "3"}, "must not exceed max_connections"),
-        ({"CORS_ORIGINS": "*"}, "'*' is not allowed"),
-        ({"DATABASE_URL": "mysql://x:pw@h/d"}, "must start with postgresql://"),
+        ({"DB_POOL_TIMEOUT": "nan"}, "DB_POOL_TIMEOUT (environment): expected a number, got 'nan'"),
+        ({"DB_POOL_TIMEOUT": "inf"}, "DB_POOL_TIMEOUT (environment): expected a number, got 'inf'"),
+        ({"DB_POOL_MODE": "maybe"}, "DB_POOL_MODE / [POOL] mode: must be 'pool' or 'none'"),
+        (
+            {"DB_POOL_MIN_CONNECTIONS": "9", "DB_POOL_MAX_CONNECTIONS": "3"},
+            "DB_POOL_MIN_CONNECTIONS / [POOL] min_connections: (9) must not exceed",
+        ),
+        ({"CORS_ORIGINS": "*"}, "CORS_ORIGINS / [API] cors_origins: '*' is not allowed"),
+        ({"CORS_ORIGINS": "localhost:3000"}, "CORS_ORIGINS / [API] cors_origins: each origin must start with http://"),
+        ({"DATABASE_URL": "mysql://x:pw-s3cret@h/d"}, "DATABASE_URL / [POSTGRES] url: must start with postgresql://"),
         ({"APP_CONFIG": "/nonexistent/config.ini"}, "APP_CONFIG=/nonexistent/config.ini (environment): file not found"),
+        ({"ACCESS_LOG": "sometimes"}, "ACCESS_LOG (environment): expected true or false, got 'sometimes'"),
+        ({"PORT": "0"}, "PORT / [GUNICORN] port: must be a TCP port, got 0"),
+        ({"PORT": "65536"}, "PORT / [GUNICORN] port: must be a TCP port, got 65536"),
+        ({"API_METRICS_PORT": "65536"}, "API_METRICS_PORT / [API] metrics_port: must be 0 (off) or a TCP port"),
+        (
+            {"API_METRICS_PORT": "8080", "PORT": "8080"},
+            "API_METRICS_PORT / [API] metrics_port: must be 0 (off) or a TCP port other than the API's",
+        ),
+        ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY / [GUNICORN] workers: must be >= 1"),
+        ({"WEB_THREADS": "0"}, "WEB_THREADS / [GUNICORN] threads: must be >= 1"),
+        (
+            {"DATABASE_REPLICA_URL": "mysql://r:pw-s3cret@h/d"},
+            "DATABASE_REPLICA_URL / [REPLICA] url: must start with postgresql://",
+        ),
+        ({"DB_REPLICA_MAX_LAG": "0"}, "DB_REPLICA_MAX_LAG / [REPLICA] max_lag: must be > 0 seconds"),
+        ({"DB_REPLICA_MAX_LAG": "soon"}, "DB_REPLICA_MAX_LAG (environment): expected a number, got 'soon'"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(env, expected):
     with pytest.raises(ConfigError) as error:
-        load_settings({"APP_CONFIG": EMPTY, **env})
+        load_settings({"APP_CONFIG": EMPTY, "DATABASE_URL": SECRET_URL, **env})
     assert expected in str(error.value)
     assert "\n" not in str(error.value)
-    assert "pw" not in str(error.value)
+    assert "s3cret" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "ini, expected",
+    [
+        ("[POOL]\ntimeout = soon\n", r"\[POOL\] timeout in .*config.ini: expected a number, got 'soon'"),
+        ("[POOL]\ntimeout = inf\n", r"\[POOL\] timeout in .*: expected a number, got 'inf'"),
+        ("[POOL]\nbudget_check = maybe\n", r"\[POOL\] budget_check: must be error, warn or off, got 'maybe'"),
+        ("[API]\nvalidate_responses = sometimes\n", r"\[API\] validate_responses in .*: expected true or false"),
+        (
+            "[POOL]\nreconnect_initial_delay = 5\nreconnect_max_delay = 1\n",
+            r"\[POOL\] reconnect_initial_delay: must be > 0 and <= reconnect_max_delay",
+        ),
+        ("[REPLICA]\ncheck_interval = 0\n", r"\[REPLICA\] check_interval: must be > 0 seconds"),
+        ("[REPLICA]\nmin_connections = -1\n", r"\[REPLICA\] min_connections: must be >= 0"),
+        ("[GUNICORN]\nthreads = 0\n", r"WEB_THREADS / \[GUNICORN\] threads: must be >= 1"),
+        ("[SERVER]\nthreads = 4\n", r"\[SERVER\] in .*: unknown section \(expected one of POSTGRES, POOL, API"),
+        ("[POOL\ntimeout = 1\n", r"config.ini: cannot parse: File contains no section headers"),
+        ("[POOL]\ntimeout\n", r"config.ini: cannot parse"),
+    ],
+)
+def test_bad_ini_files_give_one_line_naming_the_section_and_key(tmp_path, ini, expected):
+    path = tmp_path / "config.ini"
+    path.write_text(ini)
+    with pytest.raises(ConfigError, match=expected) as error:
+        load_settings({"APP_CONFIG": str(path)})
+    assert "\n" not in str(error.value)
 
 
 def test_bad_ini_value_names_section_key_and_file(tmp_path):

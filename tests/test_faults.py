@@ -276,12 +276,15 @@ def test_requests_beyond_the_handler_threads_wait_boundedly_then_get_503(databas
                 lambda: query(locker, "SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0] > 0,
                 message="the order to hold the only handler thread",
             )
-            response, elapsed = timed(lambda: client.get("/api/customers/2"))
+            response, elapsed = timed(
+                lambda: client.get("/api/customers/2", headers={"Origin": "http://localhost:3000"})
+            )
             query(locker, "ROLLBACK")
             placing.join(10)
         assert response.status_code == 503
         assert response.headers["retry-after"] == "1"
         assert response.json()["type"] == "/api/problems/overloaded"
+        assert response.headers["access-control-allow-origin"] == "http://localhost:3000"
         assert 2.0 <= elapsed <= 2.0 * 1.1, elapsed  # the pool timeout, +10 %
         assert result["r"].status_code == 201
     finally:

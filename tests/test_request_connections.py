@@ -79,7 +79,7 @@ def test_exhausted_pool_answers_503_with_retry_after_after_the_timeout(database_
         with app.test_client(headers=AUTH) as client:
             try:
                 start = time.monotonic()
-                response = client.get("/api/customers/1")
+                response = client.get("/api/customers/1", headers={"Origin": "http://localhost:3000"})
                 elapsed = time.monotonic() - start
             finally:
                 for conn in held:
@@ -87,6 +87,7 @@ def test_exhausted_pool_answers_503_with_retry_after_after_the_timeout(database_
             assert response.status_code == 503
             assert response.headers["retry-after"] == "1"
             assert response.json()["type"] == "/api/problems/pool-exhausted"
+            assert response.headers["access-control-allow-origin"] == "http://localhost:3000"
             assert 2.0 <= elapsed <= 2.0 * 1.1, elapsed  # the pool timeout, +10 %
             assert pool.stats()["timeouts"] == 1
             assert client.get("/api/customers/1").status_code == 200
