@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import psycopg2
+
 from swagger_server.db.embedded import SYSTEM_USER, free_port
 
 BINARY = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None)
@@ -31,6 +33,7 @@ listen_addr = 127.0.0.1
 listen_port = {self.port}
 unix_socket_dir =
 auth_type = trust
+admin_users = postgres
 auth_file = {self.dir / "userlist.txt"}
 pool_mode = transaction
 default_pool_size = {pool_size}
@@ -63,6 +66,18 @@ pidfile = {self.dir / "pgbouncer.pid"}
 
     def url(self, dbname: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def show(self, what: str) -> list[dict]:
+        """`SHOW CLIENTS`, `SHOW SERVERS`, ... on PgBouncer's admin console, as dicts."""
+        conn = psycopg2.connect(self.url("pgbouncer"))
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"SHOW {what}")
+                names = [c.name for c in cur.description]
+                return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        finally:
+            conn.close()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -55,6 +55,10 @@ def healthy(base: str) -> bool:
         return False
 
 
+class _PortTaken(Exception):
+    """gunicorn could not bind its port: someone took it between free_port() and the bind."""
+
+
 class Gunicorn:
     """A running gunicorn: `base` URL, `workers` pids, `stop()` (SIGTERM, returns exit code and stderr).
 
@@ -63,6 +67,17 @@ class Gunicorn:
     """
 
     def __init__(self, database_url: str, **env):
+        # free_port() picks a port that another process may take before gunicorn binds it: a start
+        # that fails with EADDRINUSE is retried on a new port (gunicorn cannot report a port 0 bind).
+        for attempt in range(3):
+            try:
+                self._start(database_url, env)
+                return
+            except _PortTaken:
+                if attempt == 2:
+                    raise
+
+    def _start(self, database_url: str, env: dict) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.process = start_gunicorn(gunicorn_env(database_url, self.port, **env))
@@ -79,6 +94,10 @@ class Gunicorn:
                 lambda: healthy(self.base) or self.process.poll() is not None, timeout=20, message="gunicorn to serve"
             )
             if self.process.poll() is not None:
+                for drain in self._drains:
+                    drain.join(5)
+                if "Connection in use" in self.output() or "Address already in use" in self.output():
+                    raise _PortTaken(self.port)
                 raise RuntimeError(f"gunicorn exited: {self.output()}")
             expected = int(env.get("WEB_CONCURRENCY", 2))
             self.workers = wait_until(
