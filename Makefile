@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help run test lint fuzz sdk bench bench-replica bench-pgbouncer clean
+.PHONY: help run test lint mutations fuzz sdk bench bench-replica bench-pgbouncer clean
 .DEFAULT_GOAL := help
 
 # `make` alone lists the targets: each is the line starting with "## name:" above its rule.
@@ -42,6 +42,11 @@ test: lint tools/node_modules/.installed
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+# Each proven guarantee broken in a scratch copy of the tree, one at a time (tests/mutations.py).
+## mutations: break each guarantee in a scratch copy; fail if its test still passes (about 3 minutes)
+mutations: $(VENV)/.installed-dev
+	$(PY) tests/mutations.py
 
 # The contract fuzzer for FUZZ_SECONDS (600) with a random seed (printed; CONTRACT_SEED=N repeats one).
 FUZZ_SECONDS ?= 600

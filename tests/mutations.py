@@ -144,6 +144,38 @@ MUTATIONS = [
         "return self.needed < self.available",
         ("tests/test_budget.py::test_exactly_at_the_limit_fits_and_one_more_is_refused",),
     ),
+    Mutation(
+        "a database known to be down fails waiters at once instead of after the pool timeout",
+        "swagger_server/db/pool.py",
+        """            if self._size == 0:
+                self._fail_waiters_locked(""",
+        """            if False:
+                self._fail_waiters_locked(""",
+        ("tests/test_faults_gunicorn.py::test_an_unreachable_database_is_a_503_at_once_over_http",),
+    ),
+    Mutation(
+        "under CI a skip fails the run",
+        "tests/conftest.py",
+        "if _ci() and report.skipped",
+        "if False and report.skipped",
+        ("tests/test_ci.py::test_a_skip_fails_the_run_under_ci",),
+    ),
+    Mutation(
+        "the budget counts other clients",
+        "swagger_server/db/budget.py",
+        "available = max_conn - reserved - others - headroom",
+        "available = max_conn - reserved - headroom",
+        ("tests/test_budget.py::test_available_is_max_connections_less_reserved_and_other_clients",),
+    ),
+    Mutation(
+        "errors rendered by Connexion carry CORS headers",
+        "swagger_server/app.py",
+        """        CORSMiddleware,
+        position=MiddlewarePosition.BEFORE_EXCEPTION,""",
+        """        CORSMiddleware,
+        position=MiddlewarePosition.BEFORE_ROUTING,""",
+        ("tests/test_api_dashboard_health.py::test_every_error_carries_cors_headers_for_an_allowed_origin",),
+    ),
 ]
 
 

@@ -14,7 +14,6 @@ import http.server
 import json
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ import yaml
 
 from swagger_server.db.embedded import free_port
 from tests.conftest import TEST_DB, TOKEN
+from tests.helpers import wait_until
 from tests.servers import Gunicorn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,12 +196,16 @@ def test_cors_from_an_allowed_origin_reads_answers_and_problems(browser, api, si
     assert "email" in results["bad"]["body"]["detail"]
     assert results["unavailable"]["body"]["type"].endswith("database-unavailable")
     assert int(results["unavailable"]["retryAfter"]) >= 1
+
     # The POST with a JSON body and a token was preflighted: the API logged the OPTIONS request.
-    time.sleep(0.2)
-    preflights = [
-        json.loads(line) for line in live.output().splitlines() if line.startswith("{") and '"OPTIONS"' in line
-    ]
-    assert any(p["path"] == "/api/customers" and p["status"] == 200 for p in preflights), preflights
+    def preflights():
+        return [
+            entry
+            for entry in (json.loads(line) for line in live.stdout().splitlines() if line.startswith('{"ts"'))
+            if entry.get("method") == "OPTIONS" and entry.get("path") == "/api/customers" and entry.get("status") == 200
+        ]
+
+    wait_until(preflights, timeout=5, message="the preflight's access line")
 
 
 def test_cors_from_another_origin_is_refused_by_the_browser(browser, api, sites, store):

@@ -44,9 +44,12 @@ def replica_admin(replica_server):
 
 
 def caught_up(replica_admin, db) -> bool:
-    # The flush position, not the insert position: on an idle primary whose last record ended on a
-    # page boundary, the insert position already counts the next page's header, which no record
-    # will reach until something else is written, so "caught up" would never come.
+    # The embedded server runs with synchronous_commit off, so the flush position can trail the last
+    # commit, and the insert position can sit on the next page's header, which no record reaches
+    # while the primary is idle. A synchronous commit of its own (a transaction with an xid) flushes
+    # everything written before it: replayed that far, the replica has every earlier commit.
+    query(db, "SET synchronous_commit = on")
+    query(db, "SELECT pg_current_xact_id()")
     primary_lsn = query(db, "SELECT pg_current_wal_flush_lsn()::text")[0][0]
     replayed = query(replica_admin, "SELECT pg_last_wal_replay_lsn()::text")[0][0]
     return parse_lsn(replayed) >= parse_lsn(primary_lsn)
