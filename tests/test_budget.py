@@ -15,7 +15,9 @@ import psycopg2
 import pytest
 
 from swagger_server.db.budget import BudgetExceeded, check_connection_budget, measure
+from swagger_server.db.database import application_name, host_label
 from tests.conftest import admin_connect, make_settings, query
+from tests.helpers import wait_until
 
 
 def budget_settings(url, workers=2, size=4, threads=None, **pool):
@@ -52,7 +54,7 @@ def test_available_is_max_connections_less_reserved_and_other_clients(database_u
     before = measure(budget_settings(database_url))
     assert before.max_connections == max_connections and before.reserved == superuser_reserved + extra
     others = [psycopg2.connect(database_url, application_name="someone-else") for _ in range(5)]
-    ours = [psycopg2.connect(database_url, application_name="store-api:12345") for _ in range(3)]
+    ours = [psycopg2.connect(database_url, application_name=application_name(12345)) for _ in range(3)]
     try:
         during = measure(budget_settings(database_url))
     finally:
@@ -156,3 +158,63 @@ def test_a_role_without_stats_privileges_still_sees_other_roles_clients(database
     finally:
         for conn in held:
             conn.close()
+
+
+def test_this_services_connections_on_other_hosts_count(database_url):
+    """store-api:<this host>:* are this host's workers being replaced: not counted. The same service
+    on another host is: the budget is the fleet's."""
+    before = measure(budget_settings(database_url))
+    here = [psycopg2.connect(database_url, application_name=application_name(4242)) for _ in range(2)]
+    there = [psycopg2.connect(database_url, application_name="store-api:other-host:4242") for _ in range(3)]
+    try:
+        during = measure(budget_settings(database_url))
+    finally:
+        for conn in here + there:
+            conn.close()
+    assert during.others == before.others + 3 and during.fleet == before.fleet + 3
+    assert application_name(7).startswith(f"store-api:{host_label()}:")
+
+
+@pytest.mark.slow
+def test_a_second_host_that_would_overflow_the_server_is_refused(database_url, role):
+    """Two "hosts" on this machine: two gunicorn masters with different HOSTNAMEs, one role with
+    CONNECTION LIMIT 20 (headroom 5). Host A holds 2 x 6 = 12; host B asking for 12 more is refused
+    at start, naming the other host's connections; B asking for 2 x 1 fits and starts."""
+    from swagger_server.db.embedded import free_port
+    from tests.servers import Gunicorn, gunicorn_env, start_gunicorn
+
+    url = role(20)
+    a = Gunicorn(url, HOSTNAME="host-a", DB_POOL_MIN_CONNECTIONS=6, DB_POOL_MAX_CONNECTIONS=6, WEB_THREADS=6)
+    try:
+        assert wait_until(
+            lambda: query_count(url, "store-api:host-a:%") == 12, timeout=10, message="host A's 12 connections"
+        )
+        refused = start_gunicorn(
+            gunicorn_env(
+                url,
+                free_port(),
+                HOSTNAME="host-b",
+                DB_POOL_MIN_CONNECTIONS="6",
+                DB_POOL_MAX_CONNECTIONS="6",
+                WEB_THREADS="6",
+            )
+        )
+        _, err = refused.communicate(timeout=60)
+        assert refused.returncode == 3, err
+        assert "2 workers x 6 connections = 12, but only 3 are free" in err
+        assert "(12 of them this service on other hosts)" in err
+        b = Gunicorn(url, HOSTNAME="host-b", DB_POOL_MIN_CONNECTIONS=1, DB_POOL_MAX_CONNECTIONS=1, WEB_THREADS=6)
+        try:
+            assert wait_until(lambda: query_count(url, "store-api:host-b:%") == 2, timeout=10)
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+
+
+def query_count(url: str, pattern: str) -> int:
+    conn = admin_connect(url.replace("budget_app@", "postgres@"))
+    try:
+        return query(conn, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s", (pattern,))[0][0]
+    finally:
+        conn.close()

@@ -8,6 +8,7 @@ import psutil
 import pytest
 import requests
 
+from swagger_server.db.database import application_name
 from swagger_server.db.embedded import free_port
 from tests.conftest import AUTH, query
 from tests.helpers import wait_until
@@ -29,7 +30,7 @@ def test_one_pool_per_worker_and_nothing_left_after_shutdown(database_url, store
             ),
             timeout=10,
         )
-        expected = {f"store-api:{pid}" for pid in workers}
+        expected = {application_name(pid) for pid in workers}
 
         def pools():
             rows = query(
@@ -45,7 +46,7 @@ def test_one_pool_per_worker_and_nothing_left_after_shutdown(database_url, store
             timeout=10,
             message=f"two connections for each of {expected}",
         )
-        assert f"store-api:{server.pid}" not in pools()  # the master holds none
+        assert application_name(server.pid) not in pools()  # the master holds none
         for _ in range(20):
             assert requests.get(f"{base}/api/customers/1", headers=AUTH, timeout=5).status_code == 200
         answered = {

@@ -17,6 +17,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from swagger_server import create_app, get_database
+from swagger_server.db.database import application_name
 from swagger_server.db.embedded import free_port
 from tests.conftest import AUTH, TEST_DB, make_settings
 from tests.helpers import wait_until
@@ -155,11 +156,11 @@ def test_idle_workers_pools_are_in_the_gauges_from_the_start(database_url):
 def test_health_db_shows_every_workers_connections(two_workers):
     body = requests.get(f"{two_workers.base}/api/health/db", headers=AUTH, timeout=5).json()
     names = {row["application_name"] for row in body["connections"]}
-    assert {f"store-api:{pid}" for pid in two_workers.workers} <= names
+    assert {application_name(pid) for pid in two_workers.workers} <= names
     per_worker = {}
     for row in body["connections"]:
         per_worker[row["application_name"]] = per_worker.get(row["application_name"], 0) + row["count"]
-    assert all(per_worker[f"store-api:{pid}"] >= 1 for pid in two_workers.workers)
+    assert all(per_worker[application_name(pid)] >= 1 for pid in two_workers.workers)
 
 
 def test_request_id_is_generated_when_missing_or_malformed(two_workers):

@@ -7,6 +7,7 @@ import pytest
 
 from swagger_server import create_app, get_database
 from swagger_server.db.connection import Cursor
+from swagger_server.db.database import application_name
 from swagger_server.request_scope import get_conn
 from tests.conftest import AUTH, make_settings, query
 from tests.helpers import wait_until
@@ -97,7 +98,7 @@ def test_exhausted_pool_answers_503_with_retry_after_after_the_timeout(database_
 
 def test_mode_none_opens_and_closes_a_connection_per_request(database_url, store):
     app = create_app(make_settings(database_url, pool={"mode": "none"}))
-    name = f"store-api:{os.getpid()}"
+    name = application_name(os.getpid())
     count = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
     baseline = query(store, count, (name,))[0][0]
     with app.test_client(headers=AUTH) as client:

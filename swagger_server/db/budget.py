@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import psycopg2
 
 from swagger_server.config import Settings
-from swagger_server.db.database import pool_class
+from swagger_server.db.database import APP_PREFIX, host_label, pool_class
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class Budget:
     pgbouncer: bool = False
     server: str = "primary"  # or "replica": the budget of the read replica's own slots
     refused: str = ""  # the server refused the check's own connection for want of a slot: this why
+    fleet: int = 0  # of `others`: this service's connections from other hosts
 
     @property
     def fits(self) -> bool:
@@ -45,10 +46,12 @@ _QUERY = """
     WITH me AS (SELECT rolsuper, NULLIF(rolconnlimit, -1) AS limit FROM pg_roles WHERE rolname = current_user),
          -- A role without pg_read_all_stats sees other roles' sessions with backend_type and
          -- application_name hidden (NULL, ''): a row with a user and a database is a client then.
-         others AS (SELECT usename, datname FROM pg_stat_activity
+         -- This host's own workers (store-api:<this host>:<pid>) are not counted: they are being
+         -- replaced. The service's workers on other hosts are: the budget is the fleet's.
+         others AS (SELECT usename, datname, application_name FROM pg_stat_activity
                      WHERE COALESCE(backend_type = 'client backend', usename IS NOT NULL AND datname IS NOT NULL)
                        AND pid <> pg_backend_pid()
-                       AND COALESCE(application_name, '') NOT LIKE 'store-api:%%')
+                       AND COALESCE(application_name, '') NOT LIKE %(ours)s ESCAPE '\\')
     SELECT current_setting('max_connections')::int,
            current_setting('superuser_reserved_connections')::int
              + COALESCE(NULLIF(current_setting('reserved_connections', true), ''), '0')::int,
@@ -57,8 +60,14 @@ _QUERY = """
            (SELECT count(*) FROM others WHERE usename = current_user),
            (SELECT CASE WHEN (SELECT rolsuper FROM me) THEN NULL ELSE NULLIF(datconnlimit, -1) END
               FROM pg_database WHERE datname = current_database()),
-           (SELECT count(*) FROM others WHERE datname = current_database())
+           (SELECT count(*) FROM others WHERE datname = current_database()),
+           (SELECT count(*) FROM others WHERE application_name LIKE %(service)s ESCAPE '\\')
 """
+
+
+def _like_prefix(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
 
 # What PostgreSQL says when it refuses a connection for want of a slot: the budget is then zero,
 # which is an answer, not an unreachable server.
@@ -89,8 +98,8 @@ def measure(settings: Settings, server: str = "primary") -> Budget:
     """Ask the server (the primary, or the replica) for its limits and current use. Raises
     psycopg2.OperationalError if unreachable.
 
-    Connections of this application (application_name store-api:*) are not counted as used: they
-    belong to workers that are being replaced.
+    This host's connections of this application (application_name store-api:<host>:*) are not
+    counted as used: they belong to workers that are being replaced. Other hosts' are.
     """
     database = settings.replica_database() if server == "replica" else settings.database
     try:
@@ -102,8 +111,11 @@ def measure(settings: Settings, server: str = "primary") -> Budget:
         raise
     try:
         with conn.cursor() as cur:
-            cur.execute(_QUERY)
-            max_conn, reserved, others, role_limit, role_others, db_limit, db_others = cur.fetchone()
+            cur.execute(
+                _QUERY,
+                {"ours": _like_prefix(f"{APP_PREFIX}{host_label()}:"), "service": _like_prefix(APP_PREFIX)},
+            )
+            max_conn, reserved, others, role_limit, role_others, db_limit, db_others, fleet = cur.fetchone()
     finally:
         conn.close()
     headroom = settings.pool.budget_headroom
@@ -112,7 +124,7 @@ def measure(settings: Settings, server: str = "primary") -> Budget:
         if limit is not None:
             available = min(available, limit - used - headroom)
     needed = settings.server.workers * effective_pool_size(settings, server)
-    return Budget(needed, available, max_conn, reserved, others, role_limit, db_limit, server=server)
+    return Budget(needed, available, max_conn, reserved, others, role_limit, db_limit, server=server, fleet=fleet)
 
 
 def explain(settings: Settings, budget: Budget) -> str:
@@ -150,7 +162,9 @@ def explain(settings: Settings, budget: Budget) -> str:
     return (
         f"connection budget exceeded: {workers} workers x {per_worker} connections = {budget.needed}, "
         f"but only {budget.available} are free (max_connections {budget.max_connections} - reserved "
-        f"{budget.reserved} - {budget.others} used by other clients - headroom {settings.pool.budget_headroom}"
+        f"{budget.reserved} - {budget.others} used by other clients"
+        f"{f' ({budget.fleet} of them this service on other hosts)' if budget.fleet else ''}"
+        f" - headroom {settings.pool.budget_headroom}"
         f"{limits}). Set DB_POOL_MAX_CONNECTIONS<={fix_pool} or WEB_CONCURRENCY<={fix_workers}, raise "
         f"max_connections, or put PgBouncer in front."
     )

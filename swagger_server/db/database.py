@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 
 from swagger_server.config import PoolSettings, Settings
@@ -36,6 +37,22 @@ def make_pool(dsn: str, settings: Settings, pool_settings: PoolSettings | None =
     )
 
 
+APP_PREFIX = "store-api:"
+
+
+def host_label() -> str:
+    """This host's name in application_name: $HOSTNAME (a Kubernetes pod's name) or the system's,
+    its last 40 characters (a pod name's unique suffix is at its end; application_name keeps 63)."""
+    name = os.environ.get("HOSTNAME") or socket.gethostname() or "localhost"
+    return "".join(c if c.isalnum() or c in "-." else "-" for c in name)[-40:]
+
+
+def application_name(pid: int | None = None) -> str:
+    """`store-api:<host>:<pid>`: which host and which worker holds a connection, for operators and
+    for the fleet-wide budget check (which counts the other hosts' connections)."""
+    return f"{APP_PREFIX}{host_label()}:{os.getpid() if pid is None else pid}"
+
+
 class Database:
     """This process's pools for one app. `pool` and `replica` open them on first use in each process."""
 
@@ -47,8 +64,8 @@ class Database:
         self._lock = threading.Lock()
 
     def application_name(self) -> str:
-        """What `pg_stat_activity.application_name` shows for this process: names the worker pid."""
-        return f"store-api:{os.getpid()}"
+        """What `pg_stat_activity.application_name` shows for this process: host and worker pid."""
+        return application_name()
 
     def open(self):
         """Create this process's pool (and replica) now (gunicorn post_fork). Idempotent."""
