@@ -275,6 +275,8 @@ class Observability:
                     "request_id": request_id,
                     "method": method,
                     "path": excerpt(scope["path"], 200),
+                    # The peer, or behind a trusted proxy (FORWARDED_ALLOW_IPS) the client it names.
+                    "client": (scope.get("client") or ("",))[0],
                     "operation": operation,
                     "status": status,
                     "duration_ms": round(elapsed * 1000, 2),

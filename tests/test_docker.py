@@ -66,8 +66,16 @@ def test_compose_file_structure():
     assert (
         api["environment"]["DATABASE_URL"].startswith("postgresql://") and "@db:" in api["environment"]["DATABASE_URL"]
     )
-    # Every variable given to the API is one the service reads (a typo would be silently ignored).
-    assert set(api["environment"]) <= set(ENV_OVERRIDES), set(api["environment"]) - set(ENV_OVERRIDES)
+    # Every variable given to the API is one the service (or gunicorn) reads: a typo would be ignored.
+    gunicorns = {"FORWARDED_ALLOW_IPS"}
+    assert set(api["environment"]) <= set(ENV_OVERRIDES) | gunicorns, set(api["environment"]) - set(ENV_OVERRIDES)
+    # nginx in front, serving the tested config; the API itself is not published.
+    proxy = services["proxy"]
+    assert "ports" not in api and api["expose"] == ["8080"]
+    assert proxy["ports"] == ["127.0.0.1:8080:80"] and proxy["depends_on"]["api"]["condition"] == "service_healthy"
+    assert "./deploy/nginx/store-api.conf:/etc/nginx/conf.d/default.conf:ro" in proxy["volumes"]
+    assert (ROOT / "deploy" / "nginx" / "store-api.conf").exists()
+    assert re.fullmatch(r"nginx:\d+\.\d+\.\d+-alpine", proxy["image"]), "pinned image"
     # One image for every service that runs the app: built once, by `api`.
     assert [n for n, svc in services.items() if "build" in svc] == ["api"]
     assert migrate["image"] == api["image"] == services["api-pgbouncer"]["image"]
