@@ -21,6 +21,13 @@ $(VENV)/.installed-dev: $(VENV)/.installed-local requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# The manifests' validators (checkov, kubernetes-validate), in a venv of their own.
+DEPLOY_VENV ?= .venv-deploy
+$(DEPLOY_VENV)/.installed: requirements-deploy.txt
+	$(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet -r requirements-deploy.txt
+	touch $@
+
 # Node tools for the tests (Spectral, TypeScript), pinned by tools/package-lock.json.
 tools/node_modules/.installed: tools/package.json tools/package-lock.json
 	cd tools && npm ci --no-audit --no-fund --loglevel=error
@@ -35,7 +42,7 @@ run: $(VENV)/.installed-local
 	$(PY) scripts/run.py
 
 ## test: set up and run every test against a real PostgreSQL (about 4 minutes)
-test: lint tools/node_modules/.installed
+test: lint tools/node_modules/.installed $(DEPLOY_VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## lint: ruff (lint and format check), configured in pyproject.toml; part of make test
@@ -64,9 +71,9 @@ sdk: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-bench
 	$(PY) bench/run.py
 
-## clean: remove the venv, .data, build/ and tools/node_modules
+## clean: remove the venvs, .data, build/ and tools/node_modules
 clean:
-	rm -rf $(VENV) .data .pytest_cache build tools/node_modules
+	rm -rf $(VENV) $(DEPLOY_VENV) .data .pytest_cache build tools/node_modules
 
 # The realistic mix (bench/k6/mix.js) with and without a streaming replica; about 2 minutes.
 ## bench-replica: the k6 mix with and without a streaming replica (about 2 minutes)
