@@ -44,15 +44,28 @@ def replica_admin(replica_server):
 
 
 def caught_up(replica_admin, db) -> bool:
-    # The embedded server runs with synchronous_commit off, so the flush position can trail the last
-    # commit, and the insert position can sit on the next page's header, which no record reaches
-    # while the primary is idle. A synchronous commit of its own (a transaction with an xid) flushes
-    # everything written before it: replayed that far, the replica has every earlier commit.
+    # The embedded server commits asynchronously (synchronous_commit off), so the flush position can
+    # trail the last commit, and the insert position can sit on the next page's header, which no
+    # record reaches while the primary is idle. A transactional WAL message committed synchronously
+    # flushes everything before it (a transaction that writes no WAL of its own, such as one that
+    # only takes an xid, commits without a flush even with synchronous_commit on): once the replica
+    # has replayed that far, it has every earlier commit.
     query(db, "SET synchronous_commit = on")
-    query(db, "SELECT pg_current_xact_id()")
+    query(db, "SELECT pg_logical_emit_message(true, 'store-api-test', 'caught up?')")
     primary_lsn = query(db, "SELECT pg_current_wal_flush_lsn()::text")[0][0]
     replayed = query(replica_admin, "SELECT pg_last_wal_replay_lsn()::text")[0][0]
     return parse_lsn(replayed) >= parse_lsn(primary_lsn)
+
+
+def replica_has_the_store(replica_admin) -> bool:
+    """The known rows (conftest's `store`), as a read on the replica sees them."""
+    counts = query(
+        replica_admin,
+        "SELECT (SELECT count(*) FROM customers), (SELECT count(*) FROM products), (SELECT count(*) FROM orders)",
+    )[0]
+    if counts != (3, 3, 2):
+        print(f"caught up, but the replica shows {counts}")  # evidence for the flake hunt
+    return counts == (3, 3, 2)
 
 
 def make_app(database_url, replica_server, **replica):
@@ -65,6 +78,7 @@ def make_app(database_url, replica_server, **replica):
 @pytest.fixture
 def replica_app(database_url, replica_server, store, replica_admin):
     wait_until(lambda: caught_up(replica_admin, store), timeout=10)
+    wait_until(lambda: replica_has_the_store(replica_admin), timeout=10, message="the replica to show the known rows")
     app = make_app(database_url, replica_server)
     replica = get_database(app).replica
     wait_until(lambda: replica.why_not() is None, timeout=10)
