@@ -186,7 +186,9 @@ def run(mutation: Mutation, python: str) -> tuple[bool, float, str]:
     with tempfile.TemporaryDirectory(prefix="mutation-") as scratch:
         tree = Path(scratch) / "tree"
         shutil.copytree(
-            ROOT, tree, ignore=shutil.ignore_patterns(".venv", ".git", ".data", "build", "node_modules", ".*cache*")
+            ROOT,
+            tree,
+            ignore=shutil.ignore_patterns(".venv", ".venv-*", ".git", ".data", "build", "node_modules", ".*cache*"),
         )
         target = tree / mutation.path
         text = target.read_text()
