@@ -178,6 +178,34 @@ MUTATIONS = [
         position=MiddlewarePosition.BEFORE_ROUTING,""",
         ("tests/test_api_dashboard_health.py::test_every_error_carries_cors_headers_for_an_allowed_origin",),
     ),
+    Mutation(
+        "nginx's own 502/504 reach the client as a 503 problem",
+        "deploy/nginx/store-api.conf",
+        "error_page 502 504 =503 @unavailable;",
+        "error_page 502 504 @unavailable;",
+        ("tests/test_nginx.py::test_an_api_that_does_not_answer_is_a_503_problem_with_retry_after",),
+    ),
+    Mutation(
+        "a body over the limit is refused by nginx",
+        "deploy/nginx/store-api.conf",
+        "client_max_body_size 1m;",
+        "client_max_body_size 8m;",
+        ("tests/test_nginx.py::test_a_body_over_the_limit_is_refused_by_the_proxy",),
+    ),
+    Mutation(
+        "the access log names the forwarded client",
+        "swagger_server/observability.py",
+        '"client": (scope.get("client") or ("",))[0],',
+        '"client": "",',
+        ("tests/test_nginx.py::test_traffic_passes_with_the_clients_request_id_and_address",),
+    ),
+    Mutation(
+        "the budget counts this service's other hosts",
+        "swagger_server/db/budget.py",
+        '{"ours": _like_prefix(f"{APP_PREFIX}{host_label()}:"), "service": _like_prefix(APP_PREFIX)},',
+        '{"ours": _like_prefix(APP_PREFIX), "service": _like_prefix(APP_PREFIX)},',
+        ("tests/test_budget.py::test_a_second_host_that_would_overflow_the_server_is_refused",),
+    ),
 ]
 
 

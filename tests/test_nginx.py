@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -43,18 +44,7 @@ class Nginx:
         self.dir = workdir
         self.port = free_port()
         self.access_log = workdir / "access.log"
-        conf = SHIPPED.read_text()
-        servers = "\n    ".join(f"server 127.0.0.1:{port};" for port in upstream_ports)
-        for old, new in (
-            ("listen 80;", f"listen 127.0.0.1:{self.port};"),
-            ("server api:8080;", servers),
-            ("/var/log/nginx/access.log", str(self.access_log)),
-            ("client_header_timeout 10s;", f"client_header_timeout {HEADER_TIMEOUT}s;"),
-            ("client_body_timeout 10s;", f"client_body_timeout {HEADER_TIMEOUT}s;"),
-        ):
-            assert conf.count(old) == 1, f"{old!r} is not in {SHIPPED} exactly once"
-            conf = conf.replace(old, new)
-        (workdir / "store-api.conf").write_text(conf)
+        self.write_config(upstream_ports)
         temp = {name: workdir / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
         for path in temp.values():
             path.mkdir()
@@ -92,6 +82,34 @@ http {{
 
         wait_until(listening, timeout=10, message="nginx to listen")
         self.base = f"http://127.0.0.1:{self.port}"
+
+    def write_config(self, upstream_ports, down=()) -> None:
+        """The shipped server block, with this test's addresses; `down` ports marked `down`."""
+        conf = SHIPPED.read_text()
+        servers = "\n    ".join(f"server 127.0.0.1:{port}{' down' if port in down else ''};" for port in upstream_ports)
+        for old, new in (
+            ("listen 80;", f"listen 127.0.0.1:{self.port};"),
+            ("server api:8080;", servers),
+            ("/var/log/nginx/access.log", str(self.access_log)),
+            ("client_header_timeout 10s;", f"client_header_timeout {HEADER_TIMEOUT}s;"),
+            ("client_body_timeout 10s;", f"client_body_timeout {HEADER_TIMEOUT}s;"),
+        ):
+            assert conf.count(old) == 1, f"{old!r} is not in {SHIPPED} exactly once"
+            conf = conf.replace(old, new)
+        (self.dir / "store-api.conf").write_text(conf)
+
+    def reload(self, upstream_ports, down=()) -> None:
+        """New config, `nginx -s reload`; returns once every worker of the old config has exited
+        (they finish their requests first; their idle upstream connections close with them)."""
+        master = psutil.Process(self.process.pid)
+        old = {p.pid for p in master.children()}
+        self.write_config(upstream_ports, down)
+        subprocess.run([NGINX, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"), "-s", "reload"], check=True)
+        wait_until(
+            lambda: (children := {p.pid for p in master.children()}) and not children & old,
+            timeout=20,
+            message="nginx's old workers to exit",
+        )
 
     def log(self) -> list[dict]:
         if not self.access_log.exists():
@@ -207,9 +225,10 @@ def test_api_errors_reach_the_client_unchanged(stack, store):
 
 
 def test_restarting_one_of_two_masters_under_load_loses_no_request(database_url, store, tmp_path):
-    """Two gunicorn masters behind one nginx, 8 clients reading and writing. One master is stopped
-    (SIGTERM: graceful) and a new one started on its port, as a rolling update does to a host: every
-    request is answered 2xx (reads and writes). docs/DEPLOY.md records the figures."""
+    """Two gunicorn masters behind one nginx, 8 clients reading and writing. One master is drained
+    (marked down, nginx reloaded), stopped (SIGTERM: graceful), replaced by a new one on its port and
+    put back, as a rolling update does to a host: every request is answered 2xx, reads and writes.
+    docs/DEPLOY.md records the figures, and what happens without the drain."""
     if NGINX is None:
         pytest.skip("nginx is not installed (apt-get install nginx; .ci/run installs it)")
     first, second = Gunicorn(database_url), Gunicorn(database_url)
@@ -243,11 +262,16 @@ def test_restarting_one_of_two_masters_under_load_loses_no_request(database_url,
             thread.start()
         wait_until(lambda: len(outcomes) >= 200, timeout=30, message="load before the restart")
         before = len(outcomes)
+        ports = (first.port, second.port)
+        # Drain: the host leaves the upstream first (on Kubernetes, the endpoints and the preStop
+        # pause do this), so no request meets a keep-alive connection that its master is closing.
+        proxy.reload(ports, down={first.port})
         code, _ = first.stop()  # graceful: in-flight requests finish, the port closes
         assert code == 0
         during = len(outcomes)
-        # A new master on the old one's port, as the restarted host comes back.
+        # A new master on the old one's port, as the restarted host comes back, then back in.
         replacement = _gunicorn_on(database_url, first.port)
+        proxy.reload(ports)
         wait_until(lambda: len(outcomes) >= during + 300, timeout=60, message="load after the restart")
     finally:
         stop.set()
@@ -274,3 +298,18 @@ def _gunicorn_on(database_url: str, port: int):
         return Gunicorn(database_url)
     finally:
         servers.free_port = taken
+
+
+def test_an_api_that_does_not_answer_is_a_503_problem_with_retry_after(tmp_path):
+    """nginx's own 502/504 (nothing listens upstream) reach the client as a 503 problem, its status
+    and its body agreeing, with Retry-After."""
+    if NGINX is None:
+        pytest.skip("nginx is not installed (apt-get install nginx; .ci/run installs it)")
+    proxy = Nginx(tmp_path, free_port())
+    try:
+        response = requests.get(f"{proxy.base}/api/customers/1", headers={"X-Request-ID": "nobody-home"}, timeout=10)
+    finally:
+        proxy.stop()
+    assert response.status_code == 503 and response.json()["status"] == 503
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.headers["retry-after"] == "1" and response.headers["x-request-id"] == "nobody-home"

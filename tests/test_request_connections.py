@@ -1,7 +1,11 @@
 """The per-request connection contract, through the app: one connection per request, always returned."""
 
+import json
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -114,42 +118,73 @@ def test_mode_none_opens_and_closes_a_connection_per_request(database_url, store
     assert stats["connections_opened"] == stats["connections_closed"] == 2 and stats["size"] == 0
 
 
-def test_the_pool_is_made_per_process(app, pool):
-    """A pool never crosses a fork: the child gets its own, and the parent's is refused there."""
-    read, write = os.pipe()
-    # Fork while this thread holds the pool's lock: no pool thread can be holding it (or be halfway
-    # through what it guards) at the fork, and the child, where this thread goes on, releases it.
-    with pool._lock:
-        child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the child
-        code = 1
+FORK_PROBE = """
+import json, os, sys, threading, time
+from swagger_server import create_app, get_database
+from swagger_server.request_scope import get_conn
+from tests.conftest import make_settings
+
+app = create_app(make_settings(sys.argv[1]))
+pool = get_database(app).pool
+pool.wait_ready(10)
+deadline = time.monotonic() + 10
+while pool.stats()["opening"] and time.monotonic() < deadline:
+    time.sleep(0.01)
+threads = sorted(t.name for t in threading.enumerate())
+read, write = os.pipe()
+# This thread holds the pool's lock at the fork: the pool's own threads are waiting on it (nothing
+# else runs in this process), so none is halfway through what it guards; the child releases it.
+with pool._lock:
+    child = os.fork()
+if child == 0:
+    result = {}
+    try:
         try:
-            try:
-                pool.getconn()
-            except Exception as exc:
-                refused = "cannot be used in process" in str(exc)
-            else:
-                refused = False
-            fresh = get_database(app).pool
-            with app.app.app_context():
-                conn = get_conn()
-                with conn.cursor() as cur:
-                    cur.execute("SELECT 1")
-                    ok = cur.fetchone() == (1,)
-            code = 0 if (refused and fresh is not pool and fresh.pid == os.getpid() and ok) else 1
-        finally:
-            os.write(write, str(code).encode())
-            os._exit(code)
-    os.close(write)
-    _, status = os.waitpid(child, 0)
-    assert os.read(read, 10) == b"0"
-    assert os.WEXITSTATUS(status) == 0
-    # The parent's pool is untouched by the child.
-    conn = pool.getconn()
-    with conn.cursor() as cur:
-        cur.execute("SELECT 1")
-        assert cur.fetchone() == (1,)
-    pool.putconn(conn)
+            pool.getconn()
+        except Exception as exc:
+            result["refused"] = str(exc)
+        fresh = get_database(app).pool
+        result["fresh"] = fresh is not pool and fresh.pid == os.getpid()
+        with app.app.app_context():
+            with get_conn().cursor() as cur:
+                cur.execute("SELECT 1")
+                result["query"] = cur.fetchone()[0]
+    except BaseException as exc:
+        result["error"] = repr(exc)
+    finally:
+        os.write(write, json.dumps(result).encode())
+        os._exit(0)
+os.close(write)
+os.waitpid(child, 0)
+child_result = json.loads(os.read(read, 65536) or b"{}")
+conn = pool.getconn()  # the parent's pool is untouched by the child
+with conn.cursor() as cur:
+    cur.execute("SELECT 1")
+    parent = cur.fetchone()[0]
+pool.putconn(conn)
+get_database(app).close(timeout=2)
+print(json.dumps({"threads": threads, "child": child_result, "parent": parent}))
+"""
+
+
+def test_the_pool_is_made_per_process(database_url):
+    """A pool never crosses a fork: the child gets its own, and the parent's is refused there.
+
+    In a process of its own, where the pool's threads are the only ones: forked from this test's
+    process, the child could inherit a lock held by any thread another test left running."""
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_PROBE, database_url],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "error" not in outcome["child"], outcome
+    assert "cannot be used in process" in outcome["child"]["refused"]
+    assert outcome["child"]["fresh"] is True and outcome["child"]["query"] == 1
+    assert outcome["parent"] == 1
 
 
 @pytest.mark.parametrize(
