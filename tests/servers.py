@@ -48,6 +48,23 @@ def start_gunicorn(env) -> subprocess.Popen:
     )
 
 
+def refused_start(env, timeout: float = 60) -> tuple[int, str, str]:
+    """Start gunicorn expecting it to refuse (exit by itself): (exit code, stdout, stderr). If it
+    starts and serves instead, it is stopped here, not left running behind the failed test."""
+    process = start_gunicorn(env)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGTERM)
+        try:
+            out, err = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, err = process.communicate()
+        raise AssertionError(f"gunicorn did not refuse to start: {err[-2000:]}") from None
+    return process.returncode, out, err
+
+
 def healthy(base: str) -> bool:
     try:
         return requests.get(f"{base}/api/health", timeout=1).status_code == 200

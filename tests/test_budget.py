@@ -215,7 +215,7 @@ def test_a_second_host_that_would_overflow_the_server_is_refused(database_url, r
     CONNECTION LIMIT 20 (headroom 5). Host A holds 2 x 6 = 12; host B asking for 12 more is refused
     at start, naming the other host's connections; B asking for 2 x 1 fits and starts."""
     from swagger_server.db.embedded import free_port
-    from tests.servers import Gunicorn, gunicorn_env, start_gunicorn
+    from tests.servers import Gunicorn, gunicorn_env, refused_start
 
     url = role(20)
     wait_until(lambda: query_count(url, "store-api:host-_:%") == 0, message="no connection of an earlier run")
@@ -224,7 +224,7 @@ def test_a_second_host_that_would_overflow_the_server_is_refused(database_url, r
         assert wait_until(
             lambda: query_count(url, "store-api:host-a:%") == 12, timeout=10, message="host A's 12 connections"
         )
-        refused = start_gunicorn(
+        code, _, err = refused_start(
             gunicorn_env(
                 url,
                 free_port(),
@@ -234,8 +234,7 @@ def test_a_second_host_that_would_overflow_the_server_is_refused(database_url, r
                 WEB_THREADS="6",
             )
         )
-        _, err = refused.communicate(timeout=60)
-        assert refused.returncode == 3, err
+        assert code == 3, err
         assert "2 workers x 6 connections = 12, but only 3 are free" in err
         # Host A's 12, and any other connection of this service not of host B (the test process's own).
         named = re.search(r"\((\d+) of them this service on other hosts\)", err)

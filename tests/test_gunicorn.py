@@ -12,7 +12,7 @@ from swagger_server.db.database import application_name
 from swagger_server.db.embedded import free_port
 from tests.conftest import AUTH, query
 from tests.helpers import wait_until
-from tests.servers import gunicorn_env, healthy, start_gunicorn
+from tests.servers import gunicorn_env, healthy, refused_start, start_gunicorn
 
 pytestmark = pytest.mark.slow
 
@@ -71,19 +71,17 @@ def test_one_pool_per_worker_and_nothing_left_after_shutdown(database_url, store
 
 def test_refuses_to_start_when_the_connection_budget_is_exceeded(database_url):
     port = free_port()
-    server = start_gunicorn(
+    code, _, err = refused_start(
         gunicorn_env(database_url, port, WEB_CONCURRENCY="12", DB_POOL_MAX_CONNECTIONS="10", WEB_THREADS="10")
     )
-    out, err = server.communicate(timeout=30)
-    assert server.returncode == 3
+    assert code == 3
     assert "connection budget exceeded: 12 workers x 10 connections = 120" in err
     assert "DB_POOL_MAX_CONNECTIONS<=" in err and "WEB_CONCURRENCY<=" in err
 
 
 def test_bad_configuration_stops_gunicorn_with_one_line(database_url):
-    server = start_gunicorn(gunicorn_env(database_url, free_port(), DB_POOL_TIMEOUT="soon"))
-    out, err = server.communicate(timeout=30)
-    assert server.returncode == 2
+    code, _, err = refused_start(gunicorn_env(database_url, free_port(), DB_POOL_TIMEOUT="soon"))
+    assert code == 2
     assert err.strip().splitlines() == [
         "configuration error: DB_POOL_TIMEOUT (environment): expected a number, got 'soon'"
     ]

@@ -84,7 +84,7 @@ def test_eighty_app_connections_through_pgbouncer_into_thirty_slots(small_server
     from swagger_server.db.embedded import free_port
     from tests.helpers import wait_until
     from tests.pgbouncer import BINARY, PgBouncer
-    from tests.servers import Gunicorn, gunicorn_env, start_gunicorn
+    from tests.servers import Gunicorn, gunicorn_env, refused_start
 
     if BINARY is None:
         pytest.skip("pgbouncer is not installed (apt-get install pgbouncer; .ci/run installs it)")
@@ -93,9 +93,10 @@ def test_eighty_app_connections_through_pgbouncer_into_thirty_slots(small_server
     env = {"WEB_CONCURRENCY": 8, "WEB_THREADS": 10, "DB_POOL_MAX_CONNECTIONS": 10, "DB_POOL_MIN_CONNECTIONS": 10}
     try:
         # Without saying it is behind PgBouncer, the budget check sees 30 slots and refuses 80.
-        refused = start_gunicorn(gunicorn_env(bouncer.url("store"), free_port(), **{k: str(v) for k, v in env.items()}))
-        _, err = refused.communicate(timeout=30)
-        assert refused.returncode == 3 and "8 workers x 10 connections = 80" in err
+        code, _, err = refused_start(
+            gunicorn_env(bouncer.url("store"), free_port(), **{k: str(v) for k, v in env.items()})
+        )
+        assert code == 3 and "8 workers x 10 connections = 80" in err
 
         log = server.datadir / "server.log"
         logged_before = len(log.read_text())
