@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import psycopg2
 
 from swagger_server.db.embedded import SYSTEM_USER, free_port
+from tests.helpers import wait_listening
 
 BINARY = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None)
 
@@ -53,16 +52,8 @@ pidfile = {self.dir / "pgbouncer.pid"}
                 path.chmod(path.stat().st_mode | 0o055)
             shutil.chown(self.dir, SYSTEM_USER)
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"pgbouncer exited: {self.process.stderr.read().decode()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("pgbouncer did not start listening")
+        wait_listening(self.process, self.port, "pgbouncer")
+        return self
 
     def url(self, dbname: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"

@@ -83,19 +83,20 @@ class Gunicorn:
     them every request (a harness fault that once looked like a server hang).
     """
 
-    def __init__(self, database_url: str, **env):
+    def __init__(self, database_url: str, port: int | None = None, **env):
         # free_port() picks a port that another process may take before gunicorn binds it: a start
         # that fails with EADDRINUSE is retried on a new port (gunicorn cannot report a port 0 bind).
-        for attempt in range(3):
+        # A port the caller chose is not changed.
+        for attempt in range(1 if port else 3):
             try:
-                self._start(database_url, env)
+                self._start(database_url, port or free_port(), env)
                 return
             except _PortTaken:
-                if attempt == 2:
+                if port or attempt == 2:
                     raise
 
-    def _start(self, database_url: str, env: dict) -> None:
-        self.port = free_port()
+    def _start(self, database_url: str, port: int, env: dict) -> None:
+        self.port = port
         self.base = f"http://127.0.0.1:{self.port}"
         self.process = start_gunicorn(gunicorn_env(database_url, self.port, **env))
         self._output: list[str] = []  # both streams, in the order lines arrived

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from swagger_server.db.database import application_name
+from swagger_server.db.embedded import free_port
 from tests.conftest import AUTH, admin_connect, query
 from tests.helpers import wait_until
 from tests.servers import Gunicorn
@@ -313,9 +314,7 @@ def test_an_unreachable_database_is_a_503_at_once_over_http(database_url):
     """gunicorn starts with nothing listening where the database should be (the budget check says it
     could not check); requests get 503 database-unavailable with Retry-After long before the 5 s pool
     timeout, the first one included."""
-    with socket.socket() as probe:  # a port that was free a moment ago; nothing listens on it
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # free a moment ago: nothing listens on it
     nowhere = database_url.rsplit("@", 1)[0] + f"@127.0.0.1:{port}/store_test"
     app = Gunicorn(nowhere, DB_POOL_TIMEOUT=5, WEB_CONCURRENCY=1)
     try:

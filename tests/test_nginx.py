@@ -21,8 +21,9 @@ import psutil
 import pytest
 import requests
 
+from swagger_server.db.embedded import free_port
 from tests.conftest import AUTH
-from tests.helpers import wait_until
+from tests.helpers import wait_listening, wait_until
 from tests.servers import Gunicorn
 
 pytestmark = pytest.mark.slow
@@ -31,12 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "deploy" / "nginx" / "store-api.conf"
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 HEADER_TIMEOUT = 2
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Nginx:
@@ -71,16 +66,7 @@ http {{
             stderr=subprocess.PIPE,
         )
 
-        def listening():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nginx exited: {self.process.stderr.read().decode()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return True
-            except OSError:
-                return False
-
-        wait_until(listening, timeout=10, message="nginx to listen")
+        wait_listening(self.process, self.port, "nginx")
         self.base = f"http://127.0.0.1:{self.port}"
 
     def write_config(self, upstream_ports, down=()) -> None:
@@ -273,7 +259,7 @@ def test_restarting_one_of_two_masters_under_load_loses_no_request(database_url,
         assert code == 0
         during = len(outcomes)
         # A new master on the old one's port, as the restarted host comes back, then back in.
-        replacement = _gunicorn_on(database_url, first.port)
+        replacement = Gunicorn(database_url, port=first.port)
         proxy.reload(ports)
         wait_until(lambda: len(outcomes) >= during + 300, timeout=60, message="load after the restart")
     finally:
@@ -289,18 +275,6 @@ def test_restarting_one_of_two_masters_under_load_loses_no_request(database_url,
     writes = [o for o in outcomes if o[0] == "POST"]
     assert writes and len(outcomes) > before
     print(f"rolling restart behind nginx: {len(outcomes)} requests ({len(writes)} writes), 0 failed")
-
-
-def _gunicorn_on(database_url: str, port: int):
-    """A Gunicorn on a given port (the harness picks its own)."""
-    import tests.servers as servers
-
-    taken = servers.free_port
-    servers.free_port = lambda: port
-    try:
-        return Gunicorn(database_url)
-    finally:
-        servers.free_port = taken
 
 
 def test_an_api_that_does_not_answer_is_a_503_problem_with_retry_after(tmp_path):
