@@ -9,6 +9,7 @@ lazily on first use.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import logging
@@ -17,7 +18,9 @@ from pathlib import Path
 import connexion
 import flask
 import yaml
-from a2wsgi import WSGIMiddleware
+from connexion.apps.flask import FlaskOperation
+from connexion.context import operation as _current_operation
+from connexion.decorators import FlaskDecorator
 from connexion.frameworks import flask as _connexion_flask
 from connexion.frameworks import starlette as _connexion_starlette
 from connexion.jsonifier import Jsonifier
@@ -26,9 +29,9 @@ from connexion.options import SwaggerUIOptions
 from starlette.middleware.cors import CORSMiddleware
 
 from swagger_server import errors, observability, security, validation
-from swagger_server.admission import AdmissionControl
 from swagger_server.config import Settings, load_settings
 from swagger_server.db.database import Database
+from swagger_server.handlers import HandlerThreads
 from swagger_server.limits import BodyLimit
 from swagger_server.request_scope import RequestScope
 from swagger_server.version import VERSION
@@ -44,6 +47,36 @@ _connexion_starlette.IntegerConverter.regex = _connexion_flask.IntegerConverter.
 SPEC_DIR = Path(__file__).resolve().parent.parent / "swagger"
 
 
+def _decorate_once(self: FlaskOperation):
+    """FlaskOperation.fn, built once per operation instead of on every request.
+
+    Connexion 3.3's `FlaskOperation.fn` is a property: each request built a FlaskDecorator, which
+    inspected the handler's signature and wrapped it three times, and a URI parser for the operation.
+    All of that depends only on the handler and the operation, so here it is made once; what depends on
+    the request (its parameters and body) is still read per request by the same Connexion code."""
+    cached = self.__dict__.get("_store_api_fn")
+    if cached is not None:
+        return cached
+    decorator = FlaskDecorator(pythonic_params=self.pythonic_params, jsonifier=self.jsonifier)
+    decorated = decorator.decorate(self._fn)
+    get_request = decorator.framework.get_request
+    parsers: dict = {}  # the routed (middleware) operation -> its URI parser
+
+    @functools.wraps(self._fn)
+    def fn(*_args, **_kwargs):
+        routed = _current_operation._get_current_object()
+        parser = parsers.get(routed)
+        if parser is None:
+            parser = parsers[routed] = routed.uri_parser_class(routed.parameters, routed.body_definition())
+        return decorated(get_request(uri_parser=parser))
+
+    self.__dict__["_store_api_fn"] = fn
+    return fn
+
+
+FlaskOperation.fn = property(_decorate_once)
+
+
 def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
     """Build the application. Reads settings from config.ini and the environment when none are given."""
     settings = settings or load_settings()
@@ -53,8 +86,14 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         # Pool gauges from the start, not from this worker's first request: an idle worker counts too.
-        observability.pool_metrics(database)
+        metrics = observability.pool_metrics(database)
+        metrics.handlers = app.app.extensions["handlers"]
+        lag = observability.LoopLag().start()
+        metrics.loop_lag = lag
         yield
+        lag.stop()
+        app.app.extensions["handlers"].stop()
+        observability.flush_access_log()
         # Runs after the server has stopped taking requests and in-flight ones have finished
         # (uvicorn waits for them); gunicorn's worker_exit hook never runs under the uvicorn worker.
         database.close()
@@ -113,15 +152,16 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
     errors.set_routes(spec["paths"], "/api")
     # A person who opens the server's root wants the UI.
     app.add_url_rule("/", "root", lambda: flask.redirect("/api/ui/", 302))
-    # Flask handlers run in a2wsgi's thread pool (Connexion fixes it at 10 threads; we size it), behind
-    # admission control, so that excess requests wait a bounded time instead of queueing without limit.
-    flask_asgi = app.middleware.app
-    flask_asgi.asgi_app = AdmissionControl(
-        WSGIMiddleware(app.app.wsgi_app, workers=settings.server.threads),
-        limit=settings.server.threads,
+    # Flask handlers run in a few threads per worker (we size them), behind admission control, so that
+    # excess requests wait a bounded time instead of queueing without limit (swagger_server/handlers.py).
+    handlers = HandlerThreads(
+        app.app.wsgi_app,
+        threads=settings.server.threads,
         timeout=settings.pool.timeout,
         retry_after=settings.api.retry_after,
     )
+    app.middleware.app.asgi_app = handlers
+    app.app.extensions["handlers"] = handlers
     errors.register(app)
     security.configure(settings.api.tokens)
     scope.init_app(app.app)

@@ -16,15 +16,17 @@ scrape works even when every handler thread is busy.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import itertools
 import json
 import logging
 import os
+import queue
 import re
 import sys
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 
 from prometheus_client import (
@@ -76,6 +78,27 @@ REPLICA_LAG = Gauge(
     "Replica replay lag at the last check (the largest any live worker saw).",
     multiprocess_mode="livemax",
 )
+HANDLER_BUSY = Gauge(
+    "store_api_handler_busy",
+    "Requests in a handler thread (at most [GUNICORN] threads per worker), sampled each second, summed "
+    "over live workers.",
+    multiprocess_mode="livesum",
+)
+HANDLER_QUEUE = Gauge(
+    "store_api_handler_queue",
+    "Requests waiting for a handler thread (each waits at most the pool timeout, then 503), sampled "
+    "each second, summed over live workers.",
+    multiprocess_mode="livesum",
+)
+LOOP_LAG = Gauge(
+    "store_api_event_loop_lag_seconds",
+    "The longest a timer on the event loop fired late in the last second: how long any request could "
+    "have waited for the loop (the worst live worker).",
+    multiprocess_mode="livemax",
+)
+ACCESS_LOG_DROPPED = Counter(
+    "store_api_access_log_dropped", "Access log lines dropped because stdout could not keep up."
+)
 REPLICA_READS = Counter(
     "store_api_replica_routed_reads",
     "Read-only requests by where they were served and, for the primary, why.",
@@ -95,6 +118,8 @@ class PoolMetrics:
         self.pid = os.getpid()
         self._last: dict[tuple, int] = {}
         self._lock = threading.Lock()
+        self.handlers = None  # HandlerThreads, set by the app's lifespan (busy / waiting gauges)
+        self.loop_lag: LoopLag | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="pool-metrics")
 
     def start(self) -> PoolMetrics:
@@ -102,6 +127,12 @@ class PoolMetrics:
         return self
 
     def sync(self) -> None:
+        handlers, lag = self.handlers, self.loop_lag
+        if handlers is not None:
+            HANDLER_BUSY.set(handlers.busy)
+            HANDLER_QUEUE.set(handlers.waiting)
+        if lag is not None:
+            LOOP_LAG.set(lag.take())
         db = self.database
         pools = db.pools()
         if not pools:
@@ -154,6 +185,38 @@ def pool_metrics(database) -> PoolMetrics:
     return current
 
 
+class LoopLag:
+    """Event-loop lag: a timer every INTERVAL on the loop, and how late it fired. `take()` gives the
+    worst since the last call (PoolMetrics copies it into the gauge once a second)."""
+
+    INTERVAL = 0.05
+
+    def __init__(self):
+        self.worst = 0.0
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> LoopLag:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-lag")
+        return self
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + self.INTERVAL
+            await asyncio.sleep(self.INTERVAL)
+            late = loop.time() - due
+            if late > self.worst:
+                self.worst = late
+
+    def take(self) -> float:
+        worst, self.worst = self.worst, 0.0
+        return max(0.0, worst)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
 def render_metrics(database) -> bytes:
     """The Prometheus text exposition: all workers' values in multiprocess mode, else this process's."""
     pool_metrics(database).sync()
@@ -204,13 +267,82 @@ class TextFormatter(logging.Formatter):
         return f"{when} {f['method']:<6} {f['path']} {status} {f['duration_ms']:.1f} ms{wait}"
 
 
+class BackgroundStreamHandler(logging.Handler):
+    """A log handler that never makes its caller (the event loop) wait on the stream.
+
+    Records go on a queue; a writer thread wakes every FLUSH_INTERVAL, formats what has queued up and
+    writes it in one call. A stdout that blocks (a slow pipe to a log collector) then stalls only the
+    writer. The queue is bounded: past MAX_QUEUED lines, new ones are dropped and counted
+    (store_api_access_log_dropped), so a stuck stdout cannot grow the worker's memory."""
+
+    FLUSH_INTERVAL = 0.02
+    MAX_QUEUED = 10_000
+
+    def __init__(self, stream):
+        super().__init__()
+        self.stream = stream
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._pid = 0
+        self._start_lock = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._pid != os.getpid():
+            self._start()
+        if self._queue.qsize() >= self.MAX_QUEUED:
+            ACCESS_LOG_DROPPED.inc()
+            return
+        self._queue.put(record)
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._pid == os.getpid():
+                return
+            self._queue = queue.SimpleQueue()  # a parent's queue (and its thread) stayed behind in the fork
+            threading.Thread(target=self._run, args=(self._queue,), name="access-log", daemon=True).start()
+            self._pid = os.getpid()
+
+    def _run(self, records: queue.SimpleQueue) -> None:
+        while True:
+            time.sleep(self.FLUSH_INTERVAL)
+            self._drain(records)
+
+    def _drain(self, records: queue.SimpleQueue) -> None:
+        lines = []
+        while True:
+            try:
+                record = records.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                lines.append(self.format(record))
+            except Exception:
+                self.handleError(record)
+        if lines:
+            try:
+                self.stream.write("\n".join(lines) + "\n")
+                self.stream.flush()
+            except Exception:
+                pass  # stdout gone (the worker is exiting): nothing to write to
+
+    def flush(self) -> None:
+        """Write what is queued now, on the caller's thread (shutdown, tests)."""
+        if self._pid == os.getpid():
+            self._drain(self._queue)
+
+
+def flush_access_log() -> None:
+    """Write out the access log lines still queued (the app's lifespan shutdown)."""
+    for handler in access_log.handlers:
+        handler.flush()
+
+
 def setup_access_log(enabled: bool, log_format: str = "json") -> None:
     """Send the access log to stdout (once per process): JSON lines, or short text lines for a person."""
     access_log.propagate = False
     access_log.setLevel(logging.INFO if enabled else logging.WARNING)
     for handler in [h for h in access_log.handlers if getattr(h, "store_api", False)]:
         access_log.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stdout)
+    handler = BackgroundStreamHandler(sys.stdout)
     handler.setFormatter(TextFormatter(sys.stdout.isatty()) if log_format == "text" else JsonFormatter())
     handler.store_api = True
     access_log.addHandler(handler)
@@ -335,7 +467,25 @@ def _request_id(scope) -> str:
             if _VALID_REQUEST_ID.match(text):
                 return text
             break
-    return uuid.uuid4().hex
+    return _new_request_id()
+
+
+class _RequestIds:
+    """Request ids: 32 hex digits, a random 64-bit prefix per process and a counter. Unique across
+    workers and restarts without a system call per request (uuid4 reads os.urandom each time)."""
+
+    def __init__(self):
+        self._pid = 0
+
+    def __call__(self) -> str:
+        if self._pid != os.getpid():  # after a fork: a prefix of this process's own
+            self._prefix = os.urandom(8).hex()
+            self._counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+            self._pid = os.getpid()
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_new_request_id = _RequestIds()
 
 
 def record_pool_wait(environ, pool: str, seconds: float) -> None:
