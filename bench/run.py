@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -128,6 +129,13 @@ def peer(name: str, module: str, worker_args: list[str], database_url: str) -> S
     )
 
 
+FASTEST = "fastest common Python stack: FastAPI + asyncpg, uvicorn"
+
+
+def fastest(database_url: str) -> Server:
+    return peer("peer-asyncpg", "fastapi_asyncpg", ["-k", "uvicorn_worker.UvicornWorker"], database_url)
+
+
 # -- load ------------------------------------------------------------------------------------------
 def k6(
     server: Server, target: str = "customer", vus: int = VUS, duration: str = DURATION, warmup: str = "3s", **env
@@ -181,24 +189,86 @@ def k6(
     }
 
 
-def wrk(server: Server, path: str, connections: int = VUS, seconds: int = 10) -> dict | None:
-    """Peak throughput with wrk (lighter than k6, no body checks): req/s, p99, errors; None if absent."""
+def _wrk_duration_ms(text: str) -> float:
+    """A wrk duration ("812.00us", "17.3ms", "1.02s", "2.00m") in milliseconds."""
+    number, unit = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", text).groups()
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
+
+
+def wrk(server: Server, path: str, connections: int = VUS, seconds: int = 10, script: str | None = None) -> dict | None:
+    """Peak throughput with wrk (lighter than k6, no body checks): req/s, p50, p99, non-2xx, worker CPU per
+    request; None if wrk is absent. `script` is a Lua file in bench/wrk/ (random ids) instead of `path`."""
     binary = shutil.which("wrk")
     if not binary:
         return None
     url = f"{server.base}{path}"
-    auth = ["-H", f"Authorization: Bearer {TOKEN}"]
-    subprocess.run([binary, "-t2", f"-c{connections}", "-d3s", *auth, url], check=True, capture_output=True)
+    args = ["-H", f"Authorization: Bearer {TOKEN}"]
+    if script:
+        args = ["-s", str(ROOT / "bench" / "wrk" / script)]
+    env = {**os.environ, "TOKEN": TOKEN, "MAX_ID": str(CUSTOMERS)}
+    subprocess.run([binary, "-t2", f"-c{connections}", "-d3s", *args, url], check=True, capture_output=True, env=env)
+    cpu_before = server.cpu_seconds()
     out = subprocess.run(
-        [binary, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", *auth, url],
+        [binary, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", *args, url],
         check=True,
         capture_output=True,
         text=True,
+        env=env,
     ).stdout
-    errors = "; ".join(line.strip() for line in out.splitlines() if "Non-2xx" in line or "Socket errors" in line)
-    p99 = next((line.split()[1] for line in out.splitlines() if line.strip().startswith("99%")), "?")
-    rps = float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
-    return {"rps": rps, "p99": p99, "errors": errors or "none"}
+    cpu = server.cpu_seconds() - cpu_before
+    lines = [line.strip() for line in out.splitlines()]
+    errors = "; ".join(line for line in lines if "Non-2xx" in line or "Socket errors" in line)
+
+    def percentile(name: str) -> float:
+        return next(_wrk_duration_ms(line.split()[1]) for line in lines if line.startswith(name))
+
+    requests = int(next(line.split()[0] for line in lines if "requests in" in line))
+    p50, p99 = percentile("50%"), percentile("99%")
+    return {
+        "connections": connections,
+        "rps": float(next(line.split()[1] for line in lines if line.startswith("Requests/sec"))),
+        "p50": p50,
+        "p99": p99,
+        "tail": p99 / p50,
+        "max": _wrk_duration_ms(next(line.split()[3] for line in lines if line.startswith("Latency"))),
+        "errors": errors or "none",
+        "cpu_ms_per_request": 1000 * cpu / max(1, requests),
+    }
+
+
+TAIL_RUNS = int(os.environ.get("BENCH_TAIL_RUNS", "3"))
+CONNECTIONS = (32, 128)
+
+
+def saturation(url: str) -> dict:
+    """wrk at 32 and 128 connections on each server: p50, p99, p99/p50, worker CPU per request.
+    Ours on the database endpoint runs TAIL_RUNS times (the tail varies from run to run)."""
+    rows = {}
+    for name, factory, path, runs in [
+        ("ours: GET /api/customers/{id} (random ids)", lambda: ours("sat-ours", url), None, TAIL_RUNS),
+        ("ours: no DB, GET /api/health", lambda: ours("sat-health", url), "/api/health", 1),
+        (
+            "peer: Flask + ThreadedConnectionPool, gthread",
+            lambda: peer("sat-flask", "flask_gthread", ["-k", "gthread", "--threads", str(PEER_THREADS)], url),
+            None,
+            1,
+        ),
+        (FASTEST, lambda: fastest(url), None, 1),
+        (FASTEST + ", no DB", lambda: fastest(url), "/api/health", 1),
+    ]:
+        server = factory()
+        try:
+            rows[name] = [
+                wrk(server, path or "/", connections=c, script=None if path else "random_customer.lua")
+                for _ in range(runs)
+                for c in CONNECTIONS
+            ]
+        finally:
+            server.stop()
+        print(
+            f"  {name}: " + ", ".join(f"c={r['connections']} p99/p50 {r['tail']:.1f}" for r in rows[name]), flush=True
+        )
+    return rows
 
 
 def _authorized(url: str) -> urllib.request.Request:
@@ -289,15 +359,17 @@ def main() -> int:
                 lambda: peer("peer-fastapi", "fastapi_pool", ["-k", "uvicorn_worker.UvicornWorker"], url),
                 "customer",
             ),
+            (FASTEST, lambda: fastest(url), "customer"),
         ]:
             server = factory()
             try:
                 throughput[name] = k6(server, target)
-                throughput[name]["wrk"] = wrk(server, "/api/health" if target == "health" else "/api/customers/1")
             finally:
                 server.stop()
             print(f"  {name}: {throughput[name]['rps']:.0f} req/s, p50 {throughput[name]['p50']:.2f} ms", flush=True)
         results["throughput"] = throughput
+        if shutil.which("wrk"):
+            results["saturation"] = saturation(url)
 
         # 2. Round trips per request and latency with the database 1, 5 and 25 ms away (one client).
         latency = {}
@@ -372,28 +444,22 @@ def render(r: dict) -> str:
         f"per worker); peers: their usual 10 threads (FastAPI: Starlette's 40) and a pool of 10 per worker.",
         "",
         "| Server (same machine, same workers) | k6 req/s | good req/s | p50 ms | p99 ms | bad answers "
-        "| worker CPU ms/req | wrk req/s | wrk p99 | wrk errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| worker CPU ms/req |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in t.items():
         good_rps = row["good"] / (row["requests"] / row["rps"])
-        w = row.get("wrk") or {"rps": float("nan"), "p99": "n/a", "errors": "wrk not installed"}
         lines.append(
             f"| {name} | {row['rps']:.0f} | {good_rps:.0f} | {row['p50']:.2f} | {row['p99']:.2f} | {row['bad']} | "
-            f"{row['cpu_ms_per_request']:.2f} | {w['rps']:.0f} | {w['p99']} | {w['errors']} |"
+            f"{row['cpu_ms_per_request']:.2f} |"
         )
     lines += [
         "",
-        f"DB endpoint / no-DB endpoint on our stack: **{pool['rps'] / health['rps']:.2f}** under k6 "
-        f"(checks parse every body, and k6 shares the 2 cores)"
-        + (
-            f", **{pool['wrk']['rps'] / health['wrk']['rps']:.2f}** under wrk"
-            if pool.get("wrk") and health.get("wrk")
-            else ""
-        )
-        + f"; worker CPU per request {health['cpu_ms_per_request']:.2f} ms vs {pool['cpu_ms_per_request']:.2f} ms. "
-        f"Pool / connection-per-request: **{pool['rps'] / none['rps']:.2f}x**.",
+        f"DB endpoint / no-DB endpoint on our stack under k6 (checks parse every body, and k6 shares the cores): "
+        f"**{pool['rps'] / health['rps']:.2f}**; worker CPU per request {pool['cpu_ms_per_request']:.2f} ms vs "
+        f"{health['cpu_ms_per_request']:.2f} ms. Pool / connection-per-request: **{pool['rps'] / none['rps']:.2f}x**.",
     ]
+    lines += render_saturation(r.get("saturation"))
     lat = {int(k): v for k, v in r["latency"].items()}  # int keys in memory, strings from JSON
     rt_pool, rt_none = lat[0]["pool_round_trips"], lat[0]["none_round_trips"]
     lines += [
@@ -437,6 +503,44 @@ def render(r: dict) -> str:
         f"under overload: **{o['good'] / (o['requests'] / o['rps']):.0f} req/s**.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def render_saturation(sat: dict | None) -> list[str]:
+    """The wrk table: each run of each server at 32 and 128 connections, then the targets' ratios."""
+    if not sat:
+        return ["", "Saturation (wrk): not run, wrk is not installed (`apt-get install wrk`)."]
+    lines = [
+        "",
+        f"Saturation, wrk `-t2 --latency`, 10 s per run after 3 s of warm-up; ours on the database endpoint "
+        f"{TAIL_RUNS} times (the tail varies from run to run):",
+        "",
+        "| Server | conns | req/s | p50 ms | p99 ms | p99/p50 | max ms | worker CPU ms/req | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, runs in sat.items():
+        for w in runs:
+            lines.append(
+                f"| {name} | {w['connections']} | {w['rps']:.0f} | {w['p50']:.1f} | {w['p99']:.1f} | "
+                f"{w['tail']:.1f} | {w['max']:.0f} | {w['cpu_ms_per_request']:.2f} | {w['errors']} |"
+            )
+    db, nodb = sat["ours: GET /api/customers/{id} (random ids)"], sat["ours: no DB, GET /api/health"]
+    at32 = [w for w in db if w["connections"] == 32]
+    nodb32 = next(w for w in nodb if w["connections"] == 32)
+    flask32 = next(w for w in sat["peer: Flask + ThreadedConnectionPool, gthread"] if w["connections"] == 32)
+    fast32 = next(w for w in sat[FASTEST] if w["connections"] == 32)
+    rps32 = sum(w["rps"] for w in at32) / len(at32)
+    cpu_db = sum(w["cpu_ms_per_request"] for w in at32) / len(at32)
+    worst = max(w["tail"] for w in db)
+    lines += [
+        "",
+        f"- Tail: the worst p99/p50 of ours on the database endpoint over all runs is **{worst:.1f}** (target ≤ 4).",
+        f"- At 32 connections, ours on the database endpoint: **{rps32:.0f} req/s** (mean of {len(at32)} runs), "
+        f"{rps32 / flask32['rps']:.2f}x the Flask peer, {rps32 / fast32['rps']:.2f}x FastAPI + asyncpg.",
+        f"- Database endpoint / no-DB endpoint: **{rps32 / nodb32['rps']:.2f}** in throughput; worker CPU per "
+        f"request {cpu_db:.2f} ms vs {nodb32['cpu_ms_per_request']:.2f} ms: **{cpu_db / nodb32['cpu_ms_per_request']:.2f}x** "
+        f"(target: ≥ 0.7 in throughput or ≤ 1.25x in CPU).",
+    ]
+    return lines
 
 
 def chart(r: dict) -> None:

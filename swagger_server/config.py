@@ -135,7 +135,7 @@ class ServerSettings:
     host: str = "0.0.0.0"
     port: int = 8080
     workers: int = 2
-    threads: int = 4  # a2wsgi threads per worker that run Flask handlers (measured: see README)
+    threads: int = 4  # handler threads per worker that run Flask (swagger_server/handlers.py)
     graceful_timeout: int = 20
     log_level: str = "info"
 

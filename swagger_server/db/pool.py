@@ -65,6 +65,23 @@ class _Checkout:
     warned: bool = False
 
 
+def _borrower(frame, limit: int = 12) -> tuple:
+    """The innermost `limit` frames from `frame` outwards, as (code, line number) pairs."""
+    out = []
+    while frame is not None and len(out) < limit:
+        out.append((frame.f_code, frame.f_lineno))
+        frame = frame.f_back
+    return tuple(out)
+
+
+def _format_borrower(frames: tuple) -> str:
+    """Those frames as a traceback prints them, outermost first."""
+    summary = traceback.StackSummary.from_list(
+        [(code.co_filename, line, code.co_name, None) for code, line in reversed(frames)]
+    )
+    return "".join(summary.format())
+
+
 class _Waiter:
     """A request waiting for a connection. Resolved exactly once: given a connection (`set`), failed
     (`fail`), or timed out (`expire`), each called with the pool's lock held and reporting whether it
@@ -205,12 +222,9 @@ class ConnectionPool(PoolVerbs):
         timeout = self.timeout if timeout is None else timeout
         start = time.monotonic()
         deadline = start + timeout
-        # Leak detection keeps where the connection was taken; unlooked-up frames cost a few µs.
-        frame = (
-            traceback.StackSummary.extract(traceback.walk_stack(sys._getframe(1)), limit=12, lookup_lines=False)
-            if self.settings.leak_threshold > 0
-            else None
-        )
+        # Leak detection keeps where the connection was taken: (code, line) pairs, about 2 µs; turned
+        # into text only if the connection is reported (traceback's StackSummary took 25 µs per checkout).
+        frame = _borrower(sys._getframe(1)) if self.settings.leak_threshold > 0 else None
         thread = threading.current_thread().name
         self._count("requests")
         while True:
@@ -628,7 +642,7 @@ class ConnectionPool(PoolVerbs):
             self._close_quietly(conn)
         for _, checkout in leaks:
             self._count("leaks")
-            stack = "".join(reversed(checkout.frame.format())) if checkout.frame else "(no stack)\n"
+            stack = _format_borrower(checkout.frame) if checkout.frame else "(no stack)\n"
             logger.warning(
                 "pool %r: connection held for %.1f s by thread %s (leak threshold %.1f s); taken at:\n%s",
                 self.name,

@@ -1,0 +1,109 @@
+"""The handler threads' queue (first come, first served, visible in /metrics), the event-loop lag gauge,
+and an access log that never makes the event loop wait on stdout."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+from swagger_server import create_app, get_database
+from swagger_server.observability import ACCESS_LOG_DROPPED, BackgroundStreamHandler, LoopLag
+from tests.conftest import AUTH, admin_connect, make_settings, query
+from tests.helpers import wait_until
+
+
+def test_waiting_requests_are_served_in_arrival_order_and_counted_in_metrics(database_url, store):
+    """One handler thread, held by an order waiting on a row lock; three reads arrive one after
+    another. /metrics shows 1 busy and 3 waiting; once the lock goes, they are served in that order."""
+    app = create_app(
+        make_settings(database_url, pool={"timeout": 10.0, "statement_timeout_ms": 10_000}, server={"threads": 1})
+    )
+    locker = admin_connect(database_url)
+    handlers = app.app.extensions["handlers"]
+    try:
+        with app.test_client(headers=AUTH) as client:
+            query(locker, "BEGIN")
+            query(locker, "SELECT * FROM products WHERE id = 1 FOR UPDATE")
+            order = {"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}
+            holder = threading.Thread(target=lambda: client.post("/api/orders", json=order))
+            holder.start()
+            wait_until(lambda: handlers.busy == 1, message="the order to take the only handler thread")
+            served: list[int] = []
+            readers = []
+            for customer in (1, 2, 3):
+                reader = threading.Thread(
+                    target=lambda c=customer: served.append(client.get(f"/api/customers/{c}").json()["id"])
+                )
+                reader.start()
+                readers.append(reader)
+                wait_until(lambda n=customer: handlers.waiting == n, message=f"read {customer} to wait in line")
+            metrics = client.get("/metrics").text
+            assert "store_api_handler_busy 1.0" in metrics
+            assert "store_api_handler_queue 3.0" in metrics
+            query(locker, "ROLLBACK")
+            for thread in (holder, *readers):
+                thread.join(10)
+        assert served == [1, 2, 3]
+        assert handlers.busy == 0 and handlers.waiting == 0
+    finally:
+        locker.close()
+        get_database(app).close(timeout=2)
+
+
+def test_event_loop_lag_is_the_longest_a_timer_fired_late():
+    async def scenario():
+        lag = LoopLag().start()
+        await asyncio.sleep(0.2)
+        idle = lag.take()
+        time.sleep(0.3)  # a callback that blocks the loop
+        await asyncio.sleep(0.1)
+        blocked = lag.take()
+        lag.stop()
+        return idle, blocked
+
+    idle, blocked = asyncio.run(scenario())
+    assert idle < 0.05
+    assert 0.25 <= blocked < 0.5
+
+
+class _StuckStream:
+    """A stdout whose reader stopped reading: write blocks until `release` is set."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.written: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.release.wait(10)
+        self.written.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_stuck_stdout_never_blocks_the_caller_and_its_backlog_is_bounded():
+    stream = _StuckStream()
+    handler = BackgroundStreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.MAX_QUEUED = 5
+    log = logging.getLogger("tests.stuck")
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        dropped_before = ACCESS_LOG_DROPPED._value.get()
+        log.warning("first")  # taken by the writer, which then blocks in write()
+        wait_until(lambda: handler._queue.qsize() == 0, message="the writer to take the first line")
+        emitting = threading.Thread(target=lambda: [log.warning("line %d", i) for i in range(20)])
+        emitting.start()
+        emitting.join(2)
+        assert not emitting.is_alive(), "logging blocked on the stuck stream"
+        assert handler._queue.qsize() == 5
+        assert ACCESS_LOG_DROPPED._value.get() - dropped_before == 15
+        stream.release.set()
+        wait_until(lambda: "line 4" in "".join(stream.written), message="the backlog to be written")
+        assert "".join(stream.written).splitlines() == ["first", *(f"line {i}" for i in range(5))]
+    finally:
+        stream.release.set()
+        log.removeHandler(handler)
