@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help run test lint mutations fuzz sdk bench bench-replica bench-pgbouncer clean
+.PHONY: help run test lint mutations fuzz sdk bench bench-compare bench-replica bench-pgbouncer clean
 .DEFAULT_GOAL := help
 
 # `make` alone lists the targets: each is the line starting with "## name:" above its rule.
@@ -66,10 +66,16 @@ fuzz: $(VENV)/.installed-dev
 sdk: $(VENV)/.installed-dev
 	$(PY) scripts/sdk.py build/sdk
 
-# Not part of the tests: about 5 minutes, loopback only, stops by itself. Results in bench/results/.
-## bench: the benchmark: ours vs the peers, loopback only (about 5 minutes)
+# Not part of the tests: about 6 minutes, loopback only, stops by itself. Results in bench/results/.
+## bench: the benchmark: ours vs the peers, loopback only (about 6 minutes)
 bench: $(VENV)/.installed-bench
 	$(PY) bench/run.py
+
+# This tree against an earlier commit (REF), alternating on one database; about 2 minutes per pair.
+REF ?= HEAD~1
+## bench-compare: this tree against commit REF, alternating (BENCH_PAIRS=3 pairs, about 6 minutes)
+bench-compare: $(VENV)/.installed-bench
+	$(PY) bench/compare.py $(REF)
 
 ## clean: remove the venvs, .data, build/ and tools/node_modules
 clean:

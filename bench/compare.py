@@ -1,0 +1,99 @@
+"""`make bench-compare REF=<commit>`: this tree against an earlier commit, alternating, on one database.
+
+For each of PAIRS rounds (3), the earlier commit (checked out in a temporary git worktree) and this tree
+are started in turn under gunicorn.conf.py and measured the same way: wrk at 32 connections on the
+database endpoint (random ids) and on /api/health, and k6 on /api/health; each with worker CPU per
+request. Alternating keeps the VM's drift out of the comparison. Loopback only; stops by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import run  # noqa: E402
+
+PAIRS = int(os.environ.get("BENCH_PAIRS", "3"))
+
+
+def start(label: str, tree: Path, url: str) -> run.Server:
+    port = run.free_port()
+    env = {**run.base_env(url, port), "PYTHONPATH": str(tree)}
+    server = run.Server.__new__(run.Server)
+    server.name, server.port, server.base = label, port, f"http://127.0.0.1:{port}"
+    run.RESULTS.mkdir(parents=True, exist_ok=True)
+    server.log = open(run.RESULTS / f"compare-{label}.log", "w")
+    server.process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--log-level", "warning", "wsgi:app"],
+        cwd=tree,
+        env=env,
+        stdout=server.log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{server.base}/api/health", timeout=1)
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.process.poll() is not None:
+                raise RuntimeError(f"{label} did not start; see {server.log.name}") from None
+            time.sleep(0.1)
+    time.sleep(0.5)
+    return server
+
+
+def measure(server: run.Server) -> dict:
+    db = run.wrk(server, "/", connections=32, seconds=8, script="random_customer.lua")
+    nodb = run.wrk(server, "/api/health", connections=32, seconds=8)
+    k6 = run.k6(server, "health", duration="8s", warmup="2s")
+    return {
+        "db_rps": db["rps"],
+        "db_cpu": db["cpu_ms_per_request"],
+        "db_tail": db["tail"],
+        "nodb_rps": nodb["rps"],
+        "nodb_cpu": nodb["cpu_ms_per_request"],
+        "nodb_k6_cpu": k6["cpu_ms_per_request"],
+    }
+
+
+def main(ref: str) -> int:
+    url, pg, _ = run.prepare_database()
+    worktree = Path(tempfile.mkdtemp(prefix="bench-ref-")) / "tree"
+    subprocess.run(["git", "worktree", "add", "--detach", str(worktree), ref], cwd=ROOT, check=True)
+    rows: dict[str, list[dict]] = {ref: [], "this tree": []}
+    try:
+        for i in range(PAIRS):
+            for label, tree in ((ref, worktree), ("this tree", ROOT)):
+                server = start(label.replace(" ", "-"), tree, url)
+                try:
+                    rows[label].append(measure(server))
+                finally:
+                    server.stop()
+                r = rows[label][-1]
+                print(f"  round {i + 1}, {label}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()), flush=True)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False)
+        if pg is not None:
+            pg.destroy()
+    keys = list(rows["this tree"][0])
+    print(f"\n| mean of {PAIRS} | " + " | ".join(keys) + " |")
+    print("|---|" + "---:|" * len(keys))
+    for label, runs in rows.items():
+        print(f"| {label} | " + " | ".join(f"{sum(r[k] for r in runs) / len(runs):.3f}" for k in keys) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print("usage: bench/compare.py <git ref>", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(main(sys.argv[1]))
