@@ -12,8 +12,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,30 +23,11 @@ PAIRS = int(os.environ.get("BENCH_PAIRS", "3"))
 
 
 def start(label: str, tree: Path, url: str) -> run.Server:
+    """Ours from `tree` (its own gunicorn.conf.py and code), on the shared database."""
     port = run.free_port()
     env = {**run.base_env(url, port), "PYTHONPATH": str(tree)}
-    server = run.Server.__new__(run.Server)
-    server.name, server.port, server.base = label, port, f"http://127.0.0.1:{port}"
-    run.RESULTS.mkdir(parents=True, exist_ok=True)
-    server.log = open(run.RESULTS / f"compare-{label}.log", "w")
-    server.process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--log-level", "warning", "wsgi:app"],
-        cwd=tree,
-        env=env,
-        stdout=server.log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{server.base}/api/health", timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline or server.process.poll() is not None:
-                raise RuntimeError(f"{label} did not start; see {server.log.name}") from None
-            time.sleep(0.1)
-    time.sleep(0.5)
-    return server
+    args = ["-c", "gunicorn.conf.py", "--log-level", "warning", "wsgi:app"]
+    return run.Server(f"compare-{label}", args, env, port, cwd=tree)
 
 
 def measure(server: run.Server) -> dict:

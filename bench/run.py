@@ -47,13 +47,13 @@ PEER_THREADS = 10  # the peers' usual setting: 10 threads and a pool of 10 per w
 class Server:
     """One gunicorn with its own environment; output drained to a log file."""
 
-    def __init__(self, name: str, args: list[str], env: dict, port: int):
+    def __init__(self, name: str, args: list[str], env: dict, port: int, cwd: Path = ROOT):
         self.name, self.port = name, port
         self.base = f"http://127.0.0.1:{port}"
         RESULTS.mkdir(parents=True, exist_ok=True)
         self.log = open(RESULTS / f"{name}.log", "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", *args], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "gunicorn", *args], cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
