@@ -27,13 +27,13 @@ from connexion.frameworks import starlette as _connexion_starlette
 from connexion.jsonifier import Jsonifier
 from connexion.middleware import MiddlewarePosition
 from connexion.options import SwaggerUIOptions
-from starlette.middleware.cors import CORSMiddleware
 
 from swagger_server import errors, observability, security, validation
 from swagger_server.config import Settings, load_settings
 from swagger_server.db.database import Database
+from swagger_server.gate import ProblemCORS, RequestGate
 from swagger_server.handlers import HandlerThreads
-from swagger_server.limits import BodyLimit
+from swagger_server.rendered import RenderedOnce
 from swagger_server.request_scope import RequestScope
 from swagger_server.version import VERSION
 
@@ -69,7 +69,16 @@ def _decorate_once(self: FlaskOperation):
         parser = parsers.get(routed)
         if parser is None:
             parser = parsers[routed] = routed.uri_parser_class(routed.parameters, routed.body_definition())
-        return decorated(get_request(uri_parser=parser))
+        request = get_request(uri_parser=parser)
+        # One reading: the parameters and body the validators checked (swagger_server/validation.py),
+        # not werkzeug's second parse of the same URL and bytes.
+        read = validation.stash(flask.request.environ["asgi.scope"])
+        if "query" in read:
+            request._query_params = read["query"]
+            request._path_params = read["path"]
+        if "body" in read:
+            request._body = read["body"]
+        return decorated(request)
 
     self.__dict__["_store_api_fn"] = fn
     return fn
@@ -137,7 +146,7 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
     scope.on_checkout = _record_pool_wait
     # Before the exception middleware, so error responses rendered by Connexion carry CORS headers too.
     app.add_middleware(
-        CORSMiddleware,
+        ProblemCORS,
         position=MiddlewarePosition.BEFORE_EXCEPTION,
         allow_origins=list(settings.api.cors_origins),
         allow_credentials=False,
@@ -153,9 +162,16 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         ],
         max_age=600,
     )
-    # Bodies are counted before anything reads them: inside CORS (a 413 carries CORS headers), outside
-    # the exception middleware (which renders a PayloadTooLarge raised while a body is read).
-    app.add_middleware(BodyLimit, position=MiddlewarePosition.BEFORE_EXCEPTION, max_bytes=settings.api.max_body_bytes)
+    # One reading of each request, and its whole body, before anything else reads it (swagger_server/gate.py):
+    # inside CORS (its refusals carry CORS headers), before security, validation and the handler threads.
+    app.add_middleware(
+        RequestGate,
+        position=MiddlewarePosition.BEFORE_EXCEPTION,
+        max_bytes=settings.api.max_body_bytes,
+        body_timeout=settings.api.body_timeout,
+    )
+    # The spec and the UI, rendered once per process, not on the event loop for every request.
+    app.add_middleware(RenderedOnce, position=MiddlewarePosition.BEFORE_EXCEPTION)
     spec = load_spec()
     missing = unresolved_operations(spec)
     if missing:
@@ -166,10 +182,9 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         validate_responses=settings.api.validate_responses,
         strict_validation=True,
         validator_map=validation.VALIDATORS,
+        uri_parser_class=validation.StrictURIParser,
     )
     errors.set_routes(spec["paths"], "/api")
-    # A person who opens the server's root wants the UI.
-    app.add_url_rule("/", "root", lambda: flask.redirect("/api/ui/", 302))
     # Flask handlers run in a few threads per worker (we size them), behind admission control, so that
     # excess requests wait a bounded time instead of queueing without limit (swagger_server/handlers.py).
     handlers = HandlerThreads(

@@ -125,6 +125,10 @@ class ApiSettings:
     max_url_bytes: int = 8190  # the request target (path and query), as gunicorn's default
     max_header_bytes: int = 32768  # the whole request head
     max_headers: int = 100
+    # A client gets this long to send its whole head, and then its whole body (408 and the connection
+    # closed otherwise): a stalled client holds a socket for at most this long, never a handler thread.
+    head_timeout: float = 10.0
+    body_timeout: float = 10.0
     idempotency_ttl: float = 86400.0  # seconds an Idempotency-Key is remembered (per client)
     metrics_token: str = field(default="", repr=False)  # when set, GET /metrics needs this bearer token
     metrics_port: int = 0  # when set, /metrics is served only on this port (and the API not)
@@ -247,6 +251,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "ACCESS_LOG": ("API", "access_log"),
     "LOG_FORMAT": ("API", "log_format"),
     "API_MAX_BODY_BYTES": ("API", "max_body_bytes"),
+    "API_HEAD_TIMEOUT": ("API", "head_timeout"),
+    "API_BODY_TIMEOUT": ("API", "body_timeout"),
     "API_IDEMPOTENCY_TTL": ("API", "idempotency_ttl"),
     "API_METRICS_TOKEN": ("API", "metrics_token"),
     "API_METRICS_PORT": ("API", "metrics_port"),
@@ -513,6 +519,8 @@ def validate(settings: Settings) -> None:
         (api.max_url_bytes >= 256, "[API] max_url_bytes", "must be >= 256"),
         (api.max_header_bytes >= 1024, "[API] max_header_bytes", "must be >= 1024"),
         (api.max_headers >= 10, "[API] max_headers", "must be >= 10"),
+        (0 < api.head_timeout <= 3600, "API_HEAD_TIMEOUT / [API] head_timeout", "must be > 0 and <= 3600 seconds"),
+        (0 < api.body_timeout <= 3600, "API_BODY_TIMEOUT / [API] body_timeout", "must be > 0 and <= 3600 seconds"),
         (api.idempotency_ttl > 0, "API_IDEMPOTENCY_TTL / [API] idempotency_ttl", "must be > 0 seconds"),
         (1 <= server.port <= 65535, "PORT / [GUNICORN] port", f"must be a TCP port, got {server.port}"),
         (

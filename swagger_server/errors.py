@@ -72,8 +72,11 @@ _KINDS = {
     401: "unauthorized",
     403: "forbidden",
     404: "not-found",
+    302: "redirect",
+    308: "redirect",
     405: "method-not-allowed",
     406: "not-acceptable",
+    408: "request-timeout",
     411: "length-required",
     413: "payload-too-large",
     414: "uri-too-long",
@@ -89,8 +92,11 @@ _TITLES = {
     401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
+    302: "Found",
+    308: "Permanent Redirect",
     405: "Method Not Allowed",
     406: "Not Acceptable",
+    408: "Request Timeout",
     411: "Length Required",
     413: "Content Too Large",
     414: "URI Too Long",
@@ -120,25 +126,27 @@ def problem(status: int, title: str, detail: str, kind: str, headers: dict | Non
     )
 
 
-def problem_bytes(status: int, detail: str, headers: dict | None = None) -> tuple[list, bytes]:
+def problem_bytes(
+    status: int, detail: str, headers: dict | None = None, field: str | None = None
+) -> tuple[list, bytes]:
     """The same problem as raw ASGI headers and body, for layers that answer before Connexion does."""
-    body = json.dumps(
-        {
-            "type": PROBLEM_BASE + _KINDS.get(status, "error"),
-            "title": _TITLES.get(status, "Error"),
-            "status": status,
-            "detail": detail,
-        },
-        separators=(",", ":"),
-    ).encode()
+    document = {
+        "type": PROBLEM_BASE + _KINDS.get(status, "error"),
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+    }
+    if field is not None:
+        document["field"] = field
+    body = json.dumps(document, separators=(",", ":")).encode()
     raw = [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     return raw, body
 
 
-async def send_problem(send, status: int, detail: str, headers: dict | None = None) -> None:
+async def send_problem(send, status: int, detail: str, headers: dict | None = None, field: str | None = None) -> None:
     """Answer with that problem on a raw ASGI `send` (middleware that answers before Connexion)."""
-    raw, body = problem_bytes(status, detail, headers)
+    raw, body = problem_bytes(status, detail, headers, field)
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
 
@@ -202,8 +210,66 @@ async def pool_error(_request, exc: PoolError) -> ConnexionResponse:
     return problem(503, "Service Unavailable", detail, kind, headers={"Retry-After": str(exc.retry_after)})
 
 
+# Integrity errors, by constraint: what the client is told. A foreign key has two answers: a write that
+# references a row that is gone (404, naming the field), and a delete of a row still referenced (409).
+# Every write reaches these through the database's own constraints, so a race between two requests
+# (an order placed as its customer is deleted, two creates with one email) is a 4xx here, whichever
+# controller ran it: none has to catch them itself.
+_UNIQUE = {
+    "customers_email_key": ("email", "a customer with this email already exists"),
+    "products_sku_key": ("sku", "a product with this SKU already exists"),
+    "idempotency_keys_pkey": ("Idempotency-Key", "a request with this Idempotency-Key is in progress; retry shortly"),
+}
+_REFERENCES = {
+    "orders_customer_id_fkey": (("customer_id", "the customer does not exist"), "the customer has orders"),
+    "order_lines_product_id_fkey": (("lines", "a product of this order does not exist"), "the product has orders"),
+}
+_CHECKS = {  # check constraints a valid request can still reach through a race
+    "products_stock_check": ("stock", "the stock of a product may not go below zero"),
+}
+# Transient: the same request may succeed if sent again (a lock cycle, a serialization conflict).
+_TRANSIENT = (psycopg2.errors.DeadlockDetected, psycopg2.errors.SerializationFailure)
+
+
+def integrity_problem(exc: psycopg2.Error) -> ConnexionResponse | None:
+    """The 4xx (or retryable 503) for a constraint or concurrency error, None for any other error."""
+    constraint = getattr(exc.diag, "constraint_name", None) or ""
+    if isinstance(exc, _TRANSIENT):
+        return problem(
+            503,
+            "Service Unavailable",
+            "The request conflicted with a concurrent one; retry.",
+            "conflict-retry",
+            headers={"Retry-After": "1"},
+        )
+    if isinstance(exc, psycopg2.errors.UniqueViolation):
+        field, detail = _UNIQUE.get(constraint, (None, "this would duplicate an existing resource"))
+        return problem(409, "Conflict", detail, "conflict", **({"field": field} if field else {}))
+    if isinstance(exc, psycopg2.errors.ForeignKeyViolation):
+        missing, referenced = _REFERENCES.get(constraint, ((None, "a referenced resource does not exist"), None))
+        if (exc.diag.message_primary or "").startswith("update or delete"):
+            return problem(409, "Conflict", referenced or "the resource is still referenced", "conflict")
+        field, detail = missing
+        return problem(404, "Not Found", detail, "not-found", **({"field": field} if field else {}))
+    if isinstance(exc, psycopg2.errors.CheckViolation):
+        field, detail = _CHECKS.get(constraint, (None, "the change would break a rule of the data"))
+        return problem(409, "Conflict", detail, "conflict", **({"field": field} if field else {}))
+    if isinstance(exc, psycopg2.errors.NotNullViolation):
+        column = exc.diag.column_name or "a field"
+        return problem(400, "Bad Request", f"{column} is required", "bad-request", field=column)
+    if isinstance(exc, psycopg2.DataError):
+        # A value the validators let through but the column cannot hold: the client's input.
+        return problem(400, "Bad Request", "a value in the request cannot be stored", "bad-request")
+    return None
+
+
 async def database_error(_request, exc: psycopg2.Error) -> ConnexionResponse:
-    """A statement failed. Lost connections and timeouts are 503 (retryable); anything else is a 500."""
+    """A statement failed. Integrity and concurrency errors are 4xx (integrity_problem); lost
+    connections and timeouts are 503 (retryable); anything else is a 500."""
+    answer = integrity_problem(exc)
+    if answer is not None:
+        logger.info("%d %s (%s)", answer.status_code, type(exc).__name__, getattr(exc.diag, "constraint_name", None))
+        return answer
     if isinstance(exc, psycopg2.errors.QueryCanceled):
         logger.warning("503 statement-timeout: %s", str(exc).strip())
         return problem(

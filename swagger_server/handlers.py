@@ -7,8 +7,8 @@ thread of a worker) CPU and a trip through the GIL. a2wsgi, which Connexion uses
 request (the dispatch, then one blocking `run_coroutine_threadsafe` for the response head, for each body
 chunk and for the end, each waking a thread through a Python `threading.Condition`). Here there are two:
 
-- in: the body (already bounded by BodyLimit, and already read by Connexion's validation for JSON)
-  is read on the loop, and the request is put on a `queue.SimpleQueue` that a free thread takes;
+- in: the body (already read whole by the request gate, before any thread is asked for) is taken
+  on the loop, and the request is put on a `queue.SimpleQueue` that a free thread takes;
 - out: the thread runs the WSGI app to its end, buffering the answer (every answer of this API is a
   bounded JSON document), and hands status, headers and body back with one `call_soon_threadsafe`.
 
@@ -66,12 +66,13 @@ class HandlerThreads:
         if scope["type"] != "http":
             return  # lifespan and websockets are Connexion's; nothing reaches here
         loop = asyncio.get_running_loop()
+        # The gate has the whole body already: taking it costs no wait, and no thread is held for it.
+        body = await _read_body(scope, receive)
         if not await self._admit(loop):
             self.rejected += 1
             await self._reject(send)
             return
         try:
-            body = await _read_body(scope, receive)
             environ = build_environ(scope, io.BytesIO(body))
             done = loop.create_future()
             self._start_workers()
@@ -192,7 +193,7 @@ class HandlerThreads:
 
 
 async def _read_body(scope, receive) -> bytes:
-    """The whole request body (BodyLimit has bounded it, and given a chunked one its length)."""
+    """The whole request body (the gate has read it, bounded, and given it its length)."""
     length = next((value for name, value in scope["headers"] if name == b"content-length"), b"0")
     if length in (b"0", b""):
         return b""

@@ -387,7 +387,9 @@ class Observability:
         # Shared by reference with inner layers: Connexion's router fills in the operation id, and the
         # Flask handler the pool wait (see request_context).
         scope.setdefault("extensions", {})["store_api"] = context
-        status = 500
+        # What the client received: the status sent, or (when nothing was sent) 499 for a client that
+        # went away first (nginx's "client closed request"), 500 only when an error escaped (below).
+        status = 499
         recorded = False
         header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
 
@@ -431,6 +433,10 @@ class Observability:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except BaseException:
+            if not recorded and status == 499:
+                status = 500  # Starlette's ServerErrorMiddleware, outside, answers it
+            raise
         finally:
             record()
 
@@ -486,6 +492,26 @@ class _RequestIds:
 
 
 _new_request_id = _RequestIds()
+
+
+def record_refusal(status: int, client) -> None:
+    """A request the HTTP layer refused before it reached the app (a head over a limit or too slow,
+    malformed HTTP): counted and logged like any answer, so /metrics matches what clients received."""
+    REQUESTS.labels("none", "other", str(status)).inc()
+    if access_log.isEnabledFor(logging.INFO):
+        fields = {
+            "request_id": _new_request_id(),
+            "method": "other",
+            "path": "",
+            "client": (client or ("",))[0],
+            "operation": "none",
+            "status": status,
+            "duration_ms": 0.0,
+            "pool_wait_ms": None,
+            "db": None,
+            "pid": os.getpid(),
+        }
+        access_log.info("request", extra={"fields": fields})
 
 
 def record_pool_wait(environ, pool: str, seconds: float) -> None:

@@ -5,7 +5,12 @@ the uvicorn worker (uvicorn parses HTTP itself), and uvicorn has no such limits 
 header or 20 000 headers were read into memory and served. Here the request line, the head's total
 size and its number of headers are checked as bytes arrive, before the head is complete, and a head
 over a limit is answered `414` or `431` problem+json and the connection closed. Memory per connection
-stays at the limit plus one network read.
+stays at the limit plus one network read. Only the head counts: a read in which a head is completed
+(and which may carry a body, or pipelined requests) adds nothing to the count.
+
+A head must also arrive whole within `head_timeout` seconds of its first byte (uvicorn has no such
+limit: a client that sends half a head and stops held its socket for ever): `408` and closed.
+Protocol-level refusals are counted in /metrics and logged like any other answer.
 """
 
 from __future__ import annotations
@@ -21,9 +26,15 @@ from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
 from swagger_server.errors import problem_bytes
+from swagger_server.observability import record_refusal
 
 LINGER_SECONDS = 2.0  # how long a refused client's remaining bytes are read and dropped
-STATUS_TEXT = {400: b"Bad Request", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
+STATUS_TEXT = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+}
 
 
 class HeadLimits:
@@ -32,6 +43,7 @@ class HeadLimits:
     max_url_bytes = 8190
     max_header_bytes = 32768
     max_headers = 100
+    head_timeout = 10.0
 
 
 def configure(api) -> None:
@@ -39,6 +51,7 @@ def configure(api) -> None:
     HeadLimits.max_url_bytes = api.max_url_bytes
     HeadLimits.max_header_bytes = api.max_header_bytes
     HeadLimits.max_headers = api.max_headers
+    HeadLimits.head_timeout = api.head_timeout
 
 
 class _HeadTooLarge(Exception):
@@ -57,11 +70,25 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._header_count = 0
         self._lingering = False
+        self._head_completed = False  # a head was completed during the current read
+        self._head_timer = None
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
         self._header_count = 0
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(HeadLimits.head_timeout, self._head_expired)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_expired(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self._lingering and not self.transport.is_closing():
+            self._refuse(408, f"the request head did not arrive within {HeadLimits.head_timeout:g} s")
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -77,6 +104,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0
+        self._head_completed = True
+        self._cancel_head_timer()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -86,7 +115,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._lingering:
             return  # refused: what the client still sends is read and dropped
-        in_head = self._in_head
+        self._head_completed = False
         try:
             super_feed = self.parser.feed_data
             self._unset_keepalive_if_required()
@@ -105,8 +134,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
             return
-        if in_head and self._in_head:
-            # Everything in this read was head (the head is still not complete): count it.
+        if self._in_head and not self._head_completed:
+            # No head was completed in this read: all of it is head (a body, or the rest of a read
+            # that completed a head, is never counted). A head begun after a completed one in the same
+            # read starts from zero: it is at most one read long, and counted from the next read on.
             self._head_bytes += len(data)
             if self._head_bytes > HeadLimits.max_header_bytes:
                 self._refuse(431, f"the request head may be at most {HeadLimits.max_header_bytes} bytes")
@@ -115,6 +146,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         """Answer, then close the way nginx's lingering_close does: stop sending, discard what the
         client is still sending for up to LINGER_SECONDS, then close. Closing at once, with unread
         bytes from the client, sends a reset that can destroy the answer before the client reads it."""
+        self._cancel_head_timer()
+        record_refusal(status, self.client)
         headers, body = problem_bytes(status, detail, {"Connection": "close"})
         out = [b"HTTP/1.1 %d %s\r\n" % (status, STATUS_TEXT[status])]
         out += [name + b": " + value + b"\r\n" for name, value in headers]
@@ -130,6 +163,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._linger = asyncio.get_running_loop().call_later(LINGER_SECONDS, self.transport.close)
 
     def connection_lost(self, exc) -> None:
+        self._cancel_head_timer()
         if getattr(self, "_linger", None) is not None:
             self._linger.cancel()
         super().connection_lost(exc)

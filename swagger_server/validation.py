@@ -10,20 +10,32 @@ input, not what it checks:
   before the schema is applied (PostgreSQL text cannot hold NUL; Python refuses integers of more
   than 4300 digits with a ValueError; deep nesting would exhaust the recursion limit);
 - one jsonschema validator per parameter, built once. Connexion deep-copies the schema and builds
-  a new validator on every request, which cost about 8% of a worker's CPU on GET /customers/{id}.
+  a new validator on every request, which cost about 8% of a worker's CPU on GET /customers/{id};
+- `pattern` means what JSON Schema says it means: an ECMA-262 regular expression (the `regress`
+  library, with the `u` flag), not Python's `re`, whose `$` also matches before a trailing newline;
+- numbers in the query are ASCII digits (Python's `int()` also reads "١٢", " 12" and "1_2"), and a
+  parameter that is not an array may be given once (Connexion would silently take the last);
+- one reading: the parameters and the body validated here are the ones the handler gets (stored in
+  the request's context, `stash`, and handed to Connexion's Flask-side request by app.py), so no
+  second parser can read the request differently.
 """
 
 from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import json
+import re
 import typing as t
 
+import regress
 from connexion.datastructures import MediaTypeDict
+from connexion.json_schema import Draft4RequestValidator
+from connexion.uri_parsing import OpenAPIURIParser
 from connexion.utils import is_null, is_nullable
 from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, ParameterValidator
-from jsonschema import Draft4Validator, ValidationError
+from jsonschema import Draft4Validator, ValidationError, validators
 
 from swagger_server.errors import ApiError, excerpt
 
@@ -63,6 +75,56 @@ MAX_NUMBER_DIGITS = 32  # int64 has 19 digits; anything longer is refused by the
 
 class InvalidRequest(ApiError):
     """The request does not match the contract. `field` names what is wrong."""
+
+
+@functools.lru_cache(maxsize=512)
+def ecma_regex(pattern: str) -> regress.Regex:
+    """The spec's pattern as an ECMA-262 regular expression (unicode mode), compiled once."""
+    return regress.Regex(pattern, "u")
+
+
+def _ecma_pattern(validator, pattern, instance, schema):
+    """JSON Schema's `pattern` keyword with ECMA-262 semantics (jsonschema's uses Python's `re`)."""
+    if validator.is_type(instance, "string") and ecma_regex(pattern).find(instance) is None:
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+EcmaRequestValidator = validators.extend(Draft4RequestValidator, {"pattern": _ecma_pattern})
+EcmaValidator = validators.extend(Draft4Validator, {"pattern": _ecma_pattern})
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def stash(scope) -> dict:
+    """The request's shared context (observability's, or a new one): where the validated reading of
+    the request is kept for the handler."""
+    return scope.setdefault("extensions", {}).setdefault("store_api", {})
+
+
+class StrictURIParser(OpenAPIURIParser):
+    """Connexion's URI parser, refusing what Python would read as a number but the spec would not:
+    non-ASCII digits, spaces, underscores, over-long literals; and a repeated single parameter."""
+
+    def resolve_params(self, params, _in):
+        for name, values in params.items():
+            schema = self.param_schemas.get(name)
+            if not schema:
+                continue
+            raw = [values] if _in == "path" else values
+            kind = schema.get("type")
+            if kind != "array" and len(raw) > 1:
+                raise InvalidRequest(f"{_in} parameter '{excerpt(name, 40)}' may be given only once", field=name)
+            if kind in ("integer", "number"):
+                grammar = _INTEGER if kind == "integer" else _NUMBER
+                for value in raw:
+                    if isinstance(value, str) and not (len(value) <= MAX_NUMBER_DIGITS and grammar.fullmatch(value)):
+                        raise InvalidRequest(
+                            f"{_in} parameter '{name}': '{excerpt(value, 40)}' is not {'an integer' if kind == 'integer' else 'a number'}"
+                            " (ASCII digits)",
+                            field=name,
+                        )
+        return super().resolve_params(params, _in)
 
 
 def _location(path) -> str:
@@ -149,9 +211,7 @@ class ProblemJSONBodyValidator(JSONRequestBodyValidator):
     def _validator(self):
         cached = self._cache.get(id(self._schema))
         if cached is None or cached[0] is not self._schema:
-            from connexion.json_schema import Draft4RequestValidator
-
-            cached = (self._schema, Draft4RequestValidator(self._schema, format_checker=FORMAT_CHECKER))
+            cached = (self._schema, EcmaRequestValidator(self._schema, format_checker=FORMAT_CHECKER))
             self._cache[id(self._schema)] = cached
         return cached[1]
 
@@ -180,6 +240,7 @@ class ProblemJSONBodyValidator(JSONRequestBodyValidator):
                 "surrogate": "strings may not contain unpaired UTF-16 surrogates (\\ud800-\\udfff)",
             }[what]
             raise InvalidRequest(message, field=excerpt(where, 60) or "body")
+        stash(scope)["body"] = body  # the object validated is the object the handler gets
         return body
 
     def _validate(self, body: t.Any) -> None:
@@ -220,7 +281,7 @@ class NamingParameterValidator(ParameterValidator):
         # so its id cannot be reused by another object.
         cached = NamingParameterValidator._validators.get(id(param))
         if cached is None or cached[0] is not param:
-            cached = (param, Draft4Validator(param.get("schema", param), format_checker=FORMAT_CHECKER))
+            cached = (param, EcmaValidator(param.get("schema", param), format_checker=FORMAT_CHECKER))
             NamingParameterValidator._validators[id(param)] = cached
         error = next(cached[1].iter_errors(value), None)
         if error is None:
@@ -244,6 +305,10 @@ class NamingParameterValidator(ParameterValidator):
                 error = self.validate_parameter(location, get(key), param)
                 if error:
                     raise InvalidRequest(error, field=param["name"])
+        # The handler gets these very values (app.py), not a second parse of the URL.
+        read = stash(request.scope)
+        read["query"] = request.query_params
+        read["path"] = request.path_params
 
 
 VALIDATORS = {

@@ -14,6 +14,7 @@ from swagger_server.db.connection import transaction
 from swagger_server.db.queries import customers, orders
 from swagger_server.errors import Conflict, InsufficientStock, NotFound, UnprocessableEntity
 from swagger_server.request_scope import get_conn, read_only
+from swagger_server.validation import InvalidRequest
 
 
 class _KeyTaken(Exception):
@@ -29,8 +30,14 @@ def create_order(body: dict):
     client = context["token_info"]["sub"]
     ttl = current_app.config["SETTINGS"].api.idempotency_ttl
     wanted = Counter()
-    for line in body["lines"]:
-        wanted[line["product_id"]] += line["quantity"]
+    for i, line in enumerate(body["lines"]):
+        if line["product_id"] in wanted:
+            # Each line's quantity is bounded by the spec; a repeated product would add two of them up.
+            raise InvalidRequest(
+                f"product {line['product_id']} is on more than one line; give it one line with the whole quantity",
+                field=f"lines[{i}].product_id",
+            )
+        wanted[line["product_id"]] = line["quantity"]
     fingerprint = hashlib.sha256(json.dumps([body["customer_id"], sorted(wanted.items())]).encode()).hexdigest()
     conn = get_conn()
     if key is not None:
@@ -62,7 +69,8 @@ def get_order(order_id: int):
 
 
 def _place(conn, customer_id: int, wanted: Counter) -> int:
-    if customers.get_customer(conn, customer_id) is None:
+    # Key-share lock: a concurrent delete of the customer waits for this order (and then finds it: 409).
+    if not customers.lock_customer(conn, customer_id):
         raise NotFound(f"customer {customer_id} not found", field="customer_id")
     locked = orders.lock_products(conn, list(wanted))
     missing = sorted(set(wanted) - set(locked))

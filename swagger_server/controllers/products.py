@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from psycopg2 import errors
-
 from swagger_server.controllers.reply import found, page, reply
 from swagger_server.db.connection import transaction
 from swagger_server.db.queries import products
-from swagger_server.errors import Conflict
 from swagger_server.request_scope import get_conn, read_only
 
 
@@ -23,11 +20,9 @@ def get_product(product_id: int):
 
 def create_product(body: dict):
     conn = get_conn()
-    try:
-        with transaction(conn):
-            row = products.create_product(conn, body["sku"], body["name"], body["price_cents"], body["stock"])
-    except errors.UniqueViolation:
-        raise Conflict(f"a product with sku {body['sku']!r} already exists", field="sku") from None
+    # A taken SKU is the database's unique constraint: 409 in one place (errors.integrity_problem).
+    with transaction(conn):
+        row = products.create_product(conn, body["sku"], body["name"], body["price_cents"], body["stock"])
     return reply(row, 201, {"Location": f"/api/products/{row['id']}"})
 
 

@@ -9,6 +9,14 @@ def get_customer(conn, customer_id: int) -> dict | None:
         return cur.one()
 
 
+def lock_customer(conn, customer_id: int) -> bool:
+    """Whether the customer exists, holding a key-share lock on it to the end of the transaction: a
+    concurrent DELETE waits, then fails on the orders that reference it, instead of slipping between."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT id FROM customers WHERE id = %s FOR KEY SHARE", (customer_id,))
+        return cur.fetchone() is not None
+
+
 def list_customers(conn, limit: int, after: int | None = None, search: str | None = None) -> list[dict]:
     """Up to `limit` customers with id > `after`, by id; `search` matches name or email, case-insensitive."""
     pattern = (
