@@ -9,6 +9,8 @@ could disagree, this layer decides once and hands every reader the same, canonic
 
 - a header that must appear once (SINGLE) and appears twice is a `400` problem naming it, and so is
   an HTTP/1.1 request without exactly one `Host`;
+- a path or query that is not UTF-8 once percent-decoded is `400` (the readers would each replace the
+  bad bytes with U+FFFD, and two different requests would read as one);
 - a header whose name holds `_` is dropped, as nginx does by default: no reader sees it;
 - `Content-Type` is parsed by RFC 9110's grammar (case-insensitive type and subtype, parameters):
   malformed is `400`; a body in anything but `application/json` (with `charset=utf-8` or none) is
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from urllib.parse import unquote_to_bytes
 
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
@@ -110,6 +113,12 @@ class RequestGate:
             # Starlette would redirect to the path without the slash, in a Location built from Host.
             await send_problem(send, 404, "no such resource (paths here have no trailing slash)")
             return
+
+        for part, what in ((scope.get("raw_path") or b"", "path"), (scope.get("query_string") or b"", "query")):
+            if b"%" in part and not _utf8(unquote_to_bytes(part.replace(b"+", b" "))):
+                # uvicorn and Starlette would decode it with U+FFFD in place of the bad bytes.
+                await send_problem(send, 400, f"the {what} is not UTF-8 once percent-decoded", field=what)
+                return
 
         single: dict[bytes, bytes] = {}
         headers = []
@@ -205,6 +214,14 @@ class RequestGate:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _name(header: bytes) -> str:

@@ -394,10 +394,11 @@ class Observability:
         header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
 
         def record() -> None:
-            nonlocal recorded
+            nonlocal recorded, status
             if recorded:
                 return
             recorded = True
+            status = scope.get("store_api_refused", status)  # answered by the HTTP layer (server.py)
             elapsed = time.perf_counter() - start
             routing = scope["extensions"].get("connexion_routing", {})
             operation = (routing.get("operation_id") or "").rsplit(".", 1)[-1] or "none"

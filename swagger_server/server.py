@@ -5,8 +5,8 @@ the uvicorn worker (uvicorn parses HTTP itself), and uvicorn has no such limits 
 header or 20 000 headers were read into memory and served. Here the request line, the head's total
 size and its number of headers are checked as bytes arrive, before the head is complete, and a head
 over a limit is answered `414` or `431` problem+json and the connection closed. Memory per connection
-stays at the limit plus one network read. Only the head counts: a read in which a head is completed
-(and which may carry a body, or pipelined requests) adds nothing to the count.
+stays at the limit plus one network read. Only the head counts: a read in which a head or a body is
+completed (and which may carry a body, or pipelined requests) adds nothing to the count.
 
 A head must also arrive whole within `head_timeout` seconds of its first byte (uvicorn has no such
 limit: a client that sends half a head and stops held its socket for ever): `408` and closed.
@@ -71,12 +71,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._lingering = False
         self._head_completed = False  # a head was completed during the current read
+        self._head_size = 0  # the current head's fields and target, as parsed
         self._head_timer = None
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
         self._header_count = 0
+        self._head_size = 0
         self._cancel_head_timer()
         self._head_timer = self.loop.call_later(HeadLimits.head_timeout, self._head_expired)
 
@@ -97,11 +99,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
+        self._head_size += len(name) + len(value) + 4  # "name: value\r\n", near enough
         if self._header_count > HeadLimits.max_headers:
             raise _HeadTooLarge(431, f"a request may have at most {HeadLimits.max_headers} headers")
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        # A head that arrived in one read was not counted as bytes (data_received): its size is checked
+        # here, from what the parser found in it.
+        if self._head_size + len(self.url) > HeadLimits.max_header_bytes:
+            raise _HeadTooLarge(431, f"the request head may be at most {HeadLimits.max_header_bytes} bytes")
         self._in_head = False
         self._head_bytes = 0
         self._head_completed = True
@@ -115,6 +122,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._lingering:
             return  # refused: what the client still sends is read and dropped
+        in_head = self._in_head
         self._head_completed = False
         try:
             super_feed = self.parser.feed_data
@@ -134,10 +142,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
             return
-        if self._in_head and not self._head_completed:
-            # No head was completed in this read: all of it is head (a body, or the rest of a read
-            # that completed a head, is never counted). A head begun after a completed one in the same
-            # read starts from zero: it is at most one read long, and counted from the next read on.
+        if in_head and self._in_head and not self._head_completed:
+            # The read began and ended inside one head: all of it is head. A read that completes a head
+            # or a body (and may carry a body, or pipelined requests) is never counted: a head begun in
+            # it is at most one read long, and is counted from the next read on.
             self._head_bytes += len(data)
             if self._head_bytes > HeadLimits.max_header_bytes:
                 self._refuse(431, f"the request head may be at most {HeadLimits.max_header_bytes} bytes")
@@ -147,7 +155,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         client is still sending for up to LINGER_SECONDS, then close. Closing at once, with unread
         bytes from the client, sends a reset that can destroy the answer before the client reads it."""
         self._cancel_head_timer()
-        record_refusal(status, self.client)
+        cycle = getattr(self, "cycle", None)
+        if not self._in_head and cycle is not None and not cycle.response_complete:
+            # The app already has this request (its head was complete; its body was not valid HTTP).
+            # It sends nothing more on this connection (disconnected), and records the request once,
+            # with this status (observability.py reads the mark on the scope).
+            self.scope["store_api_refused"] = status
+            cycle.disconnected = True
+            cycle.message_event.set()
+        else:
+            record_refusal(status, self.client)
         headers, body = problem_bytes(status, detail, {"Connection": "close"})
         out = [b"HTTP/1.1 %d %s\r\n" % (status, STATUS_TEXT[status])]
         out += [name + b": " + value + b"\r\n" for name, value in headers]

@@ -14,7 +14,8 @@ from swagger_server.db.connection import transaction
 from swagger_server.db.queries import customers, orders
 from swagger_server.errors import Conflict, InsufficientStock, NotFound, UnprocessableEntity
 from swagger_server.request_scope import get_conn, read_only
-from swagger_server.validation import InvalidRequest
+
+MAX_QUANTITY = 1000  # the spec's NewOrderLine.quantity maximum: per product, however many lines name it
 
 
 class _KeyTaken(Exception):
@@ -31,13 +32,14 @@ def create_order(body: dict):
     ttl = current_app.config["SETTINGS"].api.idempotency_ttl
     wanted = Counter()
     for i, line in enumerate(body["lines"]):
-        if line["product_id"] in wanted:
-            # Each line's quantity is bounded by the spec; a repeated product would add two of them up.
-            raise InvalidRequest(
-                f"product {line['product_id']} is on more than one line; give it one line with the whole quantity",
-                field=f"lines[{i}].product_id",
+        wanted[line["product_id"]] += line["quantity"]
+        if wanted[line["product_id"]] > MAX_QUANTITY:
+            # Lines of one product are merged; the spec's per-line maximum bounds their sum too. The
+            # body is schema-valid, so this is 422 (its content cannot be processed), not 400.
+            raise UnprocessableEntity(
+                f"product {line['product_id']}: its lines add up to more than {MAX_QUANTITY}",
+                field=f"lines[{i}].quantity",
             )
-        wanted[line["product_id"]] = line["quantity"]
     fingerprint = hashlib.sha256(json.dumps([body["customer_id"], sorted(wanted.items())]).encode()).hexdigest()
     conn = get_conn()
     if key is not None:
