@@ -26,7 +26,8 @@ class Mutation:
     old: str
     new: str
     tests: tuple[str, ...]
-    also: tuple[tuple[str, str], ...] = ()  # more (old, new) pairs in the same file, for one guarantee
+    # more (old, new) pairs in the same file, or (path, old, new) in another, for one guarantee
+    also: tuple[tuple[str, ...], ...] = ()
 
 
 MUTATIONS = [
@@ -206,6 +207,181 @@ MUTATIONS = [
         '{"ours": _like_prefix(APP_PREFIX), "service": _like_prefix(APP_PREFIX)},',
         ("tests/test_budget.py::test_a_second_host_that_would_overflow_the_server_is_refused",),
     ),
+    # -- issue 19: the HTTP layer ------------------------------------------------------------------
+    Mutation(
+        "a header that must be single and appears twice is refused",
+        "swagger_server/gate.py",
+        "                if name in single:\n",
+        "                if False:\n",
+        (
+            "tests/test_http_layer.py::test_a_header_that_must_be_single_and_appears_twice_is_400_and_the_connection_closed[same-Idempotency-Key]",
+        ),
+    ),
+    Mutation(
+        "every reader sees the one canonical media type",
+        "swagger_server/gate.py",
+        'headers.append((b"content-type", media_type.encode()))',
+        'headers.append((b"content-type", content_type))',
+        (
+            "tests/test_http_layer.py::test_every_spelling_of_json_validates_exactly_like_application_json[Application/JSON]",
+        ),
+    ),
+    Mutation(
+        "a header spelt with an underscore is read by nobody",
+        "swagger_server/gate.py",
+        '            if b"_" in name:\n                continue',
+        "            if False:\n                continue",
+        ("tests/test_http_layer.py::test_a_header_spelt_with_underscore_is_read_by_nobody",),
+    ),
+    Mutation(
+        "a stalled body is cut with 408 at the body timeout",
+        "swagger_server/gate.py",
+        "async with asyncio.timeout_at(deadline):",
+        "async with asyncio.timeout_at(None):",
+        ("tests/test_http_layer.py::test_a_stalled_body_gets_408_within_its_timeout_and_is_closed",),
+    ),
+    Mutation(
+        "the body is read whole before any handler thread is taken",
+        "swagger_server/handlers.py",
+        """        body = await _read_body(scope, receive)
+        if not await self._admit(loop):
+            self.rejected += 1
+            await self._reject(send)
+            return
+        try:
+            environ""",
+        """        if not await self._admit(loop):
+            self.rejected += 1
+            await self._reject(send)
+            return
+        try:
+            body = await _read_body(scope, receive)
+            environ""",
+        ("tests/test_http_layer.py::test_a_hundred_stalled_bodies_hold_no_thread_and_readiness_stays_fast",),
+        # Two defences: the gate reads the body first, and the handler bridge takes it before a thread.
+        # Here the gate passes the body through unread, as the receive channel it came on.
+        also=(
+            (
+                "swagger_server/gate.py",
+                "            body = await self._read_body(receive, send)\n",
+                '            body = b""\n',
+            ),
+            (
+                "swagger_server/gate.py",
+                '        headers.append((b"content-length", str(len(body)).encode()))\n'
+                '        await self.app({**scope, "headers": headers}, _replay(body, receive), send)',
+                '        headers += [(k, v) for k, v in scope["headers"] if k in (b"content-length", b"transfer-encoding")]\n'
+                '        await self.app({**scope, "headers": headers}, receive, send)',
+            ),
+        ),
+    ),
+    Mutation(
+        "a stalled head is cut with 408 at the head timeout",
+        "swagger_server/server.py",
+        "self._head_timer = self.loop.call_later(HeadLimits.head_timeout, self._head_expired)",
+        "self._head_timer = None",
+        ("tests/test_http_layer.py::test_a_stalled_head_gets_408_within_its_timeout_and_is_closed",),
+    ),
+    Mutation(
+        "the head limit counts the head only, not a body in the same read",
+        "swagger_server/server.py",
+        "if in_head and self._in_head and not self._head_completed:",
+        "if in_head and self._in_head:",
+        ("tests/test_http_layer.py::test_a_body_of_tens_of_kib_in_one_write_is_not_mistaken_for_a_large_head",),
+    ),
+    Mutation(
+        "a head that arrives whole in one read is still held to the head limit",
+        "swagger_server/server.py",
+        "if self._head_size + len(self.url) > HeadLimits.max_header_bytes:",
+        "if False:",
+        ("tests/test_http_layer.py::test_a_body_of_tens_of_kib_in_one_write_is_not_mistaken_for_a_large_head",),
+    ),
+    Mutation(
+        "patterns are ECMA-262 (no trailing newline passes a $)",
+        "swagger_server/validation.py",
+        'EcmaRequestValidator = validators.extend(Draft4RequestValidator, {"pattern": _ecma_pattern})',
+        "EcmaRequestValidator = Draft4RequestValidator",
+        ("tests/test_http_layer.py::test_mixed_encodings_are_a_short_4xx[email ending in a newline]",),
+    ),
+    Mutation(
+        "numbers in the query are ASCII digits",
+        "swagger_server/validation.py",
+        '            if kind in ("integer", "number"):',
+        "            if False:",
+        ("tests/test_http_layer.py::test_mixed_encodings_are_a_short_4xx[Arabic digits in the query]",),
+    ),
+    Mutation(
+        "a path or query that is not UTF-8 once decoded is refused",
+        "swagger_server/gate.py",
+        'if b"%" in part and not _utf8(unquote_to_bytes(part.replace(b"+", b" "))):',
+        "if False:",
+        ("tests/test_http_layer.py::test_mixed_encodings_are_a_short_4xx[query not UTF-8]",),
+    ),
+    Mutation(
+        "integrity errors are a 4xx in one place",
+        "swagger_server/errors.py",
+        "    answer = integrity_problem(exc)\n",
+        "    answer = None\n",
+        ("tests/test_races.py::test_two_creates_with_one_email",),
+    ),
+    Mutation(
+        "the handler gets the validated body, not a second parse",
+        "swagger_server/app.py",
+        '            request._body = read["body"]',
+        "            pass",
+        ("tests/test_one_reading.py::test_the_handler_gets_the_validated_body_not_a_second_parse",),
+    ),
+    Mutation(
+        "the handler gets the validated query, not a second parse",
+        "swagger_server/app.py",
+        '            request._query_params = read["query"]',
+        "            pass",
+        ("tests/test_one_reading.py::test_the_handler_gets_the_validated_query_not_a_second_parse",),
+    ),
+    Mutation(
+        "a product's merged lines are held to the per-line maximum",
+        "swagger_server/controllers/orders.py",
+        'if wanted[line["product_id"]] > MAX_QUANTITY:',
+        "if False:",
+        ("tests/test_one_reading.py::test_the_merged_quantity_limit_is_the_specs_line_maximum",),
+    ),
+    Mutation(
+        "a refused CORS preflight is a problem",
+        "swagger_server/gate.py",
+        "        if response.status_code < 400:\n",
+        "        if True:\n",
+        ("tests/test_http_layer.py::test_a_refused_cors_preflight_is_a_problem",),
+    ),
+    Mutation(
+        "no Location is built from the client's Host (trailing slash)",
+        "swagger_server/gate.py",
+        'if path.endswith("/") and path != "/" and not path.startswith("/api/ui/"):',
+        "if False:",
+        (
+            "tests/test_http_layer.py::test_redirects_and_unknown_paths_are_problems_with_a_path_only_location[/api/customers/-404]",
+        ),
+    ),
+    Mutation(
+        "a client that goes away is recorded 499, not 500",
+        "swagger_server/observability.py",
+        "        status = 499\n",
+        "        status = 500\n",
+        ("tests/test_http_layer.py::test_a_client_that_closes_early_is_logged_499_and_never_500",),
+    ),
+    Mutation(
+        "requests refused by the HTTP layer are counted in /metrics",
+        "swagger_server/server.py",
+        "        else:\n            record_refusal(status, self.client)",
+        "        else:\n            pass",
+        ("tests/test_http_layer.py",),
+    ),
+    Mutation(
+        "the spec is rendered once per process",
+        "swagger_server/rendered.py",
+        "        entry = self.cache.get(key)\n",
+        "        entry = None\n",
+        ("tests/test_http_layer.py::test_the_spec_is_rendered_once_and_a_flood_of_it_leaves_health_fast",),
+    ),
 ]
 
 
@@ -218,13 +394,13 @@ def run(mutation: Mutation, python: str) -> tuple[bool, float, str]:
             tree,
             ignore=shutil.ignore_patterns(".venv", ".venv-*", ".git", ".data", "build", "node_modules", ".*cache*"),
         )
-        target = tree / mutation.path
-        text = target.read_text()
-        for old, new in ((mutation.old, mutation.new), *mutation.also):
+        for change in ((mutation.old, mutation.new), *mutation.also):
+            path, old, new = change if len(change) == 3 else (mutation.path, *change)
+            target = tree / path
+            text = target.read_text()
             if text.count(old) != 1:
-                return False, 0.0, f"the text to replace is not in {mutation.path} exactly once: {old[:60]!r}"
-            text = text.replace(old, new)
-        target.write_text(text)
+                return False, 0.0, f"the text to replace is not in {path} exactly once: {old[:60]!r}"
+            target.write_text(text.replace(old, new))
         began = time.monotonic()
         result = subprocess.run(
             [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutation.tests],
