@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help run test lint mutations fuzz sdk bench bench-compare bench-replica bench-pgbouncer clean
+.PHONY: help run test lint mutations fuzz fuzz-http sdk bench bench-compare bench-replica bench-pgbouncer clean
 .DEFAULT_GOAL := help
 
 # `make` alone lists the targets: each is the line starting with "## name:" above its rule.
@@ -60,6 +60,12 @@ FUZZ_SECONDS ?= 600
 ## fuzz: the contract fuzzer for FUZZ_SECONDS (600) with a random seed
 fuzz: $(VENV)/.installed-dev
 	CONTRACT_SECONDS=$(FUZZ_SECONDS) CONTRACT_SEED=$${CONTRACT_SEED:-random} $(PY) -m pytest -s tests/test_contract.py
+
+# Raw-socket HTTP fuzzing for HTTP_FUZZ_SECONDS (300) with a random seed (printed; HTTP_FUZZ_SEED=N repeats one).
+HTTP_FUZZ_SECONDS ?= 300
+## fuzz-http: raw-socket HTTP fuzzing (headers and framings permuted) for HTTP_FUZZ_SECONDS (300)
+fuzz-http: $(VENV)/.installed-dev
+	HTTP_FUZZ_SECONDS=$(HTTP_FUZZ_SECONDS) HTTP_FUZZ_SEED=$${HTTP_FUZZ_SEED:-random} $(PY) -m pytest -s -p no:cacheprovider --timeout 0 tests/test_http_fuzz.py
 
 # Client SDKs from swagger/swagger.yaml into build/sdk/ (Python x2, TypeScript); see README.
 ## sdk: generate the client SDKs into build/sdk/

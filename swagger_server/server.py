@@ -15,7 +15,6 @@ Protocol-level refusals are counted in /metrics and logged like any other answer
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sys
 
@@ -72,6 +71,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._lingering = False
         self._head_completed = False  # a head was completed during the current read
         self._head_size = 0  # the current head's fields and target, as parsed
+        self._cycles: list = []  # requests on this connection whose answers are not complete
+        self._refusal = None  # (answer, the refused request's cycle or None) waiting its turn
         self._head_timer = None
 
     def on_message_begin(self) -> None:
@@ -114,6 +115,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_completed = True
         self._cancel_head_timer()
         super().on_headers_complete()
+        self._cycles.append(self.cycle)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -151,35 +153,63 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse(431, f"the request head may be at most {HeadLimits.max_header_bytes} bytes")
 
     def _refuse(self, status: int, detail: str) -> None:
-        """Answer, then close the way nginx's lingering_close does: stop sending, discard what the
-        client is still sending for up to LINGER_SECONDS, then close. Closing at once, with unread
-        bytes from the client, sends a reset that can destroy the answer before the client reads it."""
+        """Answer `status` and close. The answer goes out after the answers to every earlier request
+        on this connection (pipelined requests are answered in order: an early refusal would be read
+        as the answer to an earlier request), then the connection closes the way nginx's
+        lingering_close does: stop sending, discard what the client still sends for up to
+        LINGER_SECONDS, then close (closing at once, with unread bytes from the client, sends a reset
+        that can destroy the answer before the client reads it)."""
         self._cancel_head_timer()
         cycle = getattr(self, "cycle", None)
+        refused = None
         if not self._in_head and cycle is not None and not cycle.response_complete:
             # The app already has this request (its head was complete; its body was not valid HTTP).
-            # It sends nothing more on this connection (disconnected), and records the request once,
+            # Its app sends nothing (disconnected): this refusal is its answer, and it is recorded once,
             # with this status (observability.py reads the mark on the scope).
             self.scope["store_api_refused"] = status
             cycle.disconnected = True
             cycle.message_event.set()
+            refused = cycle
         else:
             record_refusal(status, self.client)
         headers, body = problem_bytes(status, detail, {"Connection": "close"})
         out = [b"HTTP/1.1 %d %s\r\n" % (status, STATUS_TEXT[status])]
         out += [name + b": " + value + b"\r\n" for name, value in headers]
         out += [b"\r\n", body]
-        self.transport.write(b"".join(out))
         self._in_head = False  # nothing more is parsed on this connection
         self._lingering = True
+        self._refusal = (b"".join(out), refused)
+        self._send_refusal_when_due()
+
+    def _send_refusal_when_due(self) -> None:
+        answer, refused = self._refusal
+        if any(c is not refused and not c.response_complete and not c.disconnected for c in self._cycles):
+            return  # an earlier request is still being answered: on_response_complete calls again
+        self._refusal = None
+        if self.transport.is_closing():
+            return
+        self.transport.write(answer)
         try:
             self.transport.write_eof()
         except (NotImplementedError, OSError, RuntimeError):
             self.transport.close()
             return
-        self._linger = asyncio.get_running_loop().call_later(LINGER_SECONDS, self.transport.close)
+        self._linger = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._cycles = [c for c in self._cycles if not c.response_complete]
+        if self._refusal is not None:
+            self._send_refusal_when_due()
 
     def connection_lost(self, exc) -> None:
+        # uvicorn marks only the newest request disconnected; with pipelined requests, an earlier one
+        # still running would write to the closed transport (a RuntimeError, a traceback). Every
+        # request on the connection is told.
+        for cycle in self._cycles:
+            if not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
         self._cancel_head_timer()
         if getattr(self, "_linger", None) is not None:
             self._linger.cancel()

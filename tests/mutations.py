@@ -173,9 +173,9 @@ MUTATIONS = [
     Mutation(
         "errors rendered by Connexion carry CORS headers",
         "swagger_server/app.py",
-        """        CORSMiddleware,
+        """        ProblemCORS,
         position=MiddlewarePosition.BEFORE_EXCEPTION,""",
-        """        CORSMiddleware,
+        """        ProblemCORS,
         position=MiddlewarePosition.BEFORE_ROUTING,""",
         ("tests/test_api_dashboard_health.py::test_every_error_carries_cors_headers_for_an_allowed_origin",),
     ),
@@ -374,6 +374,20 @@ MUTATIONS = [
         "        else:\n            record_refusal(status, self.client)",
         "        else:\n            pass",
         ("tests/test_http_layer.py",),
+    ),
+    Mutation(
+        "a client gone with pipelined requests in flight leaves no traceback",
+        "swagger_server/server.py",
+        "        for cycle in self._cycles:\n            if not cycle.response_complete:",
+        "        for cycle in ():\n            if not cycle.response_complete:",
+        ("tests/test_http_layer.py::test_a_client_gone_with_pipelined_requests_in_flight_leaves_no_traceback",),
+    ),
+    Mutation(
+        "a refusal is sent after the answers to earlier pipelined requests",
+        "swagger_server/server.py",
+        "            return  # an earlier request is still being answered: on_response_complete calls again",
+        "            pass",
+        ("tests/test_http_fuzz.py",),
     ),
     Mutation(
         "the spec is rendered once per process",

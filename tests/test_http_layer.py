@@ -263,6 +263,54 @@ def test_a_client_that_closes_early_is_logged_499_and_never_500(server, store):
     RECEIVED[499] += 1  # what the server rightly records for it; the client received nothing
 
 
+def test_a_client_gone_with_pipelined_requests_in_flight_leaves_no_traceback(server, store):
+    """uvicorn marks only the newest request on a connection disconnected; the one still running
+    then wrote to a closed transport (found by make fuzz-http)."""
+    query(store, "BEGIN")
+    query(store, "SELECT * FROM products WHERE id = 1 FOR UPDATE")  # the order waits on this row
+    try:
+        conn = Connection(server.port)
+        order = b'{"customer_id":1,"lines":[{"product_id":1,"quantity":1}]}'
+        key = "Idempotency-Key: gone-1"
+        conn.send(request_bytes("POST", "/api/orders", [AUTH, JSON, key], order) + request_bytes("GET", "/api/health"))
+        time.sleep(0.5)  # the order is in its handler, waiting for the row; the GET is queued behind it
+        conn.close()
+        time.sleep(0.3)
+    finally:
+        query(store, "ROLLBACK")
+    # The observer: the order ran to its end (it is recorded, with the status its handler sent, which
+    # the client that left never received), and only then could its answer meet the closed socket.
+    deadline = time.monotonic() + 5
+    while query(store, "SELECT count(*) FROM idempotency_keys WHERE key = 'gone-1'") == [(0,)]:
+        assert time.monotonic() < deadline, "the order did not complete"
+        time.sleep(0.05)
+    RECEIVED[201] += 1  # recorded by the server as sent; see the docstring
+    time.sleep(0.3)  # its answer is sent (into the closed socket) just after the commit
+    assert "Traceback" not in server.output()
+
+
+def test_a_refusal_is_sent_after_the_answer_to_an_earlier_pipelined_request(server, store):
+    """A malformed request behind one still running is answered after it, in order: sent first, the
+    refusal would be read as the answer to the earlier request."""
+    query(store, "BEGIN")
+    query(store, "SELECT * FROM products WHERE id = 1 FOR UPDATE")
+    conn = Connection(server.port)
+    try:
+        order = b'{"customer_id":1,"lines":[{"product_id":1,"quantity":1}]}'
+        conn.send(
+            request_bytes("POST", "/api/orders", [AUTH, JSON], order)
+            + b"GET /api/health HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n"
+        )
+        time.sleep(0.5)  # the order waits on the row; the broken head behind it is refused meanwhile
+    finally:
+        query(store, "ROLLBACK")
+    first, second = conn.read_answer(), conn.read_answer()
+    conn.close()
+    RECEIVED.update([first.status, second.status])
+    assert (first.status, second.status) == (201, 400)
+    assert json.loads(first.body)["customer_id"] == 1
+
+
 # -- sizes: the head limit counts the head only ---------------------------------------------------------
 def test_a_body_of_tens_of_kib_in_one_write_is_not_mistaken_for_a_large_head(server, store):
     padded = json.dumps({"name": "Pad", "email": "pad@example.com", "x": "a" * 40_000}).encode()
