@@ -467,10 +467,19 @@ def test_the_spec_is_rendered_once_and_a_flood_of_it_leaves_health_fast(server):
         thread.join(15)
     RECEIVED[200] += sum(counts.values())
     assert set(counts) == {200} and sum(counts.values()) > 20
-    # Four clients fetch the spec without pause from 2 workers on 2 cores, sharing them with this
-    # client: health may wait its turn for a spec answer already being sent (~1 ms from memory), not
-    # for a 30 ms YAML rendering.
-    assert busy <= max(4 * idle, idle + 0.004), (idle, busy)
+    # On the server: each spec answer after a worker's first is a copy from memory (about 0.1 ms in
+    # the access log; rendering the YAML takes 30-40 ms of the event loop). 5 ms is far from both.
+    time.sleep(0.2)  # the log writers flush every 20 ms
+    spec = [
+        entry["duration_ms"]
+        for entry in (json.loads(line) for line in server.stdout().splitlines() if line.startswith('{"ts"'))
+        if entry.get("path", "").startswith("/api/openapi.")
+    ]
+    assert len(spec) >= sum(counts.values())
+    assert sorted(spec)[-5] < 5, sorted(spec)[-10:]  # the four first renderings (2 workers x 2) aside
+    # From this client, which shares 2 cores with 4 flooding threads and the server: health waits at
+    # most its turn behind spec answers from memory, not behind a 35 ms rendering of the YAML.
+    assert busy <= idle + 0.010, (idle, busy)
 
 
 def _timed(session, url) -> float:
