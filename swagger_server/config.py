@@ -130,6 +130,7 @@ class ApiSettings:
     head_timeout: float = 10.0
     body_timeout: float = 10.0
     idempotency_ttl: float = 86400.0  # seconds an Idempotency-Key is remembered (per client)
+    require_if_match: bool = False  # when on, PATCH and DELETE without If-Match are 428
     metrics_token: str = field(default="", repr=False)  # when set, GET /metrics needs this bearer token
     metrics_port: int = 0  # when set, /metrics is served only on this port (and the API not)
 
@@ -254,6 +255,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "API_HEAD_TIMEOUT": ("API", "head_timeout"),
     "API_BODY_TIMEOUT": ("API", "body_timeout"),
     "API_IDEMPOTENCY_TTL": ("API", "idempotency_ttl"),
+    "API_REQUIRE_IF_MATCH": ("API", "require_if_match"),
     "API_METRICS_TOKEN": ("API", "metrics_token"),
     "API_METRICS_PORT": ("API", "metrics_port"),
     "PORT": ("GUNICORN", "port"),

@@ -18,7 +18,7 @@ from flask import current_app, g, request
 from swagger_server.db.connection import Connection
 from swagger_server.db.database import Database
 from swagger_server.db.errors import PoolError
-from swagger_server.db.replica import parse_lsn, retry_on_primary
+from swagger_server.db.replica import ReplicaBehind, parse_lsn, retry_on_primary
 from swagger_server.errors import ApiError
 
 CONSISTENCY_HEADER = "X-Consistency-Token"
@@ -97,8 +97,9 @@ def _consistency_token(response):
 def read_only(func):
     """Mark a controller as read-only: it may be served by the replica (see db/replica.py).
 
-    If the replica fails while serving it, the whole handler runs again on the primary: a read-only
-    handler has no side effects, so running it twice is safe.
+    If the replica fails while serving it, or turns out to be behind what the client has already
+    seen (ReplicaBehind, from an If-None-Match newer than its row), the whole handler runs again on
+    the primary: a read-only handler has no side effects, so running it twice is safe.
     """
 
     @functools.wraps(func)
@@ -118,9 +119,14 @@ def read_only(func):
         try:
             return func(*args, **kwargs)
         except Exception as exc:
-            if g.get("db_role") != "replica" or not retry_on_primary(exc):
+            if g.get("db_role") != "replica":
                 raise
-            replica.failed(exc)
+            if isinstance(exc, ReplicaBehind):
+                replica.behind()
+            elif retry_on_primary(exc):
+                replica.failed(exc)
+            else:
+                raise
             scope.teardown()  # the pool discards the broken connection
             g.db_read_only = False
             return func(*args, **kwargs)

@@ -174,3 +174,37 @@ def test_eight_orders_with_one_idempotency_key(server, store):
         ids = {r.json()["id"] for r in responses if r.status_code in (200, 201)}
         assert len(ids) == 1
         query(store, "UPDATE products SET stock = 10 WHERE id = 1")
+
+
+def test_eight_writers_holding_one_etag_exactly_one_wins(server, store):
+    """Optimistic concurrency (issue 22): the If-Match check and the write are one statement."""
+    base = server.base
+    for i in range(ROUNDS):
+        etag = requests.get(f"{base}/api/products/1", timeout=10).headers["ETag"]
+        responses = race(
+            *[
+                lambda s, n=n, price=1000 + 100 * i + n, tag=etag: s.patch(
+                    f"{base}/api/products/1",
+                    json={"price_cents": price},
+                    headers={**AUTH, "If-Match": tag},
+                    timeout=10,
+                )
+                for n in range(8)
+            ]
+        )
+        codes = sorted(r.status_code for r in responses)
+        assert codes == [200] + [412] * 7, codes
+        winner = next(r for r in responses if r.status_code == 200)
+        current = winner.headers["ETag"]
+        assert all(r.headers["ETag"] == current for r in responses if r.status_code == 412)
+        price = query(store, "SELECT price_cents FROM products WHERE id = 1")[0][0]
+        assert winner.json()["price_cents"] == price  # the one that won is the one stored
+        # Without If-Match the same eight all succeed: last write wins (the observer for the above).
+        if i == 0:
+            plain = race(
+                *[
+                    lambda s, n=n: s.patch(f"{base}/api/products/1", json={"stock": n}, headers=AUTH, timeout=10)
+                    for n in range(8)
+                ]
+            )
+            assert [r.status_code for r in plain] == [200] * 8

@@ -315,3 +315,26 @@ def test_reads_survive_the_replica_going_down_and_return_to_it(database_url, rep
         get_database(app).close(timeout=2)
         if not replica_server.running:
             replica_server.start()
+
+
+def test_a_replica_behind_the_clients_etag_never_answers_with_an_older_row(replica_app, replica_admin, store):
+    """Issue 22: with replay paused, the product changes on the primary (version 2). A client that
+    has seen version 2 asks If-None-Match: "2". The replica's row is version 1: older than what the
+    client has, so the read runs again on the primary, which answers 304. A client that has seen only
+    version 1 is answered by the replica (its row is not older than what that client has)."""
+    replica = get_database(replica_app).replica
+    query(replica_admin, "SELECT pg_wal_replay_pause()")
+    wait_until(lambda: query(replica_admin, "SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused")
+    query(store, "UPDATE products SET price_cents = 1234 WHERE id = 1")  # version 2, on the primary only
+    with replica_app.test_client(headers=AUTH) as client:
+        plain = client.get("/api/products/1")  # the observer: the replica really is behind
+        assert plain.status_code == 200 and plain.headers["ETag"] == '"1"' and plain.json()["price_cents"] == 1000
+        before = replica.stats()
+        newer = client.get("/api/products/1", headers={"If-None-Match": '"2"'})
+        assert newer.status_code == 304 and newer.headers["ETag"] == '"2"'
+        after = replica.stats()
+        assert after["fallbacks"].get("behind_etag", 0) == before["fallbacks"].get("behind_etag", 0) + 1
+        assert after["retried_on_primary"] == before["retried_on_primary"] + 1
+        older = client.get("/api/products/1", headers={"If-None-Match": '"1"'})
+        assert older.status_code == 304 and older.headers["ETag"] == '"1"'  # the replica's own answer
+        assert replica.stats()["replica_reads"] == after["replica_reads"] + 1

@@ -9,7 +9,7 @@ from collections import Counter
 from connexion.context import context
 from flask import current_app, request
 
-from swagger_server.controllers.reply import reply
+from swagger_server.controllers.conditional import answer
 from swagger_server.db.connection import transaction
 from swagger_server.db.queries import customers, orders
 from swagger_server.errors import Conflict, InsufficientStock, NotFound, UnprocessableEntity
@@ -59,7 +59,7 @@ def create_order(body: dict):
                 "a request with this Idempotency-Key is in progress; retry shortly", field="Idempotency-Key"
             ) from None
         return replay
-    return reply(orders.get_order(conn, order_id), 201, {"Location": f"/api/orders/{order_id}"})
+    return answer(orders.get_order(conn, order_id), 201, {"Location": f"/api/orders/{order_id}"})
 
 
 @read_only
@@ -67,7 +67,7 @@ def get_order(order_id: int):
     row = orders.get_order(get_conn(), order_id)
     if row is None:
         raise NotFound(f"order {order_id} not found")
-    return reply(row, 200)
+    return answer(row)
 
 
 def _place(conn, customer_id: int, wanted: Counter) -> int:
@@ -98,7 +98,7 @@ def _replay(conn, client: str, key: str, fingerprint: str, ttl: float):
         return None
     if earlier["request_hash"] != fingerprint:
         raise UnprocessableEntity("this Idempotency-Key was used with a different order", field="Idempotency-Key")
-    return reply(
+    return answer(
         orders.get_order(conn, earlier["id"]),
         200,
         {"Idempotent-Replayed": "true", "Location": f"/api/orders/{earlier['id']}"},

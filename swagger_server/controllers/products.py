@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from swagger_server.controllers.reply import found, page, reply
+from swagger_server.controllers.conditional import answer, answer_page, if_match, not_written
+from swagger_server.controllers.reply import found, page
 from swagger_server.db.connection import transaction
 from swagger_server.db.queries import products
 from swagger_server.request_scope import get_conn, read_only
@@ -10,12 +11,12 @@ from swagger_server.request_scope import get_conn, read_only
 
 @read_only
 def list_products(limit: int = 20, after: int | None = None, in_stock: bool | None = None):
-    return reply(page(products.list_products(get_conn(), limit + 1, after, in_stock), limit), 200)
+    return answer_page(page(products.list_products(get_conn(), limit + 1, after, in_stock), limit))
 
 
 @read_only
 def get_product(product_id: int):
-    return reply(found(products.get_product(get_conn(), product_id), "product", product_id), 200)
+    return answer(found(products.get_product(get_conn(), product_id), "product", product_id))
 
 
 def create_product(body: dict):
@@ -23,11 +24,14 @@ def create_product(body: dict):
     # A taken SKU is the database's unique constraint: 409 in one place (errors.integrity_problem).
     with transaction(conn):
         row = products.create_product(conn, body["sku"], body["name"], body["price_cents"], body["stock"])
-    return reply(row, 201, {"Location": f"/api/products/{row['id']}"})
+    return answer(row, 201, {"Location": f"/api/products/{row['id']}"})
 
 
 def update_product(product_id: int, body: dict):
+    versions = if_match()
     conn = get_conn()
     with transaction(conn):
-        row = products.update_product(conn, product_id, body)
-    return reply(found(row, "product", product_id), 200)
+        row = products.update_product(conn, product_id, body, versions)
+        if row is None:
+            not_written(products.product_version(conn, product_id), "product", product_id)
+    return answer(row)

@@ -56,6 +56,11 @@ _RETRY_ON_PRIMARY = (
 )
 
 
+class ReplicaBehind(Exception):
+    """A read on the replica found a row older than a version the client has already seen (its
+    If-None-Match): the replica is behind that client, and the read runs again on the primary."""
+
+
 def parse_lsn(text: str | None) -> int:
     """'16/B374D848' -> an integer that orders like the LSN. ValueError if malformed; 0 for None/''."""
     if not text:
@@ -135,6 +140,14 @@ class Replica:
     def _count_primary_read_locked(self, why: str) -> None:
         self._counters["primary_reads"] += 1
         self._fallbacks[why] = self._fallbacks.get(why, 0) + 1
+
+    def behind(self) -> None:
+        """A read found the replica behind what its client has seen (ReplicaBehind) and goes to the
+        primary: counted as a primary read (reason `behind_etag`). The replica is not at fault."""
+        with self._lock:
+            self._counters["retried_on_primary"] += 1
+            self._counters["replica_reads"] -= 1
+            self._count_primary_read_locked("behind_etag")
 
     def failed(self, exc: BaseException) -> None:
         """A read routed to the replica failed there and goes to the primary: it is counted as a

@@ -43,6 +43,14 @@ async function main() {
   const short = await problemOf(() => orders.createOrder({ newOrder: { customerId: customer.id, lines: [{ productId: product.id, quantity: 2 }] } }), 409);
   assert.ok((short.problem.type ?? '').endsWith('/insufficient-stock'));
 
+  // Optimistic concurrency: change the product only as last read (If-Match); a stale ETag is 412.
+  const etag = (await products.getProductRaw({ productId: product.id })).raw.headers.get('ETag') as string;
+  assert.ok(etag);
+  const updated = await products.updateProductRaw({ productId: product.id, productUpdate: { priceCents: 260 }, ifMatch: etag });
+  assert.strictEqual((await updated.value()).priceCents, 260);
+  const stale = await problemOf(() => products.updateProduct({ productId: product.id, productUpdate: { priceCents: 270 }, ifMatch: etag }), 412);
+  assert.ok((stale.problem.type ?? '').endsWith('/precondition-failed'));
+
   const downApi = new CustomersApi(new Configuration({ basePath: `${down}/api`, accessToken: token }));
   const unavailable = await problemOf(() => downApi.getCustomer({ customerId: 1 }), 503);
   assert.ok((unavailable.problem.type ?? '').endsWith('/database-unavailable'));

@@ -5,7 +5,7 @@ import os
 import time
 
 import store_api_client as sdk
-from store_api_client.exceptions import ConflictException, ServiceException
+from store_api_client.exceptions import ApiException, ConflictException, ServiceException
 
 base, down, token = os.environ["BASE_URL"], os.environ["DOWN_URL"], os.environ["TOKEN"]
 client = sdk.ApiClient(sdk.Configuration(host=f"{base}/api", access_token=token))
@@ -37,6 +37,26 @@ try:  # 409: more than the stock left (1)
     raise AssertionError("expected a 409")
 except ConflictException as exc:
     assert exc.data.type.endswith("/insufficient-stock"), exc.data
+
+
+# Optimistic concurrency: change the product only as last read (If-Match); a stale ETag is 412.
+def etag_of(headers) -> str:
+    return {name.lower(): value for name, value in headers.items()}["etag"]
+
+
+etag = etag_of(products.get_product_with_http_info(product.id).headers)
+try:  # the generator treats any status outside 2xx as an exception, 304 included
+    products.get_product(product.id, if_none_match=etag)
+    raise AssertionError("expected a 304")
+except ApiException as exc:
+    assert exc.status == 304 and etag_of(exc.headers) == etag, exc
+updated = products.update_product_with_http_info(product.id, sdk.ProductUpdate(price_cents=260), if_match=etag)
+assert updated.data.price_cents == 260 and etag_of(updated.headers) != etag
+try:
+    products.update_product(product.id, sdk.ProductUpdate(price_cents=270), if_match=etag)
+    raise AssertionError("expected a 412")
+except ApiException as exc:
+    assert exc.status == 412 and etag_of(exc.headers) == etag_of(updated.headers), exc
 
 down_client = sdk.ApiClient(sdk.Configuration(host=f"{down}/api", access_token=token))
 try:  # 503: the database is unreachable

@@ -8,7 +8,7 @@ from store_api_pyclient import AuthenticatedClient
 from store_api_pyclient.api.customers import create_customer, get_customer
 from store_api_pyclient.api.dashboard import get_dashboard
 from store_api_pyclient.api.orders import create_order
-from store_api_pyclient.api.products import create_product
+from store_api_pyclient.api.products import create_product, get_product, update_product
 from store_api_pyclient.models import (
     Customer,
     Dashboard,
@@ -18,6 +18,7 @@ from store_api_pyclient.models import (
     NewProduct,
     Order,
     Problem,
+    ProductUpdate,
 )
 
 base, down, token = os.environ["BASE_URL"], os.environ["DOWN_URL"], os.environ["TOKEN"]
@@ -44,6 +45,15 @@ short = create_order.sync_detailed(
     client=client, body=NewOrder(customer_id=customer.id, lines=[NewOrderLine(product_id=product.id, quantity=2)])
 )
 assert short.status_code == 409 and short.parsed.type_.endswith("/insufficient-stock"), short.parsed
+
+# Optimistic concurrency: change the product only as last read (If-Match); a stale ETag is 412.
+etag = get_product.sync_detailed(product.id, client=client).headers["ETag"]
+assert get_product.sync_detailed(product.id, client=client, if_none_match=etag).status_code == 304
+updated = update_product.sync_detailed(product.id, client=client, body=ProductUpdate(price_cents=260), if_match=etag)
+assert updated.status_code == 200 and updated.parsed.price_cents == 260 and updated.headers["ETag"] != etag
+stale = update_product.sync_detailed(product.id, client=client, body=ProductUpdate(price_cents=270), if_match=etag)
+assert stale.status_code == 412 and isinstance(stale.parsed, Problem), stale
+assert stale.parsed.type_.endswith("/precondition-failed") and stale.headers["ETag"] == updated.headers["ETag"]
 
 down_client = AuthenticatedClient(base_url=f"{down}/api", token=token)
 unavailable = get_customer.sync_detailed(1, client=down_client)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def get_customer(conn, customer_id: int) -> dict | None:
     with conn.cursor() as cur:
-        cur.execute("SELECT id, name, email, created_at FROM customers WHERE id = %s", (customer_id,))
+        cur.execute("SELECT id, name, email, created_at, version FROM customers WHERE id = %s", (customer_id,))
         return cur.one()
 
 
@@ -24,7 +24,7 @@ def list_customers(conn, limit: int, after: int | None = None, search: str | Non
     )
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT id, name, email, created_at FROM customers"
+            "SELECT id, name, email, created_at, version FROM customers"
             " WHERE id > %(after)s AND (%(pattern)s::text IS NULL OR name ILIKE %(pattern)s OR email ILIKE %(pattern)s)"
             " ORDER BY id LIMIT %(limit)s",
             {"after": after or 0, "pattern": pattern, "limit": limit},
@@ -36,24 +36,41 @@ def create_customer(conn, name: str, email: str) -> dict:
     """Insert a customer. Raises psycopg2.errors.UniqueViolation if the email is taken."""
     with conn.cursor() as cur:
         cur.execute(
-            "INSERT INTO customers (name, email) VALUES (%s, %s) RETURNING id, name, email, created_at", (name, email)
+            "INSERT INTO customers (name, email) VALUES (%s, %s) RETURNING id, name, email, created_at, version",
+            (name, email),
         )
         return cur.one()
 
 
-def update_customer(conn, customer_id: int, name: str | None, email: str | None) -> dict | None:
-    """Change the given fields; None if no such customer. Raises UniqueViolation if the email is taken."""
+def update_customer(
+    conn, customer_id: int, name: str | None, email: str | None, versions: list[int] | None = None
+) -> dict | None:
+    """Change the given fields; None if no such customer, or (with `versions`, from If-Match) if its
+    version is none of them, checked in the same statement. Raises UniqueViolation if the email is taken."""
     with conn.cursor() as cur:
         cur.execute(
             "UPDATE customers SET name = COALESCE(%s, name), email = COALESCE(%s, email)"
-            " WHERE id = %s RETURNING id, name, email, created_at",
-            (name, email, customer_id),
+            " WHERE id = %s AND (%s::bigint[] IS NULL OR version = ANY(%s))"
+            " RETURNING id, name, email, created_at, version",
+            (name, email, customer_id, versions, versions),
         )
         return cur.one()
 
 
-def delete_customer(conn, customer_id: int) -> bool:
-    """Delete; False if no such customer. Raises ForeignKeyViolation if the customer has orders."""
+def delete_customer(conn, customer_id: int, versions: list[int] | None = None) -> bool:
+    """Delete; False if no such customer, or (with `versions`) if its version is none of them.
+    Raises ForeignKeyViolation if the customer has orders."""
     with conn.cursor() as cur:
-        cur.execute("DELETE FROM customers WHERE id = %s", (customer_id,))
+        cur.execute(
+            "DELETE FROM customers WHERE id = %s AND (%s::bigint[] IS NULL OR version = ANY(%s))",
+            (customer_id, versions, versions),
+        )
         return cur.rowcount == 1
+
+
+def customer_version(conn, customer_id: int) -> int | None:
+    """The customer's version, None if there is no such customer."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT version FROM customers WHERE id = %s", (customer_id,))
+        row = cur.fetchone()
+        return None if row is None else row[0]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 _ORDER_BY_ID = """
-    SELECT o.id, o.customer_id, o.status, o.total_cents, o.created_at,
+    SELECT o.id, o.customer_id, o.status, o.total_cents, o.created_at, o.version,
            COALESCE(json_agg(json_build_object('product_id', l.product_id, 'quantity', l.quantity,
                                                'unit_price_cents', l.unit_price_cents)
                              ORDER BY l.product_id) FILTER (WHERE l.order_id IS NOT NULL), '[]') AS lines
@@ -12,7 +12,7 @@ _ORDER_BY_ID = """
 """
 
 _ORDERS_OF_CUSTOMER = """
-    SELECT o.id, o.customer_id, o.status, o.total_cents, o.created_at,
+    SELECT o.id, o.customer_id, o.status, o.total_cents, o.created_at, o.version,
            COALESCE(json_agg(json_build_object('product_id', l.product_id, 'quantity', l.quantity,
                                                'unit_price_cents', l.unit_price_cents)
                              ORDER BY l.product_id) FILTER (WHERE l.order_id IS NOT NULL), '[]') AS lines

@@ -6,7 +6,7 @@ from __future__ import annotations
 def get_product(conn, product_id: int) -> dict | None:
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT id, sku, name, price_cents, stock, created_at, updated_at FROM products WHERE id = %s",
+            "SELECT id, sku, name, price_cents, stock, created_at, updated_at, version FROM products WHERE id = %s",
             (product_id,),
         )
         return cur.one()
@@ -15,7 +15,7 @@ def get_product(conn, product_id: int) -> dict | None:
 def list_products(conn, limit: int, after: int | None = None, in_stock: bool | None = None) -> list[dict]:
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT id, sku, name, price_cents, stock, created_at, updated_at FROM products WHERE id > %(after)s"
+            "SELECT id, sku, name, price_cents, stock, created_at, updated_at, version FROM products WHERE id > %(after)s"
             " AND (%(in_stock)s::boolean IS NULL OR (stock > 0) = %(in_stock)s)"
             " ORDER BY id LIMIT %(limit)s",
             {"after": after or 0, "in_stock": in_stock, "limit": limit},
@@ -28,24 +28,36 @@ def create_product(conn, sku: str, name: str, price_cents: int, stock: int) -> d
     with conn.cursor() as cur:
         cur.execute(
             "INSERT INTO products (sku, name, price_cents, stock) VALUES (%s, %s, %s, %s)"
-            " RETURNING id, sku, name, price_cents, stock, created_at, updated_at",
+            " RETURNING id, sku, name, price_cents, stock, created_at, updated_at, version",
             (sku, name, price_cents, stock),
         )
         return cur.one()
 
 
-def update_product(conn, product_id: int, fields: dict) -> dict | None:
-    """Change the given fields (name, price_cents, stock); None if no such product."""
+def update_product(conn, product_id: int, fields: dict, versions: list[int] | None = None) -> dict | None:
+    """Change the given fields (name, price_cents, stock); None if no such product, or (with
+    `versions`, from If-Match) if its version is none of them: the check and the write are one
+    statement, so no other write can come between them."""
     with conn.cursor() as cur:
         cur.execute(
             "UPDATE products SET name = COALESCE(%(name)s, name),"
             " price_cents = COALESCE(%(price_cents)s, price_cents), stock = COALESCE(%(stock)s, stock),"
-            " updated_at = now() WHERE id = %(id)s RETURNING id, sku, name, price_cents, stock, created_at, updated_at",
+            " updated_at = now() WHERE id = %(id)s AND (%(versions)s::bigint[] IS NULL OR version = ANY(%(versions)s))"
+            " RETURNING id, sku, name, price_cents, stock, created_at, updated_at, version",
             {
                 "name": fields.get("name"),
                 "price_cents": fields.get("price_cents"),
                 "stock": fields.get("stock"),
                 "id": product_id,
+                "versions": versions,
             },
         )
         return cur.one()
+
+
+def product_version(conn, product_id: int) -> int | None:
+    """The product's version, None if there is no such product."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT version FROM products WHERE id = %s", (product_id,))
+        row = cur.fetchone()
+        return None if row is None else row[0]
