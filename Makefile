@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help run test lint mutations fuzz fuzz-http sdk bench bench-compare bench-replica bench-pgbouncer clean
+.PHONY: help run test lint mutations fuzz fuzz-http sdk bench bench-conditional bench-compare bench-replica bench-pgbouncer clean
 .DEFAULT_GOAL := help
 
 # `make` alone lists the targets: each is the line starting with "## name:" above its rule.
@@ -76,6 +76,10 @@ sdk: $(VENV)/.installed-dev
 ## bench: the benchmark: ours vs the peers, loopback only (about 6 minutes)
 bench: $(VENV)/.installed-bench
 	$(PY) bench/run.py
+
+## bench-conditional: a 304 re-read against a 200 (worker CPU per request), loopback only (about a minute)
+bench-conditional: $(VENV)/.installed-bench
+	$(PY) bench/conditional.py
 
 # This tree against an earlier commit (REF), alternating on one database; about 2 minutes per pair.
 REF ?= HEAD~1

@@ -195,14 +195,16 @@ def _wrk_duration_ms(text: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 
-def wrk(server: Server, path: str, connections: int = VUS, seconds: int = 10, script: str | None = None) -> dict | None:
+def wrk(
+    server: Server, path: str, connections: int = VUS, seconds: int = 10, script: str | None = None, headers=()
+) -> dict | None:
     """Peak throughput with wrk (lighter than k6, no body checks): req/s, p50, p99, non-2xx, worker CPU per
     request; None if wrk is absent. `script` is a Lua file in bench/wrk/ (random ids) instead of `path`."""
     binary = shutil.which("wrk")
     if not binary:
         return None
     url = f"{server.base}{path}"
-    args = ["-H", f"Authorization: Bearer {TOKEN}"]
+    args = ["-H", f"Authorization: Bearer {TOKEN}", *(arg for header in headers for arg in ("-H", header))]
     if script:
         args = ["-s", str(ROOT / "bench" / "wrk" / script)]
     env = {**os.environ, "TOKEN": TOKEN, "MAX_ID": str(CUSTOMERS)}

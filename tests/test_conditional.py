@@ -133,3 +133,28 @@ def test_a_page_has_a_weak_etag_that_changes_when_an_item_on_it_does(client, sto
     query(store, f"UPDATE {table} SET created_at = created_at WHERE id = 1")
     changed = client.get(path, headers={"If-None-Match": tag})
     assert changed.status_code == 200 and changed.headers["ETag"] != tag
+
+
+def test_the_readmes_curl_example_works_as_typed(database_url, store, tmp_path):
+    """The README's example, run by bash against real gunicorn: only its host and port are this
+    server's, and the demo token file is where `make run` writes it."""
+    import subprocess
+    from pathlib import Path
+
+    from tests.conftest import TOKEN
+    from tests.servers import Gunicorn
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("ETAG=$(curl")
+    script = readme[start : readme.index("\n```", start)]
+    (tmp_path / ".data").mkdir()
+    (tmp_path / ".data" / "demo-token").write_text(TOKEN)
+    live = Gunicorn(database_url)
+    try:
+        script = script.replace("localhost:8080", f"127.0.0.1:{live.port}")
+        result = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    finally:
+        live.stop()
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert lines == ["HTTP/1.1 304 Not Modified", "HTTP/1.1 200 OK", "HTTP/1.1 412 Precondition Failed"], result
+    assert query(store, "SELECT price_cents FROM products WHERE id = 3") == [(1999,)]
