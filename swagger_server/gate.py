@@ -111,13 +111,13 @@ class RequestGate:
             return
         if path.endswith("/") and path != "/" and not path.startswith("/api/ui/"):
             # Starlette would redirect to the path without the slash, in a Location built from Host.
-            await send_problem(send, 404, "no such resource (paths here have no trailing slash)")
+            await send_problem(send, 404, "no such resource (paths here have no trailing slash)", _CLOSE)
             return
 
         for part, what in ((scope.get("raw_path") or b"", "path"), (scope.get("query_string") or b"", "query")):
             if b"%" in part and not _utf8(unquote_to_bytes(part.replace(b"+", b" "))):
                 # uvicorn and Starlette would decode it with U+FFFD in place of the bad bytes.
-                await send_problem(send, 400, f"the {what} is not UTF-8 once percent-decoded", field=what)
+                await send_problem(send, 400, f"the {what} is not UTF-8 once percent-decoded", _CLOSE, field=what)
                 return
 
         single: dict[bytes, bytes] = {}

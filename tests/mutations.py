@@ -396,6 +396,49 @@ MUTATIONS = [
         "        entry = None\n",
         ("tests/test_http_layer.py::test_the_spec_is_rendered_once_and_a_flood_of_it_leaves_health_fast",),
     ),
+    # -- issue 22: conditional requests ---------------------------------------------------------------
+    Mutation(
+        "If-Match is checked in the write's own statement (a stale ETag writes nothing)",
+        "swagger_server/db/queries/products.py",
+        " AND (%(versions)s::bigint[] IS NULL OR version = ANY(%(versions)s))",
+        " AND (%(versions)s::bigint[] IS NULL OR TRUE)",
+        ("tests/test_races.py::test_eight_writers_holding_one_etag_exactly_one_wins",),
+    ),
+    Mutation(
+        "every change of a row changes its ETag (the version trigger)",
+        "swagger_server/db/schema/003_row_versions.sql",
+        "CREATE TRIGGER products_version BEFORE UPDATE",
+        "CREATE TRIGGER products_version BEFORE DELETE",
+        ("tests/test_conditional.py::test_a_product_has_a_strong_etag_that_changes_with_every_change_of_its_row",),
+    ),
+    Mutation(
+        "a matching If-None-Match is 304",
+        "swagger_server/controllers/conditional.py",
+        "            if star or any(opaque == str(version) for _, opaque in tags):",
+        "            if False:",
+        ("tests/test_conditional.py::test_if_none_match_that_matches_is_304_with_the_etag_and_no_body",),
+    ),
+    Mutation(
+        "a replica behind the client's ETag never answers with an older row",
+        "swagger_server/controllers/conditional.py",
+        'if g.get("db_role") == "replica" and any(seen > version for seen in _versions(tags)):',
+        "if False:",
+        ("tests/test_replica.py::test_a_replica_behind_the_clients_etag_never_answers_with_an_older_row",),
+    ),
+    Mutation(
+        "require_if_match makes changes without If-Match 428",
+        "swagger_server/controllers/conditional.py",
+        '        if current_app.config["SETTINGS"].api.require_if_match:',
+        "        if False:",
+        ("tests/test_conditional.py::test_require_if_match_makes_changes_without_it_428",),
+    ),
+    Mutation(
+        "If-Match uses the strong comparison (a weak tag never matches)",
+        "swagger_server/controllers/conditional.py",
+        "_versions([(weak, opaque) for weak, opaque in tags if not weak])",
+        "_versions(tags)",
+        ("tests/test_conditional.py::test_if_match_uses_the_strong_comparison",),
+    ),
 ]
 
 
