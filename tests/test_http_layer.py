@@ -316,6 +316,16 @@ def test_a_body_of_tens_of_kib_in_one_write_is_not_mistaken_for_a_large_head(ser
     padded = json.dumps({"name": "Pad", "email": "pad@example.com", "x": "a" * 40_000}).encode()
     answer = post(server, "/api/customers", padded, JSON)
     assert answer.status == 400 and answer.problem()["field"] == "x"  # read, and refused by the schema
+    # The connection stays good: a request after it is served (a refusal would come in its place,
+    # queued behind the answers already due).
+    conn = Connection(server.port)
+    conn.send(request_bytes("POST", "/api/customers", [AUTH, JSON], padded) + request_bytes("GET", "/api/health"))
+    first, second = conn.read_answer(), conn.read_answer()
+    conn.send(request_bytes("GET", "/api/health"))
+    third = conn.read_answer()
+    conn.close()
+    RECEIVED.update(a.status for a in (first, second, third) if a is not None)
+    assert [a.status if a else None for a in (first, second, third)] == [400, 200, 200]
     orders = b"".join(
         request_bytes("POST", "/api/orders", [AUTH, JSON], b'{"customer_id":1,"lines":[' + b" " * 30_000 + b"]}")
         for _ in range(3)
