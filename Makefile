@@ -41,7 +41,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed-dev bench/requirements.txt
 run: $(VENV)/.installed-local
 	$(PY) scripts/run.py
 
-## test: set up and run every test against a real PostgreSQL (about 5 minutes)
+## test: set up and run every test against a real PostgreSQL (5 to 6 minutes)
 test: lint tools/node_modules/.installed $(DEPLOY_VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
