@@ -24,6 +24,7 @@ import logging
 import os
 import queue
 import re
+import select
 import sys
 import threading
 import time
@@ -273,10 +274,12 @@ class BackgroundStreamHandler(logging.Handler):
     Records go on a queue; a writer thread wakes every FLUSH_INTERVAL, formats what has queued up and
     writes it in one call. A stdout that blocks (a slow pipe to a log collector) then stalls only the
     writer. The queue is bounded: past MAX_QUEUED lines, new ones are dropped and counted
-    (store_api_access_log_dropped), so a stuck stdout cannot grow the worker's memory."""
+    (store_api_access_log_dropped), so a stuck stdout cannot grow the worker's memory. Each write is
+    whole lines of at most PIPE_BUF bytes, so lines of workers sharing one pipe never interleave."""
 
     FLUSH_INTERVAL = 0.02
     MAX_QUEUED = 10_000
+    PIPE_BUF = select.PIPE_BUF  # 4096 on Linux: the largest write to a pipe that stays whole
 
     def __init__(self, stream):
         super().__init__()
@@ -317,12 +320,26 @@ class BackgroundStreamHandler(logging.Handler):
                 lines.append(self.format(record))
             except Exception:
                 self.handleError(record)
-        if lines:
-            try:
-                self.stream.write("\n".join(lines) + "\n")
-                self.stream.flush()
-            except Exception:
-                pass  # stdout gone (the worker is exiting): nothing to write to
+        # Several workers share one stdout pipe, and a write to a pipe is whole only up to PIPE_BUF
+        # bytes: each write here is at most that, and whole lines, so two workers' lines never mix.
+        chunk: list[str] = []
+        size = 0
+        for line in lines:
+            length = len(line.encode("utf-8", "replace")) + 1
+            if chunk and size + length > self.PIPE_BUF:
+                self._write(chunk)
+                chunk, size = [], 0
+            chunk.append(line)
+            size += length
+        if chunk:
+            self._write(chunk)
+
+    def _write(self, lines: list[str]) -> None:
+        try:
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+        except Exception:
+            pass  # stdout gone (the worker is exiting): nothing to write to
 
     def flush(self) -> None:
         """Write what is queued now, on the caller's thread (shutdown, tests)."""

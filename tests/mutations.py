@@ -439,6 +439,13 @@ MUTATIONS = [
         "_versions(tags)",
         ("tests/test_conditional.py::test_if_match_uses_the_strong_comparison",),
     ),
+    Mutation(
+        "access log writes are whole lines of at most PIPE_BUF bytes (workers' lines never mix)",
+        "swagger_server/observability.py",
+        "    PIPE_BUF = select.PIPE_BUF",
+        "    PIPE_BUF = 1 << 30",
+        ("tests/test_handlers.py::test_log_writes_are_whole_lines_of_at_most_pipe_buf_bytes",),
+    ),
 ]
 
 

@@ -120,3 +120,41 @@ def test_a_stuck_stdout_never_blocks_the_caller_and_its_backlog_is_bounded():
     finally:
         stream.release.set()
         log.removeHandler(handler)
+
+
+class _Writes:
+    """A stream that records what each flush sends: one write to the pipe."""
+
+    def __init__(self):
+        self.pending = ""
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.pending += text
+
+    def flush(self) -> None:
+        if self.pending:
+            self.writes.append(self.pending)
+            self.pending = ""
+
+
+def test_log_writes_are_whole_lines_of_at_most_pipe_buf_bytes():
+    """Two workers share one stdout pipe; a write over PIPE_BUF bytes may be split and interleaved
+    with the other's, mid-line."""
+    stream = _Writes()
+    handler = BackgroundStreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("tests.pipe_buf")
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        lines = [f"{i:04d} " + "x" * 195 for i in range(100)]  # 20 000 bytes in all
+        for line in lines:
+            log.warning(line)
+        handler.flush()
+        wait_until(lambda: "".join(stream.writes).count("\n") == 100, message="every line written")
+        assert len(stream.writes) >= 5
+        assert all(len(w.encode()) <= handler.PIPE_BUF and w.endswith("\n") for w in stream.writes)
+        assert "".join(stream.writes).splitlines() == lines
+    finally:
+        log.removeHandler(handler)
