@@ -272,7 +272,7 @@ class BackgroundStreamHandler(logging.Handler):
     """A log handler that never makes its caller (the event loop) wait on the stream.
 
     Records go on a queue; a writer thread wakes every FLUSH_INTERVAL, formats what has queued up and
-    writes it in one call. A stdout that blocks (a slow pipe to a log collector) then stalls only the
+    writes it in as few calls as PIPE_BUF allows (below). A stdout that blocks (a slow pipe to a log collector) then stalls only the
     writer. The queue is bounded: past MAX_QUEUED lines, new ones are dropped and counted
     (store_api_access_log_dropped), so a stuck stdout cannot grow the worker's memory. Each write is
     whole lines of at most PIPE_BUF bytes, so lines of workers sharing one pipe never interleave."""

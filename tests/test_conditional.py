@@ -5,10 +5,14 @@ racing writers run over real gunicorn (tests/test_races.py), the stale replica i
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from swagger_server import create_app, get_database
-from tests.conftest import AUTH, make_settings, query
+from tests.conftest import AUTH, TOKEN, make_settings, query
+from tests.servers import Gunicorn
 
 
 def test_a_product_has_a_strong_etag_that_changes_with_every_change_of_its_row(client, store):
@@ -139,12 +143,6 @@ def test_a_page_has_a_weak_etag_that_changes_when_an_item_on_it_does(client, sto
 def test_the_readmes_curl_example_works_as_typed(database_url, store, tmp_path):
     """The README's example, run by bash against real gunicorn: only its host and port are this
     server's, and the demo token file is where `make run` writes it."""
-    import subprocess
-    from pathlib import Path
-
-    from tests.conftest import TOKEN
-    from tests.servers import Gunicorn
-
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     start = readme.index("ETAG=$(curl")
     script = readme[start : readme.index("\n```", start)]
