@@ -6,33 +6,50 @@ import shutil
 import sys
 import tempfile
 
+# The run directory: what this gunicorn keeps while it runs (its control socket, and unless
+# PROMETHEUS_MULTIPROC_DIR names another place, the workers' metrics files), STORE_API_RUN_DIR or a new
+# temporary one, removed when the master exits. Not gunicorn's default ~/.gunicorn/gunicorn.ctl, which
+# every gunicorn of the user would share.
+_run_dir = os.environ.get("STORE_API_RUN_DIR") or tempfile.mkdtemp(prefix="store-api-run-")
+os.makedirs(_run_dir, exist_ok=True)
+_made_run_dir = not os.environ.get("STORE_API_RUN_DIR")
+os.environ["STORE_API_RUN_DIR"] = _run_dir  # a reload (SIGHUP) runs this file again: the same directory
+_master_pid = os.getpid()
+# Removed when the master exits, however it exits (also a refusal at start); workers inherit this
+# handler, hence the pid check.
+atexit.register(lambda: os.getpid() == _master_pid and _made_run_dir and shutil.rmtree(_run_dir, ignore_errors=True))
+
 # Metrics from every worker in one /metrics (prometheus_client multiprocess mode). Set before anything
 # imports prometheus_client: it picks its storage when imported, and the workers inherit this process.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="store-api-metrics-")
-    _master_pid = os.getpid()
-    # Removed when the master exits, however it exits (also a refusal at start); workers inherit
-    # this handler, hence the pid check.
-    atexit.register(lambda: os.getpid() == _master_pid and shutil.rmtree(_metrics_dir, ignore_errors=True))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(_run_dir, "metrics")
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
-from swagger_server import server as server_limits
-from swagger_server.config import ConfigError, load_settings
-from swagger_server.db.budget import BudgetExceeded, check_connection_budget
+control_socket = os.path.join(_run_dir, "gunicorn.ctl")
+
+from swagger_server.config import ConfigError, log_notes, process_settings  # noqa: E402
+from swagger_server.db.budget import BudgetExceeded, check_connection_budget  # noqa: E402
 
 try:
-    _settings = load_settings()
+    # Read once for the whole process tree: the workers, forked from this master, find them in
+    # process_settings() (wsgi.py) instead of reading config.ini again.
+    process_settings.cache_clear()  # a reload (SIGHUP) runs this file again: read them afresh
+    _settings = process_settings()
 except ConfigError as exc:
     # One clear line, not a traceback, and a non-zero exit before any worker starts.
     print(f"configuration error: {exc}", file=sys.stderr)
     sys.exit(2)
+# Once per start, here in the master (the workers inherit the settings and say nothing).
+log_notes(_settings, say=lambda note: print(f"note: {note}", file=sys.stderr, flush=True))
 
 # Every operationId must name a controller function; a missing one stops start-up here, in one line,
 # not on the operation's first request.
-from swagger_server.app import load_spec, unresolved_operations  # noqa: E402
+from swagger_server.app import SpecError, checked_spec  # noqa: E402
 
-_missing = unresolved_operations(load_spec())
-if _missing:
-    print("spec error: " + "; ".join(_missing), file=sys.stderr)
+try:
+    checked_spec()  # once for the process tree, as the settings
+except SpecError as exc:
+    print(f"spec error: {exc}", file=sys.stderr)
     sys.exit(2)
 
 # Where to listen. PORT overrides [GUNICORN] port, as platforms (Heroku, Cloud Run) expect. With
@@ -53,7 +70,6 @@ workers = _settings.server.workers
 # Ours adds limits on the request line, header size and header count (gunicorn's limit_request_*
 # settings do nothing under uvicorn): see swagger_server/server.py. Set here, inherited by the workers.
 worker_class = "swagger_server.server.StoreUvicornWorker"
-server_limits.configure(_settings.api)
 
 # The app is imported in each worker, not the master: nothing can open a connection before the fork.
 preload_app = False

@@ -7,9 +7,9 @@ pool is made in each worker after the fork (never in the master, never shared ac
 from __future__ import annotations
 
 from swagger_server import create_app, get_database
-from swagger_server.config import load_settings
+from swagger_server.config import process_settings
 
-settings = load_settings()
+settings = process_settings()  # under gunicorn: the master's, read once (gunicorn.conf.py)
 app = create_app(settings)
 
 

@@ -23,7 +23,7 @@ import psycopg2  # noqa: E402
 
 from bench.replica import mix  # noqa: E402
 from bench.run import RESULTS, ours, prepare_database  # noqa: E402
-from tests.pgbouncer import BINARY, PgBouncer  # noqa: E402
+from harness.pgbouncer import BINARY, PgBouncer  # noqa: E402
 
 VUS = int(os.environ.get("BENCH_VUS", "80"))
 

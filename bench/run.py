@@ -14,7 +14,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,10 +27,11 @@ sys.path.insert(0, str(ROOT))
 import psutil  # noqa: E402
 import psycopg2  # noqa: E402
 
+from harness import gunicorn  # noqa: E402
+from harness.faultproxy import FaultProxy  # noqa: E402
 from swagger_server.db.embedded import EmbeddedPostgres, free_port  # noqa: E402
 from swagger_server.db.migrate import upgrade  # noqa: E402
 from swagger_server.db.seed import seed  # noqa: E402
-from tests.faultproxy import FaultProxy  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 K6 = shutil.which("k6", path=str(Path(sys.executable).parent)) or shutil.which("k6")
@@ -52,20 +52,13 @@ class Server:
         self.base = f"http://127.0.0.1:{port}"
         RESULTS.mkdir(parents=True, exist_ok=True)
         self.log = open(RESULTS / f"{name}.log", "w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", *args], cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+        self.process = gunicorn.start(args, env, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            if not gunicorn.wait_serving(self.base, self.process, timeout=30):
                 raise RuntimeError(f"{name} exited; see {self.log.name}")
-            try:
-                urllib.request.urlopen(f"{self.base}/api/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError(f"{name} did not start; see {self.log.name}")
+        except TimeoutError:
+            gunicorn.stop(self.process)
+            raise RuntimeError(f"{name} did not start; see {self.log.name}") from None
         time.sleep(0.5)
 
     def workers(self) -> list[psutil.Process]:
@@ -75,11 +68,7 @@ class Server:
         return sum(sum(p.cpu_times()[:2]) for p in self.workers())
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        gunicorn.stop(self.process)
         self.log.close()
 
 

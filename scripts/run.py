@@ -3,6 +3,9 @@
 Steps: start PostgreSQL (embedded, data in .data/postgres) when neither DATABASE_URL nor config.ini
 names a server; create the database; apply the schema; seed demo data on the first run; start gunicorn
 with gunicorn.conf.py; print the Swagger UI URL and a demo token. Ctrl-C stops everything it started.
+
+With a database of your own (DATABASE_URL or config.ini), it changes nothing in it unless asked:
+`SETUP_DB=1 make run` applies the schema and seeds demo data if the store is empty.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ sys.path.insert(0, str(ROOT))
 from swagger_server.config import (  # noqa: E402
     DATA_DIR,
     EMBEDDED_URL_FILE,
+    QUIET_NOTES,
     ConfigError,
     embedded_url,
     load_settings,
+    log_notes,
     names_a_server,
 )
 
@@ -111,6 +116,9 @@ def main() -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    # The notes once, here; the steps below (db upgrade, seed, gunicorn) read the same settings.
+    log_notes(settings, env, say=lambda note: say(f"note: {note}"))
+    env[QUIET_NOTES] = "1"
     port = settings.server.port
     if not port_free(settings.server.host, port):
         print(f"port {port} is already in use: stop what listens there, or set PORT=... make run", file=sys.stderr)
@@ -131,8 +139,11 @@ def main() -> int:
         else:
             say(f"using the database named by {named}: {settings.database.safe_dsn()}")
         port = settings.server.port
-        for step in (["db", "upgrade"], ["db", "seed", "--if-empty"]):
-            subprocess.run([py, "-m", "swagger_server", *step], env=env, cwd=ROOT, check=True)
+        if pg is not None or env.get("SETUP_DB") == "1":
+            for step in (["db", "upgrade"], ["db", "seed", "--if-empty"]):
+                subprocess.run([py, "-m", "swagger_server", *step], env=env, cwd=ROOT, check=True)
+        else:
+            say("your database is used as it is: no schema applied, no demo data (SETUP_DB=1 make run does both)")
         # Its own session: Ctrl-C reaches only us, and we stop gunicorn gracefully (SIGTERM), not abruptly.
         gunicorn = subprocess.Popen(
             [py, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], env=env, cwd=ROOT, start_new_session=True

@@ -9,7 +9,15 @@ import sys
 
 import psycopg2
 
-from swagger_server.config import EMBEDDED_URL_FILE, ConfigError, describe, embedded_url, load_settings, names_a_server
+from swagger_server.config import (
+    EMBEDDED_URL_FILE,
+    ConfigError,
+    describe,
+    embedded_url,
+    load_settings,
+    log_notes,
+    names_a_server,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     db.add_parser("upgrade", help="apply the schema (idempotent)")
     seed = db.add_parser("seed", help="load deterministic demo data with COPY")
     seed.add_argument("--customers", type=int, default=10_000)
-    seed.add_argument("--products", type=int, default=1_000)
-    seed.add_argument("--orders", type=int, default=100_000)
+    seed.add_argument("--products", type=int, help="default: a tenth of --customers (at least 10)")
+    seed.add_argument("--orders", type=int, help="default: ten per customer")
     seed.add_argument("--reset", action="store_true", help="replace existing data")
     seed.add_argument("--if-empty", action="store_true", help="do nothing if the store already has data")
     seed.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -39,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    log_notes(settings, env, say=lambda note: print(f"note: {note}", file=sys.stderr))
     dsn = settings.database.dsn("store-api:cli")
     try:
         if args.command == "check-config":
@@ -51,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
 
             from swagger_server import create_app
 
-            uvicorn.run(create_app(settings), host="127.0.0.1", port=args.port or settings.server.port)
+            # access_log=False: the app writes one line per request itself (uvicorn's would be a second).
+            uvicorn.run(
+                create_app(settings), host="127.0.0.1", port=args.port or settings.server.port, access_log=False
+            )
             return 0
         if args.action == "upgrade":
             from swagger_server.db.migrate import upgrade
@@ -65,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.if_empty and is_seeded(dsn):
             print("store already has data; not seeding")
             return 0
-        counts = run_seed(dsn, args.customers, args.products, args.orders, reset=args.reset, quiet=args.quiet)
+        # The sizes scale together: `--customers 100` is a small store, not 100 customers with 100 000 orders.
+        products = args.products if args.products is not None else max(10, args.customers // 10)
+        orders = args.orders if args.orders is not None else args.customers * 10
+        counts = run_seed(dsn, args.customers, products, orders, reset=args.reset, quiet=args.quiet)
         print("seeded " + ", ".join(f"{n} {table}" for table, n in counts.items()))
         return 0
     except psycopg2.OperationalError as exc:

@@ -15,7 +15,14 @@ from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionResponse
 from starlette.exceptions import HTTPException
 
-from swagger_server.db.errors import DatabaseUnavailable, PoolClosed, PoolError, PoolTimeout, TooManyWaiters
+from swagger_server.db.errors import (
+    DatabaseUnavailable,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    TooManyWaiters,
+    first_line,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +171,9 @@ async def framework_problem(request, exc) -> ConnexionResponse:
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="store-api"'
     if status == 405:
-        headers["Allow"] = ", ".join(allowed_methods(request.scope.get("path", "")))
+        state = _app(request)
+        routes = state.routes if state is not None else None
+        headers["Allow"] = ", ".join(routes.allowed_methods(request.scope.get("path", "")) if routes else ())
     if status == 404:
         detail = "no such resource: " + excerpt(request.scope.get("path", ""), 80)
     if status >= 500:
@@ -174,25 +183,34 @@ async def framework_problem(request, exc) -> ConnexionResponse:
     return problem(status, _TITLES.get(status, "Error"), detail, _KINDS.get(status, "error"), headers=headers)
 
 
-# Path templates of the spec -> methods, for the Allow header of a 405 (set by create_app).
-_ROUTES: list[tuple[re.Pattern, tuple[str, ...]]] = []
+class Routes:
+    """One app's path templates -> methods, so that a 405's Allow header lists the path's real ones."""
+
+    def __init__(self, spec_paths: dict, base_path: str):
+        self._routes: list[tuple[re.Pattern, tuple[str, ...]]] = []
+        for template, item in spec_paths.items():
+            pattern = re.escape(base_path + template)
+            pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", pattern)
+            methods = sorted(m.upper() for m in item if m in ("get", "put", "post", "patch", "delete"))
+            self._routes.append((re.compile(f"^{pattern}$"), tuple(methods)))
+
+    def allowed_methods(self, path: str) -> tuple[str, ...]:
+        for pattern, methods in self._routes:
+            if pattern.match(path):
+                return methods
+        return ()
 
 
-def set_routes(spec_paths: dict, base_path: str) -> None:
-    """Remember each path's methods, so that a 405 lists the path's real ones."""
-    _ROUTES.clear()
-    for template, item in spec_paths.items():
-        pattern = re.escape(base_path + template)
-        pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", pattern)
-        methods = sorted(m.upper() for m in item if m in ("get", "put", "post", "patch", "delete"))
-        _ROUTES.append((re.compile(f"^{pattern}$"), tuple(methods)))
+def _app(request):
+    """The app's state (swagger_server/state.py), or None before the outermost middleware set it."""
+    return request.scope.get("extensions", {}).get("store_api", {}).get("app")
 
 
-def allowed_methods(path: str) -> tuple[str, ...]:
-    for pattern, methods in _ROUTES:
-        if pattern.match(path):
-            return methods
-    return ()
+def retry_after(request, known: int | None = None) -> dict:
+    """The Retry-After header of a 503: what the cause knows (`known`), or `[API] retry_after`."""
+    state = _app(request)
+    configured = state.settings.api.retry_after if state is not None else 1
+    return {"Retry-After": str(max(known or 0, configured))}
 
 
 async def pool_error(_request, exc: PoolError) -> ConnexionResponse:
@@ -207,7 +225,7 @@ async def pool_error(_request, exc: PoolError) -> ConnexionResponse:
     # Debug only: during an outage this fires for every request. The pool logs the outage itself
     # once when it starts and once when it ends, and its counters (/api/health/db) count every 503.
     logger.debug("503 %s: %s", kind, exc)
-    return problem(503, "Service Unavailable", detail, kind, headers={"Retry-After": str(exc.retry_after)})
+    return problem(503, "Service Unavailable", detail, kind, headers=retry_after(_request, exc.retry_after))
 
 
 # Integrity errors, by constraint: what the client is told. A foreign key has two answers: a write that
@@ -231,8 +249,9 @@ _CHECKS = {  # check constraints a valid request can still reach through a race
 _TRANSIENT = (psycopg2.errors.DeadlockDetected, psycopg2.errors.SerializationFailure)
 
 
-def integrity_problem(exc: psycopg2.Error) -> ConnexionResponse | None:
-    """The 4xx (or retryable 503) for a constraint or concurrency error, None for any other error."""
+def integrity_problem(exc: psycopg2.Error, retry: dict | None = None) -> ConnexionResponse | None:
+    """The 4xx (or retryable 503, with the `retry` headers) for a constraint or concurrency error, None
+    for any other error."""
     constraint = getattr(exc.diag, "constraint_name", None) or ""
     if isinstance(exc, _TRANSIENT):
         return problem(
@@ -240,7 +259,7 @@ def integrity_problem(exc: psycopg2.Error) -> ConnexionResponse | None:
             "Service Unavailable",
             "The request conflicted with a concurrent one; retry.",
             "conflict-retry",
-            headers={"Retry-After": "1"},
+            headers=retry or {"Retry-After": "1"},
         )
     if isinstance(exc, psycopg2.errors.UniqueViolation):
         field, detail = _UNIQUE.get(constraint, (None, "this would duplicate an existing resource"))
@@ -266,7 +285,7 @@ def integrity_problem(exc: psycopg2.Error) -> ConnexionResponse | None:
 async def database_error(_request, exc: psycopg2.Error) -> ConnexionResponse:
     """A statement failed. Integrity and concurrency errors are 4xx (integrity_problem); lost
     connections and timeouts are 503 (retryable); anything else is a 500."""
-    answer = integrity_problem(exc)
+    answer = integrity_problem(exc, retry_after(_request))
     if answer is not None:
         logger.info("%d %s (%s)", answer.status_code, type(exc).__name__, getattr(exc.diag, "constraint_name", None))
         return answer
@@ -277,16 +296,16 @@ async def database_error(_request, exc: psycopg2.Error) -> ConnexionResponse:
             "Service Unavailable",
             "The database did not answer in time.",
             "statement-timeout",
-            headers={"Retry-After": "1"},
+            headers=retry_after(_request),
         )
     if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
-        logger.warning("503 database-unavailable: %s", str(exc).strip().splitlines()[0] if str(exc) else exc)
+        logger.warning("503 database-unavailable: %s", first_line(exc))
         return problem(
             503,
             "Service Unavailable",
             "The database connection was lost.",
             "database-unavailable",
-            headers={"Retry-After": "1"},
+            headers=retry_after(_request),
         )
     return await unexpected_error(_request, exc)
 

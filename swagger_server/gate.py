@@ -30,12 +30,29 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
 from swagger_server.errors import PROBLEM, problem_bytes, send_problem
+
+
+@dataclass(frozen=True)
+class HeadLimits:
+    """The limits on a request head, enforced by the HTTP protocol while it is parsed (server.py)."""
+
+    max_url_bytes: int = 8190
+    max_header_bytes: int = 32768
+    max_headers: int = 100
+    head_timeout: float = 10.0
+
+    @classmethod
+    def of(cls, api) -> HeadLimits:
+        """From `[API]` settings (ApiSettings)."""
+        return cls(api.max_url_bytes, api.max_header_bytes, api.max_headers, api.head_timeout)
+
 
 _CLOSE = {"Connection": "close"}
 # Headers that must not repeat: each is read by more than one component, or changes how the message

@@ -14,7 +14,7 @@ chunk and for the end, each waking a thread through a Python `threading.Conditio
 
 Admission control is the same object: at most `threads` requests are in Flask at once, because a thread
 is free only when its request is done. Further requests wait in a FIFO queue on the loop, each for up to
-`timeout` (the pool timeout), then get `503` with `Retry-After` instead of queueing without limit. A
+`timeout` (`[API] admission_timeout`), then get `503` with `Retry-After` instead of queueing without limit. A
 slot is passed straight from a finished request to the first waiter, so no newcomer overtakes it.
 Requests Connexion rejects earlier (validation, auth, routing) never get here.
 

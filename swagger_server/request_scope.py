@@ -1,6 +1,7 @@
 """The request's database connection: `get_conn()` takes one on first use, teardown gives it back.
 
-One connection per request, the same for every query in it, kept on `flask.g` and returned in
+One connection per request, the same for every query in it, kept on `flask.g` (one typed object,
+`g.store_db`, a RequestDb) and returned in
 `teardown_appcontext`, which never commits: the pool rolls back what is left open and discards a
 broken connection. Read-only controllers (`@read_only`) may be served by the replica; with one
 configured, a committed write's WAL position is returned as `X-Consistency-Token`, and a read that
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from flask import current_app, g, request
 
@@ -22,6 +24,24 @@ from swagger_server.db.replica import ReplicaBehind, parse_lsn, retry_on_primary
 from swagger_server.errors import ApiError
 
 CONSISTENCY_HEADER = "X-Consistency-Token"
+
+
+@dataclass(slots=True)
+class RequestDb:
+    """The request's database state, on `flask.g` as `store_db`."""
+
+    conn: Connection | None = None
+    role: str = "primary"  # "primary" | "replica": which pool `conn` came from
+    read_only: bool = False  # the controller is @read_only: the replica may serve it
+    min_lsn: int = 0  # the WAL position the client has seen (X-Consistency-Token)
+
+
+def request_db() -> RequestDb:
+    """This request's RequestDb, made on first use."""
+    state = g.get("store_db")
+    if state is None:
+        state = g.store_db = RequestDb()
+    return state
 
 
 class RequestScope:
@@ -43,20 +63,20 @@ class RequestScope:
 
         Raises the pool's errors (PoolTimeout, DatabaseUnavailable, ...), which the API maps to 503.
         """
-        conn = g.get("db_conn")
-        if conn is not None:
-            return conn
+        db = request_db()
+        if db.conn is not None:
+            return db.conn
         start = time.perf_counter()
-        if g.get("db_read_only"):
-            conn = self._replica_conn()
+        if db.read_only:
+            conn = self._replica_conn(db.min_lsn)
             if conn is not None:
-                g.db_conn, g.db_role = conn, "replica"
+                db.conn, db.role = conn, "replica"
                 self._checked_out("replica", start)
                 return conn
         conn = self.database.pool.getconn()
         conn.track_lsn = self.database.replica is not None
         conn.commit_lsn = None
-        g.db_conn, g.db_role = conn, "primary"
+        db.conn, db.role = conn, "primary"
         self._checked_out("primary", start)
         return conn
 
@@ -64,10 +84,10 @@ class RequestScope:
         if self.on_checkout is not None:
             self.on_checkout(pool, time.perf_counter() - start)
 
-    def _replica_conn(self) -> Connection | None:
+    def _replica_conn(self, min_lsn: int) -> Connection | None:
         """A replica connection for this read, or None when the read should go to the primary."""
         replica = self.database.replica
-        if replica is None or replica.route(g.get("db_min_lsn", 0)) is not None:
+        if replica is None or replica.route(min_lsn) is not None:
             return None
         try:
             return replica.pool.getconn()
@@ -77,18 +97,19 @@ class RequestScope:
 
     def teardown(self, exc: BaseException | None = None) -> None:
         """Give the request's connection back. Never commits: the pool rolls back what is left open."""
-        conn = g.pop("db_conn", None)
-        role = g.pop("db_role", "primary")
-        if conn is None:
+        db = g.get("store_db")
+        if db is None or db.conn is None:
             return
+        conn, role = db.conn, db.role
+        db.conn, db.role = None, "primary"
         pool = self.database.replica.pool if role == "replica" else self.database.pool
         pool.putconn(conn)
 
 
 def _consistency_token(response):
     """After a committed write (with a replica configured): the WAL position to read it back at."""
-    conn = g.get("db_conn")
-    lsn = getattr(conn, "commit_lsn", None) if g.get("db_role") == "primary" else None
+    db = g.get("store_db")
+    lsn = getattr(db.conn, "commit_lsn", None) if db is not None and db.role == "primary" else None
     if lsn:
         response.headers[CONSISTENCY_HEADER] = lsn
     return response
@@ -108,18 +129,19 @@ def read_only(func):
         replica = scope.database.replica
         if replica is None:
             return func(*args, **kwargs)
+        db = request_db()
         try:
-            g.db_min_lsn = parse_lsn(request.headers.get(CONSISTENCY_HEADER))
+            db.min_lsn = parse_lsn(request.headers.get(CONSISTENCY_HEADER))
         except ValueError:
             raise ApiError(
                 f"{CONSISTENCY_HEADER} must be a WAL position like 0/16B3748, as a write returned it",
                 field=CONSISTENCY_HEADER,
             ) from None
-        g.db_read_only = True
+        db.read_only = True
         try:
             return func(*args, **kwargs)
         except Exception as exc:
-            if g.get("db_role") != "replica":
+            if db.role != "replica":
                 raise
             if isinstance(exc, ReplicaBehind):
                 replica.behind()
@@ -128,10 +150,10 @@ def read_only(func):
             else:
                 raise
             scope.teardown()  # the pool discards the broken connection
-            g.db_read_only = False
+            db.read_only = False
             return func(*args, **kwargs)
         finally:
-            g.db_read_only = False
+            db.read_only = False
 
     return wrapper
 

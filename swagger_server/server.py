@@ -25,7 +25,9 @@ from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
 from swagger_server.errors import problem_bytes
-from swagger_server.observability import record_refusal
+from swagger_server.gate import HeadLimits
+from swagger_server.observability import refusal_recorder
+from swagger_server.state import of_flask
 
 LINGER_SECONDS = 2.0  # how long a refused client's remaining bytes are read and dropped
 STATUS_TEXT = {
@@ -36,23 +38,6 @@ STATUS_TEXT = {
 }
 
 
-class HeadLimits:
-    """The limits, set once per process from Settings (gunicorn.conf.py calls `configure`)."""
-
-    max_url_bytes = 8190
-    max_header_bytes = 32768
-    max_headers = 100
-    head_timeout = 10.0
-
-
-def configure(api) -> None:
-    """Take the limits from `[API]` settings (ApiSettings)."""
-    HeadLimits.max_url_bytes = api.max_url_bytes
-    HeadLimits.max_header_bytes = api.max_header_bytes
-    HeadLimits.max_headers = api.max_headers
-    HeadLimits.head_timeout = api.head_timeout
-
-
 class _HeadTooLarge(Exception):
     def __init__(self, status: int, detail: str):
         super().__init__(detail)
@@ -61,10 +46,13 @@ class _HeadTooLarge(Exception):
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with HeadLimits."""
+    """uvicorn's httptools protocol with the app's head limits (HeadLimits, swagger_server/gate.py)."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        # The app's limits and refusal recorder, given to uvicorn's config by the worker (below).
+        self.limits: HeadLimits = getattr(config, "store_api_limits", None) or HeadLimits()
+        self._record_refusal = getattr(config, "store_api_record_refusal", None) or (lambda status, client: None)
         self._in_head = True
         self._head_bytes = 0
         self._header_count = 0
@@ -81,7 +69,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._head_size = 0
         self._cancel_head_timer()
-        self._head_timer = self.loop.call_later(HeadLimits.head_timeout, self._head_expired)
+        self._head_timer = self.loop.call_later(self.limits.head_timeout, self._head_expired)
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -91,25 +79,25 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _head_expired(self) -> None:
         self._head_timer = None
         if self._in_head and not self._lingering and not self.transport.is_closing():
-            self._refuse(408, f"the request head did not arrive within {HeadLimits.head_timeout:g} s")
+            self._refuse(408, f"the request head did not arrive within {self.limits.head_timeout:g} s")
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
-        if len(self.url) > HeadLimits.max_url_bytes:
-            raise _HeadTooLarge(414, f"the request target may be at most {HeadLimits.max_url_bytes} bytes")
+        if len(self.url) > self.limits.max_url_bytes:
+            raise _HeadTooLarge(414, f"the request target may be at most {self.limits.max_url_bytes} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
         self._head_size += len(name) + len(value) + 4  # "name: value\r\n", near enough
-        if self._header_count > HeadLimits.max_headers:
-            raise _HeadTooLarge(431, f"a request may have at most {HeadLimits.max_headers} headers")
+        if self._header_count > self.limits.max_headers:
+            raise _HeadTooLarge(431, f"a request may have at most {self.limits.max_headers} headers")
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         # A head that arrived in one read was not counted as bytes (data_received): its size is checked
         # here, from what the parser found in it.
-        if self._head_size + len(self.url) > HeadLimits.max_header_bytes:
-            raise _HeadTooLarge(431, f"the request head may be at most {HeadLimits.max_header_bytes} bytes")
+        if self._head_size + len(self.url) > self.limits.max_header_bytes:
+            raise _HeadTooLarge(431, f"the request head may be at most {self.limits.max_header_bytes} bytes")
         self._in_head = False
         self._head_bytes = 0
         self._head_completed = True
@@ -149,8 +137,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # or a body (and may carry a body, or pipelined requests) is never counted: a head begun in
             # it is at most one read long, and is counted from the next read on.
             self._head_bytes += len(data)
-            if self._head_bytes > HeadLimits.max_header_bytes:
-                self._refuse(431, f"the request head may be at most {HeadLimits.max_header_bytes} bytes")
+            if self._head_bytes > self.limits.max_header_bytes:
+                self._refuse(431, f"the request head may be at most {self.limits.max_header_bytes} bytes")
 
     def _refuse(self, status: int, detail: str) -> None:
         """Answer `status` and close. The answer goes out after the answers to every earlier request
@@ -171,7 +159,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             cycle.message_event.set()
             refused = cycle
         else:
-            record_refusal(status, self.client)
+            self._record_refusal(status, self.client)
         headers, body = problem_bytes(status, detail, {"Connection": "close"})
         out = [b"HTTP/1.1 %d %s\r\n" % (status, STATUS_TEXT[status])]
         out += [name + b": " + value + b"\r\n" for name, value in headers]
@@ -224,6 +212,9 @@ class StoreUvicornWorker(UvicornWorker):
     async def _serve(self) -> None:
         # As uvicorn_worker's, with a Server that closes the listening sockets once (see below).
         self.config.app = self.wsgi
+        state = of_flask(self.wsgi.app)
+        self.config.store_api_limits = state.limits
+        self.config.store_api_record_refusal = refusal_recorder(state.metrics)
         server = _Server(config=self.config)
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)

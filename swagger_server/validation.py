@@ -205,7 +205,7 @@ def _constant(name: str):
 class ProblemJSONBodyValidator(JSONRequestBodyValidator):
     """Connexion's JSON body validator: hostile bodies refused, errors naming the member at fault."""
 
-    _cache: dict[int, tuple[dict, Draft4Validator]] = {}
+    _cache: dict[int, tuple[dict, Draft4Validator]] = {}  # each app's subclass has its own (validator_map)
 
     @property
     def _validator(self):
@@ -267,10 +267,10 @@ class ProblemJSONBodyValidator(JSONRequestBodyValidator):
 class NamingParameterValidator(ParameterValidator):
     """Connexion's parameter validator, with errors naming the parameter (see the module docstring)."""
 
-    _validators: dict[int, tuple[dict, Draft4Validator]] = {}
+    _validators: dict[int, tuple[dict, Draft4Validator]] = {}  # each app's subclass has its own (validator_map)
 
-    @staticmethod
-    def validate_parameter(parameter_type, value, param, param_name=None):
+    @classmethod
+    def validate_parameter(cls, parameter_type, value, param, param_name=None):
         if is_nullable(param) and is_null(value):
             return None
         if value is None:
@@ -279,10 +279,10 @@ class NamingParameterValidator(ParameterValidator):
             return f"{parameter_type} parameter '{param_name or param.get('name')}' contains a NUL character"
         # Keyed by the spec's own dict, which lives as long as the app; the dict is kept in the value
         # so its id cannot be reused by another object.
-        cached = NamingParameterValidator._validators.get(id(param))
+        cached = cls._validators.get(id(param))
         if cached is None or cached[0] is not param:
             cached = (param, EcmaValidator(param.get("schema", param), format_checker=FORMAT_CHECKER))
-            NamingParameterValidator._validators[id(param)] = cached
+            cls._validators[id(param)] = cached
         error = next(cached[1].iter_errors(value), None)
         if error is None:
             return None
@@ -311,7 +311,9 @@ class NamingParameterValidator(ParameterValidator):
         read["path"] = request.path_params
 
 
-VALIDATORS = {
-    "parameter": NamingParameterValidator,
-    "body": MediaTypeDict({**VALIDATOR_MAP["body"], "*/*json": ProblemJSONBodyValidator}),
-}
+def validator_map() -> dict:
+    """Connexion's `validator_map` for one app: the validators above, as classes of that app's own,
+    so that their caches of compiled schemas belong to the app (two apps share nothing)."""
+    parameter = type("AppParameterValidator", (NamingParameterValidator,), {"_validators": {}})
+    body = type("AppJSONBodyValidator", (ProblemJSONBodyValidator,), {"_cache": {}})
+    return {"parameter": parameter, "body": MediaTypeDict({**VALIDATOR_MAP["body"], "*/*json": body})}

@@ -136,7 +136,7 @@ def make_settings(database_url: str, **overrides):
 @pytest.fixture(scope="session")
 def pgbouncer(pg_server, database_url, tmp_path_factory):
     """PgBouncer in transaction mode in front of the test server (skipped where it is not installed)."""
-    from tests.pgbouncer import BINARY, PgBouncer
+    from harness.pgbouncer import BINARY, PgBouncer
 
     if BINARY is None:
         pytest.skip("pgbouncer is not installed (apt-get install pgbouncer; .ci/run installs it)")

@@ -57,16 +57,16 @@ MUTATIONS = [
     ),
     Mutation(
         "min connections are kept however long they idle",
-        "swagger_server/db/pool.py",
-        "too_idle = now - conn.last_used > conn.max_idle and self._size - len(expired) > self.min_size",
+        "swagger_server/db/maintenance.py",
+        "too_idle = now - conn.last_used > conn.max_idle and pool._size - len(expired) > pool.min_size",
         "too_idle = now - conn.last_used > conn.max_idle",
         ("tests/test_pool.py::test_min_connections_are_kept_warm",),
     ),
     Mutation(
         "lifetimes are jittered per connection",
-        "swagger_server/db/pool.py",
-        "self.settings.max_lifetime * random.uniform(0.9, 1.0)",
-        "self.settings.max_lifetime * 0.95",
+        "swagger_server/db/connector.py",
+        "settings.max_lifetime * random.uniform(0.9, 1.0)",
+        "settings.max_lifetime * 0.95",
         ("tests/test_pool.py::test_lifetime_and_idle_limits_are_jittered_per_connection",),
     ),
     Mutation(
@@ -92,14 +92,14 @@ MUTATIONS = [
     ),
     Mutation(
         "X-Request-ID is kept up to 128 characters, no more",
-        "swagger_server/observability.py",
+        "swagger_server/observability/middleware.py",
         '_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\\-]{1,128}$")',
         '_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\\-]{1,256}$")',
         ("tests/test_observability.py::test_request_id_is_generated_when_missing_or_malformed",),
     ),
     Mutation(
         "the access log records the method",
-        "swagger_server/observability.py",
+        "swagger_server/observability/middleware.py",
         '                    "method": method,',
         '                    "method": "GET",',
         ("tests/test_observability.py::test_metrics_aggregate_every_worker_and_logs_say_one_line_per_request",),
@@ -148,13 +148,13 @@ MUTATIONS = [
     ),
     Mutation(
         "a database known to be down fails waiters at once instead of after the pool timeout",
-        "swagger_server/db/pool.py",
-        """            if self._size == 0:
-                self._fail_waiters_locked(""",
+        "swagger_server/db/connector.py",
+        """            if pool._size == 0:
+                pool._fail_waiters_locked(""",
         """            if False:
-                self._fail_waiters_locked(""",
+                pool._fail_waiters_locked(""",
         ("tests/test_faults_gunicorn.py::test_an_unreachable_database_is_a_503_at_once_over_http",),
-        also=(("if self._retry_at > now and self._size == 0:", "if False:"),),
+        also=(("swagger_server/db/pool.py", "if self._retry_at > now and self._size == 0:", "if False:"),),
     ),
     Mutation(
         "under CI a skip fails the run",
@@ -195,7 +195,7 @@ MUTATIONS = [
     ),
     Mutation(
         "the access log names the forwarded client",
-        "swagger_server/observability.py",
+        "swagger_server/observability/middleware.py",
         '"client": (scope.get("client") or ("",))[0],',
         '"client": "",',
         ("tests/test_nginx.py::test_traffic_passes_with_the_clients_request_id_and_address",),
@@ -278,7 +278,7 @@ MUTATIONS = [
     Mutation(
         "a stalled head is cut with 408 at the head timeout",
         "swagger_server/server.py",
-        "self._head_timer = self.loop.call_later(HeadLimits.head_timeout, self._head_expired)",
+        "self._head_timer = self.loop.call_later(self.limits.head_timeout, self._head_expired)",
         "self._head_timer = None",
         ("tests/test_http_layer.py::test_a_stalled_head_gets_408_within_its_timeout_and_is_closed",),
     ),
@@ -292,7 +292,7 @@ MUTATIONS = [
     Mutation(
         "a head that arrives whole in one read is still held to the head limit",
         "swagger_server/server.py",
-        "if self._head_size + len(self.url) > HeadLimits.max_header_bytes:",
+        "if self._head_size + len(self.url) > self.limits.max_header_bytes:",
         "if False:",
         ("tests/test_http_layer.py::test_a_body_of_tens_of_kib_in_one_write_is_not_mistaken_for_a_large_head",),
     ),
@@ -320,20 +320,20 @@ MUTATIONS = [
     Mutation(
         "integrity errors are a 4xx in one place",
         "swagger_server/errors.py",
-        "    answer = integrity_problem(exc)\n",
+        "    answer = integrity_problem(exc, retry_after(_request))\n",
         "    answer = None\n",
         ("tests/test_races.py::test_two_creates_with_one_email",),
     ),
     Mutation(
         "the handler gets the validated body, not a second parse",
-        "swagger_server/app.py",
+        "swagger_server/patches.py",
         '            request._body = read["body"]',
         "            pass",
         ("tests/test_one_reading.py::test_the_handler_gets_the_validated_body_not_a_second_parse",),
     ),
     Mutation(
         "the handler gets the validated query, not a second parse",
-        "swagger_server/app.py",
+        "swagger_server/patches.py",
         '            request._query_params = read["query"]',
         "            pass",
         ("tests/test_one_reading.py::test_the_handler_gets_the_validated_query_not_a_second_parse",),
@@ -363,7 +363,7 @@ MUTATIONS = [
     ),
     Mutation(
         "a client that goes away is recorded 499, not 500",
-        "swagger_server/observability.py",
+        "swagger_server/observability/middleware.py",
         "        status = 499\n",
         "        status = 500\n",
         ("tests/test_http_layer.py::test_a_client_that_closes_early_is_logged_499_and_never_500",),
@@ -371,7 +371,7 @@ MUTATIONS = [
     Mutation(
         "requests refused by the HTTP layer are counted in /metrics",
         "swagger_server/server.py",
-        "        else:\n            record_refusal(status, self.client)",
+        "        else:\n            self._record_refusal(status, self.client)",
         "        else:\n            pass",
         ("tests/test_http_layer.py",),
     ),
@@ -421,7 +421,7 @@ MUTATIONS = [
     Mutation(
         "a replica behind the client's ETag never answers with an older row",
         "swagger_server/controllers/conditional.py",
-        'if g.get("db_role") == "replica" and any(seen > version for seen in _versions(tags)):',
+        'if request_db().role == "replica" and any(seen > version for seen in _versions(tags)):',
         "if False:",
         ("tests/test_replica.py::test_a_replica_behind_the_clients_etag_never_answers_with_an_older_row",),
     ),
@@ -441,7 +441,7 @@ MUTATIONS = [
     ),
     Mutation(
         "access log writes are whole lines of at most PIPE_BUF bytes (workers' lines never mix)",
-        "swagger_server/observability.py",
+        "swagger_server/observability/logs.py",
         "    PIPE_BUF = select.PIPE_BUF",
         "    PIPE_BUF = 1 << 30",
         ("tests/test_handlers.py::test_log_writes_are_whole_lines_of_at_most_pipe_buf_bytes",),

@@ -5,16 +5,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import psutil
-import requests
 
+from harness import gunicorn
+from harness.waiting import wait_until
 from swagger_server.db.embedded import free_port
 from tests.conftest import TOKEN
-from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 EMPTY = str(Path(__file__).parent / "empty.ini")
@@ -38,14 +37,7 @@ def gunicorn_env(database_url: str, port: int, **extra) -> dict:
 
 
 def start_gunicorn(env) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return gunicorn.start(["-c", "gunicorn.conf.py", "wsgi:app"], env)
 
 
 def refused_start(env, timeout: float = 60) -> tuple[int, str, str]:
@@ -63,13 +55,6 @@ def refused_start(env, timeout: float = 60) -> tuple[int, str, str]:
             out, err = process.communicate()
         raise AssertionError(f"gunicorn did not refuse to start: {err[-2000:]}") from None
     return process.returncode, out, err
-
-
-def healthy(base: str) -> bool:
-    try:
-        return requests.get(f"{base}/api/health", timeout=1).status_code == 200
-    except requests.RequestException:  # refused, or too busy starting (8 workers) to answer in 1 s
-        return False
 
 
 class _PortTaken(Exception):
@@ -109,7 +94,9 @@ class Gunicorn:
             drain.start()
         try:
             wait_until(
-                lambda: healthy(self.base) or self.process.poll() is not None, timeout=20, message="gunicorn to serve"
+                lambda: gunicorn.healthy(self.base) or self.process.poll() is not None,
+                timeout=20,
+                message="gunicorn to serve",
             )
             if self.process.poll() is not None:
                 for drain in self._drains:

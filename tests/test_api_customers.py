@@ -46,10 +46,13 @@ def test_get_missing_customer_is_404_problem(client, store):
     assert response.json()["detail"] == "customer 999 not found"
 
 
-def test_non_numeric_id_matches_no_route_and_is_a_404_problem(client, store):
-    response = client.get("/api/customers/abc")
-    assert response.status_code == 404
-    assert response.headers["content-type"] == "application/problem+json"
+def test_a_non_numeric_id_is_a_400_naming_the_parameter(client, store):
+    """The README's table: a malformed id is a 400 naming the parameter (not a 404: the route exists)."""
+    for path in ("/api/customers/abc", "/api/products/abc", "/api/orders/1x", "/api/customers/%D9%A1"):
+        response = client.get(path, headers=AUTH)
+        assert response.status_code == 400, path
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["field"] in ("customer_id", "product_id", "order_id"), response.json()
 
 
 def test_create_customer(client, store):

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.waiting import wait_until
 from swagger_server.db.embedded import free_port
 from tests.conftest import TEST_DB, TOKEN
-from tests.helpers import wait_until
 from tests.servers import Gunicorn
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,10 +16,10 @@ import time
 import psycopg2
 import pytest
 
+from harness.waiting import wait_until
 from swagger_server.db.budget import BudgetExceeded, check_connection_budget, measure
 from swagger_server.db.database import application_name, host_label
 from tests.conftest import admin_connect, make_settings, query
-from tests.helpers import wait_until
 
 
 def budget_settings(url, workers=2, size=4, threads=None, **pool):

@@ -43,3 +43,34 @@ def test_a_skip_is_a_skip_elsewhere(tmp_path):
     result = run_probe(tmp_path, "")
     assert result.returncode == 0, result.stdout
     assert "1 skipped" in result.stdout
+
+
+def _upper_time_bounds(function) -> list[str]:
+    import ast
+
+    found = []
+    for node in ast.walk(function):
+        if isinstance(node, ast.Compare) and any(isinstance(op, (ast.Lt, ast.LtE)) for op in node.ops):
+            text = ast.unparse(node)
+            if ("elapsed" in text or "monotonic() - start" in text) and "deadline" not in text:
+                found.append(text)
+    return found
+
+
+def test_every_test_with_an_upper_time_bound_is_marked_timing():
+    """A test that asserts how long something took carries @pytest.mark.timing (pyproject.toml), so
+    the bounds can be found, reviewed and run alone; each says why its margin holds."""
+    import ast
+
+    unmarked, marked = [], 0
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if not (isinstance(node, ast.FunctionDef) and node.name.startswith("test_")):
+                continue
+            bounds = _upper_time_bounds(node)
+            is_marked = any("mark.timing" in ast.unparse(d) for d in node.decorator_list)
+            marked += bool(bounds and is_marked)
+            if bounds and not is_marked:
+                unmarked.append(f"{path.name}::{node.name}: {bounds[0]}")
+    assert not unmarked, unmarked
+    assert marked >= 10  # the observer sees the bounds (there are more than ten)

@@ -163,7 +163,7 @@ def test_the_classic_tutorial_config_works_unchanged(tmp_path, caplog):
         "shop",
         "",
     )
-    notes = " ".join(record.getMessage() for record in caplog.records)
+    notes = " ".join(settings.notes)  # said once at start by the entry point (config.log_notes)
     assert "read as password" in notes and "read as dbname" in notes and "read as host" in notes
     assert names_a_server({"APP_CONFIG": str(ini)}) == f"[POSTGRES] url in {ini}"
     ini.write_text("[POSTGRES]\nURL = postgresql://bob@db.internal/shop\n")  # a libpq URL is a URL
@@ -217,7 +217,7 @@ def test_make_run_refuses_a_bad_value_before_starting_anything():
 
 
 def test_the_cli_finds_the_embedded_server_of_make_run(tmp_path, monkeypatch):
-    from swagger_server import config
+    from swagger_server.config import discovery as config
 
     monkeypatch.setattr(config, "DATA_DIR", tmp_path)
     monkeypatch.setattr(config, "EMBEDDED_URL_FILE", tmp_path / "database-url")

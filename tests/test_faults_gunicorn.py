@@ -12,10 +12,10 @@ import time
 import pytest
 import requests
 
+from harness.waiting import wait_until
 from swagger_server.db.database import application_name
 from swagger_server.db.embedded import free_port
 from tests.conftest import AUTH, admin_connect, query
-from tests.helpers import wait_until
 from tests.servers import Gunicorn
 
 pytestmark = pytest.mark.slow
@@ -310,6 +310,7 @@ def test_graceful_shutdown_finishes_in_flight_requests_then_closes_connections(s
     )
 
 
+@pytest.mark.timing
 def test_an_unreachable_database_is_a_503_at_once_over_http(database_url):
     """gunicorn starts with nothing listening where the database should be (the budget check says it
     could not check); requests get 503 database-unavailable with Retry-After long before the 5 s pool

@@ -8,11 +8,12 @@ import psutil
 import pytest
 import requests
 
+from harness.gunicorn import healthy
+from harness.waiting import wait_until
 from swagger_server.db.database import application_name
 from swagger_server.db.embedded import free_port
 from tests.conftest import AUTH, query
-from tests.helpers import wait_until
-from tests.servers import gunicorn_env, healthy, refused_start, start_gunicorn
+from tests.servers import gunicorn_env, refused_start, start_gunicorn
 
 pytestmark = pytest.mark.slow
 

@@ -337,6 +337,7 @@ def test_a_body_of_tens_of_kib_in_one_write_is_not_mistaken_for_a_large_head(ser
 
 
 # -- stalled clients -------------------------------------------------------------------------------------
+@pytest.mark.timing
 def test_a_stalled_head_gets_408_within_its_timeout_and_is_closed(server):
     answer = send(server, b"GET /api/health HTTP/1.1\r\nHost: t\r\nX-Slow: ")
     assert answer.status == 408
@@ -346,6 +347,7 @@ def test_a_stalled_head_gets_408_within_its_timeout_and_is_closed(server):
     assert answer.closed
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("method,path", [("POST", "/api/products"), ("GET", "/api/health/ready")])
 def test_a_stalled_body_gets_408_within_its_timeout_and_is_closed(server, method, path):
     head = request_bytes(method, path, [JSON, "Content-Length: 100"], b'{"sku":')

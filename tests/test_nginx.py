@@ -21,9 +21,9 @@ import psutil
 import pytest
 import requests
 
+from harness.waiting import wait_listening, wait_until
 from swagger_server.db.embedded import free_port
 from tests.conftest import AUTH
-from tests.helpers import wait_listening, wait_until
 from tests.servers import Gunicorn
 
 pytestmark = pytest.mark.slow

@@ -16,11 +16,11 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.waiting import wait_until
 from swagger_server import create_app, get_database
 from swagger_server.db.database import application_name
 from swagger_server.db.embedded import free_port
 from tests.conftest import AUTH, TEST_DB, make_settings
-from tests.helpers import wait_until
 from tests.servers import Gunicorn
 
 

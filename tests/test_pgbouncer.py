@@ -11,7 +11,7 @@ from tests.conftest import AUTH, TEST_DB, admin_connect, make_settings, query
 @pytest.fixture
 def single_server_connection(pg_server, database_url, tmp_path):
     """A PgBouncer with ONE server connection: every client shares the same PostgreSQL session."""
-    from tests.pgbouncer import BINARY, PgBouncer
+    from harness.pgbouncer import BINARY, PgBouncer
 
     if BINARY is None:
         pytest.skip("pgbouncer is not installed (apt-get install pgbouncer; .ci/run installs it)")
@@ -81,9 +81,9 @@ def test_eighty_app_connections_through_pgbouncer_into_thirty_slots(small_server
 
     import requests
 
+    from harness.pgbouncer import BINARY, PgBouncer
+    from harness.waiting import wait_until
     from swagger_server.db.embedded import free_port
-    from tests.helpers import wait_until
-    from tests.pgbouncer import BINARY, PgBouncer
     from tests.servers import Gunicorn, gunicorn_env, refused_start
 
     if BINARY is None:

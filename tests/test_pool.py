@@ -7,11 +7,12 @@ import time
 import psycopg2
 import pytest
 
+from harness.waiting import wait_until
 from swagger_server.config import PoolSettings
 from swagger_server.db.embedded import free_port
-from swagger_server.db.pool import ConnectionPool, DatabaseUnavailable, PoolClosed, PoolTimeout, TooManyWaiters
+from swagger_server.db.errors import DatabaseUnavailable, PoolClosed, PoolTimeout, TooManyWaiters
+from swagger_server.db.pool import ConnectionPool
 from tests.conftest import query
-from tests.helpers import wait_until
 
 
 @pytest.fixture
@@ -194,6 +195,7 @@ def test_idle_connections_above_min_are_closed(make_pool):
     wait_until(lambda: pool.stats()["size"] == 1, timeout=3, message="idle connections to shrink to min")
 
 
+@pytest.mark.timing
 def test_timeout_when_every_connection_is_busy(make_pool):
     pool = make_pool(max_connections=1, timeout=1.0)
     held = pool.getconn()
@@ -204,6 +206,7 @@ def test_timeout_when_every_connection_is_busy(make_pool):
     pool.putconn(held)
 
 
+@pytest.mark.timing
 def test_too_many_waiters_is_refused_at_once(make_pool):
     pool = make_pool(max_connections=1, max_waiting=1, timeout=5)
     held = pool.getconn()
@@ -242,6 +245,7 @@ def test_waiters_are_served_in_arrival_order(make_pool):
     assert served == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.timing
 def test_unreachable_database_fails_fast_and_says_so(make_pool):
     pool = make_pool(
         f"postgresql://postgres@127.0.0.1:{free_port()}/x",
@@ -343,3 +347,58 @@ def test_a_waiter_timing_out_while_close_fails_it_gets_one_clean_error(make_pool
     waiter.join(5)
     pool.putconn(held)
     assert len(outcome) == 1 and isinstance(outcome[0], PoolClosed), outcome
+
+
+@pytest.mark.timing
+def test_a_reconnect_in_progress_never_pauses_leak_reports(database_url, caplog):
+    """Maintenance is a thread of its own: with every connector stuck opening a connection (a link
+    that accepts and never answers, connect timeout 3 s), a leaked connection is still reported
+    within its threshold (0.3 s) plus a maintenance tick (0.25 s), with margin: 1.5 s, half the
+    3 s the connectors are stuck for (maintenance in a connector thread waited them out)."""
+    from urllib.parse import urlsplit
+
+    from harness.faultproxy import FaultProxy
+
+    target = urlsplit(database_url)
+    proxy = FaultProxy(target.hostname, target.port).start()
+    dsn = database_url.replace(f":{target.port}/", f":{proxy.port}/")
+    settings = PoolSettings(min_connections=1, max_connections=3, timeout=4.0, leak_threshold=0.3)
+    pool = ConnectionPool(dsn, settings, connect_timeout=3)
+    waiters = []
+    try:
+        pool.wait_ready(5)
+        with caplog.at_level(logging.WARNING):
+            leaked = pool.getconn()
+            proxy.blackhole = True  # new connections are accepted and never answered
+            for _ in range(2):
+                waiter = threading.Thread(target=_wait_for_a_connection, args=(pool,), daemon=True)
+                waiter.start()
+                waiters.append(waiter)
+            wait_until(lambda: pool.stats()["opening"] == 2, timeout=2, message="both connectors to be opening")
+            start = time.monotonic()
+            wait_until(
+                lambda: any("held for" in r.getMessage() for r in caplog.records),
+                timeout=1.5,
+                message="the leak report while the connectors are stuck",
+            )
+            assert pool.stats()["opening"] == 2, "the report must come while both connectors are stuck"
+            assert time.monotonic() - start < 1.5
+        proxy.blackhole = False
+        pool.putconn(leaked)
+    finally:
+        for waiter in waiters:
+            waiter.join(10)
+        pool.close(timeout=1)
+        proxy.stop()
+
+
+def _wait_for_a_connection(pool) -> None:
+    """A checkout waiting while the link is black-holed: served once the leaked connection comes back
+    (or a PoolError at its timeout), and given back."""
+    from swagger_server.db.errors import PoolError
+
+    try:
+        conn = pool.getconn()
+    except PoolError:
+        return
+    pool.putconn(conn)

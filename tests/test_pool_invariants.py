@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from swagger_server.config import PoolSettings
-from swagger_server.db.pool import ConnectionPool, PoolTimeout
+from swagger_server.db.errors import PoolTimeout
+from swagger_server.db.pool import ConnectionPool
 
 
 def check_sizes(stats: dict) -> None:

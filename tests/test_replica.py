@@ -12,12 +12,12 @@ import time
 
 import pytest
 
+from harness.faultproxy import FaultProxy
+from harness.waiting import wait_until
 from swagger_server import create_app, get_database
 from swagger_server.db.budget import BudgetExceeded, check_connection_budget
 from swagger_server.db.replica import parse_lsn
 from tests.conftest import AUTH, TEST_DB, admin_connect, make_settings, query
-from tests.faultproxy import FaultProxy
-from tests.helpers import wait_until
 
 
 @pytest.fixture(scope="module")

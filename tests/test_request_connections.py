@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.waiting import wait_until
 from swagger_server import create_app, get_database
 from swagger_server.db.connection import Cursor
 from swagger_server.db.database import application_name
 from swagger_server.request_scope import get_conn
 from tests.conftest import AUTH, make_settings, query
-from tests.helpers import wait_until
 
 
 def test_same_connection_for_the_whole_request(app, pool):
@@ -76,8 +76,9 @@ def test_connection_returned_and_rolled_back_when_the_handler_raises(app, client
     assert query(store, "SELECT count(*) FROM customers WHERE email = 'half@example.com'") == [(0,)]
 
 
+@pytest.mark.timing
 def test_exhausted_pool_answers_503_with_retry_after_after_the_timeout(database_url, store):
-    app = create_app(make_settings(database_url, pool={"timeout": 2.0}))
+    app = create_app(make_settings(database_url, pool={"timeout": 2.0}, api={"retry_after": 4}))
     pool = get_database(app).pool
     held = [pool.getconn() for _ in range(pool.max_size)]
     try:
@@ -90,7 +91,7 @@ def test_exhausted_pool_answers_503_with_retry_after_after_the_timeout(database_
                 for conn in held:
                     pool.putconn(conn)
             assert response.status_code == 503
-            assert response.headers["retry-after"] == "1"
+            assert response.headers["retry-after"] == "4"  # [API] retry_after reaches the pool-exhausted 503 too
             assert response.json()["type"] == "/api/problems/pool-exhausted"
             assert response.headers["access-control-allow-origin"] == "http://localhost:3000"
             assert 2.0 <= elapsed <= 2.0 * 1.1, elapsed  # the pool timeout, +10 %
@@ -191,7 +192,9 @@ def test_the_pool_is_made_per_process(database_url):
     ("method", "path", "headers", "status"),
     [
         ("GET", "/api/customers?limit=0", AUTH, 400),  # invalid query
-        ("GET", "/api/customers/abc", AUTH, 404),  # not an id: no such route
+        ("GET", "/api/customers/abc", AUTH, 400),  # not an id: a 400 naming customer_id, before any connection
+        ("GET", "/api/customers/%0A", {}, 404),  # a path Connexion does not route: not served by Flask either
+        ("GET", "/api/customers/1%0A", AUTH, 404),
         ("GET", "/api/nope", AUTH, 404),
         ("GET", "/api/customers/1", {}, 401),  # no token
         ("GET", "/api/customers/1", {"Authorization": "Bearer wrong"}, 401),

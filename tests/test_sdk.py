@@ -107,6 +107,22 @@ def test_openapi_generator_python_sdk(servers, tmp_path):
         {**servers, "PYTHONPATH": str(made["python"])},
         tmp_path,
     )
+    # The README's usage example, as typed but for this server's address and token.
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("```python\nimport store_api_client")
+    example = readme[start + len("```python\n") : readme.index("```", start + 3)]
+    assert example.count("http://localhost:8080") == 1 and example.count('"demo-…"') == 1
+    example = example.replace("http://localhost:8080", servers["BASE_URL"]).replace('"demo-…"', repr(servers["TOKEN"]))
+    done = subprocess.run(
+        [sys.executable, "-c", example],
+        env={**os.environ, "PYTHONPATH": str(made["python"])},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    name, price = done.stdout.rsplit(maxsplit=1)
+    assert name and int(price) > 0, done.stdout
 
 
 def test_openapi_python_client_sdk(servers, tmp_path):

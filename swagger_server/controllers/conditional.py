@@ -20,11 +20,12 @@ from __future__ import annotations
 import hashlib
 import re
 
-from flask import Response, current_app, g, request
+from flask import Response, current_app, request
 
 from swagger_server.controllers.reply import reply
 from swagger_server.db.replica import ReplicaBehind
 from swagger_server.errors import ApiError, NotFound
+from swagger_server.request_scope import request_db
 
 # RFC 9110 §8.8.3: entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE, in a comma-separated list.
 _TAG = re.compile(r'[ \t]*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"[ \t]*(?:,|$)')
@@ -75,7 +76,7 @@ def answer(row: dict, status: int = 200, headers: dict | None = None):
             star, tags = parse_tags(condition, "If-None-Match")
             if star or any(opaque == str(version) for _, opaque in tags):
                 return not_modified(tag)
-            if g.get("db_role") == "replica" and any(seen > version for seen in _versions(tags)):
+            if request_db().role == "replica" and any(seen > version for seen in _versions(tags)):
                 raise ReplicaBehind(f"replica row version {version}, client has seen {max(_versions(tags))}")
     return reply(row, status, {"ETag": tag, **(headers or {})})
 

@@ -14,8 +14,8 @@ import psycopg2
 
 from swagger_server.config import PoolSettings
 from swagger_server.db.connection import Connection, connect, install_wait_callback
-from swagger_server.db.errors import DatabaseUnavailable, PoolClosed
-from swagger_server.db.pool import COUNTERS, PoolVerbs
+from swagger_server.db.errors import DatabaseUnavailable, PoolClosed, first_line
+from swagger_server.db.pool_types import COUNTERS, PoolStats, PoolVerbs, empty_stats
 
 
 class NullPool(PoolVerbs):
@@ -51,7 +51,7 @@ class NullPool(PoolVerbs):
         except psycopg2.OperationalError as exc:
             self._count("connection_errors")
             self._count("unavailable")
-            raise DatabaseUnavailable(f"database unavailable: {str(exc).strip().splitlines()[0]}") from None
+            raise DatabaseUnavailable(f"database unavailable: {first_line(exc)}") from None
         self._count("connections_opened")
         with self._lock:
             self._in_use += 1
@@ -74,25 +74,13 @@ class NullPool(PoolVerbs):
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Nothing to warm."""
 
-    def stats(self) -> dict:
+    def stats(self) -> PoolStats:
         with self._lock:
             in_use = self._in_use
             counters = dict(self._counters)
-        return {
-            "name": self.name,
-            "pid": self.pid,
-            "min": 0,
-            "max": self.max_size,
-            "size": in_use,
-            "idle": 0,
-            "in_use": in_use,
-            "waiting": 0,
-            "opening": 0,
-            "database_up": True,
-            "last_error": None,
-            "down_for_s": 0.0,
-            **counters,
-        }
+        stats = empty_stats(self.name, self.pid, 0, self.max_size)
+        stats.update(size=in_use, in_use=in_use, **counters)  # type: ignore[typeddict-item]
+        return stats
 
     def _count(self, name: str) -> None:
         with self._lock:

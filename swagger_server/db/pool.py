@@ -6,34 +6,29 @@ maximum, asks a background connector to open one; whichever comes first, a retur
 new one, goes to the head of the queue. Connections are never opened on the request thread or under
 the lock.
 
-Failure is reported as one of a few specific exceptions, all `PoolError`s carrying `retry_after`:
-`PoolTimeout` (every connection busy for the whole wait), `TooManyWaiters` (the queue is full),
-`DatabaseUnavailable` (a new connection could not be made), `PoolClosed`.
+Connections are opened by its connector threads (db/connector.py) and maintained by a thread of
+its own (db/maintenance.py). Failure is one of the `PoolError`s of db/errors.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import random
 import select
 import sys
 import threading
 import time
-import traceback
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import psycopg2
 import psycopg2.extensions as ext
-from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
 
 from swagger_server.config import PoolSettings
-from swagger_server.db.connection import Connection, connect, install_wait_callback
-from swagger_server.db.errors import (  # noqa: F401
+from swagger_server.db.checkout import Checkout, Waiter, borrower
+from swagger_server.db.connection import Connection, install_wait_callback
+from swagger_server.db.connector import Connectors
+from swagger_server.db.errors import (
     DatabaseUnavailable,
     PoolClosed,
     PoolError,
@@ -41,6 +36,8 @@ from swagger_server.db.errors import (  # noqa: F401
     PoolUsedAcrossFork,
     TooManyWaiters,
 )
+from swagger_server.db.maintenance import Maintenance
+from swagger_server.db.pool_types import COUNTERS, PoolStats, PoolVerbs, empty_stats
 
 logger = logging.getLogger(__name__)
 
@@ -55,103 +52,6 @@ _inherited_from_parent: list = []
 def keep_inherited(pool: ConnectionPool) -> None:
     """Keep a pool made by the parent process alive, untouched, in this (forked) process."""
     _inherited_from_parent.append(pool)
-
-
-@dataclass
-class _Checkout:
-    since: float
-    thread: str
-    frame: object = None  # the borrower's frame, kept only when leak detection is on
-    warned: bool = False
-
-
-def _borrower(frame, limit: int = 12) -> tuple:
-    """The innermost `limit` frames from `frame` outwards, as (code, line number) pairs."""
-    out = []
-    while frame is not None and len(out) < limit:
-        out.append((frame.f_code, frame.f_lineno))
-        frame = frame.f_back
-    return tuple(out)
-
-
-def _format_borrower(frames: tuple) -> str:
-    """Those frames as a traceback prints them, outermost first."""
-    summary = traceback.StackSummary.from_list(
-        [(code.co_filename, line, code.co_name, None) for code, line in reversed(frames)]
-    )
-    return "".join(summary.format())
-
-
-class _Waiter:
-    """A request waiting for a connection. Resolved exactly once: given a connection (`set`), failed
-    (`fail`), or timed out (`expire`), each called with the pool's lock held and reporting whether it
-    was the one that resolved it (psycopg_pool's WaitingClient does the same). Whoever resolves it
-    also takes it out of the queue, under the same lock, so no two parties can both remove it."""
-
-    __slots__ = ("event", "conn", "error", "thread", "frame", "resolved")
-
-    def __init__(self, thread: str, frame):
-        self.event = threading.Event()
-        self.conn: Connection | None = None
-        self.error: PoolError | None = None
-        self.thread = thread
-        self.frame = frame
-        self.resolved = False
-
-    def set(self, conn: Connection) -> bool:
-        if self.resolved:
-            return False
-        self.resolved, self.conn = True, conn
-        self.event.set()
-        return True
-
-    def fail(self, error: PoolError) -> bool:
-        if self.resolved:
-            return False
-        self.resolved, self.error = True, error
-        self.event.set()
-        return True
-
-    def expire(self) -> bool:
-        """The waiter's own timeout fired: True if nobody resolved it first (it is still queued)."""
-        if self.resolved:
-            return False
-        self.resolved = True
-        return True
-
-
-# Cumulative counters in stats(). EVENTS are the ones exported as events (all but the totals).
-COUNTERS = (
-    "requests",
-    "waited",
-    "wait_ms",
-    "timeouts",
-    "rejected",
-    "unavailable",
-    "connections_opened",
-    "connections_closed",
-    "connection_errors",
-    "reconnects",
-    "pings",
-    "discarded_dead",
-    "recycled",
-    "rollbacks",
-    "leaks",
-)
-EVENTS = tuple(name for name in COUNTERS if name not in ("requests", "wait_ms"))
-
-
-class PoolVerbs:
-    """What every pool offers on top of its own `getconn` and `putconn`."""
-
-    @contextlib.contextmanager
-    def connection(self, timeout: float | None = None) -> Iterator[Connection]:
-        """`with pool.connection() as conn:` a connection for the block, given back however it ends."""
-        conn = self.getconn(timeout)
-        try:
-            yield conn
-        finally:
-            self.putconn(conn)
 
 
 class ConnectionPool(PoolVerbs):
@@ -186,24 +86,21 @@ class ConnectionPool(PoolVerbs):
         self._wakeup = threading.Condition(self._lock)  # the connector threads sleep on this
         self._stopping = threading.Event()  # interrupts backoff sleeps on close()
         self._idle: deque[Connection] = deque()
-        self._waiters: deque[_Waiter] = deque()
-        self._in_use: dict[int, _Checkout] = {}
+        self._waiters: deque[Waiter] = deque()
+        self._in_use: dict[int, Checkout] = {}
         self._size = 0  # open connections: idle + in use
         self._opening = 0  # connections requested from the connector and not yet open
         self._closed = False
         self._retry_at = 0.0  # monotonic time of the next reconnect attempt while the database is down
         self._last_error = ""
         self._down_since: float | None = None
-        self._busy_connectors = 0
         self._count_lock = threading.Lock()
         self._counters = dict.fromkeys(COUNTERS, 0)
 
-        self._threads = [
-            threading.Thread(target=self._connector, args=(i == 0,), daemon=True, name=f"pool-{name}-{i}")
-            for i in range(max(1, connector_threads))
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._connectors = Connectors(self, connector_threads)
+        self._maintenance = Maintenance(self)
+        self._connectors.start()
+        self._maintenance.start()
         with self._lock:
             self._top_up_locked()
 
@@ -224,7 +121,7 @@ class ConnectionPool(PoolVerbs):
         deadline = start + timeout
         # Leak detection keeps where the connection was taken: (code, line) pairs, about 2 µs; turned
         # into text only if the connection is reported (traceback's StackSummary took 25 µs per checkout).
-        frame = _borrower(sys._getframe(1)) if self.settings.leak_threshold > 0 else None
+        frame = borrower(sys._getframe(1)) if self.settings.leak_threshold > 0 else None
         thread = threading.current_thread().name
         self._count("requests")
         while True:
@@ -233,7 +130,7 @@ class ConnectionPool(PoolVerbs):
                     raise PoolClosed(f"pool {self.name!r} is closed")
                 if self._idle:
                     conn = self._idle.pop()
-                    self._in_use[id(conn)] = _Checkout(time.monotonic(), thread, frame)
+                    self._in_use[id(conn)] = Checkout(time.monotonic(), thread, frame)
                     waiter = None
                 else:
                     conn = None
@@ -277,7 +174,11 @@ class ConnectionPool(PoolVerbs):
             return
         conn.last_used = now
         with self._lock:
-            self._hand_over_locked(conn)
+            kept = self._hand_over_locked(conn)
+            if not kept:
+                self._size -= 1
+        if not kept:
+            self._close_quietly(conn)  # the pool closed meanwhile; never closed under the lock
 
     def close(self, timeout: float = 5.0) -> None:
         """Close the pool: refuse new checkouts, wait up to `timeout` for connections in use, close all.
@@ -305,8 +206,8 @@ class ConnectionPool(PoolVerbs):
             self._close_quietly(conn)
         if left:
             logger.warning("pool %r closed with %d connection(s) still in use", self.name, left)
-        for thread in self._threads:
-            thread.join(timeout=self.connect_timeout + 1)
+        self._connectors.join(timeout=self.connect_timeout + 1)
+        self._maintenance.join(timeout=1.0)
         logger.info("pool %r closed", self.name)
 
     def _count(self, name: str, n: int = 1) -> None:
@@ -317,26 +218,22 @@ class ConnectionPool(PoolVerbs):
     def closed(self) -> bool:
         return self._closed
 
-    def stats(self) -> dict:
+    def stats(self) -> PoolStats:
         """A snapshot: sizes, waiting requests, database state and cumulative counters."""
+        snapshot = empty_stats(self.name, self.pid, self.min_size, self.max_size)
         with self._lock:
-            in_use, idle = len(self._in_use), len(self._idle)
-            snapshot = {
-                "name": self.name,
-                "pid": self.pid,
-                "min": self.min_size,
-                "max": self.max_size,
-                "size": self._size,
-                "idle": idle,
-                "in_use": in_use,
-                "waiting": len(self._waiters),
-                "opening": self._opening,
-                "database_up": self._down_since is None,
-                "last_error": self._last_error or None,
-                "down_for_s": round(time.monotonic() - self._down_since, 3) if self._down_since else 0.0,
-            }
+            snapshot.update(
+                size=self._size,
+                idle=len(self._idle),
+                in_use=len(self._in_use),
+                waiting=len(self._waiters),
+                opening=self._opening,
+                database_up=self._down_since is None,
+                last_error=self._last_error or None,
+                down_for_s=round(time.monotonic() - self._down_since, 3) if self._down_since else 0.0,
+            )
         with self._count_lock:
-            snapshot.update(self._counters)
+            snapshot.update(self._counters)  # type: ignore[typeddict-item]
         return snapshot
 
     def wait_ready(self, timeout: float = 10.0) -> None:
@@ -353,7 +250,7 @@ class ConnectionPool(PoolVerbs):
         )
 
     # -- checkout internals -------------------------------------------------------------------------
-    def _enqueue_locked(self, thread: str, frame) -> _Waiter:
+    def _enqueue_locked(self, thread: str, frame) -> Waiter:
         now = time.monotonic()
         if self._retry_at > now and self._size == 0:
             # Fail fast: nothing is open, the last connection attempt failed and the next is
@@ -369,13 +266,13 @@ class ConnectionPool(PoolVerbs):
             raise TooManyWaiters(
                 f"pool {self.name!r}: {len(self._waiters)} requests already waiting for {self.max_size} connections"
             )
-        waiter = _Waiter(thread, frame)
+        waiter = Waiter(thread, frame)
         self._waiters.append(waiter)
         # Only as many new connections as waiters that connections already being opened won't serve.
         self._top_up_locked()
         return waiter
 
-    def _wait(self, waiter: _Waiter, start: float, deadline: float) -> Connection:
+    def _wait(self, waiter: Waiter, start: float, deadline: float) -> Connection:
         waiter.event.wait(max(0.0, deadline - time.monotonic()))
         waited = time.monotonic() - start
         with self._lock:
@@ -450,18 +347,18 @@ class ConnectionPool(PoolVerbs):
             return conn.get_transaction_status() == _IDLE
         return False  # ACTIVE or UNKNOWN: in the middle of something, or broken
 
-    def _hand_over_locked(self, conn: Connection) -> None:
-        """Give a ready connection to the first waiter, or make it idle."""
+    def _hand_over_locked(self, conn: Connection) -> bool:
+        """Give a ready connection to the first waiter, or make it idle. False when the pool is
+        closed: the caller closes the connection, after releasing the lock (a close can be slow)."""
         if self._closed:
-            self._size -= 1
-            self._close_quietly(conn)
-            return
+            return False
         while self._waiters:
             waiter = self._waiters.popleft()
             if waiter.set(conn):
-                self._in_use[id(conn)] = _Checkout(time.monotonic(), waiter.thread, waiter.frame)
-                return
+                self._in_use[id(conn)] = Checkout(time.monotonic(), waiter.thread, waiter.frame)
+                return True
         self._idle.append(conn)
+        return True
 
     def _fail_waiters_locked(self, error: PoolError) -> None:
         """Fail every queued waiter with `error`, now, under the lock (see _Waiter)."""
@@ -500,154 +397,3 @@ class ConnectionPool(PoolVerbs):
         for _ in range(max(0, min(wanted, room))):
             self._opening += 1
             self._wakeup.notify()
-
-    # -- the connector threads -----------------------------------------------------------------------
-    def _connector(self, maintains: bool) -> None:
-        tick = 0.25
-        next_maintenance = time.monotonic() + tick
-        while True:
-            with self._lock:
-                while not self._closed and self._opening <= self._busy_connectors:
-                    timeout = next_maintenance - time.monotonic() if maintains else None
-                    if timeout is not None and timeout <= 0:
-                        break
-                    self._wakeup.wait(timeout)
-                if self._closed:
-                    return
-                work = self._opening > self._busy_connectors
-                if work:
-                    self._busy_connectors += 1
-            if work:
-                try:
-                    self._open_one()
-                finally:
-                    with self._lock:
-                        self._busy_connectors -= 1
-            if maintains and time.monotonic() >= next_maintenance:
-                next_maintenance = time.monotonic() + tick
-                try:
-                    self._maintain()
-                except Exception:  # the maintenance loop must outlive any single bad pass
-                    logger.exception("pool %r: maintenance failed", self.name)
-
-    def _open_one(self) -> None:
-        """Open one connection, retrying with exponential backoff and jitter while the database is down."""
-        retrying = Retrying(
-            retry=retry_if_exception_type(psycopg2.OperationalError),
-            wait=wait_exponential_jitter(
-                multiplier=self.settings.reconnect_initial_delay,
-                max=self.settings.reconnect_max_delay,
-                jitter=self.settings.reconnect_initial_delay,
-            ),
-            stop=lambda state: self._closed or not self._demand(),
-            before_sleep=self._on_connect_failure,
-            sleep=self._stopping.wait,
-            reraise=True,
-        )
-        conn = None
-        try:
-            conn = retrying(self._connect)
-        except PoolClosed:
-            pass
-        except Exception as exc:  # OperationalError after the last retry, or anything unexpected:
-            if not isinstance(exc, psycopg2.OperationalError):  # a connector thread must never die
-                logger.exception("pool %r: unexpected error while connecting", self.name)
-            self._on_connect_failure(None, exc)
-            with self._lock:
-                self._retry_at = 0.0  # nobody is retrying now; the next request tries again
-        finally:
-            with self._lock:
-                self._opening -= 1
-                if conn is not None:
-                    self._size += 1
-                    was_down = self._down_since is not None
-                    self._down_since, self._retry_at, self._last_error = None, 0.0, ""
-                    self._hand_over_locked(conn)
-        if conn is not None:
-            self._count("connections_opened")
-            if was_down:
-                self._count("reconnects")
-                logger.warning("pool %r: database reachable again", self.name)
-
-    def _connect(self) -> Connection:
-        if self._closed:
-            raise PoolClosed(f"pool {self.name!r} is closed")
-        conn = connect(
-            self.dsn,
-            connect_timeout=self.connect_timeout,
-            io_timeout=self.settings.io_timeout(),
-            statement_timeout_ms=self.settings.statement_timeout_ms,
-        )
-        # Jitter, so connections made together do not all expire (or idle out) together.
-        conn.expires_at = conn.created_at + self.settings.max_lifetime * random.uniform(0.9, 1.0)
-        conn.max_idle = self.settings.max_idle * random.uniform(0.9, 1.0)
-        return conn
-
-    def _demand(self) -> bool:
-        with self._lock:
-            return bool(self._waiters) or self._size < self.min_size
-
-    def _on_connect_failure(self, retry_state, exc: BaseException | None = None) -> None:
-        """Record the failure. If no connection is open, that is an outage: fail the waiters at once,
-        since nothing can serve them. Otherwise they keep waiting for a connection to come back."""
-        if exc is None:
-            exc = retry_state.outcome.exception()
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        delay = retry_state.upcoming_sleep if retry_state is not None else 0.0
-        with self._lock:
-            self._count("connection_errors")
-            if self._down_since is None:
-                self._down_since = time.monotonic()
-                logger.error(
-                    "pool %r: cannot connect to the database (%d connection(s) still open): %s",
-                    self.name,
-                    self._size,
-                    message,
-                )
-            self._last_error = message
-            self._retry_at = time.monotonic() + delay
-            if self._size == 0:
-                self._fail_waiters_locked(
-                    DatabaseUnavailable(
-                        f"database unavailable (pool {self.name!r}): {message}", retry_after=max(1, math.ceil(delay))
-                    )
-                )
-
-    def _maintain(self) -> None:
-        """Recycle idle connections past their lifetime, shrink idle ones above min, report leaks."""
-        now = time.monotonic()
-        expired: list[Connection] = []
-        with self._lock:
-            keep: deque[Connection] = deque()
-            # Oldest-used first (the left end), so shrinking removes the coldest connections.
-            for conn in self._idle:
-                too_old = now >= conn.expires_at
-                too_idle = now - conn.last_used > conn.max_idle and self._size - len(expired) > self.min_size
-                if too_old or too_idle or conn.closed:
-                    expired.append(conn)
-                else:
-                    keep.append(conn)
-            self._idle = keep
-            self._size -= len(expired)
-            self._top_up_locked()
-            leaks = [
-                (c, co)
-                for c, co in self._in_use.items()
-                if not co.warned and self.settings.leak_threshold > 0 and now - co.since > self.settings.leak_threshold
-            ]
-            for _, checkout in leaks:
-                checkout.warned = True
-        for conn in expired:
-            self._count("recycled")
-            self._close_quietly(conn)
-        for _, checkout in leaks:
-            self._count("leaks")
-            stack = _format_borrower(checkout.frame) if checkout.frame else "(no stack)\n"
-            logger.warning(
-                "pool %r: connection held for %.1f s by thread %s (leak threshold %.1f s); taken at:\n%s",
-                self.name,
-                now - checkout.since,
-                checkout.thread,
-                self.settings.leak_threshold,
-                stack.rstrip(),
-            )

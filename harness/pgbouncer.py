@@ -9,8 +9,8 @@ from pathlib import Path
 
 import psycopg2
 
+from harness.waiting import wait_listening
 from swagger_server.db.embedded import SYSTEM_USER, free_port
-from tests.helpers import wait_listening
 
 BINARY = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None)
 

@@ -1,0 +1,109 @@
+"""The app's Prometheus metrics: one `Metrics` per app, each with its own registry.
+
+Metrics are aggregated across gunicorn workers with prometheus_client's multiprocess mode: each
+worker writes its values to files in PROMETHEUS_MULTIPROC_DIR (gunicorn.conf.py sets it up, and
+removes a dead worker's live gauges), and whichever worker answers GET /metrics reads them all.
+Without that variable (tests, a single process) the app's own registry is served, so two apps in
+one process count separately.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+from swagger_server.db.pool_types import EVENTS
+
+# Metric labels take the method only from this set (anything else is "other"): a client cannot make
+# new time series by sending made-up methods.
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+
+
+class Metrics:
+    """Every metric the service exports, registered in a registry of this app's own."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "store_api_requests",
+            "HTTP requests answered, by operation and status.",
+            ["operation", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "store_api_request_duration_seconds",
+            "Time to answer a request, by operation.",
+            ["operation"],
+            buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.pool_connections = Gauge(
+            "store_api_pool_connections",
+            "Pool connections by state (size = idle + in_use), summed over live workers.",
+            ["pool", "state"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.pool_wait = Histogram(
+            "store_api_pool_wait_seconds",
+            "Time a request waited for a database connection.",
+            ["pool"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.pool_events = Counter(
+            "store_api_pool_events",
+            "Pool events (the pool's own counters): " + ", ".join(EVENTS) + ".",
+            ["pool", "event"],
+            registry=r,
+        )
+        self.replica_lag = Gauge(
+            "store_api_replica_lag_seconds",
+            "Replica replay lag at the last check (the largest any live worker saw).",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.handler_busy = Gauge(
+            "store_api_handler_busy",
+            "Requests in a handler thread (at most [GUNICORN] threads per worker), sampled each second, "
+            "summed over live workers.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.handler_queue = Gauge(
+            "store_api_handler_queue",
+            "Requests waiting for a handler thread (each waits at most [API] admission_timeout, then 503), "
+            "sampled each second, summed over live workers.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.loop_lag = Gauge(
+            "store_api_event_loop_lag_seconds",
+            "The longest a timer on the event loop fired late in the last second: how long any request "
+            "could have waited for the loop (the worst live worker).",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.access_log_dropped = Counter(
+            "store_api_access_log_dropped", "Access log lines dropped because stdout could not keep up.", registry=r
+        )
+        self.replica_reads = Counter(
+            "store_api_replica_routed_reads",
+            "Read-only requests by where they were served and, for the primary, why.",
+            ["destination", "reason"],
+            registry=r,
+        )
+
+    def record_request(self, operation: str, method: str, status: int, seconds: float | None) -> None:
+        self.requests.labels(operation, method if method in METHODS else "other", str(status)).inc()
+        if seconds is not None:
+            self.latency.labels(operation).observe(seconds)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition: all workers' values in multiprocess mode, else this app's."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

@@ -1,0 +1,205 @@
+"""The outermost ASGI middleware: the request id, the request's metrics and access-log line, and
+GET /metrics. It sees every answer, including the 503s of admission control and the problem
+responses rendered by Connexion, and serves /metrics itself, so a scrape works even when every handler
+thread is busy.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import os
+import re
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from swagger_server.errors import excerpt, send_problem
+from swagger_server.observability.logs import log_request
+from swagger_server.observability.metrics import METHODS
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_context(environ) -> dict:
+    """The per-request dict shared with the middleware (from a Flask handler: `request.environ`)."""
+    scope = environ.get("asgi.scope") or {}
+    return scope.get("extensions", {}).get("store_api", {})
+
+
+class Observability:
+    """Outermost ASGI middleware: request id, metrics, the access log line, and GET /metrics."""
+
+    def __init__(self, app, state):
+        self.app = app
+        self.state = state  # the app's AppState (swagger_server/state.py): metrics, database, settings
+        self.metrics = state.metrics
+        api = state.settings.api
+        self.metrics_token = ("bearer " + api.metrics_token).encode() if api.metrics_token else b""
+        self.metrics_port = api.metrics_port
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.metrics_port:
+            on_metrics_port = (scope.get("server") or ("", 0))[1] == self.metrics_port
+            if on_metrics_port or scope["path"] == "/metrics":
+                # The metrics port serves /metrics and nothing else; the API port never serves it.
+                if on_metrics_port and scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD"):
+                    await self._serve_metrics(scope, send)
+                else:
+                    await send_problem(send, 404, "no such resource")
+                return
+        elif scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD"):
+            await self._serve_metrics(scope, send)
+            return
+        self.state.sampler.get()
+        start = time.perf_counter()
+        request_id = _request_id(scope)
+        context = {"request_id": request_id, "app": self.state}
+        # Shared by reference with inner layers: Connexion's router fills in the operation id, and the
+        # Flask handler the pool wait (see request_context).
+        scope.setdefault("extensions", {})["store_api"] = context
+        # What the client received: the status sent, or (when nothing was sent) 499 for a client that
+        # went away first (nginx's "client closed request"), 500 only when an error escaped (below).
+        status = 499
+        recorded = False
+        header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
+
+        def record() -> None:
+            nonlocal recorded, status
+            if recorded:
+                return
+            recorded = True
+            status = scope.get("store_api_refused", status)  # answered by the HTTP layer (server.py)
+            elapsed = time.perf_counter() - start
+            routing = scope["extensions"].get("connexion_routing", {})
+            operation = (routing.get("operation_id") or "").rsplit(".", 1)[-1] or "none"
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.metrics.record_request(operation, method, status, elapsed)
+            log_request(
+                {
+                    "request_id": request_id,
+                    "method": method,
+                    "path": excerpt(scope["path"], 200),
+                    # The peer, or behind a trusted proxy (FORWARDED_ALLOW_IPS) the client it names.
+                    "client": (scope.get("client") or ("",))[0],
+                    "operation": operation,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "pool_wait_ms": context.get("pool_wait_ms"),
+                    "db": context.get("db"),
+                    "pid": os.getpid(),
+                }
+            )
+
+        async def send_with_id(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), header]}
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Counted before the last byte leaves: a client that has its answer and then
+                # scrapes /metrics finds its request there.
+                record()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except BaseException:
+            if not recorded and status == 499:
+                status = 500  # Starlette's ServerErrorMiddleware, outside, answers it
+            raise
+        finally:
+            record()
+
+    async def _serve_metrics(self, scope, send):
+        if self.metrics_token:
+            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            if not hmac.compare_digest(given[:7].lower() + given[7:], self.metrics_token):
+                await send_problem(
+                    send,
+                    401,
+                    "GET /metrics needs the metrics bearer token",
+                    {"WWW-Authenticate": 'Bearer realm="metrics"'},
+                )
+                return
+        self.state.sampler.get().sync()
+        body = self.metrics.render()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", CONTENT_TYPE_LATEST.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _request_id(scope) -> str:
+    """The client's X-Request-ID when it is a sane token, otherwise a new one."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if _VALID_REQUEST_ID.match(text):
+                return text
+            break
+    return _new_request_id()
+
+
+class _RequestIds:
+    """Request ids: 32 hex digits, a random 64-bit prefix per process and a counter. Unique across
+    workers and restarts without a system call per request (uuid4 reads os.urandom each time)."""
+
+    def __init__(self):
+        self._pid = 0
+
+    def __call__(self) -> str:
+        if self._pid != os.getpid():  # after a fork: a prefix of this process's own
+            self._prefix = os.urandom(8).hex()
+            self._counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+            self._pid = os.getpid()
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_new_request_id = _RequestIds()
+
+
+def refusal_recorder(metrics):
+    """What the HTTP layer (swagger_server/server.py) calls for a request it refused before it reached
+    the app (a head over a limit or too slow, malformed HTTP): counted and logged like any answer, so
+    /metrics matches what clients received."""
+
+    def record_refusal(status: int, client) -> None:
+        metrics.record_request("none", "other", status, None)
+        log_request(
+            {
+                "request_id": _new_request_id(),
+                "method": "other",
+                "path": "",
+                "client": (client or ("",))[0],
+                "operation": "none",
+                "status": status,
+                "duration_ms": 0.0,
+                "pool_wait_ms": None,
+                "db": None,
+                "pid": os.getpid(),
+            }
+        )
+
+    return record_refusal
+
+
+def record_pool_wait(environ, pool: str, seconds: float) -> None:
+    """Called by the request's database access after a checkout: histogram and log field."""
+    context = request_context(environ)
+    state = context.get("app")
+    if state is not None:
+        state.metrics.pool_wait.labels(pool).observe(seconds)
+    context["pool_wait_ms"] = round(seconds * 1000, 3)
+    context["db"] = pool

@@ -1,0 +1,154 @@
+"""Every change this service makes to its frameworks' behaviour, in one place, each with why.
+
+Two kinds. Patches (`apply()`, idempotent, called by create_app) change a framework's module or class
+for the whole process; there are two, each scoped as narrowly as Connexion allows. Overrides are
+subclasses of framework classes that rely on private names (they change nothing for anyone else);
+they live with their code and are listed in RELIED_ON. tests/test_patches.py checks that every name
+in RELIED_ON exists with the signature expected, so an upgrade that moves one fails there, by name,
+and not as a behaviour change somewhere else (`make deps-latest` runs the suite on the newest
+releases the requirements allow: the upgrade canary).
+
+Connexion's documented extension points are used where they exist, instead of patches:
+`validator_map` (validation.py), `security_map` (security.py: the cached bearer handler),
+`uri_parser_class` (validation.StrictURIParser), `jsonifier`, `middlewares` positions.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flask
+from connexion.apps.flask import FlaskOperation
+from connexion.context import operation as _current_operation
+from connexion.decorators import FlaskDecorator
+from connexion.frameworks import flask as _connexion_flask
+from connexion.frameworks import starlette as _connexion_starlette
+
+from swagger_server import validation
+from swagger_server.errors import NotFound, excerpt
+
+# (module or class, attribute, the parameters expected, or None for a non-callable): what the patches
+# and the overrides rely on. Checked by tests/test_patches.py.
+RELIED_ON = [
+    # Patch 1: path parameters of type integer are routed as plain segments.
+    (_connexion_flask, "PATH_PARAMETER_CONVERTERS", None),
+    (_connexion_starlette, "PATH_PARAMETER_CONVERTERS", None),
+    # Patch 2: FlaskOperation.fn built once per operation.
+    (FlaskOperation, "fn", None),
+    (FlaskOperation, "_fn", None),
+    (FlaskOperation, "pythonic_params", None),
+    (FlaskOperation, "jsonifier", None),
+    (FlaskDecorator, "__init__", ("self", "pythonic_params", "uri_parser_class", "jsonifier")),
+    (FlaskDecorator, "decorate", ("self", "function")),
+    ("connexion.frameworks.flask.Flask", "get_request", ("uri_parser", "kwargs")),
+    ("connexion.operations.AbstractOperation", "body_definition", ("self", "content_type")),
+    ("connexion.operations.AbstractOperation", "uri_parser_class", None),
+    ("connexion.lifecycle.WSGIRequest", "_query_params", None),
+    ("connexion.lifecycle.WSGIRequest", "_path_params", None),
+    ("connexion.lifecycle.WSGIRequest", "_body", None),
+    # Overrides: validation.py
+    ("connexion.validators.JSONRequestBodyValidator", "_parse", ("self", "stream", "scope")),
+    ("connexion.validators.JSONRequestBodyValidator", "_validate", ("self", "body")),
+    ("connexion.validators.JSONRequestBodyValidator", "_validator", None),
+    ("connexion.validators.AbstractRequestBodyValidator", "_nullable", None),
+    ("connexion.validators.AbstractRequestBodyValidator", "_schema", None),
+    (
+        "connexion.validators.ParameterValidator",
+        "validate_parameter",
+        ("parameter_type", "value", "param", "param_name"),
+    ),
+    ("connexion.validators.ParameterValidator", "validate_request", ("self", "request")),
+    (
+        "connexion.validators.ParameterValidator",
+        "validate_query_parameter_list",
+        ("self", "request", "security_params"),
+    ),
+    ("connexion.uri_parsing.OpenAPIURIParser", "resolve_params", ("self", "params", "_in")),
+    ("connexion.uri_parsing.OpenAPIURIParser", "param_schemas", None),
+    # Overrides: security.py (the cached bearer handler)
+    ("connexion.security.BearerSecurityHandler", "_accepts_kwarg", ("func", "keyword")),
+    # Overrides: server.py (uvicorn's httptools protocol and server)
+    (
+        "uvicorn.protocols.http.httptools_impl.HttpToolsProtocol",
+        "__init__",
+        ("self", "config", "server_state", "app_state", "_loop"),
+    ),
+    ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "data_received", ("self", "data")),
+    ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "on_message_begin", ("self",)),
+    ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "on_url", ("self", "url")),
+    ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "on_header", ("self", "name", "value")),
+    ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "on_headers_complete", ("self",)),
+    ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "on_message_complete", ("self",)),
+    ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "on_response_complete", ("self",)),
+    ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "connection_lost", ("self", "exc")),
+    ("uvicorn.server.Server", "shutdown", ("self", "sockets")),
+    ("uvicorn_worker.UvicornWorker", "_serve", ("self",)),
+    ("uvicorn_worker.UvicornWorker", "_install_sigquit_handler", ("self",)),
+]
+
+
+def apply() -> None:
+    """Apply both patches (once per process; applying again changes nothing)."""
+    _route_integers_as_segments()
+    if not isinstance(FlaskOperation.__dict__.get("fn"), _OnceProperty):
+        FlaskOperation.fn = _OnceProperty(_decorate_once)
+
+
+def _route_integers_as_segments() -> None:
+    """Patch 1. Connexion routes a path parameter of type integer with an `int` converter, in its router
+    and in Flask's: `GET /api/products/abc` matched no route (a 404, where the spec promises a 400
+    naming the parameter), and Python refuses to parse more than 4300 digits (a 500). Routed as a plain
+    segment, every value reaches validation: StrictURIParser reads ASCII digits of at most
+    MAX_NUMBER_DIGITS, and anything else is a 400 naming the parameter.
+
+    Scope: only routes Connexion makes from a spec (its own mapping of spec types to converters); the
+    `int` converters of plain Flask and Starlette routes are untouched (Connexion registers its own
+    `int` converter process-wide in Starlette, unchanged here)."""
+    _connexion_flask.PATH_PARAMETER_CONVERTERS.pop("integer", None)
+    _connexion_starlette.PATH_PARAMETER_CONVERTERS.pop("integer", None)
+
+
+class _OnceProperty(property):
+    """Marks the patched FlaskOperation.fn (so that apply() is idempotent)."""
+
+
+def _decorate_once(self: FlaskOperation):
+    """Patch 2: FlaskOperation.fn, built once per operation and handler instead of on every request.
+
+    Connexion 3.3's `FlaskOperation.fn` is a property: each request built a FlaskDecorator, which
+    inspected the handler's signature and wrapped it three times, and a URI parser for the operation.
+    All of that depends only on the handler and the operation, so here it is made once (again when
+    the operation's handler is replaced); what depends on the request (its parameters and body) is
+    still read per request by the same Connexion code. The handler also gets the parameters and body
+    the validators checked (validation.stash), not werkzeug's second parse of the same URL and bytes."""
+    cached = self.__dict__.get("_store_api_fn")
+    if cached is not None and cached[0] is self._fn:
+        return cached[1]
+    decorator = FlaskDecorator(pythonic_params=self.pythonic_params, jsonifier=self.jsonifier)
+    decorated = decorator.decorate(self._fn)
+    get_request = decorator.framework.get_request
+    parsers: dict = {}  # the routed (middleware) operation -> its URI parser
+
+    @functools.wraps(self._fn)
+    def fn(*_args, **_kwargs):
+        try:
+            routed = _current_operation._get_current_object()
+        except RuntimeError:
+            # Flask matched a path Connexion's router did not (Starlette's mount stops at a newline in
+            # the path, werkzeug's rule does not): nothing validated or authenticated it, so it is not
+            # served. 404, as Connexion's router said.
+            raise NotFound("no such resource: " + excerpt(flask.request.path, 80)) from None
+        parser = parsers.get(routed)
+        if parser is None:
+            parser = parsers[routed] = routed.uri_parser_class(routed.parameters, routed.body_definition())
+        request = get_request(uri_parser=parser)
+        read = validation.stash(flask.request.environ["asgi.scope"])
+        if "query" in read:
+            request._query_params = read["query"]
+            request._path_params = read["path"]
+        if "body" in read:
+            request._body = read["body"]
+        return decorated(request)
+
+    self.__dict__["_store_api_fn"] = (self._fn, fn)
+    return fn

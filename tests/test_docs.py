@@ -1,0 +1,303 @@
+"""Docs that run: every shell command in README.md and docs/ is run by a test or named below as not
+runnable here, with the reason; every Python snippet compiles; the spec's description says what the
+security applied does.
+
+A command line in a ```sh block must match exactly one entry of COMMANDS (a new command in the docs
+without one fails `test_every_shell_command_in_the_docs_is_run_or_excused`). An entry says which test
+runs it (the test must exist), or why it is not run here.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+import requests
+import yaml
+
+from harness.waiting import wait_until
+from swagger_server import create_app
+from swagger_server.db.embedded import free_port
+from tests.conftest import TOKEN, admin_connect, make_settings, query
+from tests.servers import EMPTY, Gunicorn
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+THIS = "tests/test_docs.py"
+
+# Each command line of the docs (a prefix of it) -> ("run", the test that runs it) or ("not run", why).
+COMMANDS = {
+    "make run": ("run", f"{THIS}::test_make_run_with_your_own_database_changes_nothing_unless_asked"),
+    "make test": ("not run", "it is this suite: .ci/run runs it on every change"),
+    "make lint": ("run", f"{THIS}::test_make_lint_and_the_cli_commands_of_the_readme"),
+    "make fuzz-http": ("not run", "five minutes of fuzzing: its own target; make test runs a fixed seed for 6 s"),
+    "make fuzz": ("not run", "ten minutes of fuzzing: its own target; make test runs the fuzzer for 60 s"),
+    "make mutations": ("not run", "minutes: it runs the suite's tests once per mutation; run before a change lands"),
+    "make sdk": ("run", "tests/test_sdk.py::test_openapi_generator_python_sdk"),  # scripts/sdk.py, as make sdk
+    "make bench": ("not run", "six minutes of load: its own target, loopback only"),
+    ".venv/bin/k6 run": ("not run", "needs k6 (make bench installs it) and minutes; make bench runs this script"),
+    ".venv/bin/python -m swagger_server db upgrade": (
+        "run",
+        f"{THIS}::test_make_lint_and_the_cli_commands_of_the_readme",
+    ),
+    ".venv/bin/python -m swagger_server db seed": ("run", f"{THIS}::test_make_lint_and_the_cli_commands_of_the_readme"),
+    ".venv/bin/python -m swagger_server check-config": (
+        "run",
+        f"{THIS}::test_make_lint_and_the_cli_commands_of_the_readme",
+    ),
+    ".venv/bin/python -m swagger_server serve": ("run", f"{THIS}::test_serve_logs_one_line_per_request"),
+    # The curl examples (README, docs/CONDITIONAL_REQUESTS.md): whole blocks, run by bash.
+    "ETAG=$(curl": ("run", f"{THIS}::test_the_curl_examples_run_as_typed"),
+    "curl ": ("run", f"{THIS}::test_the_curl_examples_run_as_typed"),
+    "for price in": ("run", f"{THIS}::test_the_curl_examples_run_as_typed"),
+    "done": ("run", f"{THIS}::test_the_curl_examples_run_as_typed"),
+    "-H ": ("run", f"{THIS}::test_the_curl_examples_run_as_typed"),  # a continued curl line
+}
+
+
+def blocks(language: str) -> list[tuple[Path, int, str]]:
+    """(file, line, body) of every fenced block in `language` in the docs."""
+    found = []
+    for path in DOCS:
+        text = path.read_text()
+        for match in re.finditer(rf"```{language}\n(.*?)```", text, re.S):
+            found.append((path, text[: match.start()].count("\n") + 1, match.group(1)))
+    return found
+
+
+def command_lines(body: str) -> list[str]:
+    """The commands of a shell block: lines without their comments, continuations included."""
+    lines = []
+    for line in body.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = re.sub(r"\s+#\s.*$", "", line)
+        lines.append(line.rstrip("\\").strip())
+    return lines
+
+
+def _entry(line: str) -> str | None:
+    matches = [prefix for prefix in COMMANDS if line.startswith(prefix)]
+    # The longest prefix wins ("make fuzz-http" over "make fuzz").
+    return max(matches, key=len) if matches else None
+
+
+def test_every_shell_command_in_the_docs_is_run_or_excused():
+    seen = 0
+    for path, line_no, body in blocks("sh") + blocks("bash"):
+        for line in command_lines(body):
+            seen += 1
+            entry = _entry(line)
+            assert entry is not None, f"{path.name}:{line_no}: `{line}` is neither run by a test nor excused in {THIS}"
+    assert seen >= 15  # the observer sees the docs' commands (README's alone have more)
+    ids = {target for kind, target in COMMANDS.values() if kind == "run"}
+    for target in ids:
+        file, _, name = target.partition("::")
+        assert f"def {name}(" in (ROOT / file).read_text(), f"{target} does not exist"
+    for kind, why in COMMANDS.values():
+        assert kind in ("run", "not run") and why
+
+
+def test_the_observer_would_see_an_unexcused_command():
+    assert _entry("make deploy-everywhere") is None
+    assert _entry("make fuzz-http") == "make fuzz-http" and _entry("make fuzz") == "make fuzz"
+
+
+def test_every_python_snippet_in_the_docs_compiles():
+    snippets = blocks("python")
+    assert len(snippets) >= 4  # ADDING_AN_ENDPOINT's three and the README's SDK example
+    for path, line_no, body in snippets:
+        try:
+            ast.parse(body, filename=f"{path.name}:{line_no}")
+        except SyntaxError as exc:
+            raise AssertionError(f"{path.name}:{line_no}: {exc}") from None
+
+
+def _cli(*args, env, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), "-m", "swagger_server", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def scratch_database(pg_server):
+    """An empty database of its own (the commands create tables and rows in it)."""
+    name = f"docs_{os.getpid()}_{time.monotonic_ns()}"
+    admin = psycopg2.connect(pg_server.url())
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield pg_server.url(name)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "API_", "WEB_", "CORS_", "APP_"))}
+    env.update({"APP_CONFIG": EMPTY, "API_TOKENS": TOKEN, **extra})
+    return env
+
+
+def test_make_lint_and_the_cli_commands_of_the_readme(scratch_database):
+    lint = subprocess.run(["make", "lint"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    env = _env(DATABASE_URL=scratch_database)
+    upgraded = _cli("db", "upgrade", env=env)
+    assert upgraded.returncode == 0 and "schema up to date" in upgraded.stdout, upgraded.stderr
+    # `db seed --customers N`: the other sizes scale with it (not 100 000 orders for 100 customers).
+    seeded = _cli("db", "seed", "--customers", "50", "--quiet", env=env)
+    assert seeded.returncode == 0, seeded.stderr
+    conn = admin_connect(scratch_database)
+    try:
+        counts = query(
+            conn,
+            "SELECT (SELECT count(*) FROM customers), (SELECT count(*) FROM products), (SELECT count(*) FROM orders)",
+        )[0]
+    finally:
+        conn.close()
+    assert counts == (50, 10, 500), counts
+    assert seeded.stdout.startswith("seeded 50 customers"), seeded.stdout
+    config = _cli("check-config", env=env)
+    assert config.returncode == 0, config.stderr
+    assert "[POOL] timeout = 5.0   # default" in config.stdout and "# the database used:" in config.stdout
+
+
+def test_serve_logs_one_line_per_request(database_url):
+    """`python -m swagger_server serve`: one access line per request (uvicorn's own is off)."""
+    port = free_port()
+    serve = subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "python"), "-m", "swagger_server", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=_env(DATABASE_URL=database_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/api/health"), timeout=20, message="serve to answer")
+        marker = f"/api/products/{time.monotonic_ns() % 1000 + 1}"
+        assert requests.get(f"http://127.0.0.1:{port}{marker}", timeout=5).status_code in (200, 404)
+        time.sleep(0.3)  # the access log is written by a thread every 20 ms
+    finally:
+        serve.send_signal(signal.SIGINT)
+        output, _ = serve.communicate(timeout=20)
+    lines = [line for line in output.splitlines() if marker in line]
+    assert len(lines) == 1, output[-3000:]  # ours, and not uvicorn's "GET ... HTTP/1.1" 200 too
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_the_curl_examples_run_as_typed(database_url, store, tmp_path):
+    """Every sh block with a curl, run by bash against real gunicorn: only the host and port are this
+    server's, and the demo token file is where `make run` writes it."""
+    scripts = [(p, n, body) for p, n, body in blocks("sh") if "curl " in body]
+    assert len(scripts) >= 2
+    (tmp_path / ".data").mkdir()
+    (tmp_path / ".data" / "demo-token").write_text(TOKEN)
+    live = Gunicorn(database_url)
+    try:
+        for path, line_no, body in scripts:
+            query(store, "UPDATE products SET price_cents = 1000 WHERE id = 3")
+            script = body.replace("localhost:8080", f"127.0.0.1:{live.port}")
+            assert script != body
+            result = subprocess.run(
+                ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=30
+            )
+            assert result.returncode == 0, f"{path.name}:{line_no}: {result.stderr}"
+            statuses = re.findall(r"^HTTP/1.1 (\d{3})", result.stdout, re.M)
+            assert statuses[:2] in (["304", "200"], ["200", "304"]), f"{path.name}:{line_no}: {result.stdout}"
+            assert query(store, "SELECT price_cents FROM products WHERE id = 3")[0][0] != 1000
+    finally:
+        live.stop()
+
+
+def test_make_run_with_your_own_database_changes_nothing_unless_asked(scratch_database, tmp_path):
+    """`make run` with DATABASE_URL: no schema, no demo data unless SETUP_DB=1; each note said once
+    per start; gunicorn's control socket in its run directory, not in the user's home."""
+    home = tmp_path / "home"
+    home.mkdir()
+    port = free_port()
+    env = _env(
+        DATABASE_URL=scratch_database,
+        PORT=str(port),
+        HOME=str(home),
+        WEB_CONCURRENCY="2",
+        DB_POOL_TIMOUT="3",  # a typo: a note ("not a setting ... did you mean DB_POOL_TIMEOUT?")
+        DB_POOL_MIN_CONNECTIONS="0",
+    )
+    run = subprocess.Popen(
+        ["make", "run"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    output = ""
+    try:
+        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/api/health"), timeout=60, message="make run to serve")
+        conn = admin_connect(scratch_database)
+        try:
+            tables = query(conn, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
+        finally:
+            conn.close()
+        assert tables == [(0,)]  # nothing applied to the user's database
+        sockets = list(Path(tempfile.gettempdir()).glob("store-api-run-*/gunicorn.ctl"))
+        assert sockets, "no control socket in a run directory"
+        assert not (home / ".gunicorn").exists()
+    finally:
+        run.send_signal(signal.SIGTERM)
+        output, _ = run.communicate(timeout=60)
+    assert output.count("did you mean DB_POOL_TIMEOUT?") == 1, output[-4000:]
+    assert "no schema applied, no demo data (SETUP_DB=1 make run does both)" in output
+
+
+def test_the_specs_description_says_what_the_security_applied_does(database_url, store):
+    """info.description names what is public; the operations that answer without a token are
+    exactly those (and every other operation is 401 without one)."""
+    spec = yaml.safe_load((ROOT / "swagger" / "swagger.yaml").read_text())
+    description = spec["info"]["description"]
+    sentence = re.search(r"([A-Z][^.]*) are public; everything else needs a bearer token", description)
+    assert sentence, description
+    named = {word.lower() for word in re.split(r",\s*|\s+and\s+", sentence.group(1))}
+    # What each word of the description means, in the spec's own terms.
+    meaning = {
+        "products": {
+            (m, p) for p, item in spec["paths"].items() for m in item if p.startswith("/products") and m == "get"
+        },
+        "liveness": {("get", "/health")},
+        "readiness": {("get", "/health/ready")},
+    }
+    assert named <= set(meaning), named
+    described = set().union(*(meaning[word] for word in named))
+    app = create_app(make_settings(database_url))
+    public = set()
+    with app.test_client() as client:
+        for path, item in spec["paths"].items():
+            for method in item:
+                if method not in ("get", "post", "patch", "delete"):
+                    continue
+                url = "/api" + re.sub(r"\{[^}]+\}", "1", path)
+                response = client.request(method.upper(), url, json={} if method in ("post", "patch") else None)
+                if response.status_code != 401:
+                    public.add((method, path))
+                declared_public = not item[method].get("security", spec.get("security"))
+                assert declared_public == ((method, path) in public), (method, path, response.status_code)
+    assert public == described, (public, described)
