@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help run test lint mutations fuzz fuzz-http sdk bench bench-conditional bench-compare bench-replica bench-pgbouncer clean
+.PHONY: help run test lint mutations deps-latest fuzz fuzz-http sdk bench bench-conditional bench-compare bench-replica bench-pgbouncer clean
 .DEFAULT_GOAL := help
 
 # `make` alone lists the targets: each is the line starting with "## name:" above its rule.
@@ -54,6 +54,12 @@ lint: $(VENV)/.installed-dev
 ## mutations: break each guarantee in a scratch copy; fail if its test still passes (about 3 minutes)
 mutations: $(VENV)/.installed-dev
 	$(PY) tests/mutations.py
+
+# The upgrade canary: the suite on the newest releases of the frameworks the patches rely on that the
+# pins' major versions allow, in a scratch venv (.venv-latest); see scripts/deps_latest.py.
+## deps-latest: the suite on the newest allowed Connexion, Flask, Starlette, uvicorn, gunicorn (scratch venv)
+deps-latest: tools/node_modules/.installed $(DEPLOY_VENV)/.installed
+	$(PYTHON) scripts/deps_latest.py $(PYTEST_ARGS)
 
 # The contract fuzzer for FUZZ_SECONDS (600) with a random seed (printed; CONTRACT_SEED=N repeats one).
 FUZZ_SECONDS ?= 600

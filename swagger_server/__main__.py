@@ -18,6 +18,7 @@ from swagger_server.config import (
     log_notes,
     names_a_server,
 )
+from swagger_server.text import first_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,11 +60,15 @@ def main(argv: list[str] | None = None) -> int:
             import uvicorn
 
             from swagger_server import create_app
+            from swagger_server.app import SpecError
 
+            try:
+                app = create_app(settings)
+            except SpecError as exc:
+                print(f"spec error: {exc}", file=sys.stderr)  # one line, as gunicorn says it
+                return 2
             # access_log=False: the app writes one line per request itself (uvicorn's would be a second).
-            uvicorn.run(
-                create_app(settings), host="127.0.0.1", port=args.port or settings.server.port, access_log=False
-            )
+            uvicorn.run(app, host="127.0.0.1", port=args.port or settings.server.port, access_log=False)
             return 0
         if args.action == "upgrade":
             from swagger_server.db.migrate import upgrade
@@ -86,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     except psycopg2.OperationalError as exc:
         named = "the embedded server of `make run`" if embedded else (names_a_server(env) or "the defaults")
         print(
-            f"cannot reach the database at {settings.database.safe_dsn()} (named by {named}): "
-            f"{str(exc).strip().splitlines()[0]}",
+            f"cannot reach the database at {settings.database.safe_dsn()} (named by {named}): {first_line(exc)}",
             file=sys.stderr,
         )
         return 1

@@ -21,8 +21,8 @@ from swagger_server.db.errors import (
     PoolError,
     PoolTimeout,
     TooManyWaiters,
-    first_line,
 )
+from swagger_server.text import first_line
 
 logger = logging.getLogger(__name__)
 

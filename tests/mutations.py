@@ -446,6 +446,62 @@ MUTATIONS = [
         "    PIPE_BUF = 1 << 30",
         ("tests/test_handlers.py::test_log_writes_are_whole_lines_of_at_most_pipe_buf_bytes",),
     ),
+    Mutation(
+        "a path Connexion does not route is never served by Flask",
+        "swagger_server/patches.py",
+        '            raise NotFound("no such resource: " + excerpt(flask.request.path, 80)) from None',
+        "            routed = None",
+        ("tests/test_request_connections.py::test_rejected_requests_take_no_connection",),
+    ),
+    Mutation(
+        "[API] retry_after reaches the pool-exhausted 503",
+        "swagger_server/errors.py",
+        'return {"Retry-After": str(max(known or 0, configured))}',
+        'return {"Retry-After": str(known or 1)}',
+        ("tests/test_request_connections.py::test_exhausted_pool_answers_503_with_retry_after_after_the_timeout",),
+    ),
+    Mutation(
+        "the admission timeout is its own setting",
+        "swagger_server/app.py",
+        "timeout=settings.api.admission_timeout,",
+        "timeout=settings.pool.timeout,",
+        ("tests/test_faults.py::test_requests_beyond_the_handler_threads_wait_boundedly_then_get_503",),
+    ),
+    Mutation(
+        "gunicorn's control socket is in its run directory, not the user's home",
+        "gunicorn.conf.py",
+        'control_socket = os.path.join(_run_dir, "gunicorn.ctl")',
+        "pass",
+        ("tests/test_docs.py::test_make_run_with_your_own_database_changes_nothing_unless_asked",),
+    ),
+    Mutation(
+        "make run leaves your own database alone unless asked",
+        "scripts/run.py",
+        'if pg is not None or env.get("SETUP_DB") == "1":',
+        "if True:",
+        ("tests/test_docs.py::test_make_run_with_your_own_database_changes_nothing_unless_asked",),
+    ),
+    Mutation(
+        "db seed sizes scale with --customers",
+        "swagger_server/__main__.py",
+        "orders = args.orders if args.orders is not None else args.customers * 10",
+        "orders = args.orders if args.orders is not None else 100_000",
+        ("tests/test_docs.py::test_make_lint_and_the_cli_commands_of_the_readme",),
+    ),
+    Mutation(
+        "serve logs one line per request",
+        "swagger_server/__main__.py",
+        "access_log=False)",
+        "access_log=True)",
+        ("tests/test_docs.py::test_serve_logs_one_line_per_request",),
+    ),
+    Mutation(
+        "each app has its own tokens",
+        "swagger_server/security.py",
+        "    return of_scope(request.scope).tokens.check(token, request.method)",
+        "    return _first.setdefault('tokens', of_scope(request.scope).tokens).check(token, request.method)\n\n\n_first: dict = {}",
+        ("tests/test_two_apps.py::test_two_apps_in_one_process_share_nothing",),
+    ),
 ]
 
 

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -124,7 +125,7 @@ def test_every_python_snippet_in_the_docs_compiles():
 
 def _cli(*args, env, timeout=120) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "python"), "-m", "swagger_server", *args],
+        [sys.executable, "-m", "swagger_server", *args],  # .venv/bin/python, under make test
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -183,7 +184,7 @@ def test_serve_logs_one_line_per_request(database_url):
     """`python -m swagger_server serve`: one access line per request (uvicorn's own is off)."""
     port = free_port()
     serve = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "python"), "-m", "swagger_server", "serve", "--port", str(port)],
+        [sys.executable, "-m", "swagger_server", "serve", "--port", str(port)],
         cwd=ROOT,
         env=_env(DATABASE_URL=database_url),
         stdout=subprocess.PIPE,

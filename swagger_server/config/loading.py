@@ -28,6 +28,7 @@ from swagger_server.config.settings import (
     ServerSettings,
     Settings,
 )
+from swagger_server.text import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         try:
             parser.read(path, encoding="utf-8")
         except configparser.Error as exc:
-            raise ConfigError(f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
+            raise ConfigError(f"{path}: cannot parse: {first_line(exc)}") from None
         source = str(path)
     elif explicit:
         raise ConfigError(f"APP_CONFIG={path} (environment): file not found")

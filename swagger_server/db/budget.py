@@ -13,6 +13,8 @@ import psycopg2
 
 from swagger_server.config import Settings
 from swagger_server.db.database import APP_PREFIX, host_label, pool_class
+from swagger_server.db.queries import like_escape
+from swagger_server.text import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ _QUERY = """
 
 
 def _like_prefix(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return like_escape(text) + "%"
 
 
 # What PostgreSQL says when it refuses a connection for want of a slot: the budget is then zero,
@@ -107,7 +109,7 @@ def measure(settings: Settings, server: str = "primary") -> Budget:
     except psycopg2.OperationalError as exc:
         if any(phrase in str(exc) for phrase in _NO_SLOT):
             needed = settings.server.workers * effective_pool_size(settings, server)
-            return Budget(needed, 0, 0, 0, 0, None, None, server=server, refused=str(exc).strip().splitlines()[0])
+            return Budget(needed, 0, 0, 0, 0, None, None, server=server, refused=first_line(exc))
         raise
     try:
         with conn.cursor() as cur:
@@ -194,7 +196,7 @@ def _check(settings: Settings, server: str, log: logging.Logger) -> Budget | Non
         log.warning(
             "connection budget not checked: cannot reach %s: %s",
             where,
-            str(exc).strip().splitlines()[0] if str(exc).strip() else exc,
+            first_line(exc),
         )
         return None
     if budget.fits:

@@ -17,7 +17,8 @@ import psycopg2
 from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
 
 from swagger_server.db.connection import Connection, connect
-from swagger_server.db.errors import DatabaseUnavailable, PoolClosed, first_line
+from swagger_server.db.errors import DatabaseUnavailable, PoolClosed
+from swagger_server.text import first_line
 
 if TYPE_CHECKING:
     from swagger_server.db.pool import ConnectionPool

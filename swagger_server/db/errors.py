@@ -35,9 +35,3 @@ class PoolClosed(PoolError):
 
 class PoolUsedAcrossFork(RuntimeError):
     """A pool made in one process was used in another: libpq sockets must not cross a fork."""
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception's message as one line (libpq's run to several), or its type's name when empty."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

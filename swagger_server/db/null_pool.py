@@ -14,8 +14,9 @@ import psycopg2
 
 from swagger_server.config import PoolSettings
 from swagger_server.db.connection import Connection, connect, install_wait_callback
-from swagger_server.db.errors import DatabaseUnavailable, PoolClosed, first_line
+from swagger_server.db.errors import DatabaseUnavailable, PoolClosed
 from swagger_server.db.pool_types import COUNTERS, PoolStats, PoolVerbs, empty_stats
+from swagger_server.text import first_line
 
 
 class NullPool(PoolVerbs):

@@ -29,6 +29,7 @@ import psycopg2.errors
 from swagger_server.config import Settings
 from swagger_server.db.errors import PoolError, PoolTimeout, TooManyWaiters
 from swagger_server.db.pool import ConnectionPool
+from swagger_server.text import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +161,8 @@ class Replica:
             if isinstance(exc, (PoolTimeout, TooManyWaiters)):
                 return
             self.failed_at = time.monotonic()
-            self.last_error = _first_line(exc)
-        logger.warning("replica %s failed a read, retried on the primary: %s", self.safe_dsn, _first_line(exc))
+            self.last_error = first_line(exc)
+        logger.warning("replica %s failed a read, retried on the primary: %s", self.safe_dsn, first_line(exc))
 
     # -- the monitor ---------------------------------------------------------------------------------
     def check(self) -> None:
@@ -186,10 +187,10 @@ class Replica:
         with self._lock:
             was_up = self.failed_at is None or (self.checked_at or 0) > self.failed_at
             self.failed_at = time.monotonic()
-            self.last_error = _first_line(exc)
+            self.last_error = first_line(exc)
             self._counters["lag_check_errors"] += 1
         if was_up:
-            logger.warning("replica %s: lag check failed, reads go to the primary: %s", self.safe_dsn, _first_line(exc))
+            logger.warning("replica %s: lag check failed, reads go to the primary: %s", self.safe_dsn, first_line(exc))
 
     def _monitor(self) -> None:
         while not self._stop.is_set():
@@ -222,8 +223,3 @@ class Replica:
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=min(timeout, self.interval + self.pool.timeout))
         self.pool.close(timeout=timeout)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from swagger_server.db.queries import like_escape
+
 
 def get_customer(conn, customer_id: int) -> dict | None:
     with conn.cursor() as cur:
@@ -19,9 +21,7 @@ def lock_customer(conn, customer_id: int) -> bool:
 
 def list_customers(conn, limit: int, after: int | None = None, search: str | None = None) -> list[dict]:
     """Up to `limit` customers with id > `after`, by id; `search` matches name or email, case-insensitive."""
-    pattern = (
-        None if search is None else "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    )
+    pattern = None if search is None else "%" + like_escape(search) + "%"
     with conn.cursor() as cur:
         cur.execute(
             "SELECT id, name, email, created_at, version FROM customers"
