@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -244,6 +243,7 @@ def test_make_run_with_your_own_database_changes_nothing_unless_asked(scratch_da
         DATABASE_URL=scratch_database,
         PORT=str(port),
         HOME=str(home),
+        STORE_API_RUN_DIR=str(tmp_path / "run"),
         WEB_CONCURRENCY="2",
         DB_POOL_TIMOUT="3",  # a typo: a note ("not a setting ... did you mean DB_POOL_TIMEOUT?")
         DB_POOL_MIN_CONNECTIONS="0",
@@ -260,8 +260,8 @@ def test_make_run_with_your_own_database_changes_nothing_unless_asked(scratch_da
         finally:
             conn.close()
         assert tables == [(0,)]  # nothing applied to the user's database
-        sockets = list(Path(tempfile.gettempdir()).glob("store-api-run-*/gunicorn.ctl"))
-        assert sockets, "no control socket in a run directory"
+        assert (tmp_path / "run" / "gunicorn.ctl").is_socket(), "no control socket in the run directory"
+        assert (tmp_path / "run" / "metrics").is_dir()
         assert not (home / ".gunicorn").exists()
     finally:
         run.send_signal(signal.SIGTERM)
