@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help run test lint mutations deps-latest fuzz fuzz-http sdk bench bench-conditional bench-compare bench-replica bench-pgbouncer clean
+.PHONY: help run test lint mutations deps-latest fuzz fuzz-http sdk bench bench-conditional bench-tracing bench-compare bench-replica bench-pgbouncer clean
 .DEFAULT_GOAL := help
 
 # `make` alone lists the targets: each is the line starting with "## name:" above its rule.
@@ -86,6 +86,10 @@ bench: $(VENV)/.installed-bench
 ## bench-conditional: a 304 re-read against a 200 (worker CPU per request), loopback only (about a minute)
 bench-conditional: $(VENV)/.installed-bench
 	$(PY) bench/conditional.py
+
+## bench-tracing: tracing off, on at 100 % and at 10 % sampling (worker CPU per request), loopback only (about two minutes)
+bench-tracing: $(VENV)/.installed-bench
+	$(PY) bench/tracing.py
 
 # This tree against an earlier commit (REF), alternating on one database; about 2 minutes per pair.
 REF ?= HEAD~1

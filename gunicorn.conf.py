@@ -39,6 +39,13 @@ except ConfigError as exc:
     # One clear line, not a traceback, and a non-zero exit before any worker starts.
     print(f"configuration error: {exc}", file=sys.stderr)
     sys.exit(2)
+try:  # OTEL_TRACES_EXPORTER names an exporter this service has (observability/tracing.py)
+    from swagger_server.observability.tracing import TracingError, exporter_name
+
+    exporter_name(os.environ)
+except TracingError as exc:
+    print(f"configuration error: {exc}", file=sys.stderr)
+    sys.exit(2)
 # Once per start, here in the master (the workers inherit the settings and say nothing).
 log_notes(_settings, say=lambda note: print(f"note: {note}", file=sys.stderr, flush=True))
 

@@ -57,7 +57,9 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         routes=errors.Routes(spec["paths"], "/api"),
         limits=HeadLimits.of(settings.api),
         validators=validation.validator_map(),
+        tracing=observability.Tracing(),
     )
+    scope.tracing = state.tracing
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -69,6 +71,7 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         yield
         lag.stop()
         state.sampler.stop()
+        state.tracing.shutdown()
         state.handlers.stop()
         observability.flush_access_log()
         # Runs after the server has stopped taking requests and in-flight ones have finished

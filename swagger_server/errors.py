@@ -188,11 +188,21 @@ class Routes:
 
     def __init__(self, spec_paths: dict, base_path: str):
         self._routes: list[tuple[re.Pattern, tuple[str, ...]]] = []
+        # operationId -> its path template (a span's name is the template, never the raw path)
+        self._templates = {
+            operation["operationId"]: base_path + template
+            for template, item in spec_paths.items()
+            for operation in item.values()
+            if isinstance(operation, dict) and "operationId" in operation
+        }
         for template, item in spec_paths.items():
             pattern = re.escape(base_path + template)
             pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", pattern)
             methods = sorted(m.upper() for m in item if m in ("get", "put", "post", "patch", "delete"))
             self._routes.append((re.compile(f"^{pattern}$"), tuple(methods)))
+
+    def template(self, operation_id: str) -> str | None:
+        return self._templates.get(operation_id)
 
     def allowed_methods(self, path: str) -> tuple[str, ...]:
         for pattern, methods in self._routes:

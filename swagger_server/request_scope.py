@@ -51,6 +51,7 @@ class RequestScope:
         self.database = database
         # Called after each checkout with the pool's name and the seconds waited (metrics, access log).
         self.on_checkout: Callable[[str, float], None] | None = None
+        self.tracing = None  # the app's Tracing: a span for the wait, and the connection traces statements
 
     def init_app(self, flask_app) -> None:
         flask_app.extensions["db"] = self.database
@@ -66,6 +67,16 @@ class RequestScope:
         db = request_db()
         if db.conn is not None:
             return db.conn
+        tracer = self.tracing.tracer() if self.tracing is not None else None
+        if tracer is None:
+            return self._checkout(db)
+        with tracer.start_as_current_span("db.client.connection.wait") as span:
+            conn = self._checkout(db)
+            span.set_attribute("db.client.connection.pool.name", db.role)
+        conn.tracer = tracer
+        return conn
+
+    def _checkout(self, db: RequestDb) -> Connection:
         start = time.perf_counter()
         if db.read_only:
             conn = self._replica_conn(db.min_lsn)
@@ -102,6 +113,7 @@ class RequestScope:
             return
         conn, role = db.conn, db.role
         db.conn, db.role = None, "primary"
+        conn.tracer = None  # statements outside a request (the lag monitor's) are not traced
         pool = self.database.replica.pool if role == "replica" else self.database.pool
         pool.putconn(conn)
 

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from swagger_server.gate import HeadLimits
     from swagger_server.handlers import HandlerThreads
     from swagger_server.observability import Metrics, ProcessSampler
+    from swagger_server.observability.tracing import Tracing
     from swagger_server.security import Tokens
 
 EXTENSION = "store_api"
@@ -29,6 +30,7 @@ class AppState:
     routes: Routes  # path templates -> methods, for the Allow header of a 405
     limits: HeadLimits  # the HTTP layer's head limits (swagger_server/server.py)
     validators: dict[str, Any]  # Connexion's validator_map, with this app's validator caches
+    tracing: Tracing  # OpenTelemetry, from the OTEL_* variables (off by default)
     handlers: HandlerThreads | None = None
 
 

@@ -502,6 +502,27 @@ MUTATIONS = [
         "    return _first.setdefault('tokens', of_scope(request.scope).tokens).check(token, request.method)\n\n\n_first: dict = {}",
         ("tests/test_two_apps.py::test_two_apps_in_one_process_share_nothing",),
     ),
+    Mutation(
+        "nginx passes the trace context on",
+        "deploy/nginx/store-api.conf",
+        "proxy_set_header traceparent $http_traceparent;",
+        'proxy_set_header traceparent "";',
+        ("tests/test_nginx.py::test_the_trace_context_passes_through_and_nginx_logs_it",),
+    ),
+    Mutation(
+        "a request's server span continues the caller's trace",
+        "swagger_server/observability/tracing.py",
+        '    parent = propagate.extract(scope.get("headers", []), getter=HEADERS)',
+        "    parent = None",
+        ("tests/test_tracing.py::test_a_request_with_a_traceparent_continues_the_callers_trace",),
+    ),
+    Mutation(
+        "statements are spans without their parameters' values",
+        "swagger_server/db/connection.py",
+        "text = query.as_string(conn) if isinstance(query, sql.Composable) else str(query)",
+        "text = cursor.mogrify(query, vars).decode()",
+        ("tests/test_tracing.py::test_a_request_with_a_traceparent_continues_the_callers_trace",),
+    ),
 ]
 
 

@@ -54,6 +54,10 @@ COMMANDS = {
         f"{THIS}::test_make_lint_and_the_cli_commands_of_the_readme",
     ),
     ".venv/bin/python -m swagger_server serve": ("run", f"{THIS}::test_serve_logs_one_line_per_request"),
+    "OTEL_TRACES_EXPORTER=otlp": (
+        "not run",
+        "needs a collector at the address it names; tests/test_tracing.py runs the same variables against a receiver",
+    ),
     # The curl examples (README, docs/CONDITIONAL_REQUESTS.md): whole blocks, run by bash.
     "ETAG=$(curl": ("run", f"{THIS}::test_the_curl_examples_run_as_typed"),
     "curl ": ("run", f"{THIS}::test_the_curl_examples_run_as_typed"),

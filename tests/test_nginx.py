@@ -112,7 +112,8 @@ http {{
 def stack(database_url, tmp_path_factory):
     if NGINX is None:
         pytest.skip("nginx is not installed (apt-get install nginx; .ci/run installs it)")
-    api = Gunicorn(database_url, WEB_CONCURRENCY=2)
+    # Tracing on (console): the API's spans show the trace context nginx passed on.
+    api = Gunicorn(database_url, WEB_CONCURRENCY=2, OTEL_TRACES_EXPORTER="console", OTEL_BSP_SCHEDULE_DELAY="50")
     proxy = Nginx(tmp_path_factory.mktemp("nginx"), api.port)
     yield proxy, api
     proxy.stop()
@@ -148,6 +149,34 @@ def test_traffic_passes_with_the_clients_request_id_and_address(stack, store):
     generated = requests.get(f"{proxy.base}/api/health", timeout=10).headers["X-Request-ID"]
     assert len(generated) == 32
     wait_until(lambda: [e for e in api_lines(api) if e["request_id"] == generated], message="the generated id")
+
+
+def test_the_trace_context_passes_through_and_nginx_logs_it(stack, store):
+    """A traceparent and tracestate sent to nginx reach the API, which continues that trace (its
+    server span's parent is the caller's span, its trace state the caller's); nginx logs it too."""
+    proxy, api = stack
+    trace, parent = "6bf92f3577b34da6a3ce929d0e0e4738", "00f067aa0ba902b8"
+    traceparent = f"00-{trace}-{parent}-01"
+    response = requests.get(
+        f"{proxy.base}/api/customers/1",
+        headers={**AUTH, "traceparent": traceparent, "tracestate": "congo=t61rcWkgMzE"},
+        timeout=10,
+    )
+    assert response.status_code == 200
+    request_id = response.headers["X-Request-ID"]
+    (line,) = wait_until(lambda: [e for e in api_lines(api) if e["request_id"] == request_id], message="the line")
+    assert line["trace_id"] == trace
+    spans = wait_until(
+        lambda: [
+            span
+            for span in (json.loads(x) for x in api.stdout().splitlines() if x.startswith('{"name"'))
+            if span["context"]["trace_id"] == f"0x{trace}" and span["kind"] == "SpanKind.SERVER"
+        ],
+        timeout=10,
+        message="the API's server span",
+    )
+    assert spans[0]["parent_id"] == f"0x{parent}" and "congo" in spans[0]["context"]["trace_state"]
+    assert any(e["request_id"] == request_id and e["traceparent"] == traceparent for e in proxy.log())
 
 
 def test_a_body_over_the_limit_is_refused_by_the_proxy(stack):

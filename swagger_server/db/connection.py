@@ -64,10 +64,15 @@ class Cursor(ext.cursor):
     and returns rows as dicts."""
 
     def execute(self, query, vars=None):
+        if self.connection.tracer is not None:
+            return _traced(self, self.connection, query, vars)
+        return self._execute(query, vars)
+
+    def _execute(self, query, vars=None):
         prefix = self.connection.timeout_prefix
         if prefix and self.connection.get_transaction_status() == _IDLE:
             query = (sql.SQL(prefix) + query) if isinstance(query, sql.Composable) else prefix + query
-        return super().execute(query, vars)
+        return ext.cursor.execute(self, query, vars)
 
     def one(self) -> dict | None:
         """The next row as a dict, or None."""
@@ -111,6 +116,28 @@ class Connection(ext.connection):
         self.backend_pid = self.info.backend_pid
         self.track_lsn = False  # set per checkout: fetch the WAL position with each COMMIT
         self.commit_lsn: str | None = None
+        # Set per checkout when tracing is on: each statement is then a span (observability/tracing.py).
+        self.tracer = None
+        info = self.info
+        self.peer = {"db.namespace": info.dbname, "server.address": info.host, "server.port": info.port}
+
+
+def _traced(cursor: Cursor, conn: Connection, query, vars):
+    """One statement as a CLIENT span: its text with the placeholders (never a value), its operation,
+    the database and server; a failure records the exception and its SQLSTATE."""
+    from opentelemetry.trace import SpanKind
+
+    text = query.as_string(conn) if isinstance(query, sql.Composable) else str(query)
+    operation = text.lstrip().split(None, 1)[0].upper() if text.strip() else ""
+    attributes = {"db.system.name": "postgresql", "db.operation.name": operation, "db.query.text": text, **conn.peer}
+    name = f"{operation} {conn.peer['db.namespace']}"
+    with conn.tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes) as span:
+        try:
+            return cursor._execute(query, vars)
+        except psycopg2.Error as exc:
+            span.set_attribute("db.response.status_code", exc.pgcode or "")
+            span.set_attribute("error.type", type(exc).__name__)
+            raise
 
 
 def connect(dsn: str, *, connect_timeout: float, io_timeout: float | None, statement_timeout_ms: int) -> Connection:

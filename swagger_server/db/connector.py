@@ -109,12 +109,14 @@ class Connectors:
         if pool._closed:
             raise PoolClosed(f"pool {pool.name!r} is closed")
         settings = pool.settings
+        began = time.monotonic()
         conn = connect(
             pool.dsn,
             connect_timeout=pool.connect_timeout,
             io_timeout=settings.io_timeout(),
             statement_timeout_ms=settings.statement_timeout_ms,
         )
+        pool._timed("create", time.monotonic() - began)
         # Jitter, so connections made together do not all expire (or idle out) together.
         conn.expires_at = conn.created_at + settings.max_lifetime * random.uniform(0.9, 1.0)
         conn.max_idle = settings.max_idle * random.uniform(0.9, 1.0)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from collections import deque
 
 import psycopg2
 
 from swagger_server.config import PoolSettings
 from swagger_server.db.connection import Connection, connect, install_wait_callback
 from swagger_server.db.errors import DatabaseUnavailable, PoolClosed
-from swagger_server.db.pool_types import COUNTERS, PoolStats, PoolVerbs, empty_stats
+from swagger_server.db.pool_types import COUNTERS, TIMINGS_KEPT, PoolStats, PoolVerbs, empty_stats
 from swagger_server.text import first_line
 
 
@@ -36,12 +38,14 @@ class NullPool(PoolVerbs):
         self._lock = threading.Lock()
         self._in_use = 0
         self._counters = dict.fromkeys(COUNTERS, 0)
+        self._timings = deque(maxlen=TIMINGS_KEPT)
         install_wait_callback()
 
     def getconn(self, timeout: float | None = None) -> Connection:
         if self._closed:
             raise PoolClosed(f"pool {self.name!r} is closed")
         self._count("requests")
+        began = time.monotonic()
         try:
             conn = connect(
                 self.dsn,
@@ -54,6 +58,7 @@ class NullPool(PoolVerbs):
             self._count("unavailable")
             raise DatabaseUnavailable(f"database unavailable: {first_line(exc)}") from None
         self._count("connections_opened")
+        self._timed("create", time.monotonic() - began)
         with self._lock:
             self._in_use += 1
         return conn

@@ -37,7 +37,7 @@ from swagger_server.db.errors import (
     TooManyWaiters,
 )
 from swagger_server.db.maintenance import Maintenance
-from swagger_server.db.pool_types import COUNTERS, PoolStats, PoolVerbs, empty_stats
+from swagger_server.db.pool_types import COUNTERS, TIMINGS_KEPT, PoolStats, PoolVerbs, empty_stats
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +55,9 @@ def keep_inherited(pool: ConnectionPool) -> None:
 
 
 class ConnectionPool(PoolVerbs):
-    """A bounded, thread-safe pool of `Connection`s for one process.
-
-    `getconn()` waits up to `settings.timeout`; `putconn()` resets and returns; `close()` is idempotent.
-    The pool remembers the pid that created it and refuses to be used from another process.
-    """
+    """A bounded, thread-safe pool of `Connection`s for one process. `getconn()` waits up to
+    `settings.timeout`; `putconn()` resets and returns; `close()` is idempotent. It refuses to be
+    used from a process other than the one that made it."""
 
     holds_connections = True  # counted by the start-up budget check
 
@@ -96,6 +94,7 @@ class ConnectionPool(PoolVerbs):
         self._down_since: float | None = None
         self._count_lock = threading.Lock()
         self._counters = dict.fromkeys(COUNTERS, 0)
+        self._timings = deque(maxlen=TIMINGS_KEPT)
 
         self._connectors = Connectors(self, connector_threads)
         self._maintenance = Maintenance(self)
@@ -157,6 +156,7 @@ class ConnectionPool(PoolVerbs):
             logger.error("pool %r: putconn of a connection it did not hand out (or returned twice)", self.name)
             return
         now = time.monotonic()
+        self._timed("use", now - checkout.since)
         if checkout.warned:
             logger.warning(
                 "pool %r: connection (backend %s) came back after %.1f s",

@@ -5,6 +5,7 @@ above the database layer needs to know which one it holds."""
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import Iterator
 from typing import Protocol, TypedDict, runtime_checkable
 
@@ -29,6 +30,7 @@ COUNTERS = (
     "leaks",
 )
 EVENTS = tuple(name for name in COUNTERS if name not in ("requests", "wait_ms"))
+TIMINGS_KEPT = 10_000  # between two metric syncs (one a second), per pool
 
 
 class PoolStats(TypedDict):
@@ -107,9 +109,21 @@ class Pool(Protocol):
 
     def wait_ready(self, timeout: float = 10.0) -> None: ...
 
+    def drain_timings(self) -> list[tuple[str, float]]: ...
+
 
 class PoolVerbs:
-    """What every pool offers on top of its own `getconn` and `putconn`."""
+    """What every pool offers on top of its own `getconn` and `putconn`, and its timings: how long
+    opening (`create`) and holding (`use`) connections took, kept until the metrics take them."""
+
+    _timings: deque
+
+    def _timed(self, kind: str, seconds: float) -> None:
+        self._timings.append((kind, seconds))  # a deque's append is atomic; bounded by its maxlen
+
+    def drain_timings(self) -> list[tuple[str, float]]:
+        """The timings recorded since the last call (at most TIMINGS_KEPT, the newest)."""
+        return [self._timings.popleft() for _ in range(len(self._timings))]
 
     @contextlib.contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[Connection]:

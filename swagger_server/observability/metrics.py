@@ -95,6 +95,53 @@ class Metrics:
             registry=r,
         )
 
+        # The pool under OpenTelemetry's semantic-convention names (db.client.connection.*), as
+        # Prometheus spells them: dots are underscores, seconds have their unit, counters end _total.
+        pool_name = "db_client_connection_pool_name"
+        self.otel_count = Gauge(
+            "db_client_connection_count",
+            "db.client.connection.count: connections by state (idle, used), summed over live workers.",
+            [pool_name, "db_client_connection_state"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.otel_limits = {
+            key: Gauge(
+                f"db_client_connection_{key}",
+                f"db.client.connection.{key.replace('_', '.')}: {meaning}, summed over live workers.",
+                [pool_name],
+                multiprocess_mode="livesum",
+                registry=r,
+            )
+            for key, meaning in (
+                ("idle_max", "the most idle connections allowed"),
+                ("idle_min", "the fewest idle connections kept"),
+                ("max", "the most open connections allowed"),
+                ("pending_requests", "requests waiting for a connection"),
+            )
+        }
+        self.otel_timeouts = Counter(
+            "db_client_connection_timeouts",
+            "db.client.connection.timeouts: checkouts that timed out waiting for a connection.",
+            [pool_name],
+            registry=r,
+        )
+        buckets = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+        self.otel_times = {
+            key: Histogram(
+                f"db_client_connection_{key}_time_seconds",
+                f"db.client.connection.{key}_time: {meaning}.",
+                [pool_name],
+                buckets=buckets,
+                registry=r,
+            )
+            for key, meaning in (
+                ("create", "time to open a connection"),
+                ("wait", "time a request waited for a connection"),
+                ("use", "time a connection was held, checkout to return"),
+            )
+        }
+
     def record_request(self, operation: str, method: str, status: int, seconds: float | None) -> None:
         self.requests.labels(operation, method if method in METHODS else "other", str(status)).inc()
         if seconds is not None:

@@ -15,6 +15,7 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from swagger_server.errors import excerpt, send_problem
+from swagger_server.observability import tracing
 from swagger_server.observability.logs import log_request
 from swagger_server.observability.metrics import METHODS
 
@@ -59,6 +60,11 @@ class Observability:
         start = time.perf_counter()
         request_id = _request_id(scope)
         context = {"request_id": request_id, "app": self.state}
+        tracer = self.state.tracing.tracer()
+        span = None
+        if tracer is not None:  # tracing on (observability/tracing.py): the request's SERVER span
+            span, span_token = tracing.server_span(tracer, scope, request_id)
+            context["trace_id"] = tracing.trace_id(span)
         # Shared by reference with inner layers: Connexion's router fills in the operation id, and the
         # Flask handler the pool wait (see request_context).
         scope.setdefault("extensions", {})["store_api"] = context
@@ -92,6 +98,7 @@ class Observability:
                     "pool_wait_ms": context.get("pool_wait_ms"),
                     "db": context.get("db"),
                     "pid": os.getpid(),
+                    **({"trace_id": context["trace_id"]} if "trace_id" in context else {}),
                 }
             )
 
@@ -114,6 +121,10 @@ class Observability:
             raise
         finally:
             record()
+            if span is not None:
+                routing = scope["extensions"].get("connexion_routing", {})
+                route = self.state.routes.template((routing.get("operation_id") or "").rsplit(".", 1)[-1])
+                tracing.end_server_span(span, span_token, scope["method"], route, status)
 
     async def _serve_metrics(self, scope, send):
         if self.metrics_token:
@@ -201,5 +212,6 @@ def record_pool_wait(environ, pool: str, seconds: float) -> None:
     state = context.get("app")
     if state is not None:
         state.metrics.pool_wait.labels(pool).observe(seconds)
+        state.metrics.otel_times["wait"].labels(pool).observe(seconds)
     context["pool_wait_ms"] = round(seconds * 1000, 3)
     context["db"] = pool

@@ -61,6 +61,7 @@ class PoolMetrics:
                     m.pool_connections.labels(pool.name, state).set(stats[state])
                 for event in EVENTS:
                     self._add(m.pool_events.labels(pool.name, event), (pool.name, event), stats[event])
+                self._otel(pool, stats)
             replica = db.replica
             if replica is not None:
                 state = replica.stats()
@@ -69,6 +70,23 @@ class PoolMetrics:
                 self._add(m.replica_reads.labels("replica", ""), ("replica", ""), state["replica_reads"])
                 for reason, n in state["fallbacks"].items():
                     self._add(m.replica_reads.labels("primary", reason), ("primary", reason), n)
+
+    def _otel(self, pool, stats) -> None:
+        """The same statistics under OpenTelemetry's db.client.connection.* names, and the pool's
+        timings since the last copy (opening and holding connections) into the histograms."""
+        m, name = self.metrics, pool.name
+        m.otel_count.labels(name, "idle").set(stats["idle"])
+        m.otel_count.labels(name, "used").set(stats["in_use"])
+        for key, value in (
+            ("idle_max", stats["max"]),
+            ("idle_min", stats["min"]),
+            ("max", stats["max"]),
+            ("pending_requests", stats["waiting"]),
+        ):
+            m.otel_limits[key].labels(name).set(value)
+        self._add(m.otel_timeouts.labels(name), ("otel-timeouts", name), stats["timeouts"])
+        for kind, seconds in pool.drain_timings():
+            m.otel_times[kind].labels(name).observe(seconds)
 
     def _add(self, counter, key: tuple, total: int) -> None:
         delta = total - self._last.get(key, 0)

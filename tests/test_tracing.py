@@ -1,0 +1,238 @@
+"""OpenTelemetry: spans received by a real OTLP/HTTP receiver (the protocol decoded here with the
+official protobuf definitions, not a mock of the SDK), over real gunicorn; the console exporter; the
+trace id in the access log; the pool under db.client.connection.* names in /metrics; nginx passing
+the trace context on (tests/test_nginx.py)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from harness.waiting import wait_until
+from swagger_server.db.embedded import free_port
+from tests.conftest import AUTH, query
+from tests.servers import Gunicorn, gunicorn_env, refused_start
+
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+
+
+class Receiver:
+    """An OTLP/HTTP trace receiver on 127.0.0.1: every span it is sent, decoded."""
+
+    def __init__(self):
+        self.spans: list[dict] = []
+        self.requests = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (the http.server API)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                assert self.path == "/v1/traces" and self.headers["Content-Type"] == "application/x-protobuf"
+                receiver.take(ExportTraceServiceRequest.FromString(body))
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def take(self, request: ExportTraceServiceRequest) -> None:
+        self.requests += 1
+        for resource_spans in request.resource_spans:
+            service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    self.spans.append(
+                        {
+                            "service": service,
+                            "name": span.name,
+                            "kind": span.kind,
+                            "trace_id": span.trace_id.hex(),
+                            "span_id": span.span_id.hex(),
+                            "parent": span.parent_span_id.hex(),
+                            "status": span.status.code,
+                            "attributes": {a.key: _value(a.value) for a in span.attributes},
+                            "events": [event.name for event in span.events],
+                        }
+                    )
+
+    def trace(self, trace_id: str) -> list[dict]:
+        return [span for span in self.spans if span["trace_id"] == trace_id]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def _value(value):
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else None
+
+
+SERVER, CLIENT = 2, 3  # OTLP's SpanKind numbers
+
+
+@pytest.fixture(scope="module")
+def traced(database_url):
+    receiver = Receiver()
+    server = Gunicorn(
+        database_url,
+        WEB_CONCURRENCY=1,
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        OTEL_SERVICE_NAME="store-api-test",
+        OTEL_BSP_SCHEDULE_DELAY="50",
+    )
+    yield server, receiver
+    server.stop()
+    receiver.stop()
+
+
+def test_a_request_with_a_traceparent_continues_the_callers_trace(traced, store):
+    server, receiver = traced
+    response = requests.get(
+        f"{server.base}/api/customers/1", headers={**AUTH, "traceparent": TRACEPARENT, "tracestate": "vendor=x"}
+    )
+    assert response.status_code == 200
+    spans = wait_until(
+        lambda: (s := receiver.trace(CALLER_TRACE)) and len(s) >= 3 and s, timeout=10, message="the request's spans"
+    )
+    (root,) = [s for s in spans if s["kind"] == SERVER]
+    assert root["service"] == "store-api-test"
+    assert root["parent"] == CALLER_SPAN  # the caller's span is its parent
+    assert root["name"] == "GET /api/customers/{customer_id}"  # the route template, not /api/customers/1
+    attributes = root["attributes"]
+    assert attributes["http.route"] == "/api/customers/{customer_id}" and attributes["http.response.status_code"] == 200
+    assert attributes["store_api.request_id"] == response.headers["X-Request-ID"]
+    children = [s for s in spans if s["parent"] == root["span_id"]]
+    wait_span = next(s for s in children if s["name"] == "db.client.connection.wait")
+    assert wait_span["attributes"]["db.client.connection.pool.name"] == "primary"
+    select = next(s for s in children if s["kind"] == CLIENT)
+    assert select["name"].startswith("SELECT ") and select["attributes"]["db.system.name"] == "postgresql"
+    text = select["attributes"]["db.query.text"]
+    assert "FROM customers WHERE id = %s" in text and "= 1" not in text  # the placeholder, never the value
+    # The access log line carries the trace id: logs and traces join.
+    line = wait_until(
+        lambda: [json.loads(x) for x in server.stdout().splitlines() if response.headers["X-Request-ID"] in x],
+        message="the access line",
+    )[0]
+    assert line["trace_id"] == CALLER_TRACE
+
+
+def test_a_request_without_a_traceparent_starts_a_trace(traced, store):
+    server, receiver = traced
+    response = requests.get(f"{server.base}/api/products/2")
+    assert response.status_code == 200
+    request_id = response.headers["X-Request-ID"]
+    root = wait_until(
+        lambda: [s for s in receiver.spans if s["attributes"].get("store_api.request_id") == request_id],
+        timeout=10,
+        message="the server span",
+    )[0]
+    assert root["parent"] == "" and root["trace_id"] != CALLER_TRACE and len(root["trace_id"]) == 32
+    assert wait_until(lambda: [s for s in receiver.trace(root["trace_id"]) if s["kind"] == CLIENT])
+
+
+def test_a_failing_statement_is_an_error_on_its_span(traced, store):
+    """A duplicate email: the INSERT's span records the SQLSTATE (23505) and ERROR; the request is
+    a 409 (not an error of the server span)."""
+    server, receiver = traced
+    trace = "5bf92f3577b34da6a3ce929d0e0e4737"
+    response = requests.post(
+        f"{server.base}/api/customers",
+        json={"name": "Ada again", "email": "ada@example.com"},
+        headers={**AUTH, "traceparent": f"00-{trace}-{CALLER_SPAN}-01"},
+    )
+    assert response.status_code == 409
+    spans = wait_until(lambda: (s := receiver.trace(trace)) and any(x["kind"] == SERVER for x in s) and s, timeout=10)
+    failed = [s for s in spans if s["attributes"].get("db.response.status_code") == "23505"]
+    assert failed and failed[0]["status"] == 2 and "exception" in failed[0]["events"]  # STATUS_CODE_ERROR
+    (root,) = [s for s in spans if s["kind"] == SERVER]
+    assert root["status"] != 2 and root["attributes"]["http.response.status_code"] == 409
+
+
+def test_the_pool_is_under_opentelemetrys_names_in_metrics(traced, store):
+    server, _ = traced
+    requests.get(f"{server.base}/api/customers/1", headers=AUTH)
+    time.sleep(1.2)  # the pool gauges are copied once a second
+    text = requests.get(f"{server.base}/metrics").text
+    for state in ("idle", "used"):
+        assert (
+            f'db_client_connection_count{{db_client_connection_pool_name="primary",db_client_connection_state="{state}"}}'
+            in text
+        )
+    for name in ("idle_max", "idle_min", "max", "pending_requests"):
+        assert f'db_client_connection_{name}{{db_client_connection_pool_name="primary"}}' in text, name
+    assert 'db_client_connection_timeouts_total{db_client_connection_pool_name="primary"}' in text
+    for name in ("create", "wait", "use"):
+        line = next(
+            x
+            for x in text.splitlines()
+            if x.startswith(
+                f'db_client_connection_{name}_time_seconds_count{{db_client_connection_pool_name="primary"}}'
+            )
+        )
+        assert float(line.rsplit(" ", 1)[1]) >= 1, line  # observed: connections opened, waited for, held
+
+
+def test_the_console_exporter_and_tracing_off(database_url, store):
+    """With OTEL_TRACES_EXPORTER=console the spans are JSON lines on stdout with the caller's trace id;
+    with tracing off (the default) there are none and the access line has no trace id. Both runs make
+    the same request, so the observer that finds the spans in the first would find them in the second."""
+    outputs = {}
+    for exporter in ("console", "none"):
+        server = Gunicorn(database_url, WEB_CONCURRENCY=1, OTEL_TRACES_EXPORTER=exporter, OTEL_BSP_SCHEDULE_DELAY="50")
+        try:
+            response = requests.get(f"{server.base}/api/customers/1", headers={**AUTH, "traceparent": TRACEPARENT})
+            assert response.status_code == 200
+            request_id = response.headers["X-Request-ID"]
+            wait_until(lambda s=server, r=request_id: r in s.stdout(), message="the access line")
+            if exporter == "console":
+                wait_until(lambda s=server: s.stdout().count(CALLER_TRACE) >= 4, timeout=10, message="the spans")
+        finally:
+            server.stop()  # flushes the exporter
+        outputs[exporter] = server.stdout()
+    spans = [json.loads(x) for x in outputs["console"].splitlines() if x.startswith('{"name"')]
+    mine = [s for s in spans if s["context"]["trace_id"] == f"0x{CALLER_TRACE}"]
+    (root,) = [s for s in mine if s["kind"] == "SpanKind.SERVER"]
+    assert root["parent_id"] == f"0x{CALLER_SPAN}" and root["name"] == "GET /api/customers/{customer_id}"
+    assert any(s["kind"] == "SpanKind.CLIENT" and s["parent_id"] == root["context"]["span_id"] for s in mine)
+    access = [json.loads(x) for x in outputs["console"].splitlines() if '"store_api.access"' in x]
+    assert any(line.get("trace_id") == CALLER_TRACE for line in access)
+    # Off: the same request, no span, no trace id.
+    assert '{"name"' not in outputs["none"] and CALLER_TRACE not in outputs["none"]
+    assert any('"store_api.access"' in x for x in outputs["none"].splitlines())
+
+
+def test_an_unknown_exporter_stops_start_up_with_one_line(database_url):
+    code, _, err = refused_start(gunicorn_env(database_url, free_port(), OTEL_TRACES_EXPORTER="zipkin"))
+    assert code != 0
+    assert "configuration error: OTEL_TRACES_EXPORTER (environment): expected one of otlp, console, none" in err
+
+
+def test_statements_outside_a_request_are_not_traced(traced, store):
+    """The connection forgets the tracer when the request gives it back: the pool's own statements
+    (a ping, a reset) and anything run on it later outside a request make no root spans."""
+    server, receiver = traced
+    requests.get(f"{server.base}/api/customers/1", headers=AUTH)
+    time.sleep(0.5)
+    roots = [s for s in receiver.spans if s["parent"] == "" and s["kind"] != SERVER]
+    assert roots == [], roots[:3]
+    assert query(store, "SELECT 1") == [(1,)]
