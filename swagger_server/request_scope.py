@@ -22,6 +22,7 @@ from swagger_server.db.database import Database
 from swagger_server.db.errors import PoolError
 from swagger_server.db.replica import ReplicaBehind, parse_lsn, retry_on_primary
 from swagger_server.errors import ApiError
+from swagger_server.observability.tracing import recording
 
 CONSISTENCY_HEADER = "X-Consistency-Token"
 
@@ -68,7 +69,7 @@ class RequestScope:
         if db.conn is not None:
             return db.conn
         tracer = self.tracing.tracer() if self.tracing is not None else None
-        if tracer is None:
+        if tracer is None or not recording():  # off, or this request is not sampled: no child spans
             return self._checkout(db)
         with tracer.start_as_current_span("db.client.connection.wait") as span:
             conn = self._checkout(db)

@@ -145,6 +145,13 @@ def end_server_span(span, token, method: str, route: str | None, status: int) ->
     context.detach(token)
 
 
+def recording() -> bool:
+    """Whether the current span records (this request is sampled): its children are worth making."""
+    from opentelemetry import trace
+
+    return trace.get_current_span().is_recording()
+
+
 def trace_id(span) -> str:
     """The span's trace id as 32 hex digits (what the access log carries)."""
     return format(span.get_span_context().trace_id, "032x")
