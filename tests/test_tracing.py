@@ -236,3 +236,22 @@ def test_statements_outside_a_request_are_not_traced(traced, store):
     roots = [s for s in receiver.spans if s["parent"] == "" and s["kind"] != SERVER]
     assert roots == [], roots[:3]
     assert query(store, "SELECT 1") == [(1,)]
+
+
+def test_a_caller_that_does_not_sample_gets_no_spans_but_keeps_its_trace_id(traced, store):
+    """The default sampler follows the caller: `traceparent` flags 00 means no spans (and no child
+    work: the pool wait and statements are not traced); the access line still names the trace. A
+    sampled request right after it proves the receiver would have seen them."""
+    server, receiver = traced
+    unsampled, sampled = "7bf92f3577b34da6a3ce929d0e0e4739", "8bf92f3577b34da6a3ce929d0e0e473a"
+    first = requests.get(
+        f"{server.base}/api/customers/1", headers={**AUTH, "traceparent": f"00-{unsampled}-{CALLER_SPAN}-00"}
+    )
+    requests.get(f"{server.base}/api/customers/1", headers={**AUTH, "traceparent": f"00-{sampled}-{CALLER_SPAN}-01"})
+    wait_until(lambda: len(receiver.trace(sampled)) >= 3, timeout=10, message="the sampled request's spans")
+    assert receiver.trace(unsampled) == []
+    line = wait_until(
+        lambda: [json.loads(x) for x in server.stdout().splitlines() if first.headers["X-Request-ID"] in x],
+        message="the access line",
+    )[0]
+    assert line["trace_id"] == unsampled
