@@ -264,7 +264,9 @@ def test_make_run_with_your_own_database_changes_nothing_unless_asked(scratch_da
         finally:
             conn.close()
         assert tables == [(0,)]  # nothing applied to the user's database
-        assert (tmp_path / "run" / "gunicorn.ctl").is_socket(), "no control socket in the run directory"
+        # gunicorn starts its control server in a thread of its own, possibly after the first answer.
+        socket = tmp_path / "run" / "gunicorn.ctl"
+        wait_until(socket.is_socket, timeout=10, message="the control socket in the run directory")
         assert (tmp_path / "run" / "metrics").is_dir()
         assert not (home / ".gunicorn").exists()
     finally:
