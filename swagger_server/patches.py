@@ -101,9 +101,10 @@ def _route_integers_as_segments() -> None:
     segment, every value reaches validation: StrictURIParser reads ASCII digits of at most
     MAX_NUMBER_DIGITS, and anything else is a 400 naming the parameter.
 
-    Scope: only routes Connexion makes from a spec (its own mapping of spec types to converters); the
-    `int` converters of plain Flask and Starlette routes are untouched (Connexion registers its own
-    `int` converter process-wide in Starlette, unchanged here)."""
+    No upstream issue found (Connexion's int converter is by design). Scope: only routes Connexion
+    makes from a spec (its own mapping of spec types to converters); the `int` converters of plain
+    Flask and Starlette routes are untouched (Connexion registers its own `int` converter
+    process-wide in Starlette, unchanged here)."""
     _connexion_flask.PATH_PARAMETER_CONVERTERS.pop("integer", None)
     _connexion_starlette.PATH_PARAMETER_CONVERTERS.pop("integer", None)
 
@@ -120,7 +121,9 @@ def _decorate_once(self: FlaskOperation):
     All of that depends only on the handler and the operation, so here it is made once (again when
     the operation's handler is replaced); what depends on the request (its parameters and body) is
     still read per request by the same Connexion code. The handler also gets the parameters and body
-    the validators checked (validation.stash), not werkzeug's second parse of the same URL and bytes."""
+    the validators checked (validation.stash), not werkzeug's second parse of the same URL and bytes.
+    No upstream issue found for the per-request rebuild; Connexion 3's tracker has users reporting its
+    CPU cost against 2.x in general (docs/PERFORMANCE.md)."""
     cached = self.__dict__.get("_store_api_fn")
     if cached is not None and cached[0] is self._fn:
         return cached[1]
@@ -135,8 +138,8 @@ def _decorate_once(self: FlaskOperation):
             routed = _current_operation._get_current_object()
         except RuntimeError:
             # Flask matched a path Connexion's router did not (Starlette's mount stops at a newline in
-            # the path, werkzeug's rule does not): nothing validated or authenticated it, so it is not
-            # served. 404, as Connexion's router said.
+            # the path, werkzeug's rule does not: Kludex/starlette#1058, closed unchanged): nothing
+            # validated or authenticated it, so it is not served. 404, as Connexion's router said.
             raise NotFound("no such resource: " + excerpt(flask.request.path, 80)) from None
         parser = parsers.get(routed)
         if parser is None:
