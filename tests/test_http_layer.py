@@ -458,6 +458,7 @@ def test_a_refused_cors_preflight_is_a_problem(server):
     assert answer.status == 400 and answer.problem()["detail"].startswith("Disallowed CORS")
 
 
+@pytest.mark.timing
 def test_the_spec_is_rendered_once_and_a_flood_of_it_leaves_health_fast(server):
     session = requests.Session()
     idle = statistics.median(_timed(session, f"{server.base}/api/health") for _ in range(30))
@@ -488,7 +489,13 @@ def test_the_spec_is_rendered_once_and_a_flood_of_it_leaves_health_fast(server):
         if entry.get("path", "").startswith("/api/openapi.")
     ]
     assert len(spec) >= sum(counts.values())
-    assert sorted(spec)[-5] < 5, sorted(spec)[-10:]  # the four first renderings (2 workers x 2) aside
+    # Rendered once: the typical answer is a copy (median under 5 ms, against 30-40 ms to render),
+    # and at most the four first renderings (2 workers x 2 documents) took a rendering's time, give or
+    # take 2 % of answers that waited their turn behind the floods on this 2-core machine (a copy
+    # once took 6.9 ms here). Rendering every time would put the median and most answers above 20 ms.
+    assert statistics.median(spec) < 5, sorted(spec)[-10:]
+    slow = [d for d in spec if d >= 20]
+    assert len(slow) <= 4 + 0.02 * len(spec), sorted(spec)[-10:]
     # From this client, which shares 2 cores with 4 flooding threads and the server: health waits at
     # most its turn behind spec answers from memory, not behind a 35 ms rendering of the YAML.
     assert busy <= idle + 0.010, (idle, busy)
