@@ -42,11 +42,10 @@ def test_one_pool_per_worker_and_nothing_left_after_shutdown(database_url, store
             return dict(rows)
 
         # Each worker warms min_connections=2 right after the fork, before any request.
-        wait_until(
-            lambda: pools() == {name: 2 for name in expected},
-            timeout=10,
-            message=f"two connections for each of {expected}",
-        )
+        try:
+            wait_until(lambda: pools() == {name: 2 for name in expected}, timeout=10)
+        except AssertionError:
+            raise AssertionError(f"expected two connections for each of {expected}, found {pools()}") from None
         assert application_name(server.pid) not in pools()  # the master holds none
         for _ in range(20):
             assert requests.get(f"{base}/api/customers/1", headers=AUTH, timeout=5).status_code == 200

@@ -10,12 +10,13 @@ import inspect
 
 import flask
 import pytest
+from connexion.apps.flask import FlaskOperation
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from swagger_server import create_app, patches, security
+from swagger_server import create_app, get_database, patches, security
 from swagger_server.controllers.reply import reply
 from tests.conftest import AUTH, make_settings
 
@@ -75,7 +76,7 @@ def test_the_guard_would_see_a_missing_name():
 
 def test_plain_flask_and_starlette_int_routes_keep_their_converters(database_url):
     """Patch 1 changes how Connexion routes the spec's integer parameters, not anyone's `int`."""
-    create_app(make_settings(database_url))  # patches applied
+    get_database(create_app(make_settings(database_url))).close(timeout=1)  # the patches are applied
     plain = flask.Flask("plain")
 
     @plain.route("/n/<int:n>")
@@ -113,6 +114,15 @@ def test_a_handler_replaced_after_the_first_request_is_used(database_url, store)
     """Patch 2 builds the operation's function once per handler, not once for ever: a handler swapped
     on the operation (as Connexion itself reads it, per request) is the one that runs."""
     app = create_app(make_settings(database_url))
+    try:
+        _replace_and_call(app)
+    finally:
+        get_database(app).close(timeout=2)  # no pool left behind for the tests after this one
+    patches.apply()  # applying again changes nothing
+    assert isinstance(FlaskOperation.__dict__["fn"], patches._OnceProperty)
+
+
+def _replace_and_call(app) -> None:
     with app.test_client(headers=AUTH) as client:
         assert client.get("/api/health").json()["version"] != "replaced"
         operation = next(v for k, v in app.app.view_functions.items() if k.endswith("get_health"))
@@ -123,5 +133,3 @@ def test_a_handler_replaced_after_the_first_request_is_used(database_url, store)
         finally:
             operation._fn = original
         assert client.get("/api/health").json()["version"] != "replaced"
-    patches.apply()  # applying again changes nothing
-    assert isinstance(type(operation).__dict__["fn"], patches._OnceProperty)
