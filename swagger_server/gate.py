@@ -246,6 +246,24 @@ def _name(header: bytes) -> str:
     return "-".join(part.capitalize() for part in header.decode("latin-1").split("-"))
 
 
+def _with_vary_origin(headers) -> list:
+    """`headers` with `Origin` added to Vary, as Starlette's CORS middleware does it: the Vary values
+    joined into one header where the first stood, or a new one at the end."""
+    varies = [value for name, value in headers if name == b"vary"]
+    if not varies:
+        return [*headers, (b"vary", b"Origin")]
+    joined = b", ".join([*varies, b"Origin"])
+    out, placed = [], False
+    for name, value in headers:
+        if name == b"vary":
+            if not placed:
+                out.append((b"vary", joined))
+                placed = True
+        else:
+            out.append((name, value))
+    return out
+
+
 def _replay(body: bytes, receive):
     """A receive channel that gives the whole body as one message, then the real channel's."""
     sent = False
@@ -261,7 +279,23 @@ def _replay(body: bytes, receive):
 
 
 class ProblemCORS(CORSMiddleware):
-    """Starlette's CORS middleware, whose refused preflight is a problem+json (Starlette's is text/plain)."""
+    """Starlette's CORS middleware, whose refused preflight is a problem+json (Starlette's is text/plain).
+
+    A request without `Origin` (every request not from a browser on another origin) gets from Starlette
+    only `Vary: Origin` on its answer, after it has built a Headers object of the request and a
+    MutableHeaders of the answer; here the same header is added to the answer's list directly."""
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or any(name == b"origin" for name, _ in scope["headers"]):
+            await super().__call__(scope, receive, send)
+            return
+
+        async def send_with_vary(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = _with_vary_origin(message.get("headers") or [])
+            await send(message)
+
+        await self.app(scope, receive, send_with_vary)
 
     def preflight_response(self, request_headers) -> Response:
         response = super().preflight_response(request_headers)

@@ -16,6 +16,8 @@ import threading
 import time
 from datetime import UTC, datetime
 
+import orjson
+
 access_log = logging.getLogger("store_api.access")
 
 
@@ -32,7 +34,10 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, separators=(",", ":"), default=str)
+        try:
+            return orjson.dumps(entry, default=str).decode()
+        except TypeError:  # an integer beyond 64 bits, a key that is not a string: the standard library
+            return json.dumps(entry, separators=(",", ":"), default=str)
 
 
 class TextFormatter(logging.Formatter):
@@ -159,6 +164,10 @@ def setup_access_log(enabled: bool, log_format: str = "json", on_drop=None) -> N
 
 
 def log_request(fields: dict) -> None:
-    """One access-log line (when the access log is on)."""
+    """One access-log line (when the access log is on). The record is made here and handed to the
+    logger's handlers, as `access_log.info` does, without its search of the call stack for the
+    caller's file and line (which the access log never shows): a third of the line's cost on the loop."""
     if access_log.isEnabledFor(logging.INFO):
-        access_log.info("request", extra={"fields": fields})
+        record = logging.LogRecord(access_log.name, logging.INFO, __file__, 0, "request", None, None)
+        record.fields = fields
+        access_log.handle(record)

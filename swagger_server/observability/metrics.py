@@ -25,6 +25,7 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self._children: dict[tuple, tuple] = {}
         self.requests = Counter(
             "store_api_requests",
             "HTTP requests answered, by operation and status.",
@@ -143,9 +144,19 @@ class Metrics:
         }
 
     def record_request(self, operation: str, method: str, status: int, seconds: float | None) -> None:
-        self.requests.labels(operation, method if method in METHODS else "other", str(status)).inc()
+        # The labelled children, looked up once per (operation, method, status): `labels()` validates
+        # and locks on every call. Operations come from the spec, methods from METHODS, statuses from
+        # what the service answers: the cache stays as small as the series themselves.
+        key = (operation, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(operation, method if method in METHODS else "other", str(status)),
+                self.latency.labels(operation),
+            )
+        children[0].inc()
         if seconds is not None:
-            self.latency.labels(operation).observe(seconds)
+            children[1].observe(seconds)
 
     def render(self) -> bytes:
         """The Prometheus text exposition: all workers' values in multiprocess mode, else this app's."""
