@@ -21,6 +21,7 @@ import flask
 from connexion.apps.flask import FlaskOperation
 from connexion.context import operation as _current_operation
 from connexion.decorators import FlaskDecorator
+from connexion.decorators.parameter import SyncParameterDecorator, pythonic, sanitized
 from connexion.frameworks import flask as _connexion_flask
 from connexion.frameworks import starlette as _connexion_starlette
 from connexion.http_facts import FORM_CONTENT_TYPES
@@ -41,6 +42,11 @@ RELIED_ON = [
     (FlaskOperation, "jsonifier", None),
     (FlaskDecorator, "__init__", ("self", "pythonic_params", "uri_parser_class", "jsonifier")),
     (FlaskDecorator, "decorate", ("self", "function")),
+    (FlaskDecorator, "_parameter_decorator_cls", None),
+    (SyncParameterDecorator, "__init__", ("self", "framework", "pythonic_params")),
+    ("connexion.decorators.parameter.BaseParameterDecorator", "sanitize_fn", None),
+    ("connexion.decorators.parameter", "pythonic", ("name",)),
+    ("connexion.decorators.parameter", "sanitized", ("name",)),
     ("connexion.frameworks.flask.Flask", "get_request", ("uri_parser", "kwargs")),
     ("connexion.operations.AbstractOperation", "body_definition", ("self", "content_type")),
     ("connexion.operations.AbstractOperation", "uri_parser_class", None),
@@ -131,7 +137,7 @@ def _decorate_once(self: FlaskOperation):
     cached = self.__dict__.get("_store_api_fn")
     if cached is not None and cached[0] is self._fn:
         return cached[1]
-    decorator = FlaskDecorator(pythonic_params=self.pythonic_params, jsonifier=self.jsonifier)
+    decorator = _Decorator(pythonic_params=self.pythonic_params, jsonifier=self.jsonifier)
     decorated = decorator.decorate(self._fn)
     get_request = decorator.framework.get_request
     parsers: dict = {}  # the routed (middleware) operation -> its URI parser
@@ -169,3 +175,29 @@ def _decorate_once(self: FlaskOperation):
 
 def _no_files() -> dict:
     return {}
+
+
+# Connexion turns each parameter name into a Python one (`from` -> `from_`, camelCase -> snake_case)
+# on every request, with several regular expressions per name (1.7% of a GET's CPU). The answer depends
+# only on the name; names come from the spec (strict validation refuses any other), and the cache is
+# bounded all the same.
+_CACHED_NAMES = {
+    pythonic: functools.lru_cache(maxsize=512)(pythonic),
+    sanitized: functools.lru_cache(maxsize=512)(sanitized),
+}
+
+
+class _CachedNamesParameterDecorator(SyncParameterDecorator):
+    """Connexion's parameter decorator, with its name conversion cached (above)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.sanitize_fn = _CACHED_NAMES.get(self.sanitize_fn, self.sanitize_fn)
+
+
+class _Decorator(FlaskDecorator):
+    """Connexion's Flask decorator with the parameter decorator above."""
+
+    @property
+    def _parameter_decorator_cls(self):
+        return _CachedNamesParameterDecorator

@@ -264,10 +264,73 @@ class ProblemJSONBodyValidator(JSONRequestBodyValidator):
         raise InvalidRequest(f"{where}: {_message(error)}", field=field or "body")
 
 
+# The keywords a parameter's schema may use for the fast check below (anything else: jsonschema only).
+_SIMPLE_KEYWORDS = frozenset(
+    (
+        "type",
+        "format",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "enum",
+        "nullable",
+        "default",
+        "example",
+        "description",
+    )
+)
+_UNCHECKED_FORMATS = frozenset((None, "int32", "int64", "float", "double"))  # no checker for these in Draft 4
+
+
+def simple_check(schema: dict):
+    """A function that says True only when `value` is valid against `schema`, for the scalar schemas
+    of path and query parameters (a type, bounds, lengths, a pattern, an enum of strings); None when
+    the schema uses anything else. It never says True where jsonschema would refuse: it is stricter
+    (an integer is an `int`, never a float or a bool), and False only means "ask jsonschema", which
+    decides and words the error. About 3% of a GET's CPU (jsonschema's iter_errors) before it."""
+    if not isinstance(schema, dict) or not set(schema) <= _SIMPLE_KEYWORDS:
+        return None
+    kind, fmt = schema.get("type"), schema.get("format")
+    if kind not in ("integer", "number", "string", "boolean") or fmt not in _UNCHECKED_FORMATS:
+        return None
+    low, high = schema.get("minimum"), schema.get("maximum")
+    low_open, high_open = schema.get("exclusiveMinimum", False), schema.get("exclusiveMaximum", False)
+    shortest, longest = schema.get("minLength"), schema.get("maxLength")
+    pattern = ecma_regex(schema["pattern"]) if "pattern" in schema else None
+    enum = schema.get("enum")
+    if enum is not None and (kind != "string" or not all(isinstance(e, str) for e in enum)):
+        return None
+    allowed = frozenset(enum) if enum is not None else None
+    types = {"integer": (int,), "number": (int, float), "string": (str,), "boolean": (bool,)}[kind]
+
+    def check(value) -> bool:
+        if type(value) not in types:
+            return False
+        if low is not None and (value <= low if low_open else value < low):
+            return False
+        if high is not None and (value >= high if high_open else value > high):
+            return False
+        if kind == "string":
+            if (shortest is not None and len(value) < shortest) or (longest is not None and len(value) > longest):
+                return False
+            if pattern is not None and pattern.find(value) is None:
+                return False
+            if allowed is not None and value not in allowed:
+                return False
+        return True
+
+    return check
+
+
 class NamingParameterValidator(ParameterValidator):
     """Connexion's parameter validator, with errors naming the parameter (see the module docstring)."""
 
-    _validators: dict[int, tuple[dict, Draft4Validator]] = {}  # each app's subclass has its own (validator_map)
+    # id(param) -> (param, its validator, its fast check or None); each app's subclass has its own (validator_map)
+    _validators: dict[int, tuple] = {}
 
     @classmethod
     def validate_parameter(cls, parameter_type, value, param, param_name=None):
@@ -281,8 +344,11 @@ class NamingParameterValidator(ParameterValidator):
         # so its id cannot be reused by another object.
         cached = cls._validators.get(id(param))
         if cached is None or cached[0] is not param:
-            cached = (param, EcmaValidator(param.get("schema", param), format_checker=FORMAT_CHECKER))
+            schema = param.get("schema", param)
+            cached = (param, EcmaValidator(schema, format_checker=FORMAT_CHECKER), simple_check(schema))
             cls._validators[id(param)] = cached
+        if cached[2] is not None and cached[2](value):
+            return None
         error = next(cached[1].iter_errors(value), None)
         if error is None:
             return None

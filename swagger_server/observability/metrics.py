@@ -158,6 +158,14 @@ class Metrics:
         if seconds is not None:
             children[1].observe(seconds)
 
+    def record_pool_wait(self, pool: str, seconds: float) -> None:
+        """A checkout's wait, in both histograms (ours and OpenTelemetry's name), children cached."""
+        children = self._children.get(pool)
+        if children is None:
+            children = self._children[pool] = (self.pool_wait.labels(pool), self.otel_times["wait"].labels(pool))
+        children[0].observe(seconds)
+        children[1].observe(seconds)
+
     def render(self) -> bytes:
         """The Prometheus text exposition: all workers' values in multiprocess mode, else this app's."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

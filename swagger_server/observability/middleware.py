@@ -211,7 +211,6 @@ def record_pool_wait(environ, pool: str, seconds: float) -> None:
     context = request_context(environ)
     state = context.get("app")
     if state is not None:
-        state.metrics.pool_wait.labels(pool).observe(seconds)
-        state.metrics.otel_times["wait"].labels(pool).observe(seconds)
+        state.metrics.record_pool_wait(pool, seconds)
     context["pool_wait_ms"] = round(seconds * 1000, 3)
     context["db"] = pool
