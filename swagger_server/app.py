@@ -20,7 +20,7 @@ import yaml
 from connexion.middleware import MiddlewarePosition
 from connexion.options import SwaggerUIOptions
 
-from swagger_server import errors, observability, patches, security, validation
+from swagger_server import errors, observability, patches, routing, security, validation
 from swagger_server.config import Settings, load_settings
 from swagger_server.db.database import Database
 from swagger_server.gate import HeadLimits, ProblemCORS, RequestGate
@@ -86,6 +86,8 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         pythonic_params=True,
         swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
         security_map=security.security_map(),
+        # Connexion's own stack, with each API's routes indexed (routing.py).
+        middlewares=routing.middlewares(settings.api.validate_responses),
     )
     # Outermost (added first at this position): sees every answer, serves /metrics, logs each request,
     # and puts the app's state in each request's scope for the layers inside.

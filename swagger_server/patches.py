@@ -78,6 +78,24 @@ RELIED_ON = [
     ),
     ("connexion.uri_parsing.OpenAPIURIParser", "resolve_params", ("self", "params", "_in")),
     ("connexion.uri_parsing.OpenAPIURIParser", "param_schemas", None),
+    # Overrides: routing.py (the indexed router, in Connexion's middleware list)
+    ("connexion.middleware.main.ConnexionMiddleware", "default_middlewares", None),
+    (
+        "connexion.middleware.routing.RoutingMiddleware",
+        "add_api",
+        ("self", "specification", "base_path", "arguments", "kwargs"),
+    ),
+    ("connexion.middleware.routing.RoutingMiddleware", "router", None),
+    ("starlette.routing.Router", "app", ("self", "scope", "receive", "send")),
+    (
+        "starlette.routing.Router",
+        "__init__",
+        ("self", "routes", "redirect_slashes", "default", "lifespan", "middleware", "max_body_size"),
+    ),
+    ("starlette.routing.Mount", "_base_app", None),
+    ("starlette.routing.Route", "matches", ("self", "scope")),
+    ("starlette.routing.Route", "handle", ("self", "scope", "receive", "send")),
+    ("starlette._utils", "get_route_path", ("scope",)),
     # Overrides: security.py (the cached bearer handler)
     ("connexion.security.BearerSecurityHandler", "_accepts_kwarg", ("func", "keyword")),
     # Overrides: server.py (uvicorn's httptools protocol and server)

@@ -231,3 +231,67 @@ def test_the_fast_paths_leave_the_answers_alone_under_concurrency(client, store)
         t.join(120)
     assert not any(t.is_alive() for t in threads)
     assert not failures
+
+
+def _choice(routes, scope):
+    """The route Starlette's loop picks over `routes` (first full match, else first partial), or None."""
+    from starlette.routing import Match
+
+    partial = None
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return route
+        if match is Match.PARTIAL and partial is None:
+            partial = route
+    return partial
+
+
+def test_the_indexed_router_picks_the_route_starlettes_loop_picks(app):
+    from starlette.routing import Mount
+
+    from swagger_server.routing import IndexedRouter, IndexedRoutingMiddleware, _first_segment
+
+    stack = app.middleware.middlewares
+    assert IndexedRoutingMiddleware in stack
+    assert all(getattr(m, "__name__", "") != "ResponseValidationMiddleware" for m in stack) or (
+        app.app.config["SETTINGS"].api.validate_responses
+    )
+    with app.test_client() as client:
+        assert client.get("/api/health").status_code == 200  # builds the middleware stack
+    routing = next(m for m in app.middleware.middleware_stack if isinstance(m, IndexedRoutingMiddleware))
+    mount = next(r for r in routing.router.routes if isinstance(r, Mount))
+    router = mount.app
+    assert isinstance(router, IndexedRouter)
+    paths = [
+        "",
+        "/",
+        "/customers",
+        "/customers/1",
+        "/customers/abc",
+        "/customers/1/orders",
+        "/customers/1/x",
+        "/products",
+        "/products/2",
+        "/orders",
+        "/orders/3",
+        "/dashboard",
+        "/health",
+        "/health/ready",
+        "/health/db",
+        "/health/db/test",
+        "/healthz",
+        "/nothing",
+        "/customers/",
+        "//customers",
+        "/ui",
+    ]
+    compared = 0
+    for path in paths:
+        for method in ("GET", "HEAD", "POST", "PATCH", "DELETE", "PUT", "OPTIONS"):
+            scope = {"type": "http", "path": "/api" + path, "root_path": "/api", "method": method}
+            expected = _choice(router.routes, scope)
+            candidates = router._index.get(_first_segment(path), router._anywhere)
+            assert _choice(candidates, scope) is expected, (method, path)
+            compared += expected is not None
+    assert compared >= 40  # the observer sees routes chosen, not only misses

@@ -1,0 +1,96 @@
+"""Connexion's routing middleware, with each API's routes indexed by their first path segment.
+
+Starlette's Router tries its routes in order, a regular expression each, until one matches: a request
+for the last operation of the spec was matched against every route before it (the liveness probe, the
+fifteenth, spent more time in routing than in its handler: bench/stages.py). Here each API's router
+first narrows the routes to those that can match: the ones whose first segment is the request's, and
+the ones whose first segment is a template, which may match anything. Their order is kept, so the
+first full match, the first partial match (which becomes a 405), and everything a miss does (the
+router's redirect and default) are what Starlette's router decides over all of them.
+
+Given to Connexion through its documented `middlewares=` list, in the routing middleware's place
+(app.py, `middlewares()`).
+"""
+
+from __future__ import annotations
+
+from connexion.middleware.main import ConnexionMiddleware
+from connexion.middleware.response_validation import ResponseValidationMiddleware
+from connexion.middleware.routing import RoutingMiddleware
+from starlette._utils import get_route_path
+from starlette.routing import Match, Mount, Route, Router
+
+
+def _first_segment(path: str) -> str:
+    return path.split("/", 2)[1] if path.startswith("/") else ""
+
+
+class IndexedRouter(Router):
+    """A Starlette Router that tries only the routes that can match the request's first segment."""
+
+    def __init__(self, routes, *, redirect_slashes: bool, default):
+        super().__init__(routes=routes, redirect_slashes=redirect_slashes, default=default)
+        self._index: dict[str, list] = {}
+        self._anywhere: list = []  # routes whose first segment is a template (or that are not plain routes)
+        literal = {}
+        for route in self.routes:
+            first = _first_segment(route.path) if isinstance(route, Route) else "{"
+            literal[id(route)] = None if "{" in first else first
+        for route in self.routes:
+            if literal[id(route)] is None:
+                self._anywhere.append(route)
+        for route in self.routes:
+            key = literal[id(route)]
+            if key is not None and key not in self._index:
+                # This segment's routes and the template ones, in the router's own order.
+                self._index[key] = [r for r in self.routes if literal[id(r)] in (key, None)]
+
+    async def app(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await super().app(scope, receive, send)
+            return
+        candidates = self._index.get(_first_segment(get_route_path(scope)), self._anywhere)
+        partial = None
+        for route in candidates:
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                scope["route"] = route
+                scope.update(child_scope)
+                await route.handle(scope, receive, send)
+                return
+            if match is Match.PARTIAL and partial is None:
+                partial, partial_scope = route, child_scope
+        if partial is not None:
+            scope["route"] = partial
+            scope.update(partial_scope)
+            await partial.handle(scope, receive, send)
+            return
+        # No route can match: Starlette's own handling of a miss (a redirect, or the default).
+        await super().app(scope, receive, send)
+
+
+class IndexedRoutingMiddleware(RoutingMiddleware):
+    """Connexion's RoutingMiddleware whose APIs' routers are IndexedRouters."""
+
+    def add_api(self, *args, **kwargs) -> None:
+        super().add_api(*args, **kwargs)
+        for mount in self.router.routes:
+            app = getattr(mount, "_base_app", None)
+            if isinstance(mount, Mount) and type(app) is Router and mount.app is app:
+                indexed = IndexedRouter(app.routes, redirect_slashes=app.redirect_slashes, default=app.default)
+                mount._base_app = mount.app = indexed
+
+
+def middlewares(validate_responses: bool) -> list:
+    """Connexion's default middleware list, with the indexed routing middleware in the routing
+    middleware's place, and without the response-validation middleware when responses are not
+    validated (it then passes every request through after a lookup of its operation)."""
+    stack = []
+    for middleware in ConnexionMiddleware.default_middlewares:
+        if middleware is RoutingMiddleware:
+            stack.append(IndexedRoutingMiddleware)
+        elif middleware is ResponseValidationMiddleware and not validate_responses:
+            continue
+        else:
+            stack.append(middleware)
+    return stack
