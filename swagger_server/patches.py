@@ -71,6 +71,8 @@ RELIED_ON = [
         ("parameter_type", "value", "param", "param_name"),
     ),
     ("connexion.validators.ParameterValidator", "validate_request", ("self", "request")),
+    ("connexion.validators.ParameterValidator", "validate", ("self", "scope")),
+    ("connexion.validators.ParameterValidator", "parameters", None),
     (
         "connexion.validators.ParameterValidator",
         "validate_query_parameter_list",

@@ -19,6 +19,7 @@ import re
 MAX_ENTRIES = 64
 MAX_BYTES = 8 * 1024 * 1024
 _CACHEABLE = re.compile(r"/api/openapi\.(?:json|yaml)|/api/ui/(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9]+)*)?")
+_PREFIXES = ("/api/openapi.", "/api/ui/")  # what _CACHEABLE can match starts with one of these
 _VARIANT_HEADERS = frozenset((b"range", b"if-none-match", b"if-modified-since", b"if-range", b"if-match"))
 _DROPPED = frozenset((b"date", b"accept-ranges", b"etag", b"last-modified", b"server"))
 
@@ -31,7 +32,13 @@ class RenderedOnce:
         self.cache: dict[tuple[str, str], tuple[int, list, bytes]] = {}
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD") or not _CACHEABLE.fullmatch(scope["path"]):
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or not path.startswith(_PREFIXES)
+            or scope["method"] not in ("GET", "HEAD")
+            or not _CACHEABLE.fullmatch(path)
+        ):
             await self.app(scope, receive, send)
             return
         key = (scope["path"], scope.get("root_path", ""))

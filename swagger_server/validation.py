@@ -354,6 +354,15 @@ class NamingParameterValidator(ParameterValidator):
             return None
         return f"{parameter_type} parameter '{param_name or param.get('name')}': {_message(error)}"
 
+    def validate(self, scope):
+        if not self.parameters and not scope.get("query_string"):
+            # An operation without parameters, a request without a query: nothing to read or check
+            # (Connexion would still build a request object and walk its headers and cookies).
+            read = stash(scope)
+            read["query"], read["path"] = {}, {}
+            return
+        super().validate(scope)
+
     def validate_request(self, request):
         if self.strict_validation:
             extra = self.validate_query_parameter_list(request, security_params=self.security_query_params)

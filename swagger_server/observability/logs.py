@@ -170,4 +170,9 @@ def log_request(fields: dict) -> None:
     if access_log.isEnabledFor(logging.INFO):
         record = logging.LogRecord(access_log.name, logging.INFO, __file__, 0, "request", None, None)
         record.fields = fields
-        access_log.handle(record)
+        handlers = access_log.handlers
+        if len(handlers) == 1 and type(handlers[0]) is BackgroundStreamHandler and not access_log.filters:
+            # Only our writer (its level is NOTSET): to it directly, past Logger.handle's empty checks.
+            handlers[0].handle(record)
+        else:
+            access_log.handle(record)
