@@ -34,7 +34,7 @@ PY_SPY = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil
 # (stage, pattern on "function (file)"), tried from a sample's innermost frame outwards; the first
 # frame that matches any rule names the stage. Order matters only within one frame.
 RULES: list[tuple[str, str]] = [
-    ("serialisation (JSON)", r"json/encoder|json/__init__.py|orjson|jsonifier|_jsonify|\(dumps\b"),
+    ("serialisation (JSON)", r"json/encoder|json/__init__.py|orjson|jsonif"),
     ("metrics (prometheus_client)", r"prometheus_client|observability/metrics"),
     ("access log (writer thread)", r"observability/logs"),
     ("tracing", r"observability/tracing|opentelemetry"),
@@ -44,7 +44,7 @@ RULES: list[tuple[str, str]] = [
     ("controller", r"controllers/"),
     ("validation (parameters, body)", r"validation\.py|connexion/validators|jsonschema|request_validation|uri_parsing"),
     ("security (token)", r"security\.py|connexion/security|middleware/security"),
-    ("routing (Connexion router)", r"connexion/middleware/routing|starlette/routing"),
+    ("routing (Connexion router)", r"connexion/middleware/routing|starlette/routing|swagger_server/routing"),
     ("routing (Swagger UI mount)", r"swagger_ui"),
     ("Flask: request context, URL map, response", r"[(/]flask/|[(/]werkzeug/"),
     (

@@ -24,7 +24,7 @@ from swagger_server import errors, observability, patches, routing, security, va
 from swagger_server.config import Settings, load_settings
 from swagger_server.db.database import Database
 from swagger_server.gate import HeadLimits, ProblemCORS, RequestGate
-from swagger_server.handlers import ON_LOOP, HandlerThreads
+from swagger_server.handlers import HandlerThreads
 from swagger_server.jsonify import FastJsonifier
 from swagger_server.rendered import RenderedOnce
 from swagger_server.request_scope import RequestScope
@@ -137,7 +137,6 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         threads=settings.server.threads,
         timeout=settings.api.admission_timeout,
         retry_after=settings.api.retry_after,
-        on_loop=loop_operations(spec),
     )
     app.middleware.app.asgi_app = handlers
     app.app.extensions["handlers"] = state.handlers = handlers
@@ -166,18 +165,6 @@ def unresolved_operations(spec: dict) -> list[str]:
             if module is None or not callable(getattr(module, name, None)):
                 missing.append(f"{method.upper()} {path}: operationId {name!r} has no function {module_name}.{name}")
     return missing
-
-
-def loop_operations(spec: dict) -> set[str]:
-    """Connexion's operation ids (module.function) of the controllers marked `@on_loop` (handlers.py)."""
-    found = set()
-    for item in spec["paths"].values():
-        for operation in item.values():
-            if isinstance(operation, dict) and "operationId" in operation:
-                module = importlib.import_module(operation.get("x-openapi-router-controller", ""))
-                if getattr(getattr(module, operation["operationId"], None), ON_LOOP, False):
-                    found.add(f"{module.__name__}.{operation['operationId']}")
-    return found
 
 
 class SpecError(RuntimeError):

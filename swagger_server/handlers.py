@@ -18,11 +18,6 @@ is free only when its request is done. Further requests wait in a FIFO queue on 
 slot is passed straight from a finished request to the first waiter, so no newcomer overtakes it.
 Requests Connexion rejects earlier (validation, auth, routing) never get here.
 
-An operation whose controller is marked `@on_loop` (it does no I/O and nothing that blocks: the
-liveness probe `GET /api/health`) runs on the loop itself, in the request's task, with no hand-off and
-no slot: two trips through the GIL and a thread wake-up cost more than the whole handler, and a probe
-that needs no thread is still answered when every thread is busy.
-
 The environ is a2wsgi's (`build_environ`, with `asgi.scope` in it); `busy` and `waiting` feed the
 handler gauges in /metrics.
 """
@@ -50,23 +45,12 @@ _BODY = json.dumps(
 ).encode()
 
 
-ON_LOOP = "__store_api_on_loop__"
-
-
-def on_loop(func):
-    """Mark a controller as safe to run on the event loop: no I/O, no lock, nothing that can block."""
-    setattr(func, ON_LOOP, True)
-    return func
-
-
 class HandlerThreads:
     """ASGI app: `wsgi_app` in `threads` threads; at most `threads` requests at once, the next wait up to
-    `timeout` seconds (first come, first served), then 503. Operations in `on_loop` (Connexion's
-    operation ids) run on the loop instead."""
+    `timeout` seconds (first come, first served), then 503."""
 
-    def __init__(self, wsgi_app, *, threads: int, timeout: float, retry_after: int, on_loop=frozenset()):
+    def __init__(self, wsgi_app, *, threads: int, timeout: float, retry_after: int):
         self.wsgi_app = wsgi_app
-        self.on_loop = frozenset(on_loop)
         self.threads = threads
         self.timeout = timeout
         self.retry_after = str(retry_after).encode()
@@ -84,13 +68,6 @@ class HandlerThreads:
         loop = asyncio.get_running_loop()
         # The gate has the whole body already: taking it costs no wait, and no thread is held for it.
         body = await _read_body(scope, receive)
-        if self.on_loop and _operation_id(scope) in self.on_loop:
-            status, headers, content = contextvars.copy_context().run(
-                self._call, build_environ(scope, io.BytesIO(body))
-            )
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": content})
-            return
         if not await self._admit(loop):
             self.rejected += 1
             await self._reject(send)
@@ -213,11 +190,6 @@ class HandlerThreads:
         for _ in self._workers:
             self._jobs.put(None)
         self._workers = []
-
-
-def _operation_id(scope) -> str | None:
-    """The operation Connexion's router matched (None for a path it did not route)."""
-    return (scope.get("extensions") or {}).get("connexion_routing", {}).get("operation_id")
 
 
 async def _read_body(scope, receive) -> bytes:

@@ -1,7 +1,7 @@
-"""The cheaper request path (issue 21, docs/PERFORMANCE.md) changes cost, not answers: the liveness
-probe runs on the event loop, parameters get a fast check before jsonschema, answers are encoded by
-orjson, and a request without Origin gets its Vary header without Starlette's header objects. Each
-is checked here against what it replaced."""
+"""The cheaper request path (issue 21, docs/PERFORMANCE.md) changes cost, not answers: parameters
+get a fast check before jsonschema, answers are encoded by orjson, routes are tried from an index,
+and a request without Origin gets its Vary header without Starlette's header objects. Each is
+checked here against what it replaced."""
 
 from __future__ import annotations
 
@@ -13,54 +13,13 @@ import threading
 import uuid
 from decimal import Decimal
 
-import psycopg2
-import requests
 from connexion.jsonifier import Jsonifier
 from jsonschema import Draft4Validator
 
-from harness.waiting import wait_until
-from swagger_server.app import checked_spec, loop_operations
+from swagger_server.app import checked_spec
 from swagger_server.gate import _with_vary_origin
 from swagger_server.jsonify import FastJsonifier
 from swagger_server.validation import FORMAT_CHECKER, EcmaValidator, simple_check
-from tests.conftest import AUTH
-from tests.servers import Gunicorn
-
-
-def test_health_is_answered_on_the_loop_while_every_handler_thread_is_busy(database_url, store):
-    """One worker, one handler thread, held by a request waiting on a lock. A request that needs a
-    thread waits its admission timeout and gets 503 (the observer sees a busy worker); the liveness
-    probe, which runs on the loop, is answered 200 meanwhile."""
-    server = Gunicorn(
-        database_url, WEB_CONCURRENCY=1, WEB_THREADS=1, API_ADMISSION_TIMEOUT=1, DB_STATEMENT_TIMEOUT_MS=15_000
-    )
-    locker = psycopg2.connect(database_url)
-    try:
-        with locker.cursor() as cur:
-            cur.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
-            held = threading.Thread(
-                target=requests.get, args=(f"{server.base}/api/customers/1",), kwargs={"headers": AUTH, "timeout": 30}
-            )
-            held.start()
-            wait_until(
-                lambda: cur.execute("SELECT count(*) FROM pg_locks WHERE NOT granted") or cur.fetchone()[0] > 0,
-                message="the only handler thread to wait on the lock",
-            )
-            waiting = requests.get(f"{server.base}/api/products/1", headers=AUTH, timeout=10)
-            assert waiting.status_code == 503 and "Retry-After" in waiting.headers
-            health = requests.get(f"{server.base}/api/health", timeout=10)
-            assert health.status_code == 200 and health.json()["status"] == "ok"
-            assert health.headers["X-Request-ID"] and health.headers["Vary"] == "Origin"
-        locker.rollback()
-        held.join(30)
-    finally:
-        locker.close()
-        server.stop()
-
-
-def test_only_the_liveness_probe_runs_on_the_loop():
-    """Marked by hand (@on_loop): a controller that touches the database must never be on the list."""
-    assert loop_operations(checked_spec()) == {"swagger_server.controllers.health.get_health"}
 
 
 def _parameter_schemas() -> list[dict]:

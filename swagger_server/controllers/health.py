@@ -8,12 +8,10 @@ from flask import current_app
 from swagger_server.controllers.reply import reply
 from swagger_server.db.errors import DatabaseUnavailable, PoolError, PoolTimeout, TooManyWaiters
 from swagger_server.db.queries import health
-from swagger_server.handlers import on_loop
 from swagger_server.request_scope import get_conn
 from swagger_server.version import VERSION
 
 
-@on_loop  # no I/O: answered on the event loop, without a handler thread (handlers.py)
 def get_health():
     return reply({"status": "ok", "version": VERSION}, 200)
 
