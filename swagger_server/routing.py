@@ -25,25 +25,24 @@ def _first_segment(path: str) -> str:
     return path.split("/", 2)[1] if path.startswith("/") else ""
 
 
+def _literal_first_segment(route) -> str | None:
+    first = _first_segment(route.path) if isinstance(route, Route) else "{"
+    return None if "{" in first else first
+
+
 class IndexedRouter(Router):
     """A Starlette Router that tries only the routes that can match the request's first segment."""
 
     def __init__(self, routes, *, redirect_slashes: bool, default):
         super().__init__(routes=routes, redirect_slashes=redirect_slashes, default=default)
-        self._index: dict[str, list] = {}
-        self._anywhere: list = []  # routes whose first segment is a template (or that are not plain routes)
-        literal = {}
-        for route in self.routes:
-            first = _first_segment(route.path) if isinstance(route, Route) else "{"
-            literal[id(route)] = None if "{" in first else first
-        for route in self.routes:
-            if literal[id(route)] is None:
-                self._anywhere.append(route)
-        for route in self.routes:
-            key = literal[id(route)]
-            if key is not None and key not in self._index:
-                # This segment's routes and the template ones, in the router's own order.
-                self._index[key] = [r for r in self.routes if literal[id(r)] in (key, None)]
+        # Each route's literal first segment, or None for one that may match any (a template, or not a
+        # plain route). A segment's candidates: its routes and the None ones, in the router's order.
+        keys = [_literal_first_segment(route) for route in self.routes]
+        self._anywhere = [route for route, key in zip(self.routes, keys, strict=True) if key is None]
+        self._index = {
+            segment: [route for route, key in zip(self.routes, keys, strict=True) if key in (segment, None)]
+            for segment in set(keys) - {None}
+        }
 
     async def app(self, scope, receive, send) -> None:
         if scope["type"] != "http":

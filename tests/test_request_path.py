@@ -192,6 +192,19 @@ def test_the_fast_paths_leave_the_answers_alone_under_concurrency(client, store)
     assert not failures
 
 
+def test_the_middleware_list_is_connexions_with_the_indexed_router():
+    from connexion.middleware.main import ConnexionMiddleware
+    from connexion.middleware.response_validation import ResponseValidationMiddleware
+    from connexion.middleware.routing import RoutingMiddleware
+
+    from swagger_server.routing import IndexedRoutingMiddleware, middlewares
+
+    default = ConnexionMiddleware.default_middlewares
+    validating = middlewares(validate_responses=True)
+    assert validating == [IndexedRoutingMiddleware if m is RoutingMiddleware else m for m in default]
+    assert middlewares(validate_responses=False) == [m for m in validating if m is not ResponseValidationMiddleware]
+
+
 def _choice(routes, scope):
     """The route Starlette's loop picks over `routes` (first full match, else first partial), or None."""
     from starlette.routing import Match
@@ -211,11 +224,7 @@ def test_the_indexed_router_picks_the_route_starlettes_loop_picks(app):
 
     from swagger_server.routing import IndexedRouter, IndexedRoutingMiddleware, _first_segment
 
-    stack = app.middleware.middlewares
-    assert IndexedRoutingMiddleware in stack
-    assert all(getattr(m, "__name__", "") != "ResponseValidationMiddleware" for m in stack) or (
-        app.app.config["SETTINGS"].api.validate_responses
-    )
+    assert IndexedRoutingMiddleware in app.middleware.middlewares
     with app.test_client() as client:
         assert client.get("/api/health").status_code == 200  # builds the middleware stack
     routing = next(m for m in app.middleware.middleware_stack if isinstance(m, IndexedRoutingMiddleware))
@@ -254,3 +263,31 @@ def test_the_indexed_router_picks_the_route_starlettes_loop_picks(app):
             assert _choice(candidates, scope) is expected, (method, path)
             compared += expected is not None
     assert compared >= 40  # the observer sees routes chosen, not only misses
+
+
+def test_a_template_first_segment_is_a_candidate_for_every_path():
+    """The spec has no route whose first segment is a template; one such route must still be tried,
+    in its place among the others, for every path."""
+    from starlette.routing import Route
+
+    from swagger_server.routing import IndexedRouter, _first_segment
+
+    async def endpoint(scope, receive, send):  # never called
+        raise AssertionError
+
+    routes = [
+        Route("/a/{x}", endpoint, methods=["GET"]),
+        Route("/{any}", endpoint, methods=["POST"]),
+        Route("/b", endpoint, methods=["GET"]),
+        Route("/a", endpoint, methods=["DELETE"]),
+    ]
+    router = IndexedRouter(routes, redirect_slashes=True, default=endpoint)
+    assert router._anywhere == [routes[1]]
+    compared = 0
+    for path in ("/a", "/a/1", "/b", "/c", "/", "/a/1/2"):
+        for method in ("GET", "POST", "DELETE", "PUT"):
+            scope = {"type": "http", "path": path, "method": method}
+            expected = _choice(routes, scope)
+            assert _choice(router._index.get(_first_segment(path), router._anywhere), scope) is expected, (method, path)
+            compared += expected is not None
+    assert compared >= 10

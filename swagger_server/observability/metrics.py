@@ -25,7 +25,9 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self._children: dict[tuple, tuple] = {}
+        # Labelled children, looked up once (record_request, record_pool_wait).
+        self._request_children: dict[tuple, tuple] = {}
+        self._wait_children: dict[str, tuple] = {}
         self.requests = Counter(
             "store_api_requests",
             "HTTP requests answered, by operation and status.",
@@ -148,9 +150,9 @@ class Metrics:
         # and locks on every call. Operations come from the spec, methods from METHODS, statuses from
         # what the service answers: the cache stays as small as the series themselves.
         key = (operation, method, status)
-        children = self._children.get(key)
+        children = self._request_children.get(key)
         if children is None:
-            children = self._children[key] = (
+            children = self._request_children[key] = (
                 self.requests.labels(operation, method if method in METHODS else "other", str(status)),
                 self.latency.labels(operation),
             )
@@ -160,9 +162,9 @@ class Metrics:
 
     def record_pool_wait(self, pool: str, seconds: float) -> None:
         """A checkout's wait, in both histograms (ours and OpenTelemetry's name), children cached."""
-        children = self._children.get(pool)
+        children = self._wait_children.get(pool)
         if children is None:
-            children = self._children[pool] = (self.pool_wait.labels(pool), self.otel_times["wait"].labels(pool))
+            children = self._wait_children[pool] = (self.pool_wait.labels(pool), self.otel_times["wait"].labels(pool))
         children[0].observe(seconds)
         children[1].observe(seconds)
 
