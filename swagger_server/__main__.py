@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m swagger_server", description="Store API administration")
     sub = parser.add_subparsers(dest="command", required=True)
     db = sub.add_parser("db", help="database schema and demo data").add_subparsers(dest="action", required=True)
-    db.add_parser("upgrade", help="apply the schema (idempotent)")
+    db.add_parser("upgrade", help="apply the pending schema files without stalling traffic (idempotent)")
+    db.add_parser("status", help="list the schema files: applied, pending, or unknown to this code")
     seed = db.add_parser("seed", help="load deterministic demo data with COPY")
     seed.add_argument("--customers", type=int, default=10_000)
     seed.add_argument("--products", type=int, help="default: a tenth of --customers (at least 10)")
@@ -71,10 +72,25 @@ def main(argv: list[str] | None = None) -> int:
             uvicorn.run(app, host="127.0.0.1", port=args.port or settings.server.port, access_log=False)
             return 0
         if args.action == "upgrade":
-            from swagger_server.db.migrate import upgrade
+            from swagger_server.db.migrate import MigrationError, Timeouts, upgrade
 
-            applied = upgrade(dsn)
+            mig = settings.migrate
+            timeouts = Timeouts(mig.lock_timeout, mig.statement_timeout, mig.deadline)
+            try:
+                applied = upgrade(dsn, timeouts, say=lambda line: print(line, flush=True))
+            except MigrationError as exc:
+                print(f"db upgrade: {exc}", file=sys.stderr)
+                return 1
             print(f"schema up to date ({len(applied)} file(s) applied)")
+            return 0
+        if args.action == "status":
+            from swagger_server.db.migrate import status
+
+            rows = status(dsn)
+            width = max(len(name) for name, _ in rows)
+            print("\n".join(f"{name:<{width}}  {state}" for name, state in rows))
+            pending = sum(state == "pending" for _, state in rows)
+            print(f"{pending} pending" + (": run `python -m swagger_server db upgrade`" if pending else ""))
             return 0
         from swagger_server.db.seed import is_seeded
         from swagger_server.db.seed import seed as run_seed

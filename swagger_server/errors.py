@@ -20,6 +20,7 @@ from swagger_server.db.errors import (
     PoolClosed,
     PoolError,
     PoolTimeout,
+    SchemaBehind,
     TooManyWaiters,
 )
 from swagger_server.text import first_line
@@ -238,6 +239,19 @@ async def pool_error(_request, exc: PoolError) -> ConnexionResponse:
     return problem(503, "Service Unavailable", detail, kind, headers=retry_after(_request, exc.retry_after))
 
 
+async def schema_behind(_request, exc: SchemaBehind) -> ConnexionResponse:
+    """503: the database lacks schema files this code needs. The files are named in the log (once),
+    not to the client; the client is told what an operator must do."""
+    return problem(
+        503,
+        "Service Unavailable",
+        "The database schema is behind this version of the service; an operator must run"
+        " `python -m swagger_server db upgrade`.",
+        "schema-behind",
+        headers=retry_after(_request, exc.retry_after),
+    )
+
+
 # Integrity errors, by constraint: what the client is told. A foreign key has two answers: a write that
 # references a row that is gone (404, naming the field), and a delete of a row still referenced (409).
 # Every write reaches these through the database's own constraints, so a race between two requests
@@ -331,5 +345,6 @@ def register(app) -> None:
     app.add_error_handler(ProblemException, framework_problem)
     app.add_error_handler(HTTPException, framework_problem)
     app.add_error_handler(PoolError, pool_error)
+    app.add_error_handler(SchemaBehind, schema_behind)
     app.add_error_handler(psycopg2.Error, database_error)
     app.add_error_handler(Exception, unexpected_error)

@@ -84,12 +84,14 @@ class RequestScope:
             if conn is not None:
                 db.conn, db.role = conn, "replica"
                 self._checked_out("replica", start)
+                self.database.check_schema(conn)
                 return conn
         conn = self.database.pool.getconn()
         conn.track_lsn = self.database.replica is not None
         conn.commit_lsn = None
         db.conn, db.role = conn, "primary"
         self._checked_out("primary", start)
+        self.database.check_schema(conn)  # nothing once current; a 503 naming `db upgrade` while behind
         return conn
 
     def _checked_out(self, pool: str, start: float) -> None:

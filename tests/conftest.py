@@ -71,6 +71,40 @@ def database_url(pg_server) -> str:
 
 
 @pytest.fixture
+def scratch_database(pg_server):
+    """make(name) -> the URL of a new, empty database (no schema); each is dropped after the test."""
+    made = []
+    admin = admin_connect(pg_server.url("postgres"))
+
+    def make(name: str) -> str:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            cur.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return pg_server.url(name)
+
+    yield make
+    with admin.cursor() as cur:
+        for name in made:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+def schema_dir(tmp_path: Path, upto: str | None = None, extra: dict[str, str] | None = None) -> Path:
+    """A copy of the shipped schema files (those up to and including `upto`), plus `extra` files."""
+    from swagger_server.db.migrate import SCHEMA_DIR
+
+    folder = tmp_path / "schema"
+    folder.mkdir(exist_ok=True)
+    for path in sorted(SCHEMA_DIR.glob("*.sql")):
+        if upto is None or path.name <= upto:
+            (folder / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    for name, text in (extra or {}).items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
 def db(database_url):
     """An autocommit connection for setting up and asserting rows (not from the app's pool)."""
     conn = admin_connect(database_url)

@@ -40,7 +40,7 @@ def token_problem(entry: str) -> str | None:
 def validate(settings: Settings) -> None:
     """Check ranges and relations between settings; raise ConfigError naming the offending key."""
     db, pool, api, server = settings.database, settings.pool, settings.api, settings.server
-    replica = settings.replica
+    replica, mig = settings.replica, settings.migrate
     checks = [
         (pool.mode in ("pool", "none"), label("POOL", "mode"), f"must be 'pool' or 'none', got {pool.mode!r}"),
         (pool.min_connections >= 0, label("POOL", "min_connections"), "must be >= 0"),
@@ -131,6 +131,9 @@ def validate(settings: Settings) -> None:
         ),
         (server.workers >= 1, label("GUNICORN", "workers"), "must be >= 1"),
         (server.threads >= 1, label("GUNICORN", "threads"), "must be >= 1"),
+        (0 < mig.lock_timeout <= 60, label("MIGRATE", "lock_timeout"), "must be > 0 and <= 60 seconds"),
+        (mig.statement_timeout > 0, label("MIGRATE", "statement_timeout"), "must be > 0 seconds"),
+        (mig.deadline >= 0, label("MIGRATE", "deadline"), "must be >= 0 seconds"),
     ]
     for ok, key, message in checks:
         if not ok:

@@ -145,12 +145,24 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class MigrateSettings:
+    """`db upgrade` (db/migrate.py): how long a migration may hold up traffic, and how long it keeps trying."""
+
+    # Seconds any one lock may be waited for: the longest a request waits behind a migration. Past it
+    # the file is rolled back and retried (jittered backoff), so a long reader never piles traffic up.
+    lock_timeout: float = 0.5
+    statement_timeout: float = 60.0  # seconds a transactional file may run
+    deadline: float = 600.0  # seconds of retries before `db upgrade` gives up with a line naming the blocker
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = DatabaseSettings()
     pool: PoolSettings = PoolSettings()
     api: ApiSettings = ApiSettings()
     server: ServerSettings = ServerSettings()
     replica: ReplicaSettings = ReplicaSettings()
+    migrate: MigrateSettings = MigrateSettings()
     source: str = "defaults"
     origins: tuple = ()  # ((section.key, where it came from), ...), for check-config
     notes: tuple[str, ...] = ()  # worth saying at start, not errors (loading.log_notes)
@@ -182,8 +194,16 @@ SECTIONS = {
     "API": ApiSettings,
     "REPLICA": ReplicaSettings,
     "GUNICORN": ServerSettings,
+    "MIGRATE": MigrateSettings,
 }
-SECTION_ATTR = {"POSTGRES": "database", "POOL": "pool", "API": "api", "REPLICA": "replica", "GUNICORN": "server"}
+SECTION_ATTR = {
+    "POSTGRES": "database",
+    "POOL": "pool",
+    "API": "api",
+    "REPLICA": "replica",
+    "GUNICORN": "server",
+    "MIGRATE": "migrate",
+}
 
 # environment variable -> (section, ini key)
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
@@ -209,6 +229,9 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "API_REQUIRE_IF_MATCH": ("API", "require_if_match"),
     "API_METRICS_TOKEN": ("API", "metrics_token"),
     "API_METRICS_PORT": ("API", "metrics_port"),
+    "DB_MIGRATE_LOCK_TIMEOUT": ("MIGRATE", "lock_timeout"),
+    "DB_MIGRATE_STATEMENT_TIMEOUT": ("MIGRATE", "statement_timeout"),
+    "DB_MIGRATE_DEADLINE": ("MIGRATE", "deadline"),
     "PORT": ("GUNICORN", "port"),
     "WEB_CONCURRENCY": ("GUNICORN", "workers"),
     "WEB_THREADS": ("GUNICORN", "threads"),

@@ -29,11 +29,17 @@ def test_db():
 
 
 def get_ready():
-    """Readiness: can this worker reach the database now? At most one `SELECT 1`."""
-    pool = current_app.extensions["db"].pool
+    """Readiness: can this worker reach the database now, and does it have the schema this code
+    needs? At most one query: `SELECT 1`, or while the schema is not known current, the schema check
+    (503 naming `db upgrade` while behind)."""
+    db = current_app.extensions["db"]
+    pool = db.pool
     try:
         with pool.connection(timeout=0.5) as conn:
-            health.ping(conn)
+            if db.schema_current:
+                health.ping(conn)
+            else:
+                db.check_schema(conn)
     except (PoolTimeout, TooManyWaiters):
         if pool.stats()["size"] == 0:  # nothing open: still connecting, not busy
             raise DatabaseUnavailable("no connection to the database could be made yet") from None

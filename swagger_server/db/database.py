@@ -15,8 +15,11 @@ import logging
 import os
 import socket
 import threading
+import time
 
 from swagger_server.config import PoolSettings, Settings
+from swagger_server.db import migrate
+from swagger_server.db.errors import SchemaBehind
 from swagger_server.db.null_pool import NullPool
 from swagger_server.db.pool import ConnectionPool, keep_inherited
 from swagger_server.db.replica import Replica
@@ -24,6 +27,7 @@ from swagger_server.db.replica import Replica
 logger = logging.getLogger(__name__)
 
 WARN_USAGE = 0.8  # health is `warning` from this share of connections in use
+SCHEMA_RECHECK = 1.0  # seconds between schema checks while the database is behind
 
 
 def pool_class(settings: Settings) -> type:
@@ -62,6 +66,9 @@ class Database:
         self._pool = None
         self._replica: Replica | None = None
         self._lock = threading.Lock()
+        # The schema files this code ships but the database lacks: None until first asked, () once current.
+        self._schema_missing: tuple[str, ...] | None = None
+        self._schema_checked = float("-inf")
 
     def application_name(self) -> str:
         """What `pg_stat_activity.application_name` shows for this process: host and worker pid."""
@@ -109,6 +116,34 @@ class Database:
         if self._pool is None or self._pool.pid != os.getpid():
             return []
         return [self._pool] + ([self._replica.pool] if self._replica is not None else [])
+
+    @property
+    def schema_current(self) -> bool:
+        """The database has every schema file this code ships (as last seen)."""
+        return self._schema_missing == ()
+
+    def check_schema(self, conn) -> None:
+        """Raise SchemaBehind while the database lacks a schema file this code ships (newer files are
+        fine: expand/contract). Once current, it costs nothing and never asks again in this process (a
+        schema does not go backwards); while behind, it asks on `conn` at most once a second, so a
+        `db upgrade` run later is noticed without a restart. The first answer is logged, and each change."""
+        if self._schema_missing == ():
+            return
+        now = time.monotonic()
+        if now - self._schema_checked >= SCHEMA_RECHECK:
+            missing = tuple(migrate.missing(migrate.applied(conn)))
+            with self._lock:
+                before, self._schema_missing, self._schema_checked = self._schema_missing, missing, now
+            if missing and before != missing:
+                logger.warning(
+                    "the database schema is behind this code: %s not applied; API calls answer 503 until"
+                    " `python -m swagger_server db upgrade` runs",
+                    ", ".join(missing),
+                )
+            elif not missing and before:
+                logger.info("the database schema is current now: serving")
+        if self._schema_missing:
+            raise SchemaBehind(self._schema_missing)
 
     def close(self, timeout: float | None = None) -> None:
         """Close this process's pools (worker shutdown). Idempotent."""

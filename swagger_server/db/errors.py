@@ -33,5 +33,16 @@ class PoolClosed(PoolError):
     """The pool has been closed (the worker is shutting down)."""
 
 
+class SchemaBehind(Exception):
+    """The database lacks schema files this code needs (`db upgrade` has not run, or the database is
+    empty). Retryable: the answer changes once an operator runs `db upgrade`; no restart is needed."""
+
+    retry_after = 5
+
+    def __init__(self, missing: tuple[str, ...]):
+        super().__init__(f"the database lacks {len(missing)} schema file(s) this code needs: {', '.join(missing)}")
+        self.missing = missing
+
+
 class PoolUsedAcrossFork(RuntimeError):
     """A pool made in one process was used in another: libpq sockets must not cross a fork."""
