@@ -31,8 +31,7 @@ from swagger_server.config import ConfigError, log_notes, process_settings  # no
 from swagger_server.db.budget import BudgetExceeded, check_connection_budget  # noqa: E402
 
 try:
-    # Read once for the whole process tree: the workers, forked from this master, find them in
-    # process_settings() (wsgi.py) instead of reading config.ini again.
+    # The master's own settings (bind, workers, timeouts); each worker reads the same ones (wsgi.py).
     process_settings.cache_clear()  # a reload (SIGHUP) runs this file again: read them afresh
     _settings = process_settings()
 except ConfigError as exc:
@@ -54,10 +53,20 @@ log_notes(_settings, say=lambda note: print(f"note: {note}", file=sys.stderr, fl
 from swagger_server.app import SpecError, checked_spec  # noqa: E402
 
 try:
-    checked_spec()  # once for the process tree, as the settings
+    checked_spec()  # at start and at each reload, before any worker starts
 except SpecError as exc:
     print(f"spec error: {exc}", file=sys.stderr)
     sys.exit(2)
+
+# A reload (SIGHUP: gunicorn's documented way to deploy new code) must serve the code on disk. The checks
+# above imported this service's modules into the master, and workers forked from it would inherit them,
+# old code and old spec included (a new endpoint stayed 404). So the master forgets them here: each
+# worker imports them afresh (and reads its settings once, from the same file and environment). The
+# checks stay cheap: the third-party modules they pulled in stay imported, so workers still start warm;
+# a dependency upgrade is a restart, not a reload. gunicorn imports the worker class after this file,
+# and a reload runs this file first: that import, too, is of the code on disk.
+for _name in [n for n in sys.modules if n in ("swagger_server", "wsgi") or n.startswith("swagger_server.")]:
+    del sys.modules[_name]
 
 # Where to listen. PORT overrides [GUNICORN] port, as platforms (Heroku, Cloud Run) expect. With
 # [API] metrics_port set, /metrics is served only there (an internal port), and the API only here.

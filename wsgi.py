@@ -9,7 +9,7 @@ from __future__ import annotations
 from swagger_server import create_app, get_database
 from swagger_server.config import process_settings
 
-settings = process_settings()  # under gunicorn: the master's, read once (gunicorn.conf.py)
+settings = process_settings()  # once per worker: gunicorn.conf.py checked the same file and environment
 app = create_app(settings)
 
 

@@ -173,8 +173,9 @@ class SpecError(RuntimeError):
 
 @functools.cache
 def checked_spec() -> dict:
-    """The spec, loaded and checked once per process (gunicorn's master checks it at start, and its
-    workers, forked from it, find it here). SpecError names each operation without a function."""
+    """The spec, loaded and checked once per process (gunicorn's master checks it at start and at each
+    reload, so a bad spec stops it before a worker starts; each worker loads it once more, from disk).
+    SpecError names each operation without a function."""
     spec = load_spec()
     missing = unresolved_operations(spec)
     if missing:

@@ -218,6 +218,7 @@ def _parse(parse: Callable, raw: str, where: str, secret: bool = False):
 
 @functools.cache
 def process_settings() -> Settings:
-    """The settings of this process tree, read once: gunicorn's master reads them (gunicorn.conf.py),
-    and its workers, forked from it, find them here instead of reading config.ini again."""
+    """The settings of this process, read once. gunicorn's master reads them for its own settings
+    (gunicorn.conf.py), then forgets this module so that a reload serves the code on disk; each
+    worker reads them once more, from the same file and environment."""
     return load_settings()
