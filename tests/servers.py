@@ -20,7 +20,10 @@ EMPTY = str(Path(__file__).parent / "empty.ini")
 
 
 def gunicorn_env(database_url: str, port: int, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "API_", "WEB_", "CORS_"))}
+    # Not PYTHONPATH either: each server imports the code of the tree it runs in (its cwd).
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DB_", "API_", "WEB_", "CORS_")) and k != "PYTHONPATH"
+    }
     env.update(
         {
             "APP_CONFIG": EMPTY,
@@ -36,8 +39,8 @@ def gunicorn_env(database_url: str, port: int, **extra) -> dict:
     return env
 
 
-def start_gunicorn(env) -> subprocess.Popen:
-    return gunicorn.start(["-c", "gunicorn.conf.py", "wsgi:app"], env)
+def start_gunicorn(env, cwd: Path = ROOT) -> subprocess.Popen:
+    return gunicorn.start(["-c", "gunicorn.conf.py", "wsgi:app"], env, cwd=cwd)
 
 
 def refused_start(env, timeout: float = 60) -> tuple[int, str, str]:
@@ -68,7 +71,8 @@ class Gunicorn:
     them every request (a harness fault that once looked like a server hang).
     """
 
-    def __init__(self, database_url: str, port: int | None = None, **env):
+    def __init__(self, database_url: str, port: int | None = None, cwd: Path = ROOT, **env):
+        self.cwd = cwd  # the tree whose code it serves (another release's, in the upgrade tests)
         # free_port() picks a port that another process may take before gunicorn binds it: a start
         # that fails with EADDRINUSE is retried on a new port (gunicorn cannot report a port 0 bind).
         # A port the caller chose is not changed.
@@ -83,7 +87,7 @@ class Gunicorn:
     def _start(self, database_url: str, port: int, env: dict) -> None:
         self.port = port
         self.base = f"http://127.0.0.1:{self.port}"
-        self.process = start_gunicorn(gunicorn_env(database_url, self.port, **env))
+        self.process = start_gunicorn(gunicorn_env(database_url, self.port, **env), self.cwd)
         self._output: list[str] = []  # both streams, in the order lines arrived
         self._stdout: list[str] = []
         self._drains = [
