@@ -8,6 +8,7 @@ replacement, and the pytest node ids that must fail.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -523,6 +524,60 @@ MUTATIONS = [
         "text = cursor.mogrify(query, vars).decode()",
         ("tests/test_tracing.py::test_a_request_with_a_traceparent_continues_the_callers_trace",),
     ),
+    Mutation(
+        "a migration waits for a lock at most [MIGRATE] lock_timeout, then yields to traffic",
+        "swagger_server/db/migrate.py",
+        "(_ms(timeouts.lock_timeout), _ms(timeouts.statement_timeout))",
+        '("0", _ms(timeouts.statement_timeout))',
+        (
+            "tests/test_upgrades.py::test_a_migration_behind_a_long_reader_never_piles_traffic_up",
+            "tests/test_migrate.py::test_a_file_waiting_for_a_lock_yields_to_traffic_and_is_applied_once_the_reader_ends",
+        ),
+    ),
+    Mutation(
+        "a re-run drops the invalid index a failed concurrent build left",
+        "swagger_server/db/migrate.py",
+        "        _drop_invalid(cur, file)  # left by an earlier failed build",
+        "        pass  # left by an earlier failed build",
+        ("tests/test_migrate.py::test_a_failed_concurrent_build_leaves_no_invalid_index_and_a_rerun_builds_it",),
+    ),
+    Mutation(
+        "a no-transaction file holds one statement that traffic never waits behind",
+        "swagger_server/db/migrate.py",
+        'if ";" in body or not _CONCURRENT.match(body):',
+        "if False:",
+        ("tests/test_migrate.py::test_a_no_transaction_file_must_hold_one_statement_traffic_never_waits_behind",),
+    ),
+    Mutation(
+        "every schema file passes squawk, or waives a rule with a reason",
+        "swagger_server/db/schema/004_orders_drop_idempotency_columns.sql",
+        "-- squawk-ignore ban-drop-column\n",
+        "",
+        ("tests/test_migrate.py::test_squawk_passes_every_schema_file_and_would_catch_a_blocking_one",),
+    ),
+    Mutation(
+        "a database behind this code's schema is a 503 naming db upgrade, never a 500",
+        "swagger_server/db/database.py",
+        "        if self._schema_missing:\n            raise SchemaBehind(self._schema_missing)",
+        "        pass",
+        (
+            "tests/test_schema_version.py::test_a_database_without_this_codes_schema_is_a_503_naming_db_upgrade_never_a_500",
+        ),
+    ),
+    Mutation(
+        "kill -HUP serves the code on disk",
+        "gunicorn.conf.py",
+        "    del sys.modules[_name]",
+        "    pass",
+        ("tests/test_reload.py::test_sighup_serves_the_new_code_and_spec_and_no_request_fails",),
+    ),
+    Mutation(
+        "a client's Idempotency-Key is recognised across a release boundary",
+        "swagger_server/controllers/orders.py",
+        'client = context["token_info"]["sub"]',
+        'client = "v2:" + context["token_info"]["sub"]',
+        ("tests/test_upgrades.py::test_a_rolling_upgrade_under_load_loses_nothing_and_doubles_nothing",),
+    ),
 ]
 
 
@@ -548,6 +603,7 @@ def run(mutation: Mutation, python: str) -> tuple[bool, float, str]:
             cwd=tree,
             capture_output=True,
             text=True,
+            env={**os.environ, "MUTATION_SOURCE_TREE": str(ROOT)},  # its git history (the copy has none)
         )
         lines = (result.stdout + result.stderr).strip().splitlines()
         summary = [line for line in lines if " passed" in line or " failed" in line or " error" in line]

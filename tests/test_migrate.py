@@ -4,6 +4,7 @@ builds outside a transaction and leaves no invalid index behind; squawk lints ev
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import threading
@@ -20,7 +21,8 @@ from swagger_server.db.migrate import MigrationError, Timeouts, upgrade
 from tests.conftest import admin_connect, query, schema_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-SQUAWK = ROOT / "tools" / "node_modules" / ".bin" / "squawk"
+# tests/mutations.py's scratch copy has no node_modules: the tree it copied has.
+SQUAWK = Path(os.environ.get("MUTATION_SOURCE_TREE") or ROOT) / "tools" / "node_modules" / ".bin" / "squawk"
 ADD_COLUMNS = "ALTER TABLE orders ADD COLUMN upgrade_note text;\nALTER TABLE customers ADD COLUMN upgrade_note text;\n"
 FAST = Timeouts(lock_timeout=0.2, statement_timeout=10, deadline=60, max_backoff=0.5)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import random
 import subprocess
 import sys
@@ -228,8 +229,10 @@ def test_a_migration_behind_a_long_reader_never_piles_traffic_up(scratch_databas
 def previous_release(tmp_path_factory) -> Path:
     """The previous release's tree, from git (`git archive`), beside this one."""
     tree = tmp_path_factory.mktemp("previous-release")
+    # tests/mutations.py runs this in a scratch copy without .git: it names the repository it copied.
+    repository = os.environ.get("MUTATION_SOURCE_TREE") or ROOT
     archive = subprocess.run(
-        ["git", "archive", "--format=tar", PREVIOUS_RELEASE], cwd=ROOT, capture_output=True, check=False
+        ["git", "archive", "--format=tar", PREVIOUS_RELEASE], cwd=repository, capture_output=True, check=False
     )
     assert archive.returncode == 0, f"git archive {PREVIOUS_RELEASE}: {archive.stderr.decode()[-500:]}"
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
