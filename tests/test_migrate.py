@@ -206,3 +206,41 @@ def test_squawk_passes_every_schema_file_and_would_catch_a_blocking_one(tmp_path
                 assert i > 0 and lines[i - 1].strip().startswith("-- why: "), (
                     f"{path.name}:{i + 1}: a waiver without why"
                 )
+
+
+@pytest.mark.parametrize("route", ["direct", "pgbouncer"])
+def test_upgrades_at_once_apply_each_file_once_and_leave_no_session_state(request, scratch_database, tmp_path, route):
+    """Two `db upgrade` at once (a Job retried while the first still runs) serialise on the advisory
+    lock. Through PgBouncer in transaction mode too: a transactional file keeps its lock and timeouts
+    inside its transaction, so no other client's server connection inherits them."""
+    url = scratch_database(f"store_mig_twice_{route}")
+    if route == "pgbouncer":
+        url = request.getfixturevalue("pgbouncer").url(f"store_mig_twice_{route}")
+    folder = schema_dir(tmp_path, extra={"900_upgrade_note.sql": ADD_COLUMNS})
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(upgrade(url, FAST, schema_dir=folder, say=lambda _: None))
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    applied_names = sorted(sum(results, []))
+    assert applied_names == sorted(f.name for f in migrate.shipped(folder)), applied_names  # each once, by one
+    conn = admin_connect(url)
+    try:
+        assert query(conn, "SELECT count(*) FROM schema_migrations") == [(len(applied_names),)]
+        # No advisory lock left held, and the session defaults untouched, on any server connection.
+        assert query(conn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+        for _ in range(5):
+            assert query(conn, "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')") == [
+                ("0", "0")
+            ]
+    finally:
+        conn.close()

@@ -15,8 +15,9 @@ so one slow report becomes a pile-up of every request. So (the discipline of Git
   runs without timeouts (a concurrent build may wait for old transactions as long as it must; nobody
   waits for it), and an index that a failed concurrent build left invalid is dropped, at the failure
   and again before the next try, so a re-run never finds it "already there".
-- One upgrade at a time: a session advisory lock, so run it against PostgreSQL itself, not through
-  PgBouncer in transaction mode. Applied files are recorded in `schema_migrations`; running it
+- One upgrade at a time: an advisory lock, held by each file's transaction (so a transactional file
+  works through PgBouncer in transaction mode), or by the session around a no-transaction file (which
+  therefore needs PostgreSQL itself). Applied files are recorded in `schema_migrations`; running it
   twice changes nothing.
 
 The code needs every file it ships (`missing()`); files it does not know (a newer release's, after a
@@ -163,26 +164,27 @@ def upgrade(
     conn = psycopg2.connect(dsn)
     try:
         conn.autocommit = True
-        with conn.cursor() as cur:
+        with conn.cursor() as cur:  # under the lock: two first upgrades at once would race on CREATE
             cur.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                "BEGIN; SELECT pg_advisory_xact_lock(%s); CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now()); COMMIT",
+                (_LOCK_ID,),
             )
-            cur.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))  # another upgrade runs: wait for it
         done = applied(conn)
         names = []
         for file in files:
             if file.name in done:
                 continue
-            _retrying(file, conn, timeouts, say)
-            say(f"applied {file.name}")
-            names.append(file.name)
+            if _retrying(file, conn, timeouts, say):
+                say(f"applied {file.name}")
+                names.append(file.name)
         return names
     finally:
-        conn.close()  # also releases the advisory lock
+        conn.close()
 
 
-def _retrying(file: SchemaFile, conn, timeouts: Timeouts, say: Callable[[str], None]) -> None:
+def _retrying(file: SchemaFile, conn, timeouts: Timeouts, say: Callable[[str], None]) -> bool:
+    """Apply one file, retrying while it yields; False if another upgrade applied it meanwhile."""
     apply = _apply_in_transaction if file.transactional else _apply_concurrently
 
     def yielded(state: tenacity.RetryCallState) -> None:
@@ -200,7 +202,7 @@ def _retrying(file: SchemaFile, conn, timeouts: Timeouts, say: Callable[[str], N
         reraise=True,
     )
     try:
-        retrying(apply, file, conn, timeouts)
+        return retrying(apply, file, conn, timeouts)
     except _YIELDED as exc:
         raise MigrationError(
             f"{file.name}: not applied; it yielded for {timeouts.deadline:g} s ({first_line(exc)}). "
@@ -212,7 +214,10 @@ def _retrying(file: SchemaFile, conn, timeouts: Timeouts, say: Callable[[str], N
         raise MigrationError(f"{file.name}: not applied: {first_line(exc)}") from exc
 
 
-def _apply_in_transaction(file: SchemaFile, conn, timeouts: Timeouts) -> None:
+def _apply_in_transaction(file: SchemaFile, conn, timeouts: Timeouts) -> bool:
+    """One transaction, and nothing outside it (so it works through PgBouncer in transaction mode):
+    the timeouts are SET LOCAL, and the lock that serialises upgrades is a transaction-level advisory
+    lock, waited for no longer than any other lock."""
     with conn.cursor() as cur:
         cur.execute("BEGIN")
         try:
@@ -220,27 +225,42 @@ def _apply_in_transaction(file: SchemaFile, conn, timeouts: Timeouts) -> None:
                 "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
                 (_ms(timeouts.lock_timeout), _ms(timeouts.statement_timeout)),
             )
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+            cur.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (file.name,))
+            if cur.fetchone():  # another upgrade applied it while this one waited
+                cur.execute("ROLLBACK")
+                return False
             cur.execute(file.text)
             cur.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (file.name,))
         except BaseException:
             cur.execute("ROLLBACK")
             raise
         cur.execute("COMMIT")
+    return True
 
 
-def _apply_concurrently(file: SchemaFile, conn, _timeouts: Timeouts) -> None:
+def _apply_concurrently(file: SchemaFile, conn, _timeouts: Timeouts) -> bool:
+    """Outside a transaction, so with a session: the upgrade lock is a session advisory lock and the
+    timeouts are off for the session (nobody waits behind these statements). This needs PostgreSQL
+    itself, not PgBouncer in transaction mode (docs/UPGRADING.md)."""
     statement = file.statement()
     with conn.cursor() as cur:
-        cur.execute("SET lock_timeout = 0; SET statement_timeout = 0")  # nobody waits behind it
-        _drop_invalid(cur, file)  # left by an earlier failed build: IF NOT EXISTS would keep it
+        cur.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))  # another upgrade runs: wait for it
         try:
-            cur.execute(statement)
-        except psycopg2.Error:
-            _drop_invalid(cur, file)
-            raise
+            cur.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (file.name,))
+            if cur.fetchone():
+                return False
+            cur.execute("SET lock_timeout = 0; SET statement_timeout = 0")
+            _drop_invalid(cur, file)  # left by an earlier failed build: IF NOT EXISTS would keep it
+            try:
+                cur.execute(statement)
+            except psycopg2.Error:
+                _drop_invalid(cur, file)
+                raise
+            cur.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (file.name,))
         finally:
-            cur.execute("RESET lock_timeout; RESET statement_timeout")
-        cur.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (file.name,))
+            cur.execute("RESET lock_timeout; RESET statement_timeout; SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
+    return True
 
 
 def _drop_invalid(cur, file: SchemaFile) -> None:
