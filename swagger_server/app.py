@@ -20,7 +20,7 @@ import yaml
 from connexion.middleware import MiddlewarePosition
 from connexion.options import SwaggerUIOptions
 
-from swagger_server import errors, observability, patches, routing, security, validation
+from swagger_server import deprecation, errors, observability, patches, routing, security, validation
 from swagger_server.config import Settings, load_settings
 from swagger_server.db.database import Database
 from swagger_server.gate import HeadLimits, ProblemCORS, RequestGate
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         limits=HeadLimits.of(settings.api),
         validators=validation.validator_map(),
         tracing=observability.Tracing(),
+        deprecations=deprecation.headers_by_operation(spec["paths"]),
     )
     scope.tracing = state.tracing
 
@@ -109,6 +110,9 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
             "X-Request-ID",
             "X-Consistency-Token",
             "WWW-Authenticate",
+            "Deprecation",
+            "Sunset",
+            "Link",
         ],
         max_age=600,
     )
@@ -180,6 +184,10 @@ def checked_spec() -> dict:
     missing = unresolved_operations(spec)
     if missing:
         raise SpecError("; ".join(missing))
+    try:
+        deprecation.headers_by_operation(spec["paths"])
+    except deprecation.DeprecationSpecError as exc:
+        raise SpecError(str(exc)) from None
     return spec
 
 

@@ -31,6 +31,8 @@ class AppState:
     limits: HeadLimits  # the HTTP layer's head limits (swagger_server/server.py)
     validators: dict[str, Any]  # Connexion's validator_map, with this app's validator caches
     tracing: Tracing  # OpenTelemetry, from the OTEL_* variables (off by default)
+    # operationId -> Deprecation, Sunset, Link of a deprecated operation (swagger_server/deprecation.py)
+    deprecations: dict[str, list[tuple[bytes, bytes]]]
     handlers: HandlerThreads | None = None
 
 

@@ -106,7 +106,11 @@ class Observability:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message = {**message, "headers": [*message.get("headers", []), header]}
+                extra = [header]
+                if self.state.deprecations:  # a deprecated operation says so on every answer (deprecation.py)
+                    routing = scope["extensions"].get("connexion_routing", {})
+                    extra += self.state.deprecations.get((routing.get("operation_id") or "").rsplit(".", 1)[-1], ())
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 # Counted before the last byte leaves: a client that has its answer and then
                 # scrapes /metrics finds its request there.
