@@ -40,6 +40,15 @@ MUTATIONS = [
         ("tests/test_replica.py::test_a_read_cut_off_mid_query_on_the_replica_is_run_again_on_the_primary",),
     ),
     Mutation(
+        "a read cancelled on the replica by a migration's replayed lock (conflict with recovery) is run again on the primary",
+        "swagger_server/db/replica.py",
+        "and not isinstance(exc, psycopg2.errors.QueryCanceled)",
+        "and not isinstance(exc, (psycopg2.errors.QueryCanceled, psycopg2.errors.SerializationFailure))",
+        (
+            "tests/test_replica.py::test_a_migrations_lock_replayed_on_the_replica_sends_the_cancelled_reads_to_the_primary",
+        ),
+    ),
+    Mutation(
         "a replica connection that cannot be had (killed, server down) sends the read to the primary",
         "swagger_server/request_scope.py",
         "            replica.failed(exc)\n            return None",

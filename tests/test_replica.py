@@ -241,6 +241,71 @@ def test_a_read_cut_off_mid_query_on_the_replica_is_run_again_on_the_primary(
         proxy.stop()
 
 
+def test_a_migrations_lock_replayed_on_the_replica_sends_the_cancelled_reads_to_the_primary(
+    database_url, replica_server, store, replica_admin
+):
+    """A migration's ACCESS EXCLUSIVE lock, replayed on the replica, cancels the replica's reads of that
+    table (conflict with recovery, at once with max_standby_streaming_delay = 0). Over real gunicorn
+    under a read load: every cancelled read is run again on the primary, never a 5xx."""
+    import requests
+
+    from tests.servers import Gunicorn
+
+    wait_until(lambda: caught_up(replica_admin, store), timeout=10)
+    query(replica_admin, "ALTER SYSTEM SET max_standby_streaming_delay = 0")
+    query(replica_admin, "SELECT pg_reload_conf()")
+
+    def conflicts() -> int:
+        return query(
+            replica_admin, "SELECT confl_lock FROM pg_stat_database_conflicts WHERE datname = current_database()"
+        )[0][0]
+
+    server = Gunicorn(
+        database_url, DATABASE_REPLICA_URL=replica_server.url(TEST_DB), DB_REPLICA_MAX_LAG="60", WEB_CONCURRENCY="2"
+    )
+    statuses: list = []
+    running = True
+
+    def reader():
+        session = requests.Session()
+        session.headers.update(AUTH)
+        while running:
+            for path in (
+                "/api/customers?limit=100",
+                "/api/customers/1",
+                "/api/dashboard?from=2026-01-01&to=2026-01-31",
+            ):
+                try:
+                    statuses.append(session.get(server.base + path, timeout=10).status_code)
+                except requests.RequestException as exc:
+                    statuses.append(repr(exc))
+
+    threads = [threading.Thread(target=reader, daemon=True) for _ in range(6)]
+    before = conflicts()
+    try:
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(statuses) > 50, timeout=20, message="the read load")
+        for _ in range(300):  # the lock a migration takes, again and again, until reads were cancelled
+            query(store, "SET lock_timeout = '500ms'; ALTER TABLE customers ADD COLUMN conflict_probe text")
+            query(store, "SET lock_timeout = '500ms'; ALTER TABLE customers DROP COLUMN conflict_probe")
+            if conflicts() - before >= 5:
+                break
+            time.sleep(0.02)
+        time.sleep(0.5)
+    finally:
+        running = False
+        for thread in threads:
+            thread.join(30)
+        server.stop()
+        query(store, "RESET lock_timeout; ALTER TABLE customers DROP COLUMN IF EXISTS conflict_probe")
+        query(replica_admin, "ALTER SYSTEM RESET max_standby_streaming_delay")
+        query(replica_admin, "SELECT pg_reload_conf()")
+    cancelled = conflicts() - before
+    assert cancelled >= 5, f"only {cancelled} replica reads were cancelled: the test proved nothing"
+    assert statuses and set(statuses) == {200}, {s for s in statuses if s != 200}
+
+
 def test_reads_survive_the_replica_going_down_and_return_to_it(database_url, replica_server, store, replica_admin):
     """Last in this module: stops the replica. Every read answers 200, before, during and after.
 
