@@ -71,7 +71,7 @@ def database_url(pg_server) -> str:
 
 
 @pytest.fixture
-def scratch_database(pg_server):
+def new_database(pg_server):
     """make(name) -> the URL of a new, empty database (no schema); each is dropped after the test."""
     made = []
     admin = admin_connect(pg_server.url("postgres"))

@@ -49,6 +49,10 @@ COMMANDS = {
         f"{THIS}::test_make_lint_and_the_cli_commands_of_the_readme",
     ),
     ".venv/bin/python -m swagger_server db seed": ("run", f"{THIS}::test_make_lint_and_the_cli_commands_of_the_readme"),
+    ".venv/bin/python -m swagger_server db status": (
+        "run",
+        f"{THIS}::test_make_lint_and_the_cli_commands_of_the_readme",
+    ),
     ".venv/bin/python -m swagger_server check-config": (
         "run",
         f"{THIS}::test_make_lint_and_the_cli_commands_of_the_readme",
@@ -165,6 +169,9 @@ def test_make_lint_and_the_cli_commands_of_the_readme(scratch_database):
     env = _env(DATABASE_URL=scratch_database)
     upgraded = _cli("db", "upgrade", env=env)
     assert upgraded.returncode == 0 and "schema up to date" in upgraded.stdout, upgraded.stderr
+    status = _cli("db", "status", env=env)
+    assert status.returncode == 0 and status.stdout.rstrip().endswith("0 pending"), status.stdout + status.stderr
+    assert re.search(r"^001_store\.sql +applied 20", status.stdout, re.M), status.stdout
     # `db seed --customers N`: the other sizes scale with it (not 100 000 orders for 100 customers).
     seeded = _cli("db", "seed", "--customers", "50", "--quiet", env=env)
     assert seeded.returncode == 0, seeded.stderr

@@ -46,8 +46,8 @@ class Reader:
         self.conn.close()
 
 
-def test_a_file_waiting_for_a_lock_yields_to_traffic_and_is_applied_once_the_reader_ends(scratch_database, tmp_path):
-    url = scratch_database("store_mig_yield")
+def test_a_file_waiting_for_a_lock_yields_to_traffic_and_is_applied_once_the_reader_ends(new_database, tmp_path):
+    url = new_database("store_mig_yield")
     upgrade(url)
     folder = schema_dir(tmp_path, extra={"900_upgrade_note.sql": ADD_COLUMNS})
     reader = Reader(url)
@@ -87,8 +87,8 @@ def test_a_file_waiting_for_a_lock_yields_to_traffic_and_is_applied_once_the_rea
         conn.close()
 
 
-def test_at_its_deadline_it_gives_up_naming_the_blocker_and_leaves_nothing(scratch_database, tmp_path):
-    url = scratch_database("store_mig_deadline")
+def test_at_its_deadline_it_gives_up_naming_the_blocker_and_leaves_nothing(new_database, tmp_path):
+    url = new_database("store_mig_deadline")
     upgrade(url)
     folder = schema_dir(tmp_path, extra={"900_upgrade_note.sql": ADD_COLUMNS})
     reader = Reader(url)
@@ -116,8 +116,8 @@ def invalid_indexes(conn) -> list[str]:
     return [r[0] for r in query(conn, "SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid")]
 
 
-def test_a_failed_concurrent_build_leaves_no_invalid_index_and_a_rerun_builds_it(scratch_database, tmp_path):
-    url = scratch_database("store_mig_concurrent")
+def test_a_failed_concurrent_build_leaves_no_invalid_index_and_a_rerun_builds_it(new_database, tmp_path):
+    url = new_database("store_mig_concurrent")
     upgrade(url)
     conn = admin_connect(url)
     try:
@@ -148,8 +148,8 @@ def test_a_failed_concurrent_build_leaves_no_invalid_index_and_a_rerun_builds_it
         "-- migrate: no-transaction\nCREATE INDEX CONCURRENTLY a ON orders (status);\nCREATE INDEX CONCURRENTLY b ON orders (total_cents);\n",
     ],
 )
-def test_a_no_transaction_file_must_hold_one_statement_traffic_never_waits_behind(scratch_database, tmp_path, text):
-    url = scratch_database("store_mig_refused")
+def test_a_no_transaction_file_must_hold_one_statement_traffic_never_waits_behind(new_database, tmp_path, text):
+    url = new_database("store_mig_refused")
     folder = schema_dir(tmp_path, extra={"900_bad.sql": text})
     with pytest.raises(MigrationError, match="900_bad.sql: a no-transaction file holds exactly one"):
         upgrade(url, FAST, schema_dir=folder)
@@ -160,8 +160,8 @@ def test_a_no_transaction_file_must_hold_one_statement_traffic_never_waits_behin
         conn.close()
 
 
-def test_status_lists_applied_pending_and_unknown_files(scratch_database, tmp_path, capsys, monkeypatch):
-    url = scratch_database("store_mig_status")
+def test_status_lists_applied_pending_and_unknown_files(new_database, tmp_path, capsys, monkeypatch):
+    url = new_database("store_mig_status")
     upgrade(url, schema_dir=schema_dir(tmp_path, upto="002_idempotency_keys.sql"))
     conn = admin_connect(url)
     try:
@@ -209,11 +209,11 @@ def test_squawk_passes_every_schema_file_and_would_catch_a_blocking_one(tmp_path
 
 
 @pytest.mark.parametrize("route", ["direct", "pgbouncer"])
-def test_upgrades_at_once_apply_each_file_once_and_leave_no_session_state(request, scratch_database, tmp_path, route):
+def test_upgrades_at_once_apply_each_file_once_and_leave_no_session_state(request, new_database, tmp_path, route):
     """Two `db upgrade` at once (a Job retried while the first still runs) serialise on the advisory
     lock. Through PgBouncer in transaction mode too: a transactional file keeps its lock and timeouts
     inside its transaction, so no other client's server connection inherits them."""
-    url = scratch_database(f"store_mig_twice_{route}")
+    url = new_database(f"store_mig_twice_{route}")
     if route == "pgbouncer":
         url = request.getfixturevalue("pgbouncer").url(f"store_mig_twice_{route}")
     folder = schema_dir(tmp_path, extra={"900_upgrade_note.sql": ADD_COLUMNS})

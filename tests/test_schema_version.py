@@ -52,9 +52,9 @@ CALLS = [
 
 @pytest.mark.parametrize("state", ["empty", "behind"])
 def test_a_database_without_this_codes_schema_is_a_503_naming_db_upgrade_never_a_500(
-    scratch_database, tmp_path, app_on, caplog, state
+    new_database, tmp_path, app_on, caplog, state
 ):
-    url = scratch_database(f"store_schema_{state}")
+    url = new_database(f"store_schema_{state}")
     if state == "behind":  # a release ago: the row versions (ETags) this code reads are not there yet
         upgrade(url, schema_dir=schema_dir(tmp_path, upto="002_idempotency_keys.sql"))
     client = app_on(url)
@@ -74,9 +74,9 @@ def test_a_database_without_this_codes_schema_is_a_503_naming_db_upgrade_never_a
     assert created.status_code == 201, created.text
 
 
-def test_a_schema_newer_than_this_code_is_served(scratch_database, app_on):
+def test_a_schema_newer_than_this_code_is_served(new_database, app_on):
     """Rolled back to this code after a newer release's `db upgrade` (expand/contract keeps it readable)."""
-    url = scratch_database("store_schema_newer")
+    url = new_database("store_schema_newer")
     upgrade(url)
     conn = admin_connect(url)
     try:

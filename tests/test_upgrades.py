@@ -182,8 +182,8 @@ upgrade(sys.argv[1], schema_dir=Path(sys.argv[2]), say=lambda line: print(line, 
 """
 
 
-def test_a_migration_behind_a_long_reader_never_piles_traffic_up(scratch_database, tmp_path):
-    url = scratch_database("store_pileup")
+def test_a_migration_behind_a_long_reader_never_piles_traffic_up(new_database, tmp_path):
+    url = new_database("store_pileup")
     upgrade(url)
     seed(url)
     folder = schema_dir(tmp_path, extra={"900_upgrade_note.sql": ADD_COLUMNS})
@@ -239,8 +239,8 @@ def previous_release(tmp_path_factory) -> Path:
     return tree
 
 
-def test_a_rolling_upgrade_under_load_loses_nothing_and_doubles_nothing(scratch_database, previous_release):
-    url = scratch_database("store_rolling")
+def test_a_rolling_upgrade_under_load_loses_nothing_and_doubles_nothing(new_database, previous_release):
+    url = new_database("store_rolling")
     installed = run_upgrade(previous_release, url)  # the previous release's own `db upgrade`
     assert installed.wait(60) == 0, installed.stdout.read()
     seed(url)
