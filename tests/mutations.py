@@ -581,6 +581,13 @@ MUTATIONS = [
         ("tests/test_reload.py::test_sighup_serves_the_new_code_and_spec_and_no_request_fails",),
     ),
     Mutation(
+        "a key stored before keys had a client (002's copy) is recognised for the same order",
+        "swagger_server/db/queries/orders.py",
+        " AND (client = %(client)s OR (client = '' AND request_hash = %(hash)s))",
+        " AND client = %(client)s AND %(hash)s IS NOT NULL",
+        ("tests/test_upgrades.py::test_a_key_stored_before_keys_had_a_client_is_recognised_for_the_same_order",),
+    ),
+    Mutation(
         "a client's Idempotency-Key is recognised across a release boundary",
         "swagger_server/controllers/orders.py",
         'client = context["token_info"]["sub"]',

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -289,3 +290,31 @@ def test_a_rolling_upgrade_under_load_loses_nothing_and_doubles_nothing(new_data
     finally:
         for host in hosts:
             host.stop()
+
+
+def test_a_key_stored_before_keys_had_a_client_is_recognised_for_the_same_order(client, store):
+    """002 moved the keys orders held into idempotency_keys with client '' (their client was not
+    recorded): a retry of the same order across that upgrade finds it; another order with the same
+    key is a new order (the key was nobody's), not a refusal."""
+    body = {"customer_id": 1, "lines": [{"product_id": 1, "quantity": 2}]}
+    fingerprint = hashlib.sha256(json.dumps([1, [(1, 2)]]).encode()).hexdigest()
+    query(
+        store,
+        "INSERT INTO idempotency_keys (client, key, order_id, request_hash) VALUES ('', 'legacy-1', 2, %s)",
+        (fingerprint,),
+    )
+    replay = client.post("/api/orders", json=body, headers={"Idempotency-Key": "legacy-1"})
+    assert replay.status_code == 200 and replay.json()["id"] == 2, replay.text
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    other = client.post(
+        "/api/orders",
+        json={**body, "lines": [{"product_id": 2, "quantity": 1}]},
+        headers={"Idempotency-Key": "legacy-1"},
+    )
+    assert other.status_code == 201 and other.json()["id"] not in (1, 2), other.text
+    again = client.post(
+        "/api/orders",
+        json={**body, "lines": [{"product_id": 2, "quantity": 1}]},
+        headers={"Idempotency-Key": "legacy-1"},
+    )
+    assert again.status_code == 200 and again.json()["id"] == other.json()["id"]  # now the client's own key

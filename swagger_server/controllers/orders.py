@@ -93,7 +93,7 @@ def _place(conn, customer_id: int, wanted: Counter) -> int:
 
 
 def _replay(conn, client: str, key: str, fingerprint: str, ttl: float):
-    earlier = orders.find_by_idempotency_key(conn, client, key, ttl)
+    earlier = orders.find_by_idempotency_key(conn, client, key, ttl, fingerprint)
     if earlier is None:
         return None
     if earlier["request_hash"] != fingerprint:

@@ -33,14 +33,20 @@ def list_customer_orders(conn, customer_id: int, limit: int, after: int | None =
         return cur.all()
 
 
-def find_by_idempotency_key(conn, client: str, key: str, ttl: float) -> dict | None:
+def find_by_idempotency_key(conn, client: str, key: str, ttl: float, request_hash: str) -> dict | None:
     """The order `client` placed with this key within the last `ttl` seconds (with its request
-    fingerprint), or None."""
+    fingerprint), or None.
+
+    Also a key stored before keys belonged to a client (002 copied those with client ''), but only for
+    the same request: what the release that stored it would have replayed, so a client retrying
+    across that upgrade finds its order instead of placing a second one. One round trip either way.
+    """
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT order_id AS id, request_hash FROM idempotency_keys WHERE client = %s AND key = %s"
-            " AND created_at > now() - %s * interval '1 second'",
-            (client, key, ttl),
+            "SELECT order_id AS id, request_hash FROM idempotency_keys WHERE key = %(key)s"
+            " AND (client = %(client)s OR (client = '' AND request_hash = %(hash)s))"
+            " AND created_at > now() - %(ttl)s * interval '1 second' ORDER BY client DESC LIMIT 1",
+            {"client": client, "key": key, "ttl": ttl, "hash": request_hash},
         )
         return cur.one()
 
