@@ -4,9 +4,9 @@ builds outside a transaction and leaves no invalid index behind; squawk lints ev
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,8 +21,7 @@ from swagger_server.db.migrate import MigrationError, Timeouts, upgrade
 from tests.conftest import admin_connect, query, schema_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-# tests/mutations.py's scratch copy has no node_modules: the tree it copied has.
-SQUAWK = Path(os.environ.get("MUTATION_SOURCE_TREE") or ROOT) / "tools" / "node_modules" / ".bin" / "squawk"
+SQUAWK = Path(sys.executable).parent / "squawk"  # requirements-dev.txt pins it (squawk-cli, from PyPI)
 ADD_COLUMNS = "ALTER TABLE orders ADD COLUMN upgrade_note text;\nALTER TABLE customers ADD COLUMN upgrade_note text;\n"
 FAST = Timeouts(lock_timeout=0.2, statement_timeout=10, deadline=60, max_backoff=0.5)
 
@@ -188,7 +187,7 @@ def squawk(*paths) -> subprocess.CompletedProcess:
 
 
 def test_squawk_passes_every_schema_file_and_would_catch_a_blocking_one(tmp_path):
-    assert SQUAWK.exists(), "tools/ not installed (make test runs npm ci in tools/)"
+    assert SQUAWK.exists(), f"{SQUAWK} missing: make test installs requirements-dev.txt"
     files = sorted(migrate.SCHEMA_DIR.glob("*.sql"))
     clean = squawk(*files)
     assert clean.returncode == 0, clean.stdout + clean.stderr
