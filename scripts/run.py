@@ -143,7 +143,10 @@ def main() -> int:
             for step in (["db", "upgrade"], ["db", "seed", "--if-empty"]):
                 subprocess.run([py, "-m", "swagger_server", *step], env=env, cwd=ROOT, check=True)
         else:
-            say("your database is used as it is: no schema applied, no demo data (SETUP_DB=1 make run does both)")
+            say(
+                "your database is used as it is: no schema applied, no demo data (SETUP_DB=1 make run does both);"
+                " while its schema is behind this code, API calls answer 503 schema-behind naming `db upgrade`"
+            )
         # Its own session: Ctrl-C reaches only us, and we stop gunicorn gracefully (SIGTERM), not abruptly.
         gunicorn = subprocess.Popen(
             [py, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], env=env, cwd=ROOT, start_new_session=True

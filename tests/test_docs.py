@@ -271,6 +271,11 @@ def test_make_run_with_your_own_database_changes_nothing_unless_asked(scratch_da
         finally:
             conn.close()
         assert tables == [(0,)]  # nothing applied to the user's database
+        # ... so the service says what to do, not a 500 with a traceback.
+        for path in ("/api/health/ready", "/api/products"):
+            answer = requests.get(f"http://127.0.0.1:{port}{path}", timeout=5)
+            assert answer.status_code == 503 and answer.json()["type"] == "/api/problems/schema-behind", answer.text
+            assert "db upgrade" in answer.json()["detail"]
         # gunicorn starts its control server in a thread of its own, possibly after the first answer.
         socket = tmp_path / "run" / "gunicorn.ctl"
         wait_until(socket.is_socket, timeout=10, message="the control socket in the run directory")

@@ -45,6 +45,7 @@ class Reader:
         self.conn.close()
 
 
+@pytest.mark.timing  # a count of an empty table takes ms: the 0.3 s over the lock timeout is scheduling slack
 def test_a_file_waiting_for_a_lock_yields_to_traffic_and_is_applied_once_the_reader_ends(new_database, tmp_path):
     url = new_database("store_mig_yield")
     upgrade(url)

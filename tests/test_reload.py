@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 
 from harness import gunicorn
 from harness.waiting import wait_until
@@ -81,6 +82,7 @@ class Trickle(threading.Thread):
             time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_sighup_serves_the_new_code_and_spec_and_no_request_fails(database_url, tmp_path):
     tree = copy_tree(tmp_path / "tree")
     port = free_port()

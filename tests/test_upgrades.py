@@ -183,6 +183,10 @@ upgrade(sys.argv[1], schema_dir=Path(sys.argv[2]), say=lambda line: print(line, 
 """
 
 
+# The issue's bound (p99 <= 1 s) against the shipped lock timeout (0.5 s): a request waits at most that
+# behind a queued ALTER, and the other half second is its own time on a busy 2-core machine (p50 ~20 ms).
+@pytest.mark.timing
+@pytest.mark.slow
 def test_a_migration_behind_a_long_reader_never_piles_traffic_up(new_database, tmp_path):
     url = new_database("store_pileup")
     upgrade(url)
@@ -207,6 +211,11 @@ def test_a_migration_behind_a_long_reader_never_piles_traffic_up(new_database, t
         assert not [o for o in load.outcomes if not isinstance(o.status, int)], "a connection failed"
         assert not [o for o in answers if o.status >= 500], [o for o in answers if o.status >= 500][:5]
         during = [o.seconds for o in answers if waiting_from <= o.started <= waiting_until]
+        print(  # the figures docs/UPGRADING.md quotes (pytest -s)
+            f"pile-up: {len(answers)} answers, {len(during)} while the migration waited: p50"
+            f" {sorted(during)[len(during) // 2]:.3f} s, p99 {p99(during):.3f} s, max {max(during):.3f} s,"
+            f" 5xx {sum(o.status >= 500 for o in answers)}, yields {output.count('yielded')}"
+        )
         assert len(during) > 100, len(during)
         assert p99(during) <= 1.0, f"p99 {p99(during):.3f} s while the migration waited"
         conn = admin_connect(url)
@@ -240,6 +249,7 @@ def previous_release(tmp_path_factory) -> Path:
     return tree
 
 
+@pytest.mark.slow
 def test_a_rolling_upgrade_under_load_loses_nothing_and_doubles_nothing(new_database, previous_release):
     url = new_database("store_rolling")
     installed = run_upgrade(previous_release, url)  # the previous release's own `db upgrade`
@@ -268,6 +278,10 @@ def test_a_rolling_upgrade_under_load_loses_nothing_and_doubles_nothing(new_data
                 wait_until(lambda n=served: len(load.orders) > n + 20, timeout=30, message=f"orders after host {i}")
         answers = load.answers()
         statuses = {o.status for o in answers}
+        print(
+            f"rolling: {len(answers)} answers, {len(load.orders)} orders ({sum(len(v) > 1 for v in load.orders.values())}"
+            f" sent twice), {len(load.outcomes) - len(answers)} connections refused or cut (retried), statuses {statuses}"
+        )
         assert not [o for o in answers if o.status >= 500], [
             (o.op, o.status, o.body) for o in answers if o.status >= 500
         ]
