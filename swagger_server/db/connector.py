@@ -117,6 +117,12 @@ class Connectors:
             statement_timeout_ms=settings.statement_timeout_ms,
         )
         pool._timed("create", time.monotonic() - began)
+        if pool.configure is not None:
+            try:
+                pool.configure(conn)
+            except BaseException:
+                conn.close()
+                raise
         # Jitter, so connections made together do not all expire (or idle out) together.
         conn.expires_at = conn.created_at + settings.max_lifetime * random.uniform(0.9, 1.0)
         conn.max_idle = settings.max_idle * random.uniform(0.9, 1.0)

@@ -35,9 +35,15 @@ def pool_class(settings: Settings) -> type:
     return NullPool if settings.pool.mode == "none" else ConnectionPool
 
 
-def make_pool(dsn: str, settings: Settings, pool_settings: PoolSettings | None = None, name: str = "primary"):
+def make_pool(
+    dsn: str, settings: Settings, pool_settings: PoolSettings | None = None, name: str = "primary", configure=None
+):
     return pool_class(settings)(
-        dsn, pool_settings or settings.pool, connect_timeout=settings.database.connect_timeout, name=name
+        dsn,
+        pool_settings or settings.pool,
+        connect_timeout=settings.database.connect_timeout,
+        name=name,
+        configure=configure,
     )
 
 
@@ -86,7 +92,11 @@ class Database:
                 keep_inherited(self._pool)
                 if self._replica is not None:
                     keep_inherited(self._replica.pool)
-            self._pool = make_pool(self.settings.database.dsn(self.application_name()), self.settings)
+            # Each new connection tells what schema the database has, until it is current: the check
+            # is paid by the connector, not by a request.
+            self._pool = make_pool(
+                self.settings.database.dsn(self.application_name()), self.settings, configure=self._see_schema
+            )
             # A replica needs a real pool (and a lag monitor); the `none` baseline has neither.
             self._replica = (
                 Replica(self.settings, self.application_name())
@@ -124,26 +134,34 @@ class Database:
 
     def check_schema(self, conn) -> None:
         """Raise SchemaBehind while the database lacks a schema file this code ships (newer files are
-        fine: expand/contract). Once current, it costs nothing and never asks again in this process (a
-        schema does not go backwards); while behind, it asks on `conn` at most once a second, so a
-        `db upgrade` run later is noticed without a restart. The first answer is logged, and each change."""
+        fine: expand/contract). The pool's connector asks as it opens connections (`_see_schema`), so
+        a request normally finds the answer known: once current, this costs nothing and nothing asks
+        again in this process (a schema does not go backwards). While behind, or not known yet, it asks
+        on `conn` at most once a second, so a `db upgrade` run later is noticed without a restart."""
+        if self._schema_missing == ():
+            return
+        if time.monotonic() - self._schema_checked >= SCHEMA_RECHECK:
+            self._see_schema(conn)
+        if self._schema_missing:
+            raise SchemaBehind(self._schema_missing)
+
+    def _see_schema(self, conn) -> None:
+        """Ask the database which schema files it has (one query), unless already known current. The
+        first answer is logged, and each change."""
         if self._schema_missing == ():
             return
         now = time.monotonic()
-        if now - self._schema_checked >= SCHEMA_RECHECK:
-            missing = tuple(migrate.missing(migrate.applied(conn)))
-            with self._lock:
-                before, self._schema_missing, self._schema_checked = self._schema_missing, missing, now
-            if missing and before != missing:
-                logger.warning(
-                    "the database schema is behind this code: %s not applied; API calls answer 503 until"
-                    " `python -m swagger_server db upgrade` runs",
-                    ", ".join(missing),
-                )
-            elif not missing and before:
-                logger.info("the database schema is current now: serving")
-        if self._schema_missing:
-            raise SchemaBehind(self._schema_missing)
+        missing = tuple(migrate.missing(migrate.applied(conn)))
+        with self._lock:
+            before, self._schema_missing, self._schema_checked = self._schema_missing, missing, now
+        if missing and before != missing:
+            logger.warning(
+                "the database schema is behind this code: %s not applied; API calls answer 503 until"
+                " `python -m swagger_server db upgrade` runs",
+                ", ".join(missing),
+            )
+        elif not missing and before:
+            logger.info("the database schema is current now: serving")
 
     def close(self, timeout: float | None = None) -> None:
         """Close this process's pools (worker shutdown). Idempotent."""

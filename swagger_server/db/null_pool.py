@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import psycopg2
 
@@ -26,8 +27,17 @@ class NullPool(PoolVerbs):
 
     holds_connections = False  # the start-up budget check has nothing to count
 
-    def __init__(self, dsn: str, settings: PoolSettings, *, connect_timeout: float = 3.0, name: str = "primary"):
+    def __init__(
+        self,
+        dsn: str,
+        settings: PoolSettings,
+        *,
+        connect_timeout: float = 3.0,
+        name: str = "primary",
+        configure: Callable[[Connection], None] | None = None,
+    ):
         self.dsn = dsn
+        self.configure = configure  # as ConnectionPool's: called with each new connection (here, each checkout)
         self.name = name
         self.settings = settings
         self.timeout = settings.timeout
@@ -59,6 +69,12 @@ class NullPool(PoolVerbs):
             raise DatabaseUnavailable(f"database unavailable: {first_line(exc)}") from None
         self._count("connections_opened")
         self._timed("create", time.monotonic() - began)
+        if self.configure is not None:
+            try:
+                self.configure(conn)
+            except BaseException:
+                conn.close()
+                raise
         with self._lock:
             self._in_use += 1
         return conn

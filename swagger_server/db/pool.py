@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import psycopg2
 import psycopg2.extensions as ext
@@ -69,9 +70,14 @@ class ConnectionPool(PoolVerbs):
         connect_timeout: float = 3.0,
         name: str = "primary",
         connector_threads: int = 2,
+        configure: Callable[[Connection], None] | None = None,
     ):
         self.dsn = dsn
         self.name = name
+        # Called with each new connection before anyone gets it (psycopg_pool's `configure`), in the
+        # connector thread: what it costs is paid once per connection, never by a request. If it raises,
+        # the connection is closed and the error counts as a failure to connect.
+        self.configure = configure
         self.settings = settings
         self.min_size = settings.min_connections
         self.max_size = settings.max_connections
