@@ -34,6 +34,8 @@ from swagger_server.version import VERSION
 logger = logging.getLogger(__name__)
 
 SPEC_DIR = Path(__file__).resolve().parent.parent / "swagger"
+# Liveness and readiness: answered in a lane of their own, never behind API work (handlers.py).
+PROBES = frozenset({"get_health", "get_ready"})
 
 
 def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
@@ -141,6 +143,8 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         threads=settings.server.threads,
         timeout=settings.api.admission_timeout,
         retry_after=settings.api.retry_after,
+        caller_share=settings.api.caller_share,
+        probes=PROBES,
     )
     app.middleware.app.asgi_app = handlers
     app.app.extensions["handlers"] = state.handlers = handlers

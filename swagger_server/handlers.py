@@ -13,10 +13,20 @@ chunk and for the end, each waking a thread through a Python `threading.Conditio
   bounded JSON document), and hands status, headers and body back with one `call_soon_threadsafe`.
 
 Admission control is the same object: at most `threads` requests are in Flask at once, because a thread
-is free only when its request is done. Further requests wait in a FIFO queue on the loop, each for up to
+is free only when its request is done. Further requests wait in a queue on the loop, each for up to
 `timeout` (`[API] admission_timeout`), then get `503` with `Retry-After` instead of queueing without limit. A
-slot is passed straight from a finished request to the first waiter, so no newcomer overtakes it.
-Requests Connexion rejects earlier (validation, auth, routing) never get here.
+slot is passed straight from a finished request to the first waiter that may take it, so no newcomer
+overtakes it. Requests Connexion rejects earlier (validation, auth, routing) never get here.
+
+Two rules keep one caller from taking a worker from the others (issue 29):
+- **A share per caller.** A caller (its token; without one, its address) holds at most `cap` of the
+  threads at once (`[API] caller_share` of them, at least one): one token's flood of slow dashboards
+  leaves threads, and with them pool connections (one per request), for everybody else. Its further
+  requests wait their turn in the same line; one that waited `timeout` is `429 too-many-concurrent`
+  when only its caller's share held it back (a thread was free: its own doing), else `503 overloaded`
+  (the server's).
+- **Probes in their own lane.** Liveness and readiness run on threads of their own: they never wait
+  behind API work, so an orchestrator never restarts a pod because its API is busy.
 
 The environ is a2wsgi's (`build_environ`, with `asgi.scope` in it); `busy` and `waiting` feed the
 handler gauges in /metrics.
@@ -45,19 +55,64 @@ _BODY = json.dumps(
 ).encode()
 
 
-class HandlerThreads:
-    """ASGI app: `wsgi_app` in `threads` threads; at most `threads` requests at once, the next wait up to
-    `timeout` seconds (first come, first served), then 503."""
+_SHARE_BODY = json.dumps(
+    {
+        "type": "/api/problems/too-many-concurrent",
+        "title": "Too Many Requests",
+        "status": 429,
+        "detail": "This caller already has as many requests in progress on this server as it may; retry shortly.",
+    },
+    separators=(",", ":"),
+).encode()
 
-    def __init__(self, wsgi_app, *, threads: int, timeout: float, retry_after: int):
+
+def operation_of(scope) -> str:
+    """The operationId Connexion's router found for this request ('' when none)."""
+    routing = scope.get("extensions", {}).get("connexion_routing", {})
+    return (routing.get("operation_id") or "").rsplit(".", 1)[-1]
+
+
+def caller_of(scope) -> str:
+    """Who is asking: the token's `sub` (security.py) once Connexion's security checked it, else the
+    client's address (behind a trusted proxy, the one it names)."""
+    user = scope.get("extensions", {}).get("connexion_context", {}).get("user")
+    if user:
+        return "token:" + user
+    return "address:" + (scope.get("client") or ("",))[0]
+
+
+class HandlerThreads:
+    """ASGI app: `wsgi_app` in `threads` threads; at most `threads` requests at once, at most `cap` of them
+    a caller's; the next wait up to `timeout` seconds (first come, first served among those that may
+    go), then 503 (or 429 for a caller that held its share all along). `probes` (operationIds) run
+    in a lane of their own."""
+
+    def __init__(
+        self,
+        wsgi_app,
+        *,
+        threads: int,
+        timeout: float,
+        retry_after: int,
+        caller_share: float = 1.0,
+        probes: frozenset[str] = frozenset(),
+    ):
         self.wsgi_app = wsgi_app
         self.threads = threads
         self.timeout = timeout
         self.retry_after = str(retry_after).encode()
+        self.cap = max(1, int(threads * caller_share))  # a caller's requests in Flask at once, at most
         self.rejected = 0  # requests answered 503 after waiting `timeout`
+        self.over_share = 0  # requests answered 429: their caller held its whole share for the wait
         self.busy = 0  # requests in a handler thread now
         self.waiting = 0  # requests waiting for a handler thread now
-        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self._inflight: dict[str, int] = {}  # caller -> its requests in a handler thread now
+        self.probes = probes
+        # Two threads: a readiness check may wait half a second for a connection; liveness not behind it.
+        self.probe_lane = (
+            HandlerThreads(wsgi_app, threads=2, timeout=timeout, retry_after=retry_after) if probes else None
+        )
+        self._waiters: collections.deque[tuple[asyncio.Future, str]] = collections.deque()
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._workers: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -65,21 +120,30 @@ class HandlerThreads:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return  # lifespan and websockets are Connexion's; nothing reaches here
+        if self.probe_lane is not None and operation_of(scope) in self.probes:
+            await self.probe_lane(scope, receive, send)
+            return
         loop = asyncio.get_running_loop()
+        caller = caller_of(scope)
         # The gate has the whole body already: taking it costs no wait, and no thread is held for it.
         body = await _read_body(scope, receive)
-        if not await self._admit(loop):
-            self.rejected += 1
-            await self._reject(send)
+        if not await self._admit(loop, caller):
+            # 429 when only its share held it back (a thread was free), 503 when the server was full.
+            if self.busy < self.threads and self._inflight.get(caller, 0) >= self.cap:
+                self.over_share += 1
+                await self._reject(send, 429, _SHARE_BODY)
+            else:
+                self.rejected += 1
+                await self._reject(send, 503, _BODY)
             return
         try:
             environ = build_environ(scope, io.BytesIO(body))
             done = loop.create_future()
             self._start_workers()
             # The request's contextvars (Connexion's operation, scope) go with it into the thread.
-            self._jobs.put((contextvars.copy_context(), environ, done, loop))
+            self._jobs.put((contextvars.copy_context(), environ, done, loop, caller))
         except BaseException:
-            self._release()
+            self._release(caller)
             raise
         # From here the slot is the thread's: it is released when the thread is done (see _finished),
         # even if this task is cancelled, so that `busy` never undercounts a running handler.
@@ -88,14 +152,17 @@ class HandlerThreads:
         await send({"type": "http.response.body", "body": content})
 
     # -- admission ------------------------------------------------------------------------------------
-    async def _admit(self, loop) -> bool:
-        """Take a slot: at once if one is free and nobody waits, else wait up to `timeout` in line."""
-        if self.busy < self.threads and not self.waiting:
-            self.busy += 1
+    # Invariant: while a slot is free, no waiter may take it (each waiting caller holds its whole share).
+    # A slot frees, and a caller's count drops, only in _release, which then hands slots over.
+    async def _admit(self, loop, caller: str) -> bool:
+        """Take a slot: at once if one is free and the caller is under its share, else wait up to
+        `timeout` in line."""
+        if self.busy < self.threads and self._inflight.get(caller, 0) < self.cap:
+            self._take(caller)
             return True
         waiter = loop.create_future()
-        self._waiters.append(waiter)
-        self.waiting += 1  # counts the unresolved waiters exactly: _release and _expire resolve them
+        self._waiters.append((waiter, caller))
+        self.waiting += 1  # counts the unresolved waiters exactly: _hand_over and _expire resolve them
         timer = loop.call_later(self.timeout, self._expire, waiter)
         try:
             return await waiter  # True: a finishing request handed its slot over; False: timed out
@@ -103,34 +170,54 @@ class HandlerThreads:
             if waiter.cancelled():
                 self.waiting -= 1  # left the line before its turn
             elif waiter.result():
-                self._release()  # handed a slot just as this request went away: pass it on
+                self._release(caller)  # handed a slot just as this request went away: pass it on
             raise
         finally:
             timer.cancel()
 
-    def _release(self) -> None:
-        """A slot is free: give it to the first waiter still waiting, or count it free."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self.waiting -= 1
-                waiter.set_result(True)  # `busy` stays: the slot changes hands
-                return
+    def _take(self, caller: str) -> None:
+        self.busy += 1
+        self._inflight[caller] = self._inflight.get(caller, 0) + 1
+
+    def _release(self, caller: str) -> None:
+        """`caller`'s slot is free: give it (and any other free one) to the first waiters that may take one."""
+        left = self._inflight[caller] - 1
+        if left:
+            self._inflight[caller] = left
+        else:
+            del self._inflight[caller]
         self.busy -= 1
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        if not self._waiters:
+            return
+        kept = collections.deque()
+        while self._waiters:
+            waiter, caller = self._waiters.popleft()
+            if waiter.done():
+                continue  # timed out or cancelled: already uncounted
+            if self.busy < self.threads and self._inflight.get(caller, 0) < self.cap:
+                self.waiting -= 1
+                self._take(caller)
+                waiter.set_result(True)
+            else:
+                kept.append((waiter, caller))
+        self._waiters = kept
 
     def _expire(self, waiter: asyncio.Future) -> None:
         if not waiter.done():
             self.waiting -= 1
             waiter.set_result(False)
 
-    async def _reject(self, send) -> None:
+    async def _reject(self, send, status: int, body: bytes) -> None:
         headers = [
             (b"content-type", b"application/problem+json"),
-            (b"content-length", str(len(_BODY)).encode()),
+            (b"content-length", str(len(body)).encode()),
             (b"retry-after", self.retry_after),
         ]
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": _BODY})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     # -- the threads ----------------------------------------------------------------------------------
     def _start_workers(self) -> None:
@@ -147,16 +234,16 @@ class HandlerThreads:
             job = self._jobs.get()
             if job is None:
                 return
-            context, environ, done, loop = job
+            context, environ, done, loop, caller = job
             try:
                 result = context.run(self._call, environ)
             except BaseException as exc:  # re-raised on the loop, where Connexion renders it
                 result = exc
-            loop.call_soon_threadsafe(self._finished, done, result)
+            loop.call_soon_threadsafe(self._finished, done, result, caller)
             del job, context, environ, done, result
 
-    def _finished(self, done: asyncio.Future, result) -> None:
-        self._release()
+    def _finished(self, done: asyncio.Future, result, caller: str) -> None:
+        self._release(caller)
         if done.cancelled():
             return
         if isinstance(result, BaseException):
@@ -190,6 +277,8 @@ class HandlerThreads:
         for _ in self._workers:
             self._jobs.put(None)
         self._workers = []
+        if self.probe_lane is not None:
+            self.probe_lane.stop()
 
 
 async def _read_body(scope, receive) -> bytes:

@@ -159,3 +159,104 @@ def test_log_writes_are_whole_lines_of_at_most_pipe_buf_bytes():
         assert "".join(stream.writes).splitlines() == lines
     finally:
         log.removeHandler(handler)
+
+
+def held_app(database_url, **api):
+    """An app with 2 handler threads whose token TOKEN may hold one (caller_share 0.5), a second token,
+    and a locker that makes an order wait on a row lock (holding a thread)."""
+    settings = make_settings(
+        database_url,
+        pool={"timeout": 10.0, "statement_timeout_ms": 10_000},
+        server={"threads": 2},
+        api={"admission_timeout": 1.0, "caller_share": 0.5, "tokens": ("test-token", "other-token"), **api},
+    )
+    return create_app(settings)
+
+
+def test_one_caller_holds_at_most_its_share_and_the_other_threads_stay_for_the_others(database_url, store):
+    """Token A holds its one thread (an order waiting on a row lock): A's next request waits, then is
+    429 too-many-concurrent (a thread was free all along: its own share held it back), while token B
+    and an anonymous caller are served at once on the free thread."""
+    app = held_app(database_url)
+    locker = admin_connect(database_url)
+    handlers = app.app.extensions["handlers"]
+    assert handlers.cap == 1
+    try:
+        with app.test_client(headers=AUTH) as client:
+            query(locker, "BEGIN")
+            query(locker, "SELECT * FROM products WHERE id = 1 FOR UPDATE")
+            order = {"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}
+            placed = {}
+            holder = threading.Thread(target=lambda: placed.update(r=client.post("/api/orders", json=order)))
+            holder.start()
+            wait_until(lambda: handlers.busy == 1, message="A's order to hold its one thread")
+            other = client.get("/api/customers/2", headers={"Authorization": "Bearer other-token"})
+            assert other.status_code == 200, other.text  # B: at once, on the free thread
+            assert client.get("/api/products/1", headers={"Authorization": ""}).status_code == 200  # anonymous
+            refused = client.get("/api/customers/3")  # A again: waits its turn, then 429
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["type"] == "/api/problems/too-many-concurrent"
+            assert refused.headers["retry-after"] == "1"
+            assert handlers.over_share == 1 and handlers.rejected == 0
+            query(locker, "ROLLBACK")
+            holder.join(10)
+        assert placed["r"].status_code == 201
+        assert handlers.busy == 0 and handlers._inflight == {}  # every slot given back
+    finally:
+        locker.close()
+        get_database(app).close(timeout=2)
+
+
+def test_a_callers_waiting_request_goes_as_soon_as_its_own_finishes(database_url, store):
+    """A's second request waits while A holds its share, and takes the slot A's first frees (not a 429)."""
+    app = held_app(database_url, admission_timeout=10.0)
+    locker = admin_connect(database_url)
+    handlers = app.app.extensions["handlers"]
+    try:
+        with app.test_client(headers=AUTH) as client:
+            query(locker, "BEGIN")
+            query(locker, "SELECT * FROM products WHERE id = 1 FOR UPDATE")
+            order = {"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}
+            results = {}
+            holder = threading.Thread(target=lambda: results.update(order=client.post("/api/orders", json=order)))
+            holder.start()
+            wait_until(lambda: handlers.busy == 1, message="A's order to hold its one thread")
+            second = threading.Thread(target=lambda: results.update(read=client.get("/api/customers/1")))
+            second.start()
+            wait_until(lambda: handlers.waiting == 1, message="A's read to wait")
+            assert handlers.busy == 1  # a thread is free, and A may not take it
+            query(locker, "ROLLBACK")
+            holder.join(10)
+            second.join(10)
+        assert results["order"].status_code == 201 and results["read"].status_code == 200
+    finally:
+        locker.close()
+        get_database(app).close(timeout=2)
+
+
+def test_probes_never_wait_behind_api_work(database_url, store):
+    """Every handler thread held (both callers' requests wait on a row lock): liveness and readiness
+    answer at once from their own lane; readiness still tells the truth (the database answers)."""
+    app = held_app(database_url, caller_share=1.0)
+    locker = admin_connect(database_url)
+    handlers = app.app.extensions["handlers"]
+    try:
+        with app.test_client(headers=AUTH) as client:
+            query(locker, "BEGIN")
+            query(locker, "SELECT * FROM products WHERE id = 1 FOR UPDATE")
+            order = {"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}
+            holders = [threading.Thread(target=lambda: client.post("/api/orders", json=order)) for _ in range(3)]
+            for holder in holders:
+                holder.start()
+            wait_until(lambda: handlers.busy == 2 and handlers.waiting == 1, message="both threads held, one waiting")
+            for path in ("/api/health", "/api/health/ready"):
+                probe = client.get(path)
+                assert probe.status_code == 200, probe.text
+            assert handlers.waiting == 1 and handlers.rejected == 0  # the probes did not queue
+            assert client.get("/api/health/ready").json()["pool"] in ("checked", "busy")
+            query(locker, "ROLLBACK")
+            for holder in holders:
+                holder.join(10)
+    finally:
+        locker.close()
+        get_database(app).close(timeout=2)

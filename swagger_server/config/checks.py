@@ -111,6 +111,7 @@ def validate(settings: Settings) -> None:
             label("API", "admission_timeout"),
             "must be > 0 and <= 3600 seconds",
         ),
+        (0 < api.caller_share <= 1, label("API", "caller_share"), "must be > 0 and <= 1 (a share of the threads)"),
         (
             all(token_problem(t) is None for t in api.tokens),
             label("API", "tokens"),

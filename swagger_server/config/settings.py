@@ -117,6 +117,9 @@ class ApiSettings:
     retry_after: int = 1
     # Seconds a request may wait for a handler thread before a 503 (admission control, handlers.py).
     admission_timeout: float = 5.0
+    # The share of a worker's handler threads (and so of its pool connections) one caller (a token; else
+    # an address) may hold at once, at least one thread: 0.75 of 4 leaves one for everybody else.
+    caller_share: float = 0.75
     access_log: bool = True  # one line per request on stdout
     log_format: str = "json"  # json (one JSON object a line, for machines) | text (for a person)
     # Limits on what a client may send, enforced before the work (413, 414, 431).
@@ -219,6 +222,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "API_TOKENS": ("API", "tokens"),
     "API_RETRY_AFTER": ("API", "retry_after"),
     "API_ADMISSION_TIMEOUT": ("API", "admission_timeout"),
+    "API_CALLER_SHARE": ("API", "caller_share"),
     "CORS_ORIGINS": ("API", "cors_origins"),
     "ACCESS_LOG": ("API", "access_log"),
     "LOG_FORMAT": ("API", "log_format"),
