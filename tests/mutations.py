@@ -581,6 +581,24 @@ MUTATIONS = [
         ("tests/test_reload.py::test_sighup_serves_the_new_code_and_spec_and_no_request_fails",),
     ),
     Mutation(
+        "liveness and readiness run in a lane of their own, never behind API work",
+        "swagger_server/app.py",
+        "        probes=PROBES,",
+        "        probes=frozenset(),",
+        # (Not the flood test: there a caller's share already leaves the probes a thread.)
+        ("tests/test_handlers.py::test_probes_never_wait_behind_api_work",),
+    ),
+    Mutation(
+        "a caller holds at most its share of a worker's handler threads",
+        "swagger_server/handlers.py",
+        "self.cap = max(1, int(threads * caller_share))",
+        "self.cap = threads",
+        (
+            "tests/test_fair_share.py::test_one_tokens_dashboard_flood_leaves_the_probes_and_other_callers_served",
+            "tests/test_handlers.py::test_one_caller_holds_at_most_its_share_and_the_other_threads_stay_for_the_others",
+        ),
+    ),
+    Mutation(
         "a key stored before keys had a client (002's copy) is recognised for the same order",
         "swagger_server/db/queries/orders.py",
         " AND (client = %(client)s OR (client = '' AND request_hash = %(hash)s))",

@@ -1,8 +1,8 @@
 """No caller takes the service from the others, over real gunicorn: one read token floods the dashboard
 from 40 connections (a process of its own, so its threads do not share the test's GIL) while the
 probes and another token are measured. Liveness answers within 100 ms (p99), readiness stays true,
-the other token's reads within 500 ms (p99), and the flood gets no 5xx but 503 overloaded (documented);
-its excess is 429 too-many-concurrent."""
+the other token's reads within 500 ms (p99), and the flood gets no 5xx but 503 overloaded (documented)
+and, past the admission wait, 429 too-many-concurrent."""
 
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ FLOOD = """
 import http.client, json, sys, threading, time
 host, port, token, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 path = "/api/dashboard?from=2017-01-02&to=2026-12-03&top=50"
-statuses, lock, end = {}, threading.Lock(), time.monotonic() + seconds
+statuses, took, lock, end = {}, [], threading.Lock(), time.monotonic() + seconds
 def flood():
     conn = None
     while time.monotonic() < end:
+        start = time.monotonic()
         try:
             conn = conn or http.client.HTTPConnection(host, port, timeout=30)
             conn.request("GET", path, headers={"Authorization": "Bearer " + token})
@@ -38,10 +39,11 @@ def flood():
             conn, key = None, type(exc).__name__
         with lock:
             statuses[key] = statuses.get(key, 0) + 1
+            took.append(time.monotonic() - start)
 threads = [threading.Thread(target=flood) for _ in range(40)]
 for t in threads: t.start()
 for t in threads: t.join()
-print(json.dumps(statuses))
+print(json.dumps({"statuses": statuses, "median": sorted(took)[len(took) // 2]}))
 """
 
 
@@ -96,14 +98,16 @@ def test_one_tokens_dashboard_flood_leaves_the_probes_and_other_callers_served(n
             time.sleep(0.05)
         other.close()
         out, _ = flood.communicate(timeout=60)
-        statuses = json.loads(out)
+        result = json.loads(out)
+        statuses, flood_median = result["statuses"], result["median"]
         live_p99, read_p99 = p99([s for _, s in live]), p99([s for _, s in reads])
         print(
-            f"flood {statuses}; liveness n={len(live)} p99 {live_p99 * 1000:.1f} ms; readiness n={len(ready)}"
+            f"flood {statuses} median {flood_median:.2f} s; liveness n={len(live)} p99 {live_p99 * 1000:.1f} ms; readiness n={len(ready)}"
             f" max {max(s for _, s, _ in ready) * 1000:.1f} ms; other token n={len(reads)} p99 {read_p99 * 1000:.1f} ms"
         )
-        # The observer would have seen a flood: the token was held to its share (429s) while it ran.
-        assert statuses.get("200", 0) > 20 and statuses.get("429", 0) > 0, statuses
+        # The observer would have seen a flood: the worker was saturated (each report waited its turn
+        # for a thread: ~0.1 s of work, well over a second in line), while the others were not.
+        assert statuses.get("200", 0) > 20 and flood_median >= 0.5, (statuses, flood_median)
         assert set(statuses) <= {"200", "429", "503"}, statuses  # 503 overloaded is documented; no other 5xx
         assert {s for s, _ in live} == {200} and live_p99 <= 0.100, (live_p99, len(live))
         assert {(s, body) for s, _, body in ready} == {(200, "ready")}, ready

@@ -4,6 +4,7 @@ and an access log that never makes the event loop wait on stdout."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -161,6 +162,19 @@ def test_log_writes_are_whole_lines_of_at_most_pipe_buf_bytes():
         log.removeHandler(handler)
 
 
+@contextlib.contextmanager
+def row_locked(locker):
+    """Product 1's row locked by `locker` (an order for it waits, holding its handler thread), released
+    on the way out however the block ends: a failing assertion must not leave the app's shutdown
+    waiting for the held requests."""
+    query(locker, "BEGIN")
+    query(locker, "SELECT * FROM products WHERE id = 1 FOR UPDATE")
+    try:
+        yield
+    finally:
+        query(locker, "ROLLBACK")
+
+
 def held_app(database_url, **api):
     """An app with 2 handler threads whose token TOKEN may hold one (caller_share 0.5), a second token,
     and a locker that makes an order wait on a row lock (holding a thread)."""
@@ -181,25 +195,26 @@ def test_one_caller_holds_at_most_its_share_and_the_other_threads_stay_for_the_o
     locker = admin_connect(database_url)
     handlers = app.app.extensions["handlers"]
     assert handlers.cap == 1
+    placed: dict = {}
+    order = {"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}
     try:
         with app.test_client(headers=AUTH) as client:
-            query(locker, "BEGIN")
-            query(locker, "SELECT * FROM products WHERE id = 1 FOR UPDATE")
-            order = {"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}
-            placed = {}
             holder = threading.Thread(target=lambda: placed.update(r=client.post("/api/orders", json=order)))
-            holder.start()
-            wait_until(lambda: handlers.busy == 1, message="A's order to hold its one thread")
-            other = client.get("/api/customers/2", headers={"Authorization": "Bearer other-token"})
-            assert other.status_code == 200, other.text  # B: at once, on the free thread
-            assert client.get("/api/products/1", headers={"Authorization": ""}).status_code == 200  # anonymous
-            refused = client.get("/api/customers/3")  # A again: waits its turn, then 429
-            assert refused.status_code == 429, refused.text
-            assert refused.json()["type"] == "/api/problems/too-many-concurrent"
-            assert refused.headers["retry-after"] == "1"
-            assert handlers.over_share == 1 and handlers.rejected == 0
-            query(locker, "ROLLBACK")
-            holder.join(10)
+            try:
+                with row_locked(locker):
+                    holder.start()
+                    wait_until(lambda: handlers.busy == 1, message="A's order to hold its one thread")
+                    other = client.get("/api/customers/2", headers={"Authorization": "Bearer other-token"})
+                    assert other.status_code == 200, other.text  # B: at once, on the free thread
+                    anonymous = client.get("/api/products/1", headers={"Authorization": ""})
+                    assert anonymous.status_code == 200, anonymous.text
+                    refused = client.get("/api/customers/3")  # A again: waits its turn, then 429
+                    assert refused.status_code == 429, refused.text
+                    assert refused.json()["type"] == "/api/problems/too-many-concurrent"
+                    assert refused.headers["retry-after"] == "1"
+                    assert handlers.over_share == 1 and handlers.rejected == 0
+            finally:
+                holder.join(15)
         assert placed["r"].status_code == 201
         assert handlers.busy == 0 and handlers._inflight == {}  # every slot given back
     finally:
@@ -212,22 +227,23 @@ def test_a_callers_waiting_request_goes_as_soon_as_its_own_finishes(database_url
     app = held_app(database_url, admission_timeout=10.0)
     locker = admin_connect(database_url)
     handlers = app.app.extensions["handlers"]
+    results: dict = {}
+    order = {"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}
     try:
         with app.test_client(headers=AUTH) as client:
-            query(locker, "BEGIN")
-            query(locker, "SELECT * FROM products WHERE id = 1 FOR UPDATE")
-            order = {"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}
-            results = {}
             holder = threading.Thread(target=lambda: results.update(order=client.post("/api/orders", json=order)))
-            holder.start()
-            wait_until(lambda: handlers.busy == 1, message="A's order to hold its one thread")
             second = threading.Thread(target=lambda: results.update(read=client.get("/api/customers/1")))
-            second.start()
-            wait_until(lambda: handlers.waiting == 1, message="A's read to wait")
-            assert handlers.busy == 1  # a thread is free, and A may not take it
-            query(locker, "ROLLBACK")
-            holder.join(10)
-            second.join(10)
+            try:
+                with row_locked(locker):
+                    holder.start()
+                    wait_until(lambda: handlers.busy == 1, message="A's order to hold its one thread")
+                    second.start()
+                    wait_until(lambda: handlers.waiting == 1, message="A's read to wait")
+                    assert handlers.busy == 1  # a thread is free, and A may not take it
+            finally:
+                holder.join(15)
+                if second.is_alive() or second.ident:
+                    second.join(15)
         assert results["order"].status_code == 201 and results["read"].status_code == 200
     finally:
         locker.close()
@@ -237,26 +253,31 @@ def test_a_callers_waiting_request_goes_as_soon_as_its_own_finishes(database_url
 def test_probes_never_wait_behind_api_work(database_url, store):
     """Every handler thread held (both callers' requests wait on a row lock): liveness and readiness
     answer at once from their own lane; readiness still tells the truth (the database answers)."""
-    app = held_app(database_url, caller_share=1.0)
+    app = held_app(database_url, caller_share=1.0, admission_timeout=10.0)
     locker = admin_connect(database_url)
     handlers = app.app.extensions["handlers"]
+    holders: list[threading.Thread] = []
     try:
         with app.test_client(headers=AUTH) as client:
-            query(locker, "BEGIN")
-            query(locker, "SELECT * FROM products WHERE id = 1 FOR UPDATE")
-            order = {"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}
-            holders = [threading.Thread(target=lambda: client.post("/api/orders", json=order)) for _ in range(3)]
-            for holder in holders:
-                holder.start()
-            wait_until(lambda: handlers.busy == 2 and handlers.waiting == 1, message="both threads held, one waiting")
-            for path in ("/api/health", "/api/health/ready"):
-                probe = client.get(path)
-                assert probe.status_code == 200, probe.text
-            assert handlers.waiting == 1 and handlers.rejected == 0  # the probes did not queue
-            assert client.get("/api/health/ready").json()["pool"] in ("checked", "busy")
-            query(locker, "ROLLBACK")
-            for holder in holders:
-                holder.join(10)
+            try:
+                with row_locked(locker):
+                    order = {"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}
+                    holders += [
+                        threading.Thread(target=lambda: client.post("/api/orders", json=order)) for _ in range(3)
+                    ]
+                    for holder in holders:
+                        holder.start()
+                    wait_until(
+                        lambda: handlers.busy == 2 and handlers.waiting == 1, message="both threads held, one waiting"
+                    )
+                    for path in ("/api/health", "/api/health/ready"):
+                        probe = client.get(path)
+                        assert probe.status_code == 200, probe.text
+                    assert handlers.waiting == 1 and handlers.rejected == 0  # the probes did not queue
+                    assert client.get("/api/health/ready").json()["pool"] in ("checked", "busy")
+            finally:  # the held requests end before the client does, however the test ends
+                for holder in holders:
+                    holder.join(15)
     finally:
         locker.close()
         get_database(app).close(timeout=2)
