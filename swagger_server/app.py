@@ -22,10 +22,12 @@ from connexion.options import SwaggerUIOptions
 
 from swagger_server import deprecation, errors, observability, patches, routing, security, validation
 from swagger_server.config import Settings, load_settings
+from swagger_server.controllers import dashboard as dashboard_controller
 from swagger_server.db.database import Database
 from swagger_server.gate import HeadLimits, ProblemCORS, RequestGate
 from swagger_server.handlers import HandlerThreads
 from swagger_server.jsonify import FastJsonifier
+from swagger_server.ratelimit import RateLimited, RateLimits
 from swagger_server.rendered import RenderedOnce
 from swagger_server.request_scope import RequestScope
 from swagger_server.state import EXTENSION, AppState, of_flask
@@ -147,6 +149,17 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         probes=PROBES,
     )
     app.middleware.app.asgi_app = handlers
+    if settings.api.rate_limit:  # in front of the threads: a refused request never waits for one
+        limiter = RateLimits(
+            settings.api.rate_limit,
+            settings.api.rate_limit_storage,
+            on_degraded=lambda down: metrics.rate_limiter_degraded.set(1 if down else 0),
+            on_unlimited=metrics.rate_limiter_unlimited.inc,
+        )
+        app.middleware.app.asgi_app = RateLimited(
+            handlers, limiter, probes=PROBES, costs={"get_dashboard": dashboard_controller.rate_cost}
+        )
+        state.rate_limits = limiter
     app.app.extensions["handlers"] = state.handlers = handlers
     app.app.extensions[EXTENSION] = state
     errors.register(app)

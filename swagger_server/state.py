@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from swagger_server.handlers import HandlerThreads
     from swagger_server.observability import Metrics, ProcessSampler
     from swagger_server.observability.tracing import Tracing
+    from swagger_server.ratelimit import RateLimits
     from swagger_server.security import Tokens
 
 EXTENSION = "store_api"
@@ -34,6 +35,7 @@ class AppState:
     # operationId -> Deprecation, Sunset, Link of a deprecated operation (swagger_server/deprecation.py)
     deprecations: dict[str, list[tuple[bytes, bytes]]]
     handlers: HandlerThreads | None = None
+    rate_limits: RateLimits | None = None  # [API] rate_limit (swagger_server/ratelimit.py), when set
 
 
 def of_scope(scope) -> AppState:

@@ -37,6 +37,19 @@ def token_problem(entry: str) -> str | None:
     return None
 
 
+def _rate(text: str) -> bool:
+    """Empty (no limit), or a rate the limits library reads (600/minute, 10 per second)."""
+    if not text:
+        return True
+    import limits  # only when a limit is set
+
+    try:
+        limits.parse(text)
+    except ValueError:
+        return False
+    return True
+
+
 def validate(settings: Settings) -> None:
     """Check ranges and relations between settings; raise ConfigError naming the offending key."""
     db, pool, api, server = settings.database, settings.pool, settings.api, settings.server
@@ -112,6 +125,12 @@ def validate(settings: Settings) -> None:
             "must be > 0 and <= 3600 seconds",
         ),
         (0 < api.caller_share <= 1, label("API", "caller_share"), "must be > 0 and <= 1 (a share of the threads)"),
+        (_rate(api.rate_limit), label("API", "rate_limit"), f"expected a rate like 600/minute, got {api.rate_limit!r}"),
+        (
+            api.rate_limit_storage.startswith(("memory://", "redis://", "rediss://", "redis+unix://")),
+            label("API", "rate_limit_storage"),
+            "expected memory:// or redis://host:port/db",
+        ),
         (
             all(token_problem(t) is None for t in api.tokens),
             label("API", "tokens"),

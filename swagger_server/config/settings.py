@@ -120,6 +120,11 @@ class ApiSettings:
     # The share of a worker's handler threads (and so of its pool connections) one caller (a token; else
     # an address) may hold at once, at least one thread: 0.75 of 4 leaves one for everybody else.
     caller_share: float = 0.75
+    # Requests per caller (a token; else an address) and window, e.g. 600/minute; empty = no limit.
+    # The dashboard costs a unit per 31 days of its range (ratelimit.py).
+    rate_limit: str = ""
+    # memory:// (each worker counts its own) or redis://host:port/db (every worker of every host, one count).
+    rate_limit_storage: str = field(default="memory://", repr=False)
     access_log: bool = True  # one line per request on stdout
     log_format: str = "json"  # json (one JSON object a line, for machines) | text (for a person)
     # Limits on what a client may send, enforced before the work (413, 414, 431).
@@ -223,6 +228,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "API_RETRY_AFTER": ("API", "retry_after"),
     "API_ADMISSION_TIMEOUT": ("API", "admission_timeout"),
     "API_CALLER_SHARE": ("API", "caller_share"),
+    "API_RATE_LIMIT": ("API", "rate_limit"),
+    "API_RATE_LIMIT_STORAGE": ("API", "rate_limit_storage"),
     "CORS_ORIGINS": ("API", "cors_origins"),
     "ACCESS_LOG": ("API", "access_log"),
     "LOG_FORMAT": ("API", "log_format"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import urllib.parse
 from datetime import UTC, date, datetime, timedelta
 
 from swagger_server.controllers.reply import reply
@@ -23,6 +25,20 @@ def get_dashboard(from_: str | None = None, to: str | None = None, top: int = 5)
         raise ApiError("the range may span at most 10 years", field="from")
     report = dashboard.sales_report(get_conn(), start, end, top)
     return reply({"from": start.isoformat(), "to": end.isoformat(), **report}, 200)
+
+
+def rate_cost(scope) -> int:
+    """What one report costs in the rate limit (ratelimit.py): a unit per 31 days of its range, so the
+    default 30 days cost 1 and ten years 118. Read from the query before the handler runs; a range the
+    handler will refuse costs 1."""
+    query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    try:
+        end = date.fromisoformat(query["to"][0]) if "to" in query else datetime.now(UTC).date()
+        start = date.fromisoformat(query["from"][0]) if "from" in query else end - _DEFAULT_SPAN
+    except (ValueError, OverflowError):
+        return 1
+    days = (end - start).days + 1
+    return max(1, min(math.ceil(days / 31), 119))
 
 
 def _day(value: str, name: str) -> date:

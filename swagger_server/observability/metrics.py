@@ -67,6 +67,17 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=r,
         )
+        self.rate_limiter_degraded = Gauge(
+            "store_api_rate_limiter_degraded",
+            "1 while the rate limit's storage (Redis) fails and requests pass unlimited (any live worker).",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.rate_limiter_unlimited = Counter(
+            "store_api_rate_limiter_unlimited",
+            "Requests let through without a limit because the rate limit's storage failed (fail open).",
+            registry=r,
+        )
         self.handler_busy = Gauge(
             "store_api_handler_busy",
             "Requests in a handler thread (at most [GUNICORN] threads per worker), sampled each second, "

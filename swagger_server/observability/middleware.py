@@ -106,7 +106,7 @@ class Observability:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                extra = [header]
+                extra = [header, *context.get("ratelimit", ())]  # the rate limit's fields (ratelimit.py)
                 if self.state.deprecations:  # a deprecated operation says so on every answer (deprecation.py)
                     routing = scope["extensions"].get("connexion_routing", {})
                     extra += self.state.deprecations.get((routing.get("operation_id") or "").rsplit(".", 1)[-1], ())

@@ -1,0 +1,87 @@
+"""Per-caller rate limits (swagger_server/ratelimit.py) in one process with memory storage: the IETF
+draft's fields on every answer, 429 rate-limited past the quota with Retry-After, a quota per caller,
+probes untouched, the dashboard's cost by its range. Redis, a fleet and a storage that fails:
+tests/test_ratelimit_redis.py."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from swagger_server import create_app, get_database
+from swagger_server.config import ConfigError, load_settings
+from tests.conftest import AUTH, make_settings
+
+FIELD = re.compile(r'^"default";r=(\d+);t=(\d+)$')
+
+
+@pytest.fixture
+def limited(database_url):
+    app = create_app(
+        make_settings(database_url, api={"rate_limit": "200/minute", "tokens": ("test-token", "read:other-token")})
+    )
+    yield app
+    get_database(app).close(timeout=2)
+
+
+def remaining(response) -> int:
+    match = FIELD.match(response.headers["RateLimit"])
+    assert match, response.headers["RateLimit"]
+    assert 0 <= int(match.group(2)) <= 60
+    return int(match.group(1))
+
+
+def test_each_answer_says_the_policy_and_what_is_left_and_past_it_429(limited, store):
+    with limited.test_client(headers=AUTH) as client:  # one event loop, as a worker has
+        check_quota(client)
+
+
+def check_quota(client):
+    first = client.get("/api/customers/1")
+    assert first.status_code == 200
+    assert first.headers["RateLimit-Policy"] == '"default";q=200;w=60'
+    left = remaining(first)
+    assert left == 199
+    assert remaining(client.get("/api/customers/404")) == 198  # errors count and carry them too
+    # The ten-year dashboard costs a unit per 31 days: 118.
+    report = client.get("/api/dashboard?from=2016-12-04&to=2026-12-03")
+    assert report.status_code == 200 and remaining(report) == 198 - 118
+    for _ in range(80):
+        client.get("/api/customers/2")
+    refused = client.get("/api/customers/1")
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["type"] == "/api/problems/rate-limited" and "200 per 60 s" in refused.json()["detail"]
+    assert remaining(refused) == 0
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert refused.headers["RateLimit-Policy"] == '"default";q=200;w=60'
+    # Another caller has its own quota; the probes pass, uncounted and unmarked.
+    other = client.get("/api/customers/1", headers={"Authorization": "Bearer other-token"})
+    assert other.status_code == 200 and remaining(other) == 199
+    for path in ("/api/health", "/api/health/ready"):
+        probe = client.get(path)
+        assert probe.status_code == 200 and "ratelimit" not in {k.lower() for k in probe.headers}
+    # Public operations check no token: their callers are counted by address.
+    anonymous = client.get("/api/products/1", headers={"Authorization": ""})
+    assert anonymous.status_code == 200 and remaining(anonymous) == 199
+
+
+def test_without_a_limit_no_fields_are_sent(client, store):
+    response = client.get("/api/customers/1")
+    assert response.status_code == 200 and "ratelimit" not in {k.lower() for k in response.headers}
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"API_RATE_LIMIT": "lots"}, "API_RATE_LIMIT / [API] rate_limit: expected a rate like 600/minute, got 'lots'"),
+        (
+            {"API_RATE_LIMIT": "10/second", "API_RATE_LIMIT_STORAGE": "memcached://x:1"},
+            "API_RATE_LIMIT_STORAGE / [API] rate_limit_storage: expected memory:// or redis://host:port/db",
+        ),
+    ],
+)
+def test_a_bad_limit_or_storage_stops_start_up_naming_it(env, message):
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"APP_CONFIG": "tests/empty.ini", **env})
+    assert message in str(caught.value)
