@@ -1,0 +1,145 @@
+"""Rate limits shared by a fleet through a real Redis (Debian's redis-server on loopback), over real
+gunicorn: two masters serve one token one quota; a Redis killed under load costs no 5xx (the limiter
+fails open, says so once per worker and in /metrics) and limits hold again once it is back."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import signal
+import time
+
+import pytest
+
+from harness.redis import BINARY, Redis
+from harness.waiting import wait_until
+from tests.conftest import TOKEN
+from tests.servers import Gunicorn
+
+OTHER = "other-token"
+FIELD = re.compile(r'^"default";r=\d+;t=\d+$')
+
+
+@pytest.fixture
+def redis(tmp_path):
+    if BINARY is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
+    server = Redis(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+def get(conn: http.client.HTTPConnection, path: str, token: str | None = TOKEN):
+    conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
+    response = conn.getresponse()
+    response.read()
+    return response
+
+
+def metrics_text(host) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", host.port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
+def limited_hosts(database_url, redis_url, limit, count=1):
+    env = {"API_RATE_LIMIT": limit, "API_RATE_LIMIT_STORAGE": redis_url, "API_TOKENS": f"{TOKEN},read:{OTHER}"}
+    return [Gunicorn(database_url, **env) for _ in range(count)]
+
+
+# Paced to 8 s; the bound (10 s, one window) leaves 2 s for 210 requests' own time (~5 ms each idle).
+@pytest.mark.timing
+@pytest.mark.slow
+def test_two_hosts_sharing_redis_serve_a_token_one_quota_and_leave_others_alone(database_url, store, redis):
+    """One token sends twice its quota (100 per 10 s) in 8 s, alternating between two masters: 100 are
+    served fleet-wide, within 10 %; every refusal is 429 with Retry-After and both fields; another token
+    and liveness are unaffected."""
+    hosts = limited_hosts(database_url, redis.url, "100/10 seconds", count=2)
+    try:
+        conns = [http.client.HTTPConnection("127.0.0.1", h.port, timeout=10) for h in hosts]
+        served, refused, others = 0, [], []
+        start = time.monotonic()
+        for i in range(200):
+            response = get(conns[i % 2], "/api/customers/1")
+            if response.status == 200:
+                served += 1
+            else:
+                refused.append(response)
+            if i % 20 == 0:
+                others.append(get(conns[(i + 1) % 2], "/api/customers/2", OTHER).status)
+                others.append(get(conns[i % 2], "/api/health", None).status)
+            time.sleep(max(0.0, start + (i + 1) * 0.04 - time.monotonic()))  # 25 a second: 8 s in all
+        assert time.monotonic() - start < 10  # all inside one window
+        print(f"fleet of two: {served} served, {len(refused)} refused, of 200 (quota 100 per 10 s)")
+        assert 90 <= served <= 110, served
+        for response in refused:
+            assert response.status == 429, response.status
+            assert response.getheader("Content-Type") == "application/problem+json"
+            assert 1 <= int(response.getheader("Retry-After")) <= 10
+            assert response.getheader("RateLimit-Policy") == '"default";q=100;w=10'
+            assert FIELD.match(response.getheader("RateLimit")), response.getheader("RateLimit")
+        assert set(others) == {200}, others
+    finally:
+        for host in hosts:
+            host.stop()
+
+
+# The frozen-Redis bound (0.5 s) is ten times the storage's 50 ms wait: what is left is one request's
+# own time on a busy 2-core machine (~10 ms idle).
+@pytest.mark.timing
+@pytest.mark.slow
+def test_redis_killed_under_load_fails_open_then_limits_again(database_url, store, redis):
+    """Limits hold (20 per 5 s: 429s past it); Redis killed: every request still answers 200 (none
+    waits more than the storage's 50 ms), /metrics says degraded and each worker logs it once; Redis
+    back on its port: limits hold again, and the log and /metrics say so."""
+    (host,) = limited_hosts(database_url, redis.url, "20/5 seconds")
+    back = None
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", host.port, timeout=10)
+        before = [get(conn, "/api/customers/1").status for _ in range(30)]
+        assert before.count(200) == 20 and set(before[20:]) == {429}, before  # the observer: limits hold
+        redis.kill()
+        during, slowest = [], 0.0
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            began = time.monotonic()
+            during.append(get(conn, "/api/customers/1").status)
+            slowest = max(slowest, time.monotonic() - began)
+            time.sleep(0.02)
+        assert len(during) > 50 and set(during) == {200}, set(during)  # fail open: no 5xx, no 429
+        assert "store_api_rate_limiter_degraded 1.0" in metrics_text(host)
+        failed_lines = host.output().count("rate limiter: storage failed")
+        assert 1 <= failed_lines <= 2, failed_lines  # once per worker that met it, not per request
+        back = Redis(redis.dir, port=redis.port).start()  # back, empty, on its port
+
+        def enforced():
+            statuses = [get(conn, "/api/customers/1").status for _ in range(25)]
+            return 429 in statuses and set(statuses) <= {200, 429}
+
+        wait_until(enforced, timeout=10, interval=0.2, message="limits to hold again")
+        assert "rate limiter: storage answers again" in host.output()
+        assert "store_api_rate_limiter_degraded 0.0" in metrics_text(host)
+        # Slow, not gone: Redis stopped (SIGSTOP) accepts connections and answers nothing. Each request
+        # waits at most the storage's 50 ms (then passes), and only while a retry is due.
+        back.process.send_signal(signal.SIGSTOP)
+        try:
+            frozen, slowest_frozen = [], 0.0
+            end = time.monotonic() + 2
+            while time.monotonic() < end:
+                began = time.monotonic()
+                frozen.append(get(conn, "/api/customers/1").status)
+                slowest_frozen = max(slowest_frozen, time.monotonic() - began)
+        finally:
+            back.process.send_signal(signal.SIGCONT)
+        assert set(frozen) == {200} and slowest_frozen < 0.5, (set(frozen), slowest_frozen)
+        print(
+            f"redis killed: {len(during)} requests, all 200, slowest {slowest * 1000:.0f} ms;"
+            f" redis frozen: {len(frozen)} requests, all 200, slowest {slowest_frozen * 1000:.0f} ms"
+        )
+    finally:
+        host.stop()
+        if back is not None:
+            back.stop()
