@@ -117,6 +117,8 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
             "Deprecation",
             "Sunset",
             "Link",
+            "RateLimit-Policy",
+            "RateLimit",
         ],
         max_age=600,
     )
