@@ -90,6 +90,24 @@ def new_database(pg_server):
     admin.close()
 
 
+def seed_demo(url: str, customers: int) -> None:
+    """`db seed --customers N` (a tenth as many products, ten orders each) in a process of its own: COPY
+    cannot run in a process where an app installed its psycopg2 wait callback (as this one may have)."""
+    import subprocess
+    import sys
+
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": url, "APP_CONFIG": str(Path(__file__).parent / "empty.ini")}
+    done = subprocess.run(
+        [sys.executable, "-m", "swagger_server", "db", "seed", "--customers", str(customers), "--quiet"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def schema_dir(tmp_path: Path, upto: str | None = None, extra: dict[str, str] | None = None) -> Path:
     """A copy of the shipped schema files (those up to and including `upto`), plus `extra` files."""
     from swagger_server.db.migrate import SCHEMA_DIR

@@ -15,8 +15,7 @@ import time
 import pytest
 
 from swagger_server.db.migrate import upgrade
-from swagger_server.db.seed import seed
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, seed_demo
 from tests.servers import Gunicorn
 
 FLOOD_TOKEN = "flood-token"
@@ -68,7 +67,7 @@ def p99(values: list[float]) -> float:
 def test_one_tokens_dashboard_flood_leaves_the_probes_and_other_callers_served(new_database):
     url = new_database("store_fair_share")
     upgrade(url)
-    seed(url, customers=3000, products=300, orders=30000, quiet=True)
+    seed_demo(url, 3000)
     server = Gunicorn(url, API_TOKENS=f"read:{FLOOD_TOKEN},{TOKEN}")
     flood = None
     try:

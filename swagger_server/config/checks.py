@@ -125,6 +125,7 @@ def validate(settings: Settings) -> None:
             "must be > 0 and <= 3600 seconds",
         ),
         (0 < api.caller_share <= 1, label("API", "caller_share"), "must be > 0 and <= 1 (a share of the threads)"),
+        (api.dashboard_timeout_ms > 0, label("API", "dashboard_timeout_ms"), "must be > 0"),
         (_rate(api.rate_limit), label("API", "rate_limit"), f"expected a rate like 600/minute, got {api.rate_limit!r}"),
         (
             api.rate_limit_storage.startswith(("memory://", "redis://", "rediss://", "redis+unix://")),

@@ -123,6 +123,9 @@ class ApiSettings:
     # Requests per caller (a token; else an address) and window, e.g. 600/minute; empty = no limit.
     # The dashboard costs a unit per 31 days of its range (ratelimit.py).
     rate_limit: str = ""
+    # The dashboard's statement timeout (ms; [POOL] statement_timeout_ms when that is lower): a ten-year report on a
+    # busy database cannot hold a connection for long (503 statement-timeout past it).
+    dashboard_timeout_ms: int = 2000
     # memory:// (each worker counts its own) or redis://host:port/db (every worker of every host, one count).
     rate_limit_storage: str = field(default="memory://", repr=False)
     access_log: bool = True  # one line per request on stdout
@@ -229,6 +232,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "API_ADMISSION_TIMEOUT": ("API", "admission_timeout"),
     "API_CALLER_SHARE": ("API", "caller_share"),
     "API_RATE_LIMIT": ("API", "rate_limit"),
+    "API_DASHBOARD_TIMEOUT_MS": ("API", "dashboard_timeout_ms"),
     "API_RATE_LIMIT_STORAGE": ("API", "rate_limit_storage"),
     "CORS_ORIGINS": ("API", "cors_origins"),
     "ACCESS_LOG": ("API", "access_log"),

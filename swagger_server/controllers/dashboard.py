@@ -6,6 +6,8 @@ import math
 import urllib.parse
 from datetime import UTC, date, datetime, timedelta
 
+from flask import current_app
+
 from swagger_server.controllers.reply import reply
 from swagger_server.db.queries import dashboard
 from swagger_server.errors import ApiError
@@ -23,7 +25,10 @@ def get_dashboard(from_: str | None = None, to: str | None = None, top: int = 5)
         raise ApiError(f"'from' ({start}) is after 'to' ({end})", field="from")
     if (end - start).days > 3660:
         raise ApiError("the range may span at most 10 years", field="from")
-    report = dashboard.sales_report(get_conn(), start, end, top)
+    settings = current_app.config["SETTINGS"]
+    # Its own timeout, never above the connection's (whose client-side deadline is sized for that one).
+    timeout_ms = min(settings.api.dashboard_timeout_ms, settings.pool.statement_timeout_ms or 1 << 31)
+    report = dashboard.sales_report(get_conn(), start, end, top, timeout_ms)
     return reply({"from": start.isoformat(), "to": end.isoformat(), **report}, 200)
 
 
