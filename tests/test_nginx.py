@@ -35,8 +35,9 @@ HEADER_TIMEOUT = 2
 
 
 class Nginx:
-    def __init__(self, workdir: Path, *upstream_ports: int):
+    def __init__(self, workdir: Path, *upstream_ports: int, shipped_limits: bool = False):
         self.dir = workdir
+        self.shipped_limits = shipped_limits
         self.port = free_port()
         self.access_log = workdir / "access.log"
         self.write_config(upstream_ports)
@@ -70,8 +71,14 @@ http {{
         self.base = f"http://127.0.0.1:{self.port}"
 
     def write_config(self, upstream_ports, down=()) -> None:
-        """The shipped server block, with this test's addresses; `down` ports marked `down`."""
+        """The shipped server block, with this test's addresses; `down` ports marked `down`. Every
+        client here is 127.0.0.1: the per-address limits are raised, except where a test checks them
+        (`shipped_limits`)."""
         conf = SHIPPED.read_text()
+        if not self.shipped_limits:
+            for old, new in (("rate=50r/s", "rate=100000r/s"), ("limit_conn store_api_conn 40;", "")):
+                assert conf.count(old) == 1, f"{old!r} is not in {SHIPPED} exactly once"
+                conf = conf.replace(old, new)
         servers = "\n    ".join(f"server 127.0.0.1:{port}{' down' if port in down else ''};" for port in upstream_ports)
         for old, new in (
             ("listen 80;", f"listen 127.0.0.1:{self.port};"),
@@ -325,3 +332,38 @@ def test_an_api_that_does_not_answer_is_a_503_problem_with_retry_after(tmp_path)
     assert response.status_code == 503 and response.json()["status"] == 503
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.headers["retry-after"] == "1" and response.headers["x-request-id"] == "nobody-home"
+
+
+# The upper bound grows with the time the loop took (the rate refills 50 a second), so it holds however
+# slow the machine; 10 requests of slack for nginx's millisecond accounting.
+@pytest.mark.timing
+def test_one_address_past_its_rate_gets_429_problems_from_nginx(database_url, store, tmp_path):
+    """The shipped limit_req (50/s, bursts of 100) as shipped: 300 requests from one address at once
+    pass about the burst, and the rest are 429 problem+json with Retry-After, never reaching gunicorn."""
+    if NGINX is None:
+        pytest.skip("nginx is not installed (apt-get install nginx; .ci/run installs it)")
+    api = Gunicorn(database_url, WEB_CONCURRENCY=1)
+    (tmp_path / "nginx").mkdir()
+    proxy = Nginx(tmp_path / "nginx", api.port, shipped_limits=True)
+    try:
+        session = requests.Session()
+        statuses = []
+        start = time.monotonic()
+        refused = None
+        for _ in range(300):
+            response = session.get(f"{proxy.base}/api/health", timeout=5)
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                refused = response
+        seconds = time.monotonic() - start
+        passed = statuses.count(200)
+        print(f"nginx limit_req: {passed} of 300 passed in {seconds:.2f} s")
+        # The burst, plus what the rate refilled meanwhile (50 a second).
+        assert 100 <= passed <= 101 + 50 * seconds + 10, (passed, seconds)
+        assert set(statuses) == {200, 429}, set(statuses)
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["type"] == "/api/problems/rate-limited"
+    finally:
+        proxy.stop()
+        api.stop()
