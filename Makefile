@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help run test lint mutations deps-latest fuzz fuzz-http sdk bench bench-conditional bench-tracing bench-compare bench-stages bench-replica bench-pgbouncer clean
+.PHONY: help run test lint mutations deps-latest fuzz fuzz-http sdk bench bench-conditional bench-tracing bench-ratelimit bench-compare bench-stages bench-replica bench-pgbouncer clean
 .DEFAULT_GOAL := help
 
 # `make` alone lists the targets: each is the line starting with "## name:" above its rule.
@@ -90,6 +90,10 @@ bench-conditional: $(VENV)/.installed-bench
 ## bench-tracing: tracing off, on at 100 % and at 10 % sampling (worker CPU per request), loopback only (about two minutes)
 bench-tracing: $(VENV)/.installed-bench
 	$(PY) bench/tracing.py
+
+## bench-ratelimit: no rate limit, one in memory, one in Redis (worker CPU per request), loopback only (about two minutes)
+bench-ratelimit: $(VENV)/.installed-bench
+	$(PY) bench/ratelimit.py
 
 ## bench-stages: where a request's worker CPU goes, µs per stage (py-spy on one worker), loopback only (about a minute)
 bench-stages: $(VENV)/.installed-bench
