@@ -10,7 +10,7 @@ cost more than one unit (the dashboard, by its date range: `costs`).
 
 It runs on the event loop, after security (it knows the token) and before the handler threads (a
 refused request never waits for one). Redis is asked asynchronously, and never for longer than
-`STORAGE_WAIT`: a storage that is down or slow must not take the API down, so the limiter then fails
+`STORAGE_WAIT` (its client's connect and read timeouts): a storage that is down or slow must not take the API down, so the limiter then fails
 open (requests pass, unlimited), says so once in the log and in `store_api_rate_limiter_degraded`,
 asks again after `RETRY_DEGRADED` seconds, and says so once when it is back.
 """
@@ -29,6 +29,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
 from swagger_server.handlers import caller_of, operation_of
+from swagger_server.text import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +89,13 @@ class RateLimits:
         if self._limiter is None or self._loop is not loop:  # a worker's loop (a test client's are several)
             options = {}
             if self.storage_uri.startswith("async+redis"):
-                # redis-py's asyncio client; connecting is bounded too (wait_for bounds the rest).
-                options = {"implementation": "redispy", "socket_connect_timeout": STORAGE_WAIT}
+                # redis-py's asyncio client, every connect and read bounded by its own socket timeouts
+                # (no task per request, as asyncio.wait_for would make).
+                options = {
+                    "implementation": "redispy",
+                    "socket_connect_timeout": STORAGE_WAIT,
+                    "socket_timeout": STORAGE_WAIT,
+                }
             storage = storage_from_string(self.storage_uri, wrap_exceptions=True, **options)
             self._limiter, self._loop = MovingWindowRateLimiter(storage), loop
         return self._limiter
@@ -103,7 +109,8 @@ class RateLimits:
             return None
         limiter = self._get_limiter()
         try:
-            allowed, stats = await asyncio.wait_for(self._ask(limiter, caller, cost), STORAGE_WAIT)
+            allowed = await limiter.hit(self.item, caller, cost=cost)
+            stats = await limiter.get_window_stats(self.item, caller)
         except Exception as exc:  # noqa: BLE001 - any storage failure: fail open, said once
             self._degraded(now, exc)
             self._unlimited()
@@ -118,10 +125,6 @@ class RateLimits:
         reset = max(0, math.ceil(stats.reset_time - time.time()))
         return allowed, stats.remaining, reset
 
-    async def _ask(self, limiter: MovingWindowRateLimiter, caller: str, cost: int):
-        allowed = await limiter.hit(self.item, caller, cost=cost)
-        return allowed, await limiter.get_window_stats(self.item, caller)
-
     def _unlimited(self) -> None:
         self.failed_open += 1
         if self.on_unlimited is not None:
@@ -131,7 +134,7 @@ class RateLimits:
         self.next_try = now + RETRY_DEGRADED
         if self.degraded_since is None:
             self.degraded_since = now
-            reason = f"no answer within {STORAGE_WAIT * 1000:.0f} ms" if isinstance(exc, TimeoutError) else exc
+            reason = first_line(exc) if str(exc) else type(exc).__name__
             logger.error("rate limiter: storage failed (%s); requests pass unlimited until it answers", reason)
             if self.on_degraded is not None:
                 self.on_degraded(True)
