@@ -35,6 +35,8 @@ def main() -> int:
     url, pg, _ = prepare_database(embedded=True)
     variants = {
         "no limit": {},
+        # The same server again: how far two identical servers measure apart in this run (the noise).
+        "no limit, again": {},
         "limit, memory://": {"API_RATE_LIMIT": LIMIT, "API_RATE_LIMIT_STORAGE": "memory://"},
         "limit, redis://": {"API_RATE_LIMIT": LIMIT, "API_RATE_LIMIT_STORAGE": redis.url},
     }
