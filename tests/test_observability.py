@@ -192,6 +192,7 @@ def test_pool_timeouts_are_counted(database_url, store):
         DB_POOL_MIN_CONNECTIONS=1,
         DB_POOL_MAX_CONNECTIONS=1,
         DB_POOL_TIMEOUT=0.3,
+        API_CALLER_SHARE=1,  # one token takes both threads: the pool, not the share, is what is tested
     )
     locker = psycopg2.connect(database_url)
     try:

@@ -17,6 +17,8 @@ import socket
 import threading
 import time
 
+import psycopg2
+
 from swagger_server.config import PoolSettings, Settings
 from swagger_server.db import migrate
 from swagger_server.db.errors import SchemaBehind
@@ -151,7 +153,15 @@ class Database:
         if self._schema_missing == ():
             return
         now = time.monotonic()
-        missing = tuple(migrate.missing(migrate.applied(conn)))
+        try:
+            missing = tuple(migrate.missing(migrate.applied(conn)))
+        except psycopg2.OperationalError:
+            raise  # the connection is gone: the pool's business
+        except psycopg2.Error as exc:  # e.g. a role that may not read schema_migrations: serve unchecked
+            with self._lock:
+                self._schema_missing, self._schema_checked = (), now
+            logger.warning("the schema check is off: %s (grant SELECT on schema_migrations to turn it on)", exc)
+            return
         with self._lock:
             before, self._schema_missing, self._schema_checked = self._schema_missing, missing, now
         if missing and before != missing:

@@ -11,14 +11,13 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 
 import psycopg2
 
 from swagger_server.config import PoolSettings
 from swagger_server.db.connection import Connection, connect, install_wait_callback
 from swagger_server.db.errors import DatabaseUnavailable, PoolClosed
-from swagger_server.db.pool_types import COUNTERS, TIMINGS_KEPT, PoolStats, PoolVerbs, empty_stats
+from swagger_server.db.pool_types import COUNTERS, TIMINGS_KEPT, Configure, PoolStats, PoolVerbs, empty_stats
 from swagger_server.text import first_line
 
 
@@ -34,7 +33,7 @@ class NullPool(PoolVerbs):
         *,
         connect_timeout: float = 3.0,
         name: str = "primary",
-        configure: Callable[[Connection], None] | None = None,
+        configure: Configure | None = None,
     ):
         self.dsn = dsn
         self.configure = configure  # as ConnectionPool's: called with each new connection (here, each checkout)

@@ -6,8 +6,8 @@ maximum, asks a background connector to open one; whichever comes first, a retur
 new one, goes to the head of the queue. Connections are never opened on the request thread or under
 the lock.
 
-Connections are opened by its connector threads (db/connector.py) and maintained by a thread of
-its own (db/maintenance.py). Failure is one of the `PoolError`s of db/errors.py.
+Connections are opened by its connector threads (db/connector.py), which pass each new one to
+`configure` first, and maintained by a thread of its own (db/maintenance.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 
 import psycopg2
 import psycopg2.extensions as ext
@@ -38,7 +37,7 @@ from swagger_server.db.errors import (
     TooManyWaiters,
 )
 from swagger_server.db.maintenance import Maintenance
-from swagger_server.db.pool_types import COUNTERS, TIMINGS_KEPT, PoolStats, PoolVerbs, empty_stats
+from swagger_server.db.pool_types import COUNTERS, TIMINGS_KEPT, Configure, PoolStats, PoolVerbs, empty_stats
 
 logger = logging.getLogger(__name__)
 
@@ -70,14 +69,10 @@ class ConnectionPool(PoolVerbs):
         connect_timeout: float = 3.0,
         name: str = "primary",
         connector_threads: int = 2,
-        configure: Callable[[Connection], None] | None = None,
+        configure: Configure | None = None,
     ):
-        self.dsn = dsn
-        self.name = name
-        # Called with each new connection before anyone gets it (psycopg_pool's `configure`), in the
-        # connector thread: what it costs is paid once per connection, never by a request. If it raises,
-        # the connection is closed and the error counts as a failure to connect.
-        self.configure = configure
+        # `configure` as psycopg_pool's: each new connection's first caller (connector.py).
+        self.dsn, self.name, self.configure = dsn, name, configure
         self.settings = settings
         self.min_size = settings.min_connections
         self.max_size = settings.max_connections

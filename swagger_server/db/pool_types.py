@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol, TypedDict, runtime_checkable
 
 from swagger_server.db.connection import Connection
@@ -31,6 +31,9 @@ COUNTERS = (
 )
 EVENTS = tuple(name for name in COUNTERS if name not in ("requests", "wait_ms"))
 TIMINGS_KEPT = 10_000  # between two metric syncs (one a second), per pool
+# psycopg_pool's `configure`: called with each new connection before anyone gets it; if it raises, the
+# connection is closed and the attempt counts as a failed connect.
+Configure = Callable[[Connection], None]
 
 
 class PoolStats(TypedDict):
