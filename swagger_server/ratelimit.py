@@ -81,8 +81,6 @@ class RateLimits:
         self.on_unlimited = on_unlimited
         self.degraded_since: float | None = None
         self.next_try = 0.0
-        self.failed_open = 0  # requests let through unlimited while degraded
-        self.refused = 0
         self._limiter: MovingWindowRateLimiter | None = None
         self._loop = None
 
@@ -140,7 +138,6 @@ class RateLimits:
         return allowed, stats.remaining, reset
 
     def _unlimited(self) -> None:
-        self.failed_open += 1
         if self.on_unlimited is not None:
             self.on_unlimited()
 
@@ -184,7 +181,6 @@ class RateLimited:
         if allowed:
             await self.app(scope, receive, send)
             return
-        self.limits.refused += 1
         body = json.dumps(
             {
                 "type": "/api/problems/rate-limited",
