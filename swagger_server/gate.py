@@ -78,8 +78,8 @@ _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _MEDIA_TYPE = re.compile(rf"({_TOKEN})/({_TOKEN})[ \t]*")
 _PARAMETER = re.compile(rf';[ \t]*(?:({_TOKEN})=({_TOKEN}|"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"))?[ \t]*')
 
-# Paths the service answers itself with a redirect (GET and HEAD): a person who opens the root, or the
-# API's base, wants the UI. The Location is a path, never built from the request's Host.
+# Paths the service answers itself with a redirect (every method alike): a person who opens the root, or
+# the API's base, wants the UI. The Location is a path, never built from the request's Host.
 REDIRECTS = {"/": ("/api/ui/", 302), "/api": ("/api/ui/", 308), "/api/ui": ("/api/ui/", 308)}
 
 
@@ -122,7 +122,7 @@ class RequestGate:
             return
         path = scope["path"]
         method = scope["method"]
-        if path in REDIRECTS and method in ("GET", "HEAD"):
+        if path in REDIRECTS:  # the same answer for every method
             location, status = REDIRECTS[path]
             await send_problem(send, status, f"see {location}", {"Location": location})
             return

@@ -1,7 +1,7 @@
 """Every change this service makes to its frameworks' behaviour, in one place, each with why.
 
 Two kinds. Patches (`apply()`, idempotent, called by create_app) change a framework's module or class
-for the whole process; there are three, each scoped as narrowly as Connexion allows. Overrides are
+for the whole process; there are four, each scoped as narrowly as Connexion allows. Overrides are
 subclasses of framework classes that rely on private names (they change nothing for anyone else);
 they live with their code and are listed in RELIED_ON. tests/test_patches.py checks that every name
 in RELIED_ON exists with the signature expected, so an upgrade that moves one fails there, by name,
@@ -26,6 +26,7 @@ from connexion.decorators.parameter import SyncParameterDecorator, pythonic, san
 from connexion.frameworks import flask as _connexion_flask
 from connexion.frameworks import starlette as _connexion_starlette
 from connexion.http_facts import FORM_CONTENT_TYPES
+from starlette import routing as _starlette_routing
 
 from swagger_server import validation
 from swagger_server.errors import NotFound, excerpt
@@ -126,6 +127,24 @@ def apply() -> None:
     _connexion_utils.extract_content_type = extract_content_type
     if not isinstance(FlaskOperation.__dict__.get("fn"), _OnceProperty):
         FlaskOperation.fn = _OnceProperty(_decorate_once)
+    if not getattr(_starlette_routing.Router.__init__, "store_api_patched", False):
+        _starlette_routing.Router.__init__ = _without_slash_redirects(_starlette_routing.Router.__init__)
+
+
+def _without_slash_redirects(init):
+    """Patch 4. Starlette's Router answers a path that misses by one trailing slash with a redirect
+    whose Location is built from the request's Host (`POST /api` with `Host: evil.example:666` was
+    `307 Location: http://evil.example:666/api/`: a client's Host sent back as where to go). Every
+    Router in the process (Connexion makes several, in its middleware) is made without it; the gate
+    (gate.py) answers the paths people do type (`/`, `/api`, `/api/ui`) with a path-only Location and
+    every other trailing slash with 404. No upstream issue: it is Starlette's documented default."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, redirect_slashes: bool = True, **kwargs):
+        init(self, *args, redirect_slashes=False, **kwargs)
+
+    __init__.store_api_patched = True
+    return __init__
 
 
 def _route_integers_as_segments() -> None:

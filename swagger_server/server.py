@@ -10,6 +10,17 @@ completed (and which may carry a body, or pipelined requests) adds nothing to th
 
 A head must also arrive whole within `head_timeout` seconds of its first byte (uvicorn has no such
 limit: a client that sends half a head and stops held its socket for ever): `408` and closed.
+Two more things uvicorn does that a request must not be able to use:
+- chunked trailer fields: httptools reports them like header fields and uvicorn appends them to the
+  request's headers (the same list the app reads), so an `Authorization` sent as a trailer after the
+  body authenticated the request when it arrived in the same read as the head. Here trailer fields are
+  dropped (RFC 9110 §6.5.1 allows discarding them); their count and size count against the head's
+  limits, and the bytes of a chunked body that are not body (chunk framing, extensions, trailers)
+  are bounded as they arrive, so a 24 MiB trailer is refused after at most one read past the limit;
+- protocol upgrades (`Connection: upgrade` with `Upgrade`, and CONNECT): this service speaks HTTP/1.1
+  only, so such a request is `400` and closed, logged and counted (uvicorn's WebSocket path answered
+  `500 text/plain`, never logged).
+
 Protocol-level refusals are counted in /metrics and logged like any other answer.
 """
 
@@ -38,7 +49,12 @@ STATUS_TEXT = {
 }
 
 
-class _HeadTooLarge(Exception):
+# Bytes a chunk's framing may take beyond the head limit: a size line with CRLF, the CRLF after the
+# data ("ffffffff\r\n" ... "\r\n": 12), with room for a short extension.
+CHUNK_FRAMING = 40
+
+
+class _Refused(Exception):
     def __init__(self, status: int, detail: str):
         super().__init__(detail)
         self.status = status
@@ -62,12 +78,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._cycles: list = []  # requests on this connection whose answers are not complete
         self._refusal = None  # (answer, the refused request's cycle or None) waiting its turn
         self._head_timer = None
+        self._chunks = 0  # chunks of the current message so far
+        self._framing = 0  # bytes of the current message after its head that were not body
+        self._body_in_read = 0  # body bytes the parser found in the current read
+        self._message_completed = False  # a message was completed during the current read
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
         self._header_count = 0
         self._head_size = 0
+        self._chunks = 0
+        self._framing = 0
         self._cancel_head_timer()
         self._head_timer = self.loop.call_later(self.limits.head_timeout, self._head_expired)
 
@@ -84,20 +106,36 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
         if len(self.url) > self.limits.max_url_bytes:
-            raise _HeadTooLarge(414, f"the request target may be at most {self.limits.max_url_bytes} bytes")
+            raise _Refused(414, f"the request target may be at most {self.limits.max_url_bytes} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
         self._head_size += len(name) + len(value) + 4  # "name: value\r\n", near enough
         if self._header_count > self.limits.max_headers:
-            raise _HeadTooLarge(431, f"a request may have at most {self.limits.max_headers} headers")
+            raise _Refused(431, f"a request may have at most {self.limits.max_headers} header and trailer fields")
+        if not self._in_head:
+            # A trailer field (after a chunked body): never a request header. Counted with the head.
+            if self._head_size + len(self.url) > self.limits.max_header_bytes:
+                raise _Refused(
+                    431, f"the request head and trailer fields may be at most {self.limits.max_header_bytes} bytes"
+                )
+            return
         super().on_header(name, value)
 
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
+
+    def on_body(self, body: bytes) -> None:
+        self._body_in_read += len(body)
+        super().on_body(body)
+
     def on_headers_complete(self) -> None:
+        if self.parser.should_upgrade():
+            raise _Refused(400, "this server speaks HTTP/1.1 only: a protocol upgrade (or CONNECT) is refused")
         # A head that arrived in one read was not counted as bytes (data_received): its size is checked
         # here, from what the parser found in it.
         if self._head_size + len(self.url) > self.limits.max_header_bytes:
-            raise _HeadTooLarge(431, f"the request head may be at most {self.limits.max_header_bytes} bytes")
+            raise _Refused(431, f"the request head may be at most {self.limits.max_header_bytes} bytes")
         self._in_head = False
         self._head_bytes = 0
         self._head_completed = True
@@ -108,29 +146,29 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head = True
+        self._message_completed = True
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
             return  # refused: what the client still sends is read and dropped
         in_head = self._in_head
         self._head_completed = False
+        self._message_completed = False
+        self._body_in_read = 0
         try:
             super_feed = self.parser.feed_data
             self._unset_keepalive_if_required()
             super_feed(data)
         except httptools.HttpParserError as exc:
-            cause = exc.__context__ if isinstance(exc.__context__, _HeadTooLarge) else None
+            cause = exc.__context__ if isinstance(exc.__context__, _Refused) else None
             if cause is not None:
                 self._refuse(cause.status, cause.detail)
             else:
                 self.logger.warning("Invalid HTTP request received.")
                 self._refuse(400, "invalid HTTP request")
             return
-        except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+        except httptools.HttpParserUpgrade:  # refused in on_headers_complete; not reached
+            self._refuse(400, "this server speaks HTTP/1.1 only: a protocol upgrade (or CONNECT) is refused")
             return
         if in_head and self._in_head and not self._head_completed:
             # The read began and ended inside one head: all of it is head. A read that completes a head
@@ -139,6 +177,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse(431, f"the request head may be at most {self.limits.max_header_bytes} bytes")
+        elif not in_head and not self._in_head and not self._message_completed:
+            # The read fell inside a body. What in it was not body is chunk framing or trailer fields:
+            # bounded as it arrives (httptools would otherwise gather a trailer of any size in memory).
+            self._framing += len(data) - self._body_in_read
+            if self._framing > self.limits.max_header_bytes + CHUNK_FRAMING * self._chunks:
+                self._refuse(
+                    431, f"the request head and trailer fields may be at most {self.limits.max_header_bytes} bytes"
+                )
 
     def _refuse(self, status: int, detail: str) -> None:
         """Answer `status` and close. The answer goes out after the answers to every earlier request
@@ -207,7 +253,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 class StoreUvicornWorker(UvicornWorker):
     """gunicorn worker class: uvicorn with uvloop and the limited httptools protocol."""
 
-    CONFIG_KWARGS = {"loop": "auto", "http": LimitedHttpToolsProtocol}
+    CONFIG_KWARGS = {"loop": "auto", "http": LimitedHttpToolsProtocol, "ws": "none"}
 
     async def _serve(self) -> None:
         # As uvicorn_worker's, with a Server that closes the listening sockets once (see below).

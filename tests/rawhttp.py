@@ -63,8 +63,9 @@ class Connection:
         self.buffer += chunk
         return True
 
-    def read_answer(self) -> Answer | None:
-        """The next answer, or None if the connection closed before one began."""
+    def read_answer(self, head_only: bool = False) -> Answer | None:
+        """The next answer, or None if the connection closed before one began. `head_only`: the answer
+        to a HEAD request (its Content-Length is GET's; no body follows)."""
         start = time.monotonic()
         while b"\r\n\r\n" not in self.buffer:
             if not self._fill():
@@ -75,7 +76,7 @@ class Connection:
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
         headers = [tuple(line.split(": ", 1)) for line in lines[1:]]
-        length = next((int(v) for k, v in headers if k.lower() == "content-length"), 0)
+        length = 0 if head_only or status == 304 else next((int(v) for k, v in headers if k.lower() == "content-length"), 0)
         while len(self.buffer) < length:
             if not self._fill():
                 raise AssertionError("connection closed inside an answer's body")
@@ -103,7 +104,7 @@ def exchange(port: int, data: bytes, timeout: float = 10.0, answers: int = 1) ->
     try:
         started = time.monotonic()
         conn.send(data)
-        first = conn.read_answer()
+        first = conn.read_answer(head_only=data.startswith(b"HEAD "))
         assert first is not None, f"no answer to {data[:120]!r}"
         first.elapsed = time.monotonic() - started
         for _ in range(answers - 1):

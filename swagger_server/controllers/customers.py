@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from swagger_server.controllers.conditional import answer, answer_page, if_match, not_written
+from swagger_server.controllers.conditional import (
+    answer,
+    answer_page,
+    evaluate,
+    not_written,
+    page_etag,
+    write_condition,
+)
 from swagger_server.controllers.reply import found, no_content, page
 from swagger_server.db.connection import transaction
 from swagger_server.db.queries import customers, orders
 from swagger_server.errors import NotFound
 from swagger_server.request_scope import get_conn, read_only
+from swagger_server.text import canonical
 
 
 @read_only
 def list_customers(limit: int = 20, after: int | None = None, q: str | None = None):
-    rows = customers.list_customers(get_conn(), limit + 1, after, q)
+    # Names are stored in NFC (text.py): a search in another normal form finds them too.
+    rows = customers.list_customers(get_conn(), limit + 1, after, canonical(q) if q else q)
     return answer_page(page(rows, limit))
 
 
@@ -25,27 +34,33 @@ def get_customer(customer_id: int):
 # answered 409 in one place (errors.integrity_problem), races between requests included.
 def create_customer(body: dict):
     conn = get_conn()
+    # The conditions, against the collection (what GET /api/customers would answer).
+    evaluate(lambda: page_etag(page(customers.list_customers(conn, 21, None, None), 20)))
     with transaction(conn):
         row = customers.create_customer(conn, body["name"], body["email"])
     return answer(row, 201, {"Location": f"/api/customers/{row['id']}"})
 
 
 def update_customer(customer_id: int, body: dict):
-    versions = if_match()
+    condition = write_condition()
     conn = get_conn()
     with transaction(conn):
-        row = customers.update_customer(conn, customer_id, body.get("name"), body.get("email"), versions)
+        row = (
+            None
+            if condition.none
+            else customers.update_customer(conn, customer_id, body.get("name"), body.get("email"), condition)
+        )
         if row is None:
-            not_written(customers.customer_version(conn, customer_id), "customer", customer_id)
+            not_written(customers.customer_version(conn, customer_id), "customer", customer_id, condition)
     return answer(row)
 
 
 def delete_customer(customer_id: int):
-    versions = if_match()
+    condition = write_condition()
     conn = get_conn()
     with transaction(conn):
-        if not customers.delete_customer(conn, customer_id, versions):
-            not_written(customers.customer_version(conn, customer_id), "customer", customer_id)
+        if condition.none or not customers.delete_customer(conn, customer_id, condition):
+            not_written(customers.customer_version(conn, customer_id), "customer", customer_id, condition)
     return no_content()
 
 

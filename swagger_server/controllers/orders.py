@@ -9,7 +9,7 @@ from collections import Counter
 from connexion.context import context
 from flask import current_app, request
 
-from swagger_server.controllers.conditional import answer
+from swagger_server.controllers.conditional import answer, evaluate
 from swagger_server.db.connection import transaction
 from swagger_server.db.queries import customers, orders
 from swagger_server.errors import Conflict, InsufficientStock, NotFound, UnprocessableEntity
@@ -27,6 +27,7 @@ def create_order(body: dict):
 
     Keys belong to the caller (its token) and are remembered for `[API] idempotency_ttl` seconds.
     """
+    evaluate(None, exists=False)  # /api/orders has no GET: If-Match is 412, If-None-Match holds
     key = request.headers.get("Idempotency-Key")
     client = context["token_info"]["sub"]
     ttl = current_app.config["SETTINGS"].api.idempotency_ttl

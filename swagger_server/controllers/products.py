@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from swagger_server.controllers.conditional import answer, answer_page, if_match, not_written
+from swagger_server.controllers.conditional import (
+    answer,
+    answer_page,
+    evaluate,
+    not_written,
+    page_etag,
+    write_condition,
+)
 from swagger_server.controllers.reply import found, page
 from swagger_server.db.connection import transaction
 from swagger_server.db.queries import products
@@ -21,6 +28,8 @@ def get_product(product_id: int):
 
 def create_product(body: dict):
     conn = get_conn()
+    # The conditions, against the collection (what GET /api/products would answer).
+    evaluate(lambda: page_etag(page(products.list_products(conn, 21, None, None), 20)))
     # A taken SKU is the database's unique constraint: 409 in one place (errors.integrity_problem).
     with transaction(conn):
         row = products.create_product(conn, body["sku"], body["name"], body["price_cents"], body["stock"])
@@ -28,10 +37,10 @@ def create_product(body: dict):
 
 
 def update_product(product_id: int, body: dict):
-    versions = if_match()
+    condition = write_condition()
     conn = get_conn()
     with transaction(conn):
-        row = products.update_product(conn, product_id, body, versions)
+        row = None if condition.none else products.update_product(conn, product_id, body, condition)
         if row is None:
-            not_written(products.product_version(conn, product_id), "product", product_id)
+            not_written(products.product_version(conn, product_id), "product", product_id, condition)
     return answer(row)

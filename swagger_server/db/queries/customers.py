@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from swagger_server.db.queries import like_escape
+from swagger_server.db.queries import ANY, WriteCondition, like_escape
 
 
 def get_customer(conn, customer_id: int) -> dict | None:
@@ -43,27 +43,28 @@ def create_customer(conn, name: str, email: str) -> dict:
 
 
 def update_customer(
-    conn, customer_id: int, name: str | None, email: str | None, versions: list[int] | None = None
+    conn, customer_id: int, name: str | None, email: str | None, condition: WriteCondition = ANY
 ) -> dict | None:
-    """Change the given fields; None if no such customer, or (with `versions`, from If-Match) if its
-    version is none of them, checked in the same statement. Raises UniqueViolation if the email is taken."""
+    """Change the given fields; None if no such customer, or if its version is not one `condition` (If-Match,
+    If-None-Match) allows, checked in the same statement. Raises UniqueViolation if the email is taken."""
     with conn.cursor() as cur:
         cur.execute(
             "UPDATE customers SET name = COALESCE(%s, name), email = COALESCE(%s, email)"
-            " WHERE id = %s AND (%s::bigint[] IS NULL OR version = ANY(%s))"
+            " WHERE id = %s AND (%s::bigint[] IS NULL OR version = ANY(%s)) AND NOT version = ANY(%s::bigint[])"
             " RETURNING id, name, email, created_at, version",
-            (name, email, customer_id, versions, versions),
+            (name, email, customer_id, condition.allowed, condition.allowed, list(condition.refused)),
         )
         return cur.one()
 
 
-def delete_customer(conn, customer_id: int, versions: list[int] | None = None) -> bool:
-    """Delete; False if no such customer, or (with `versions`) if its version is none of them.
+def delete_customer(conn, customer_id: int, condition: WriteCondition = ANY) -> bool:
+    """Delete; False if no such customer, or if its version is not one `condition` allows.
     Raises ForeignKeyViolation if the customer has orders."""
     with conn.cursor() as cur:
         cur.execute(
-            "DELETE FROM customers WHERE id = %s AND (%s::bigint[] IS NULL OR version = ANY(%s))",
-            (customer_id, versions, versions),
+            "DELETE FROM customers WHERE id = %s AND (%s::bigint[] IS NULL OR version = ANY(%s))"
+            " AND NOT version = ANY(%s::bigint[])",
+            (customer_id, condition.allowed, condition.allowed, list(condition.refused)),
         )
         return cur.rowcount == 1
 

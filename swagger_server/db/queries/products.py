@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from swagger_server.db.queries import ANY, WriteCondition
+
 
 def get_product(conn, product_id: int) -> dict | None:
     with conn.cursor() as cur:
@@ -34,22 +36,24 @@ def create_product(conn, sku: str, name: str, price_cents: int, stock: int) -> d
         return cur.one()
 
 
-def update_product(conn, product_id: int, fields: dict, versions: list[int] | None = None) -> dict | None:
-    """Change the given fields (name, price_cents, stock); None if no such product, or (with
-    `versions`, from If-Match) if its version is none of them: the check and the write are one
-    statement, so no other write can come between them."""
+def update_product(conn, product_id: int, fields: dict, condition: WriteCondition = ANY) -> dict | None:
+    """Change the given fields (name, price_cents, stock); None if no such product, or if its version is
+    not one `condition` (If-Match, If-None-Match) allows: the check and the write are one statement, so
+    no other write can come between them."""
     with conn.cursor() as cur:
         cur.execute(
             "UPDATE products SET name = COALESCE(%(name)s, name),"
             " price_cents = COALESCE(%(price_cents)s, price_cents), stock = COALESCE(%(stock)s, stock),"
             " updated_at = now() WHERE id = %(id)s AND (%(versions)s::bigint[] IS NULL OR version = ANY(%(versions)s))"
+            " AND NOT version = ANY(%(refused)s::bigint[])"
             " RETURNING id, sku, name, price_cents, stock, created_at, updated_at, version",
             {
                 "name": fields.get("name"),
                 "price_cents": fields.get("price_cents"),
                 "stock": fields.get("stock"),
                 "id": product_id,
-                "versions": versions,
+                "versions": condition.allowed,
+                "refused": list(condition.refused),
             },
         )
         return cur.one()
