@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
     # and puts the app's state in each request's scope for the layers inside.
     app.add_middleware(observability.Observability, position=MiddlewarePosition.BEFORE_EXCEPTION, state=state)
     observability.setup_access_log(settings.api.access_log, settings.api.log_format, metrics.access_log_dropped.inc)
+    observability.guard_process_logs()
     scope.on_checkout = _record_pool_wait
     # Before the exception middleware, so error responses rendered by Connexion carry CORS headers too.
     app.add_middleware(

@@ -141,6 +141,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_completed = True
         self._cancel_head_timer()
         super().on_headers_complete()
+        # The TCP peer, before any forwarding header rewrites `client` (tracing trusts peers, not names).
+        self.scope["store_api_peer"] = self.client
         self._cycles.append(self.cycle)
 
     def on_message_complete(self) -> None:

@@ -121,3 +121,27 @@ def test_the_api_pod_drains_before_it_stops_and_is_sized_for_its_workers():
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
     assert effective_pool_size(settings) == settings.pool.max_connections  # no connection beyond a thread
+
+
+def test_metrics_are_served_only_on_their_own_port_in_every_shipped_deployment():
+    """/metrics is not public (issue 30): compose and the manifests set API_METRICS_PORT, which nothing
+    public reaches; the nginx file answers /metrics itself (tests/test_nginx.py proves the 404)."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    api = compose["api"]
+    port = api["environment"]["API_METRICS_PORT"]
+    assert port and port in api["expose"] and "ports" not in api
+    assert all(port not in str(p) for service in compose.values() for p in service.get("ports", []))
+    nginx = (ROOT / "deploy" / "nginx" / "store-api.conf").read_text()
+    assert f"api:{port}" not in nginx and "location = /metrics" in nginx
+    config = find("ConfigMap", "store-api")["data"]
+    k8s_port = int(config["API_METRICS_PORT"])
+    deployment = find("Deployment", "store-api")
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert {"name": "metrics", "containerPort": k8s_port} in container["ports"]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(k8s_port)
+    service = find("Service", "store-api")
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    policy = find("NetworkPolicy", "store-api")
+    rules = [r for r in policy["spec"]["ingress"] if any(p["port"] == k8s_port for p in r["ports"])]
+    assert rules and all(r.get("from") for r in rules), "the metrics port is open to the monitoring namespace alone"

@@ -119,12 +119,26 @@ http {{
 def stack(database_url, tmp_path_factory):
     if NGINX is None:
         pytest.skip("nginx is not installed (apt-get install nginx; .ci/run installs it)")
-    # Tracing on (console): the API's spans show the trace context nginx passed on.
-    api = Gunicorn(database_url, WEB_CONCURRENCY=2, OTEL_TRACES_EXPORTER="console", OTEL_BSP_SCHEDULE_DELAY="50")
+    # Tracing on (console): the API's spans show the trace context nginx passed on. The API trusts
+    # forwarding headers as docker-compose.yml ships it (FORWARDED_ALLOW_IPS "*"), so what nginx sends
+    # is all that stands between a client and the address the API logs and limits by.
+    api = Gunicorn(
+        database_url,
+        WEB_CONCURRENCY=2,
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_BSP_SCHEDULE_DELAY="50",
+        FORWARDED_ALLOW_IPS=_compose_api_env()["FORWARDED_ALLOW_IPS"],
+    )
     proxy = Nginx(tmp_path_factory.mktemp("nginx"), api.port)
     yield proxy, api
     proxy.stop()
     api.stop()
+
+
+def _compose_api_env() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["api"]["environment"]
 
 
 def api_lines(api) -> list[dict]:
@@ -158,9 +172,36 @@ def test_traffic_passes_with_the_clients_request_id_and_address(stack, store):
     wait_until(lambda: [e for e in api_lines(api) if e["request_id"] == generated], message="the generated id")
 
 
+def test_a_clients_own_x_forwarded_for_is_not_its_address(stack, store):
+    """With the compose file's FORWARDED_ALLOW_IPS, a client's own X-Forwarded-For would be taken as its
+    address if nginx appended to it; nginx sends the address it saw, alone."""
+    proxy, api = stack
+    for spoof in ("6.6.6.6", "6.6.6.6, 7.7.7.7", "unknown"):
+        request_id = f"spoof-{abs(hash(spoof))}"
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10, source_address=("127.0.0.2", 0))
+        try:
+            conn.request("GET", "/api/health", headers={"X-Forwarded-For": spoof, "X-Request-ID": request_id})
+            assert conn.getresponse().status == 200
+        finally:
+            conn.close()
+        (line,) = wait_until(lambda r=request_id: [e for e in api_lines(api) if e["request_id"] == r], message="line")
+        assert line["client"] == "127.0.0.2", (spoof, line["client"])
+
+
+def test_metrics_are_not_served_through_the_proxy(stack):
+    """The API here still serves /metrics on its main port (the observer); through nginx it is a 404."""
+    proxy, api = stack
+    assert requests.get(f"{api.base}/metrics", timeout=10).status_code == 200
+    for path in ("/metrics", "/metrics?x=1"):
+        response = requests.get(f"{proxy.base}{path}", timeout=10)
+        assert response.status_code == 404 and response.headers["Content-Type"] == "application/problem+json"
+        assert "store_api_requests_total" not in response.text
+
+
 def test_the_trace_context_passes_through_and_nginx_logs_it(stack, store):
-    """A traceparent and tracestate sent to nginx reach the API, which continues that trace (its
-    server span's parent is the caller's span, its trace state the caller's); nginx logs it too."""
+    """A traceparent and tracestate sent to nginx reach the API, which does not trust nginx's peer
+    address for traces (API_TRACE_TRUSTED_PEERS unset, as shipped): its server span starts a new trace
+    linked to the caller's span; nginx logs the caller's traceparent."""
     proxy, api = stack
     trace, parent = "6bf92f3577b34da6a3ce929d0e0e4738", "00f067aa0ba902b8"
     traceparent = f"00-{trace}-{parent}-01"
@@ -172,17 +213,20 @@ def test_the_trace_context_passes_through_and_nginx_logs_it(stack, store):
     assert response.status_code == 200
     request_id = response.headers["X-Request-ID"]
     (line,) = wait_until(lambda: [e for e in api_lines(api) if e["request_id"] == request_id], message="the line")
-    assert line["trace_id"] == trace
+    assert line["trace_id"] != trace
     spans = wait_until(
         lambda: [
             span
             for span in (json.loads(x) for x in api.stdout().splitlines() if x.startswith('{"name"'))
-            if span["context"]["trace_id"] == f"0x{trace}" and span["kind"] == "SpanKind.SERVER"
+            if span["kind"] == "SpanKind.SERVER"
+            and any(link["context"]["trace_id"] == f"0x{trace}" for link in span.get("links", []))
         ],
         timeout=10,
-        message="the API's server span",
+        message="the API's server span, linked to the caller's",
     )
-    assert spans[0]["parent_id"] == f"0x{parent}" and "congo" in spans[0]["context"]["trace_state"]
+    assert spans[0]["context"]["trace_id"] == f"0x{line['trace_id']}" and spans[0]["parent_id"] is None
+    assert spans[0]["links"][0]["context"]["span_id"] == f"0x{parent}"
+    assert "congo" not in json.dumps(spans[0])  # the caller's tracestate is not read
     assert any(e["request_id"] == request_id and e["traceparent"] == traceparent for e in proxy.log())
 
 

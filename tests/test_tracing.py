@@ -5,7 +5,9 @@ the trace context on (tests/test_nginx.py)."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -71,6 +73,7 @@ class Receiver:
                             "status": span.status.code,
                             "attributes": {a.key: _value(a.value) for a in span.attributes},
                             "events": [event.name for event in span.events],
+                            "links": [link.trace_id.hex() for link in span.links],
                         }
                     )
 
@@ -99,6 +102,9 @@ def traced(database_url):
         OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
         OTEL_SERVICE_NAME="store-api-test",
         OTEL_BSP_SCHEDULE_DELAY="50",
+        # The tests' clients are on 127.0.0.1: trusted, their trace context continued. Untrusted
+        # callers connect from 127.0.0.2 (test_an_untrusted_caller_cannot_force_its_requests_traced).
+        API_TRACE_TRUSTED_PEERS="127.0.0.1/32",
     )
     yield server, receiver
     server.stop()
@@ -198,7 +204,13 @@ def test_the_console_exporter_and_tracing_off(database_url, store):
     the same request, so the observer that finds the spans in the first would find them in the second."""
     outputs = {}
     for exporter in ("console", "none"):
-        server = Gunicorn(database_url, WEB_CONCURRENCY=1, OTEL_TRACES_EXPORTER=exporter, OTEL_BSP_SCHEDULE_DELAY="50")
+        server = Gunicorn(
+            database_url,
+            WEB_CONCURRENCY=1,
+            OTEL_TRACES_EXPORTER=exporter,
+            OTEL_BSP_SCHEDULE_DELAY="50",
+            API_TRACE_TRUSTED_PEERS="127.0.0.1/32",
+        )
         try:
             response = requests.get(f"{server.base}/api/customers/1", headers={**AUTH, "traceparent": TRACEPARENT})
             assert response.status_code == 200
@@ -255,3 +267,96 @@ def test_a_caller_that_does_not_sample_gets_no_spans_but_keeps_its_trace_id(trac
         message="the access line",
     )[0]
     assert line["trace_id"] == unsampled
+
+
+def _from(address: str, port: int, headers: dict) -> int:
+    """GET /api/customers/1 from a source address of our choosing (a loopback alias)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(address, 0))
+    try:
+        conn.request("GET", "/api/customers/1", headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def ratio_zero(database_url):
+    """A sampler that samples nothing of its own (ratio 0) and follows trusted parents."""
+    receiver = Receiver()
+    server = Gunicorn(
+        database_url,
+        WEB_CONCURRENCY=1,
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        OTEL_BSP_SCHEDULE_DELAY="50",
+        OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+        OTEL_TRACES_SAMPLER_ARG="0",
+        API_TRACE_TRUSTED_PEERS="127.0.0.1/32",
+    )
+    yield server, receiver
+    server.stop()
+    receiver.stop()
+
+
+def test_an_untrusted_caller_cannot_force_its_requests_traced(ratio_zero, store):
+    """From 127.0.0.2 (not a trusted peer) the sampled flag, and trace ids chosen to pass any ratio
+    sampler, are not followed: no span. The same request from the trusted 127.0.0.1 is traced in the
+    caller's trace (the observer)."""
+    server, receiver = ratio_zero
+    forced = ["9bf92f3577b34da6a3ce929d0e0e4731", "00000000000000000000000000000001", "0" * 31 + "2"]
+    for trace in forced:
+        assert _from("127.0.0.2", server.port, {**AUTH, "traceparent": f"00-{trace}-{CALLER_SPAN}-01"}) == 200
+    trusted = "abf92f3577b34da6a3ce929d0e0e4732"
+    assert _from("127.0.0.1", server.port, {**AUTH, "traceparent": f"00-{trusted}-{CALLER_SPAN}-01"}) == 200
+    wait_until(lambda: len(receiver.trace(trusted)) >= 3, timeout=10, message="the trusted caller's spans")
+    time.sleep(0.3)  # the batch processor exports every 50 ms: anything of the forced requests is out
+    assert all(receiver.trace(trace) == [] for trace in forced)
+    assert all(trace not in span["links"] for span in receiver.spans for trace in forced)
+    assert {span["trace_id"] for span in receiver.spans} == {trusted}
+
+
+def test_an_untrusted_callers_trace_is_a_link_from_a_new_trace(traced, store):
+    server, receiver = traced
+    caller = "cbf92f3577b34da6a3ce929d0e0e4733"
+    status = _from(
+        "127.0.0.2", server.port, {**AUTH, "traceparent": f"00-{caller}-{CALLER_SPAN}-01", "tracestate": "v=1"}
+    )
+    assert status == 200
+    (root,) = wait_until(
+        lambda: [s for s in receiver.spans if caller in s["links"]], timeout=10, message="the linked server span"
+    )
+    assert root["kind"] == SERVER and root["trace_id"] != caller and root["parent"] == ""
+    assert receiver.trace(caller) == []
+
+
+HOSTILE_STATE = "k\u0085forged=" + "x" * 12000
+
+
+def test_hostile_tracestate_and_baggage_reach_the_log_escaped_and_bounded(traced, store):
+    """OpenTelemetry's propagators log a warning that quotes an invalid tracestate or baggage; a
+    trusted peer's headers reach them. Every line of the server's output stays one printable line of
+    at most 2000 characters (str.splitlines, which also breaks on U+0085, U+2028 and U+2029)."""
+    server, _ = traced
+    nel = "k\x85v=" + "x" * 12000
+    raw = (
+        (
+            f"GET /api/customers/1 HTTP/1.1\r\nHost: t\r\nAuthorization: {AUTH['Authorization']}\r\n"
+            f"traceparent: 00-{CALLER_TRACE}-{CALLER_SPAN}-01\r\n"
+        ).encode()
+        + b"tracestate: "
+        + nel.encode("latin-1")
+        + b"\r\nbaggage: "
+        + nel.encode("latin-1")
+        + b"\r\n\r\n"
+    )
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(raw)
+            assert sock.recv(12).startswith(b"HTTP/1.1 200")
+    # The observer: OpenTelemetry did warn, and the warning reached the log, escaped.
+    wait_until(lambda: "\\x85" in server.output(), timeout=10, message="the escaped warning in the log")
+    output = server.output()
+    assert "\x85" not in output and "\u2028" not in output
+    assert max(len(line) for line in output.splitlines()) <= 2000

@@ -3,9 +3,19 @@ name the setting by its environment variable and ini key (settings.label), never
 
 from __future__ import annotations
 
+import ipaddress
+
 from swagger_server.config.settings import ConfigError, Settings, label
 
 TOKEN_SCOPES = ("read", "write")
+
+
+def _network(entry: str) -> bool:
+    try:
+        ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_token(entry: str) -> tuple[str, str, str]:
@@ -113,6 +123,11 @@ def validate(settings: Settings) -> None:
         (replica.check_interval > 0, label("REPLICA", "check_interval"), "must be > 0 seconds"),
         (replica.min_connections >= 0, label("REPLICA", "min_connections"), "must be >= 0"),
         (replica.max_connections >= 0, label("REPLICA", "max_connections"), "must be >= 0 (0 = as [POOL])"),
+        (
+            all(_network(n) for n in api.trace_trusted_peers),
+            label("API", "trace_trusted_peers"),
+            "each entry must be a network like 10.0.0.0/8 or an address",
+        ),
         (
             api.log_format in ("json", "text"),
             label("API", "log_format"),

@@ -143,6 +143,10 @@ class ApiSettings:
     require_if_match: bool = False  # when on, PATCH and DELETE without If-Match are 428
     metrics_token: str = field(default="", repr=False)  # when set, GET /metrics needs this bearer token
     metrics_port: int = 0  # when set, /metrics is served only on this port (and the API not)
+    # Networks (CIDR) whose requests' W3C trace context is continued: the TCP peer (the proxy in front,
+    # or a caller) must be in one. Anyone else's traceparent starts a new trace, linked to the caller's,
+    # and sampled by the configured sampler alone: a caller cannot force its requests to be traced.
+    trace_trusted_peers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "API_REQUIRE_IF_MATCH": ("API", "require_if_match"),
     "API_METRICS_TOKEN": ("API", "metrics_token"),
     "API_METRICS_PORT": ("API", "metrics_port"),
+    "API_TRACE_TRUSTED_PEERS": ("API", "trace_trusted_peers"),
     "DB_MIGRATE_LOCK_TIMEOUT": ("MIGRATE", "lock_timeout"),
     "DB_MIGRATE_STATEMENT_TIMEOUT": ("MIGRATE", "statement_timeout"),
     "DB_MIGRATE_DEADLINE": ("MIGRATE", "deadline"),

@@ -7,7 +7,7 @@
 - `tracing`: OpenTelemetry spans (server, pool wait, each statement), from the OTEL_* variables.
 """
 
-from swagger_server.observability.logs import flush_access_log, setup_access_log
+from swagger_server.observability.logs import flush_access_log, guard_process_logs, setup_access_log
 from swagger_server.observability.metrics import Metrics
 from swagger_server.observability.middleware import (
     Observability,
@@ -30,5 +30,6 @@ __all__ = [
     "record_pool_wait",
     "refusal_recorder",
     "request_context",
+    "guard_process_logs",
     "setup_access_log",
 ]

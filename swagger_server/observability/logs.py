@@ -2,6 +2,11 @@
 
 The logger is the process's (`store_api.access`), as logging is; the newest app in a process installs
 its handler. Lines are JSON for machines or short text for a person (`[API] log_format`).
+
+Every other log line of the process (gunicorn's, uvicorn's, OpenTelemetry's own warnings, which quote
+`tracestate` and `baggage` headers) passes `SafeLines` (`guard_process_logs`): each message is one line
+of at most MAX_MESSAGE characters, anything not printable escaped (`\x85`, `\u2028`, `\u202e`), so
+no client byte can forge a line, reorder text, or fill the log.
 """
 
 from __future__ import annotations
@@ -19,6 +24,45 @@ from datetime import UTC, datetime
 import orjson
 
 access_log = logging.getLogger("store_api.access")
+MAX_MESSAGE = 1000  # characters of a log message; a line adds its time, level and origin
+# What str.splitlines() breaks on that JSON (orjson) leaves raw in a string.
+_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def safe_text(text: str, limit: int = MAX_MESSAGE) -> str:
+    """`text` as one printable line of at most about `limit` characters (`text` itself when it is)."""
+    if text.isprintable() and len(text) <= limit:
+        return text
+    escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[: limit * 2])
+    if len(escaped) > limit or len(text) > limit * 2:
+        escaped = escaped[:limit] + f"... ({len(text)} chars)"
+    return escaped
+
+
+class SafeLines(logging.Filter):
+    """A handler's filter: the record's message made one bounded, printable line (see safe_text)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        safe = safe_text(message)
+        if safe is not message:
+            record.msg, record.args = safe, None
+        return True
+
+
+def guard_process_logs() -> None:
+    """SafeLines on every handler of the root logger and of gunicorn's error log (uvicorn's shares
+    them); where the root logger has none, one on stderr, so a library's warning is not written by
+    logging's last-resort handler, which writes any message as it is."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"))
+        handler.setLevel(logging.WARNING)
+        root.addHandler(handler)
+    for handler in [*root.handlers, *logging.getLogger("gunicorn.error").handlers]:
+        if not any(isinstance(f, SafeLines) for f in handler.filters):
+            handler.addFilter(SafeLines())
 
 
 class JsonFormatter(logging.Formatter):
@@ -35,9 +79,10 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         try:
-            return orjson.dumps(entry, default=str).decode()
+            line = orjson.dumps(entry, default=str).decode()
         except TypeError:  # an integer beyond 64 bits, a key that is not a string: the standard library
-            return json.dumps(entry, separators=(",", ":"), default=str)
+            line = json.dumps(entry, separators=(",", ":"), default=str)
+        return line if line.isascii() else line.translate(_BREAKS)
 
 
 class TextFormatter(logging.Formatter):
@@ -52,7 +97,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         f = getattr(record, "fields", {})
         if "status" not in f:
-            return f"{record.levelname.lower()} {record.getMessage()}"
+            return f"{record.levelname.lower()} {safe_text(record.getMessage())}"
         when = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
         status = str(f["status"])
         if self.colour:

@@ -39,6 +39,7 @@ class Observability:
         api = state.settings.api
         self.metrics_token = ("bearer " + api.metrics_token).encode() if api.metrics_token else b""
         self.metrics_port = api.metrics_port
+        self.trusted_peers = tracing.TrustedPeers(api.trace_trusted_peers)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -63,7 +64,7 @@ class Observability:
         tracer = self.state.tracing.tracer()
         span = None
         if tracer is not None:  # tracing on (observability/tracing.py): the request's SERVER span
-            span, span_token = tracing.server_span(tracer, scope, request_id)
+            span, span_token = tracing.server_span(tracer, scope, request_id, self.trusted_peers(scope))
             context["trace_id"] = tracing.trace_id(span)
         # Shared by reference with inner layers: Connexion's router fills in the operation id, and the
         # Flask handler the pool wait (see request_context).

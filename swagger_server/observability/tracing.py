@@ -10,8 +10,11 @@ Each app has its own TracerProvider (not the process-global one), made per proce
 fork, in the worker, since the exporter's thread does not survive a fork. Spans:
 
 - a SERVER span per request (the outermost middleware): `GET /api/customers/{customer_id}` (the route
-  template, never the raw path), continuing the caller's `traceparent`, with the status, the request
-  id, and ERROR for a 5xx;
+  template, never the raw path), with the status, the request id, and ERROR for a 5xx. It continues
+  the caller's `traceparent` (and reads `tracestate`, `baggage`) only when the TCP peer is in `[API]
+  trace_trusted_peers` (the proxy in front, or a network); anyone else's request starts a new trace,
+  sampled by the configured sampler alone (a caller's sampled flag, or a trace id chosen to pass a
+  ratio sampler, cannot force tracing), with a span link to the caller's context;
 - `db.client.connection.wait` around the pool checkout (the request's connection);
 - one CLIENT span per statement (db/connection.py), database semantic conventions, the statement's text
   with its placeholders and never a parameter's value; a failed statement records its SQLSTATE.
@@ -19,6 +22,7 @@ fork, in the worker, since the exporter's thread does not survive a fork. Spans:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 import threading
@@ -108,15 +112,68 @@ class _HeaderGetter:
 HEADERS = _HeaderGetter()
 
 
-def server_span(tracer, scope, request_id: str):
-    """Start the request's SERVER span, continuing the caller's traceparent; (span, context token)."""
+class _LazyTraceContext:
+    """W3C traceparent alone (the SDK imported on first use, as everywhere in this module)."""
+
+    _propagator = None
+
+    def extract(self, carrier, getter):
+        if self._propagator is None:
+            from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+            type(self)._propagator = TraceContextTextMapPropagator()
+        return self._propagator.extract(carrier, getter=getter)
+
+
+_TRACE_CONTEXT = _LazyTraceContext()
+
+
+class TrustedPeers:
+    """`[API] trace_trusted_peers`: whether a request's TCP peer may continue its trace."""
+
+    def __init__(self, networks=()):
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+        self._seen: dict[str, bool] = {}
+
+    def __call__(self, scope) -> bool:
+        if not self.networks:
+            return False
+        # The TCP peer (server.py keeps it), not the client a forwarding header names.
+        peer = (scope.get("store_api_peer") or scope.get("client") or ("",))[0]
+        known = self._seen.get(peer)
+        if known is None:
+            try:
+                address = ipaddress.ip_address(peer)
+            except ValueError:
+                known = False
+            else:
+                known = any(address in network for network in self.networks)
+            if len(self._seen) < 4096:  # the peers are proxies and services: few
+                self._seen[peer] = known
+        return known
+
+
+def server_span(tracer, scope, request_id: str, trusted: bool = False):
+    """Start the request's SERVER span, continuing the caller's trace context when `trusted`, else in a
+    new trace linked to it; (span, context token)."""
     from opentelemetry import context, propagate, trace
 
-    parent = propagate.extract(scope.get("headers", []), getter=HEADERS)
+    headers = scope.get("headers", [])
+    links = None
+    if trusted:
+        parent = propagate.extract(headers, getter=HEADERS)
+    else:
+        parent = context.Context()
+        # Only traceparent is read (ids the propagator validates); tracestate and baggage are not.
+        caller = _TRACE_CONTEXT.extract([h for h in headers if h[0] == b"traceparent"], getter=HEADERS)
+        caller_span = trace.get_current_span(caller).get_span_context()
+        if caller_span.is_valid:
+            links = [trace.Link(caller_span, {"store_api.untrusted_parent": True})]
     method = scope["method"]
     span = tracer.start_span(
         method,
         context=parent,
+        links=links,
         kind=trace.SpanKind.SERVER,
         attributes={
             "http.request.method": method,
