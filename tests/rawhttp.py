@@ -76,7 +76,9 @@ class Connection:
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
         headers = [tuple(line.split(": ", 1)) for line in lines[1:]]
-        length = 0 if head_only or status == 304 else next((int(v) for k, v in headers if k.lower() == "content-length"), 0)
+        length = (
+            0 if head_only or status == 304 else next((int(v) for k, v in headers if k.lower() == "content-length"), 0)
+        )
         while len(self.buffer) < length:
             if not self._fill():
                 raise AssertionError("connection closed inside an answer's body")

@@ -1,9 +1,13 @@
 """Randomised HTTP on raw sockets: valid requests with their headers and framing permuted (case,
-repetition, `_` spellings, whitespace, chunked and length framing, chunk extensions, split writes,
-pipelining, early closes, bytes that are not UTF-8), against real gunicorn.
+repetition, `_` spellings, whitespace, chunked and length framing, chunk extensions, trailer fields,
+split writes, pipelining, early closes, bytes that are not UTF-8), and the edges beside the schema
+(issue 30): protocol upgrades, a hostile Host on the redirecting paths, conditional headers of every
+shape, text with invisible, breaking and decomposed characters, hostile trace headers; against real
+gunicorn.
 
 Whatever is sent, the service answers each request at most once, with a status below 500 and a
-problem+json for every 4xx; it stores nothing the schema forbids; its log holds no traceback.
+problem+json for every 4xx, never a Location built from Host; it stores nothing the schema or the
+text rule forbids; its log holds no traceback and no line a client could break or stretch.
 
 `make test` runs a short fixed-seed round (HTTP_FUZZ_SECONDS=6, seed 19); `make fuzz-http` runs
 HTTP_FUZZ_SECONDS (300) with a random seed, printed so that a failure can be repeated with
@@ -16,9 +20,11 @@ import os
 import random
 import threading
 import time
+import traceback
 
 import pytest
 
+from swagger_server import text
 from tests.conftest import TOKEN, query
 from tests.rawhttp import Connection
 from tests.servers import Gunicorn
@@ -37,6 +43,24 @@ BASES = [
     ("GET", "/api/health/ready", b""),
 ]
 HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID", "Host", "X-Consistency-Token"]
+# Invisible, breaking or decomposing pieces of text (text.py refuses or normalises each).
+HOSTILE_TEXT = [
+    "\u200b",
+    "\u202e",
+    "\ufeff",
+    "\u2028",
+    "\u2029",
+    "\x85",
+    " ",
+    "\xa0",
+    "\U000e0041",
+    "e\u0301",
+    "\xad",
+    "\u3000",
+]
+CONDITIONS = ['"1"', '"01"', '"\xb9"', "*", 'W/"1"', '"1", W/"2"', '"a"b', '"2"', '""', " * "]
+REDIRECTING = ["/", "/api", "/api/ui", "/api/", "/api/customers/"]
+TRACE_JUNK = ["k\x85v=" + "x" * 3000, "a=b,c", "\xff" * 40, "=" * 200]
 
 
 def _case(rng: random.Random, name: str) -> str:
@@ -50,17 +74,69 @@ def _chunked(rng: random.Random, body: bytes) -> bytes:
         size = rng.choice([b"%x" % n, b"%X" % n, b"0%x" % n, b"%x;ext=1" % n])
         out += size + b"\r\n" + body[i : i + n] + b"\r\n"
         i += n
-    return out + b"0\r\n\r\n"
+    trailers = b""
+    if rng.random() < 0.3:  # trailer fields: dropped, never read as headers
+        trailers = b"".join(
+            rng.choice(
+                [
+                    f"Authorization: Bearer {TOKEN}".encode(),
+                    b"X-Request-ID: from-trailer",
+                    b"Content-Type: text/plain",
+                    b"X-T: 1",
+                ]
+            )
+            + b"\r\n"
+            for _ in range(rng.randint(1, 3))
+        )
+    return out + b"0\r\n" + trailers + b"\r\n"
+
+
+def _hostile_text(rng: random.Random, base: str) -> str:
+    piece = rng.choice(HOSTILE_TEXT)
+    return rng.choice([piece + base, base + piece, base[:2] + piece + base[2:], piece])
+
+
+def _text_body(rng: random.Random) -> tuple[str, str, bytes]:
+    import json
+
+    if rng.random() < 0.5:
+        fields = {"name": _hostile_text(rng, "Fuzz Ünï"), "email": f"fz{rng.randint(0, 999)}@example.com"}
+        path = "/api/customers"
+    else:
+        sku = _hostile_text(rng, f"FZ-{rng.randint(0, 99)}")
+        fields = {"sku": sku, "name": _hostile_text(rng, "Fuzz"), "price_cents": 1, "stock": 1}
+        path = "/api/products"
+    return "POST", path, json.dumps(fields, ensure_ascii=rng.random() < 0.5).encode()
 
 
 def make_request(rng: random.Random) -> tuple[bytes, bool]:
     """(bytes, complete): a request with its head and framing permuted; `complete` is False when it
     was cut short on purpose (the client then closes)."""
-    method, path, body = rng.choice(BASES)
+    method, path, body = rng.choice(BASES) if rng.random() < 0.8 else _text_body(rng)
+    host = "t"
+    if rng.random() < 0.08:  # a redirecting path with a hostile Host, any method
+        method, path, host = (
+            rng.choice(["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"]),
+            rng.choice(REDIRECTING),
+            "evil.example:666",
+        )
+        body = b"{}" if method in ("POST", "PUT") else b""
     headers = [
-        (_case(rng, "Host"), "t"),
+        (_case(rng, "Host"), host),
         (_case(rng, "Authorization"), f"Bearer {TOKEN}"),
     ]
+    if rng.random() < 0.2:
+        headers.append((rng.choice(["If-Match", "If-None-Match"]), rng.choice(CONDITIONS)))
+    if rng.random() < 0.04:
+        headers += [
+            ("Connection", rng.choice(["Upgrade", "keep-alive, upgrade"])),
+            ("Upgrade", rng.choice(["websocket", "h2c"])),
+        ]
+    if rng.random() < 0.05:
+        headers += [
+            ("traceparent", f"00-{rng.randbytes(16).hex()}-{rng.randbytes(8).hex()}-01"),
+            (rng.choice(["tracestate", "baggage"]), rng.choice(TRACE_JUNK)),
+        ]
     if body:
         headers.append(
             (_case(rng, "Content-Type"), rng.choice(["application/json", "Application/JSON; charset=utf-8"]))
@@ -124,7 +200,7 @@ def test_permuted_requests_never_get_a_5xx_nor_store_what_the_schema_forbids(ser
         try:
             run(index)
         except Exception as exc:  # a crashed client fails the test, not a warning
-            failures.append(f"seed {seed}: client {index} crashed: {exc!r}")
+            failures.append(f"seed {seed}: client {index} crashed: {exc!r} {traceback.format_exc()[-600:]}")
 
     def run(index: int):
         rng = random.Random(seed * 16 + index)
@@ -146,14 +222,18 @@ def test_permuted_requests_never_get_a_5xx_nor_store_what_the_schema_forbids(ser
                 sent[0] += len(batch)
                 if not complete:
                     continue  # cut short on purpose: close without reading
-                for _ in batch:
-                    answer = conn.read_answer()
+                for raw, _ in batch:
+                    answer = conn.read_answer(head_only=raw.startswith(b"HEAD "))
                     if answer is None:
                         break  # refused and closed: later requests on it are not read
                     if answer.status >= 500 or (
                         answer.status >= 400 and answer.header("content-type") != "application/problem+json"
                     ):
                         failures.append(f"seed {seed}: {answer.status} {answer.body[:200]!r} for {data[:400]!r}")
+                        return
+                    location = answer.header("location")
+                    if location is not None and (not location.startswith("/") or location.startswith("//")):
+                        failures.append(f"seed {seed}: Location {location!r} for {data[:400]!r}")
                         return
                     if answer.header("connection") == "close":
                         break
@@ -176,10 +256,19 @@ def test_permuted_requests_never_get_a_5xx_nor_store_what_the_schema_forbids(ser
         (0,)
     ]
     assert query(store, "SELECT count(*) FROM products WHERE price_cents > 100000000") == [(0,)]
+    stored = [
+        v
+        for row in query(store, "SELECT name, email FROM customers UNION ALL SELECT sku, name FROM products")
+        for v in row
+    ]
+    refused = [v for v in stored if text.canonical(v) != v or text.refusal(v) is not None]
+    assert refused == [], refused[:5]
     time.sleep(0.2)
     output = server.output()
     assert "Traceback" not in output, _traceback(output)
     assert '"status":500' not in server.output()
+    lines = output.splitlines()  # also breaks on U+0085, U+2028, U+2029: a forged line would show
+    assert max(len(line) for line in lines) <= 2000, max(lines, key=len)[:300]
     health = Connection(server.port)
     health.send(b"GET /api/health HTTP/1.1\r\nHost: t\r\n\r\n")
     assert health.read_answer().status == 200  # still serving
