@@ -62,6 +62,8 @@ def canonical_strings(tree):
     TextRefused naming the first string `refusal` refuses (`lines[0].name`)."""
     if isinstance(tree, str):
         return _checked(tree, "")
+    if not isinstance(tree, (dict, list)):
+        return tree  # null, a number, a boolean: no text
     stack = [(tree, "")]
     while stack:
         container, path = stack.pop()

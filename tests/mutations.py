@@ -254,23 +254,17 @@ MUTATIONS = [
         "the body is read whole before any handler thread is taken",
         "swagger_server/handlers.py",
         """        body = await _read_body(scope, receive)
-        if not await self._admit(loop):
-            self.rejected += 1
-            await self._reject(send)
-            return
-        try:
-            environ""",
-        """        if not await self._admit(loop):
-            self.rejected += 1
-            await self._reject(send)
-            return
-        try:
-            body = await _read_body(scope, receive)
-            environ""",
+        if not await self._admit(loop, caller):""",
+        """        if not await self._admit(loop, caller):""",
         ("tests/test_http_layer.py::test_a_hundred_stalled_bodies_hold_no_thread_and_readiness_stays_fast",),
         # Two defences: the gate reads the body first, and the handler bridge takes it before a thread.
-        # Here the gate passes the body through unread, as the receive channel it came on.
+        # Here the bridge reads it after admission, and the gate passes it through unread, as the
+        # receive channel it came on.
         also=(
+            (
+                "        try:\n            environ = build_environ(scope, io.BytesIO(body))",
+                "        try:\n            body = await _read_body(scope, receive)\n            environ = build_environ(scope, io.BytesIO(body))",
+            ),
             (
                 "swagger_server/gate.py",
                 "            body = await self._read_body(receive, send)\n",
@@ -302,8 +296,8 @@ MUTATIONS = [
     Mutation(
         "a head that arrives whole in one read is still held to the head limit",
         "swagger_server/server.py",
-        "if self._head_size + len(self.url) > self.limits.max_header_bytes:",
-        "if False:",
+        '        if self._head_size + len(self.url) > self.limits.max_header_bytes:\n            raise _Refused(431, f"the request head may',
+        '        if False:\n            raise _Refused(431, f"the request head may',
         ("tests/test_http_layer.py::test_a_body_of_tens_of_kib_in_one_write_is_not_mistaken_for_a_large_head",),
     ),
     Mutation(
@@ -424,15 +418,15 @@ MUTATIONS = [
     Mutation(
         "a matching If-None-Match is 304",
         "swagger_server/controllers/conditional.py",
-        "            if star or any(opaque == str(version) for _, opaque in tags):",
-        "            if False:",
+        "            matched = exists and tag is not None and _weak_match(tags, tag)",
+        "            matched = False",
         ("tests/test_conditional.py::test_if_none_match_that_matches_is_304_with_the_etag_and_no_body",),
     ),
     Mutation(
         "a replica behind the client's ETag never answers with an older row",
         "swagger_server/controllers/conditional.py",
-        'if request_db().role == "replica" and any(seen > version for seen in _versions(tags)):',
-        "if False:",
+        "            if seen and max(seen) > version:",
+        "            if False:",
         ("tests/test_replica.py::test_a_replica_behind_the_clients_etag_never_answers_with_an_older_row",),
     ),
     Mutation(
@@ -522,8 +516,8 @@ MUTATIONS = [
     Mutation(
         "a request's server span continues the caller's trace",
         "swagger_server/observability/tracing.py",
-        '    parent = propagate.extract(scope.get("headers", []), getter=HEADERS)',
-        "    parent = None",
+        "        parent = propagate.extract(headers, getter=HEADERS)",
+        "        parent = None",
         ("tests/test_tracing.py::test_a_request_with_a_traceparent_continues_the_callers_trace",),
     ),
     Mutation(
@@ -654,6 +648,164 @@ MUTATIONS = [
         'client = context["token_info"]["sub"]',
         'client = "v2:" + context["token_info"]["sub"]',
         ("tests/test_upgrades.py::test_a_rolling_upgrade_under_load_loses_nothing_and_doubles_nothing",),
+    ),
+    # -- issue 30: the edges beside the schema --------------------------------------------------------------
+    Mutation(
+        "chunked trailer fields never become request headers",
+        "swagger_server/server.py",
+        "            return\n        super().on_header(name, value)",
+        "        super().on_header(name, value)",
+        ("tests/test_edges.py::test_an_authorization_trailer_never_authenticates",),
+    ),
+    Mutation(
+        "the bytes of a chunked body that are not body (framing, trailers) are bounded as they arrive",
+        "swagger_server/server.py",
+        "            if self._framing > self.limits.max_header_bytes + CHUNK_FRAMING * self._chunks:",
+        "            if False:",
+        ("tests/test_edges.py::test_trailers_and_framing_over_the_head_limit_are_431_with_bounded_memory",),
+    ),
+    Mutation(
+        "a protocol upgrade is refused with a 400 problem",
+        "swagger_server/server.py",
+        "        if self.parser.should_upgrade():\n            raise _Refused(400,",
+        "        if False:\n            raise _Refused(400,",
+        ("tests/test_edges.py::test_a_protocol_upgrade_is_a_400_problem_and_the_connection_closed",),
+    ),
+    Mutation(
+        "no Router redirects a missing trailing slash to a Location built from Host",
+        "swagger_server/patches.py",
+        "        init(self, *args, redirect_slashes=False, **kwargs)",
+        "        init(self, *args, redirect_slashes=redirect_slashes, **kwargs)",
+        ("tests/test_edges.py::test_no_answer_carries_a_location_built_from_host",),
+    ),
+    Mutation(
+        "/api answers the same way for every method",
+        "swagger_server/gate.py",
+        "        if path in REDIRECTS:  # the same answer for every method",
+        '        if path in REDIRECTS and method in ("GET", "HEAD"):',
+        ("tests/test_edges.py::test_the_api_base_answers_the_same_way_for_every_method",),
+    ),
+    Mutation(
+        "a tag names a version only in its canonical ASCII form (opaque strong comparison)",
+        "swagger_server/controllers/conditional.py",
+        "    return [int(opaque) for _, opaque in tags if _VERSION.fullmatch(opaque)]",
+        "    return [int(opaque) for _, opaque in tags if opaque.isdigit() and len(opaque) <= 18]",
+        ("tests/test_edges.py::test_if_match_is_an_opaque_strong_comparison",),
+    ),
+    Mutation(
+        "If-None-Match on a PATCH or DELETE that matches is 412 and writes nothing",
+        "swagger_server/controllers/conditional.py",
+        "    return WriteCondition(allowed, _versions(tags), star)",
+        "    return ANY if allowed is None else WriteCondition(allowed)",
+        ("tests/test_edges.py::test_if_none_match_on_a_change_that_matches_is_412_and_nothing_is_written",),
+    ),
+    Mutation(
+        "HEAD answers exactly as GET",
+        "swagger_server/controllers/conditional.py",
+        'READS = frozenset(("GET", "HEAD"))',
+        'READS = frozenset(("GET",))',
+        ("tests/test_edges.py::test_head_answers_exactly_as_get",),
+    ),
+    Mutation(
+        "If-Match is evaluated first, on reads too (RFC 9110 §13.2.2)",
+        "swagger_server/controllers/conditional.py",
+        '            raise PreconditionFailed("If-Match names no current version of this resource", field="If-Match")',
+        "            pass",
+        ("tests/test_edges.py::test_the_precedence_of_rfc_9110_13_2_2",),
+    ),
+    Mutation(
+        "a create evaluates its conditions against the collection",
+        "swagger_server/controllers/customers.py",
+        "    evaluate(lambda: page_etag(page(customers.list_customers(conn, 21, None, None), 20)))",
+        "    pass",
+        ("tests/test_edges.py::test_conditions_on_creates_are_evaluated_against_the_collection",),
+    ),
+    Mutation(
+        "the dashboard evaluates conditions though it has no ETag",
+        "swagger_server/controllers/dashboard.py",
+        "    early = evaluate(None)",
+        "    early = None",
+        ("tests/test_edges.py::test_the_dashboard_has_no_etag_and_still_evaluates_conditions",),
+    ),
+    Mutation(
+        "text with format, control or separator characters or surrounding whitespace is refused naming the field",
+        "swagger_server/text.py",
+        "    reason = refusal(value)\n",
+        "    reason = None\n",
+        (
+            "tests/test_edges.py::test_a_sku_that_looks_like_another_is_refused_naming_the_field",
+            "tests/test_edges.py::test_a_customer_name_with_invisible_or_breaking_characters_is_refused",
+        ),
+    ),
+    Mutation(
+        "a body's text is normalised to NFC",
+        "swagger_server/text.py",
+        "    value = canonical(value)\n",
+        "    value = value\n",
+        ("tests/test_edges.py::test_the_nfd_form_of_a_sku_is_the_same_sku",),
+    ),
+    Mutation(
+        "a search in NFD finds what was stored in NFC",
+        "swagger_server/controllers/customers.py",
+        "canonical(q) if q else q)",
+        "q)",
+        ("tests/test_edges.py::test_search_finds_the_nfc_and_the_nfd_form_of_a_name",),
+    ),
+    Mutation(
+        "the database holds every text column to the same rule",
+        "swagger_server/db/schema/005_text_identity.sql",
+        "    SELECT value IS NFC NORMALIZED\n",
+        "    SELECT true OR value IS NFC NORMALIZED\n",
+        ("tests/test_text_identity.py::test_psql_cannot_store_a_second_spelling",),
+    ),
+    Mutation(
+        "/metrics is on its own port in compose",
+        "docker-compose.yml",
+        '      API_METRICS_PORT: "9100"\n',
+        "",
+        ("tests/test_deploy.py::test_metrics_are_served_only_on_their_own_port_in_every_shipped_deployment",),
+    ),
+    Mutation(
+        "nginx does not serve /metrics",
+        "deploy/nginx/store-api.conf",
+        "    location = /metrics {",
+        "    location = /metrics-nowhere {",
+        ("tests/test_nginx.py::test_metrics_are_not_served_through_the_proxy",),
+    ),
+    Mutation(
+        "nginx sends the address it saw, never appended to the client's X-Forwarded-For",
+        "deploy/nginx/store-api.conf",
+        "    proxy_set_header X-Forwarded-For $remote_addr;",
+        "    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        ("tests/test_nginx.py::test_a_clients_own_x_forwarded_for_is_not_its_address",),
+    ),
+    Mutation(
+        "every log line is one printable, bounded line (library warnings too)",
+        "swagger_server/observability/logs.py",
+        "        safe = safe_text(message)\n",
+        "        safe = message\n",
+        ("tests/test_tracing.py::test_hostile_tracestate_and_baggage_reach_the_log_escaped_and_bounded",),
+    ),
+    Mutation(
+        "JSON log lines escape what str.splitlines() breaks on",
+        "swagger_server/observability/logs.py",
+        "        return line if line.isascii() else line.translate(_BREAKS)",
+        "        return line",
+        ("tests/test_edges.py::test_a_json_log_line_is_one_line_whatever_its_fields_hold",),
+    ),
+    Mutation(
+        "an untrusted caller's trace context is not continued (no forced sampling)",
+        "swagger_server/observability/tracing.py",
+        "    if trusted:\n        parent = propagate.extract(headers, getter=HEADERS)",
+        "    if True:\n        parent = propagate.extract(headers, getter=HEADERS)",
+        ("tests/test_tracing.py::test_an_untrusted_caller_cannot_force_its_requests_traced",),
+    ),
+    Mutation(
+        "trust is the TCP peer's, not the address a forwarding header names",
+        "swagger_server/server.py",
+        '        self.scope["store_api_peer"] = self.client\n',
+        "",
+        ("tests/test_tracing.py::test_an_untrusted_caller_cannot_force_its_requests_traced",),
     ),
 ]
 

@@ -79,3 +79,20 @@ def test_every_test_with_an_upper_time_bound_is_marked_timing():
                 unmarked.append(f"{path.name}::{node.name}: {bounds[0]}")
     assert not unmarked, unmarked
     assert marked >= 10  # the observer sees the bounds (there are more than ten)
+
+
+def test_every_mutation_names_text_the_source_holds_exactly_once():
+    """`make mutations` replaces exact text; an anchor that no longer matches would make its mutation
+    a no-op that fails for the wrong reason (or none). Checked here, in seconds, on every run."""
+    from tests.mutations import MUTATIONS, ROOT
+
+    stale = []
+    for mutation in MUTATIONS:
+        anchors = [(mutation.path, mutation.old)]
+        anchors += [(a[0], a[1]) if len(a) == 3 else (mutation.path, a[0]) for a in mutation.also]
+        for path, old in anchors:
+            found = (ROOT / path).read_text().count(old)
+            if found != 1:
+                stale.append(f"{mutation.guarantee}: {path} holds its text {found} times")
+    assert not stale, stale
+    assert all(m.tests for m in MUTATIONS)

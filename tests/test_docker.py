@@ -71,7 +71,8 @@ def test_compose_file_structure():
     assert set(api["environment"]) <= set(ENV_OVERRIDES) | gunicorns, set(api["environment"]) - set(ENV_OVERRIDES)
     # nginx in front, serving the tested config; the API itself is not published.
     proxy = services["proxy"]
-    assert "ports" not in api and api["expose"] == ["8080"]
+    # Not published: 8080 for the proxy, 9100 (API_METRICS_PORT) for a scraper on this network.
+    assert "ports" not in api and api["expose"] == ["8080", api["environment"]["API_METRICS_PORT"]]
     assert proxy["ports"] == ["127.0.0.1:8080:80"] and proxy["depends_on"]["api"]["condition"] == "service_healthy"
     assert "./deploy/nginx/store-api.conf:/etc/nginx/conf.d/default.conf:ro" in proxy["volumes"]
     assert (ROOT / "deploy" / "nginx" / "store-api.conf").exists()

@@ -152,6 +152,16 @@ def test_trailers_and_framing_over_the_head_limit_are_431_with_bounded_memory(se
     assert grown < 24 * 1024, f"workers grew {grown} KiB"
 
 
+@pytest.mark.parametrize("body", [b"null", b"5", b"true", b'"text"', b"[]"])
+@pytest.mark.parametrize(
+    "method, path", [("POST", "/api/customers"), ("PATCH", "/api/customers/1"), ("PATCH", "/api/products/1")]
+)
+def test_a_body_that_is_not_an_object_is_a_400_whatever_the_conditions(server, body, method, path):
+    for conditions in ([], ['If-Match: "1"', 'If-None-Match: "1"']):
+        answer = send(server, request_bytes(method, path, [AUTH, JSON, *conditions], body))
+        assert answer.status == 400, (body, conditions, answer.status)
+
+
 # -- protocol upgrades ----------------------------------------------------------------------------------------
 UPGRADES = {
     "websocket": [
@@ -438,6 +448,19 @@ def test_search_finds_the_nfc_and_the_nfd_form_of_a_name(server):
         found = send(server, request_bytes("GET", target, [AUTH]))
         assert found.status == 200
         assert [c["id"] for c in json.loads(found.body)["items"]] == [json.loads(created.body)["id"]], form
+
+
+def test_a_json_log_line_is_one_line_whatever_its_fields_hold():
+    """orjson leaves U+0085, U+2028 and U+2029 raw in a string, and str.splitlines() breaks on them."""
+    import logging
+
+    from swagger_server.observability.logs import JsonFormatter
+
+    record = logging.LogRecord("store_api.access", logging.INFO, __file__, 0, "request", None, None)
+    record.fields = {"path": "/a\x85b\u2028c\u2029d", "status": 200}
+    line = JsonFormatter().format(record)
+    assert len(line.splitlines()) == 1
+    assert json.loads(line)["path"] == "/a\x85b\u2028c\u2029d"  # escaped, not lost
 
 
 # -- last: what the server counted and logged ----------------------------------------------------------------------

@@ -294,6 +294,8 @@ def ratio_zero(database_url):
         OTEL_TRACES_SAMPLER="parentbased_traceidratio",
         OTEL_TRACES_SAMPLER_ARG="0",
         API_TRACE_TRUSTED_PEERS="127.0.0.1/32",
+        # Every peer may name the client (as compose ships it): trust must still be the TCP peer's.
+        FORWARDED_ALLOW_IPS="*",
     )
     yield server, receiver
     server.stop()
@@ -308,6 +310,11 @@ def test_an_untrusted_caller_cannot_force_its_requests_traced(ratio_zero, store)
     forced = ["9bf92f3577b34da6a3ce929d0e0e4731", "00000000000000000000000000000001", "0" * 31 + "2"]
     for trace in forced:
         assert _from("127.0.0.2", server.port, {**AUTH, "traceparent": f"00-{trace}-{CALLER_SPAN}-01"}) == 200
+    # Naming a trusted address in X-Forwarded-For changes the logged client, not whose trace is followed.
+    spoofed = "dbf92f3577b34da6a3ce929d0e0e4734"
+    forced.append(spoofed)
+    headers = {**AUTH, "traceparent": f"00-{spoofed}-{CALLER_SPAN}-01", "X-Forwarded-For": "127.0.0.1"}
+    assert _from("127.0.0.2", server.port, headers) == 200
     trusted = "abf92f3577b34da6a3ce929d0e0e4732"
     assert _from("127.0.0.1", server.port, {**AUTH, "traceparent": f"00-{trusted}-{CALLER_SPAN}-01"}) == 200
     wait_until(lambda: len(receiver.trace(trusted)) >= 3, timeout=10, message="the trusted caller's spans")
