@@ -807,6 +807,76 @@ MUTATIONS = [
         "",
         ("tests/test_tracing.py::test_an_untrusted_caller_cannot_force_its_requests_traced",),
     ),
+    # -- issue 32: alerts, SLOs and the dashboard ---------------------------------------------------------
+    Mutation(
+        "the database alert reads the primary pool's label",
+        "deploy/prometheus/store-api.rules.yml",
+        'expr: min by (instance, pool) (store_api_database_up{pool="primary"}) == 0',
+        'expr: min by (instance, pool) (store_api_database_up{pool="main"}) == 0',
+        (
+            "tests/test_prometheus.py::test_promtool_checks_the_rules_and_their_unit_tests_pass",
+            "tests/test_prometheus.py::test_the_database_stopped_fires_its_alert_and_it_resolves_when_it_returns",
+        ),
+    ),
+    Mutation(
+        "the pool-exhausted alert counts the pool's timeouts",
+        "deploy/prometheus/store-api.rules.yml",
+        'store_api_pool_events_total{event=~"timeouts|rejected"}',
+        'store_api_pool_events_total{event=~"timeout|rejected"}',
+        (
+            "tests/test_prometheus.py::test_promtool_checks_the_rules_and_their_unit_tests_pass",
+            "tests/test_prometheus.py::test_an_exhausted_pool_fires_its_alerts_and_they_resolve",
+        ),
+    ),
+    Mutation(
+        "the fast availability burn pages at 14.4x",
+        "deploy/prometheus/store-api.rules.yml",
+        "(store_api:slo_errors:ratio_rate1h > (14.4 * 0.001) and store_api:slo_errors:ratio_rate5m > (14.4 * 0.001))",
+        "(store_api:slo_errors:ratio_rate1h > (144 * 0.001) and store_api:slo_errors:ratio_rate5m > (144 * 0.001))",
+        ("tests/test_prometheus.py::test_promtool_checks_the_rules_and_their_unit_tests_pass",),
+    ),
+    Mutation(
+        "the latency SLO counts requests within 0.5 s",
+        "deploy/prometheus/store-api.rules.yml",
+        'expr: 1 - sum(rate(store_api_request_duration_seconds_bucket{le="0.5"}[1h]))',
+        'expr: 1 - sum(rate(store_api_request_duration_seconds_bucket{le="1"}[1h]))',
+        ("tests/test_prometheus.py::test_promtool_checks_the_rules_and_their_unit_tests_pass",),
+    ),
+    Mutation(
+        "three worker restarts in 15 minutes are a ticket",
+        "deploy/prometheus/store-api.rules.yml",
+        "expr: sum by (instance) (increase(store_api_worker_starts_total[15m])) >= 3",
+        "expr: sum by (instance) (increase(store_api_worker_starts_total[15m])) >= 30",
+        ("tests/test_prometheus.py::test_promtool_checks_the_rules_and_their_unit_tests_pass",),
+    ),
+    Mutation(
+        "the replica alert's bound is [REPLICA] max_lag",
+        "deploy/prometheus/store-api.rules.yml",
+        "expr: max by (instance) (store_api_replica_lag_seconds) > 5",
+        "expr: max by (instance) (store_api_replica_lag_seconds) > 50",
+        ("tests/test_prometheus.py::test_promtool_checks_the_rules_and_their_unit_tests_pass",),
+    ),
+    Mutation(
+        "the database gauge says when the pool cannot reach it",
+        "swagger_server/observability/sampling.py",
+        '                m.database_up.labels(pool.name).set(1 if stats["database_up"] else 0)',
+        "                m.database_up.labels(pool.name).set(1)",
+        ("tests/test_prometheus.py::test_the_database_stopped_fires_its_alert_and_it_resolves_when_it_returns",),
+    ),
+    Mutation(
+        "each worker counts its start",
+        "swagger_server/observability/sampling.py",
+        "                    self.metrics.worker_starts.inc()\n",
+        "",
+        ("tests/test_prometheus.py::test_a_worker_restart_raises_no_false_alert",),
+    ),
+    Mutation(
+        "every dashboard query names series that exist",
+        "deploy/grafana/store-api.json",
+        '"expr": "sum by (pool, state) (store_api_pool_connections{instance=~\\"$instance\\"})"',
+        '"expr": "sum by (pool, state) (store_api_pool_connection{instance=~\\"$instance\\"})"',
+        ("tests/test_prometheus.py::test_every_dashboard_panel_returns_series",),
+    ),
 ]
 
 
@@ -828,7 +898,19 @@ def run(mutation: Mutation, python: str) -> tuple[bool, float, str]:
             target.write_text(text.replace(old, new))
         began = time.monotonic()
         result = subprocess.run(
-            [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutation.tests],
+            # Its own temporary directory: pytest prunes old numbered ones under the shared default,
+            # which would delete the PostgreSQL data of a suite running at the same time.
+            [
+                python,
+                "-m",
+                "pytest",
+                "-x",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                f"--basetemp={tree}/.pytest-tmp",
+                *mutation.tests,
+            ],
             cwd=tree,
             capture_output=True,
             text=True,

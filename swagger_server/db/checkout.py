@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import traceback
 from dataclasses import dataclass
 
 from swagger_server.db.connection import Connection
@@ -27,12 +26,13 @@ def borrower(frame, limit: int = 12) -> tuple:
     return tuple(out)
 
 
+BORROWER_FRAMES = 6  # the innermost: where the connection was taken, and the callers that matter
+
+
 def format_borrower(frames: tuple) -> str:
-    """Those frames as a traceback prints them, outermost first."""
-    summary = traceback.StackSummary.from_list(
-        [(code.co_filename, line, code.co_name, None) for code, line in reversed(frames)]
-    )
-    return "".join(summary.format())
+    """The innermost BORROWER_FRAMES of those frames, innermost first, one `file:line in function` each:
+    short enough that the log line (one line: observability/logs.py) keeps them all."""
+    return "".join(f"  {code.co_filename}:{line} in {code.co_name}\n" for code, line in frames[:BORROWER_FRAMES])
 
 
 class Waiter:

@@ -77,7 +77,7 @@ class Maintenance:
             pool._count("leaks")
             stack = format_borrower(checkout.frame) if checkout.frame else "(no stack)\n"
             logger.warning(
-                "pool %r: connection held for %.1f s by thread %s (leak threshold %.1f s); taken at:\n%s",
+                "pool %r: connection held for %.1f s by thread %s (leak threshold %.1f s); taken at (innermost first):\n%s",
                 pool.name,
                 now - checkout.since,
                 checkout.thread,

@@ -67,6 +67,18 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=r,
         )
+        self.database_up = Gauge(
+            "store_api_database_up",
+            "1 while the pool reaches its database, 0 while it cannot (the lowest any live worker says).",
+            ["pool"],
+            multiprocess_mode="livemin",
+            registry=r,
+        )
+        self.worker_starts = Counter(
+            "store_api_worker_starts",
+            "Processes that started serving (each gunicorn worker once): a rise after start-up is a restart.",
+            registry=r,
+        )
         self.rate_limiter_degraded = Gauge(
             "store_api_rate_limiter_degraded",
             "1 while the rate limit's storage (Redis) fails and requests pass unlimited (any live worker).",

@@ -59,6 +59,7 @@ class PoolMetrics:
                 stats = pool.stats()
                 for state in ("size", "idle", "in_use", "waiting", "max"):
                     m.pool_connections.labels(pool.name, state).set(stats[state])
+                m.database_up.labels(pool.name).set(1 if stats["database_up"] else 0)
                 for event in EVENTS:
                     self._add(m.pool_events.labels(pool.name, event), (pool.name, event), stats[event])
                 self._otel(pool, stats)
@@ -119,6 +120,7 @@ class ProcessSampler:
                 current = self._current
                 if current is None or current.pid != os.getpid():
                     current = self._current = PoolMetrics(self.metrics, self.database).start()
+                    self.metrics.worker_starts.inc()
         return current
 
     def stop(self) -> None:

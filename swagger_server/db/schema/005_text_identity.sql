@@ -17,7 +17,7 @@ UPDATE products SET sku = normalize(sku, NFC), name = normalize(name, NFC)
     WHERE NOT (sku IS NFC NORMALIZED AND name IS NFC NORMALIZED);
 
 -- NOT VALID: new and changed rows are checked from here on, without a scan under the table's lock;
--- 006 and 007 validate the existing rows without blocking writes. A row that breaks the rule stops
+-- 006 validates the existing rows without blocking reads or writes. A row that breaks the rule stops
 -- them, naming the constraint: find it with `SELECT id FROM customers WHERE NOT text_is_canonical(name)`.
 ALTER TABLE customers ADD CONSTRAINT customers_text_canonical
     CHECK (text_is_canonical(name) AND text_is_canonical(email)) NOT VALID;
