@@ -475,3 +475,16 @@ def test_zz_metrics_match_what_clients_received_and_the_log_is_clean(server):
     assert "Traceback" not in output
     assert '"status":500' not in output
     assert max(len(line) for line in output.splitlines()) <= 2000
+
+
+def test_body_patterns_are_ecma_262_even_where_the_text_rule_would_also_refuse():
+    """The text rule now refuses a trailing newline in every body string, so over HTTP the ECMA-262
+    pattern (whose `$` is the end, where Python's also matches before a final newline) is a second
+    defence; it is checked here on the body validator itself."""
+    from swagger_server.validation import EcmaRequestValidator
+
+    validator = EcmaRequestValidator(
+        {"type": "object", "properties": {"sku": {"type": "string", "pattern": "^[A-Z]+$"}}}
+    )
+    assert list(validator.iter_errors({"sku": "ABC"})) == []
+    assert list(validator.iter_errors({"sku": "ABC\n"}))
