@@ -99,7 +99,7 @@ def test_pipelined_after_a_trailer_the_next_request_is_read_as_it_was_sent(serve
     assert [answer.status, *[a.status for a in answer.more]] == [201, 200]
 
 
-def _worker_peak_kib(server) -> int:
+def _workers_rss_kib(server) -> int:
     return sum(psutil.Process(pid).memory_full_info().rss for pid in server.workers) // 1024
 
 
@@ -139,9 +139,10 @@ def test_trailers_and_framing_over_the_head_limit_are_431_with_bounded_memory(se
         prefix, filler = head + b"%x\r\n%s\r\n0\r\n" % (len(body), body), b"X-T: 1\r\n" * 8192
     else:
         prefix, filler = head + b"%x;ext=" % len(body), b"e" * 65536
-    before = _worker_peak_kib(server)
+    before = _workers_rss_kib(server)
     results = [_flood(server.port, prefix, filler, 24 << 20) for _ in range(6)]
-    grown = _worker_peak_kib(server) - before
+    grown = _workers_rss_kib(server) - before
+    print(f"{shape}: workers grew {grown} KiB; bytes sent before the answer: {[sent for _, sent in results]}")
     for answer, sent in results:
         assert answer is not None and answer.status == 431, (answer and answer.status, sent)
         RECEIVED[431] += 1

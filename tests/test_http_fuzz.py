@@ -251,6 +251,7 @@ def test_permuted_requests_never_get_a_5xx_nor_store_what_the_schema_forbids(ser
     for thread in threads:
         thread.join(SECONDS + 60)
     assert not failures, failures[0]
+    print(f"HTTP fuzz: {sent[0]} requests sent")
     assert sent[0] > 50, "the fuzzer ran"
     assert query(store, "SELECT count(*) FROM customers WHERE name ~ '^[0-9]+$' OR position('@' in email) = 0") == [
         (0,)
