@@ -206,6 +206,8 @@ PATHS = [
     "/api/health/",
     "/nowhere/",
     "/api/ui/",
+    "/api/ui/index.html/",  # under the UI's own router
+    "/api/openapi.json/",
 ]
 
 
