@@ -41,6 +41,7 @@ from swagger_server.observability import refusal_recorder
 from swagger_server.state import of_flask
 
 LINGER_SECONDS = 2.0  # how long a refused client's remaining bytes are read and dropped
+SHUTDOWN_GRACE = 1.0  # at shutdown, how long a connection between requests may still bring one
 STATUS_TEXT = {
     400: b"Bad Request",
     408: b"Request Timeout",
@@ -82,6 +83,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._framing = 0  # bytes of the current message after its head that were not body
         self._body_in_read = 0  # body bytes the parser found in the current read
         self._message_completed = False  # a message was completed during the current read
+        self._draining = None  # at shutdown: the timer that closes a connection between requests
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -141,6 +143,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_completed = True
         self._cancel_head_timer()
         super().on_headers_complete()
+        if self._draining is not None:
+            self.cycle.keep_alive = False  # the last request of a connection the server is closing
         # The TCP peer, before any forwarding header rewrites `client` (tracing trusts peers, not names).
         self.scope["store_api_peer"] = self.client
         self._cycles.append(self.cycle)
@@ -238,7 +242,29 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._refusal is not None:
             self._send_refusal_when_due()
 
+    def shutdown(self) -> None:
+        """uvicorn closes a connection between requests at once when the server shuts down (a reload, a
+        restart), and a request the client had just sent on it (a new connection, accepted an instant
+        before) was reset unanswered. Such a connection gets SHUTDOWN_GRACE: a request that arrives is
+        answered, with `Connection: close`; otherwise it is closed then. uvicorn waits for open
+        connections before the worker exits, within gunicorn's graceful timeout."""
+        cycle = self.cycle
+        if (cycle is None or cycle.response_complete) and not self.transport.is_closing() and not self._lingering:
+            if self._draining is None:
+                self._draining = self.loop.call_later(SHUTDOWN_GRACE, self._close_if_between_requests)
+            return
+        super().shutdown()
+
+    def _close_if_between_requests(self) -> None:
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            self.transport.close()
+        else:
+            cycle.keep_alive = False
+
     def connection_lost(self, exc) -> None:
+        if self._draining is not None:
+            self._draining.cancel()
         # uvicorn marks only the newest request disconnected; with pipelined requests, an earlier one
         # still running would write to the closed transport (a RuntimeError, a traceback). Every
         # request on the connection is told.
