@@ -92,20 +92,26 @@ def _value(value):
 SERVER, CLIENT = 2, 3  # OTLP's SpanKind numbers
 
 
-@pytest.fixture(scope="module")
-def traced(database_url):
+def _traced_server(database_url, **env):
+    """Real gunicorn exporting to a Receiver of its own; (server, receiver), stopped by the caller.
+    The tests' clients are on 127.0.0.1: trusted, their trace context continued. Untrusted callers
+    connect from 127.0.0.2 (test_an_untrusted_caller_cannot_force_its_requests_traced)."""
     receiver = Receiver()
     server = Gunicorn(
         database_url,
         WEB_CONCURRENCY=1,
         OTEL_TRACES_EXPORTER="otlp",
         OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
-        OTEL_SERVICE_NAME="store-api-test",
         OTEL_BSP_SCHEDULE_DELAY="50",
-        # The tests' clients are on 127.0.0.1: trusted, their trace context continued. Untrusted
-        # callers connect from 127.0.0.2 (test_an_untrusted_caller_cannot_force_its_requests_traced).
         API_TRACE_TRUSTED_PEERS="127.0.0.1/32",
+        **env,
     )
+    return server, receiver
+
+
+@pytest.fixture(scope="module")
+def traced(database_url):
+    server, receiver = _traced_server(database_url, OTEL_SERVICE_NAME="store-api-test")
     yield server, receiver
     server.stop()
     receiver.stop()
@@ -283,18 +289,12 @@ def _from(address: str, port: int, headers: dict) -> int:
 
 @pytest.fixture(scope="module")
 def ratio_zero(database_url):
-    """A sampler that samples nothing of its own (ratio 0) and follows trusted parents."""
-    receiver = Receiver()
-    server = Gunicorn(
+    """A sampler that samples nothing of its own (ratio 0) and follows trusted parents. Every peer may
+    name the client (FORWARDED_ALLOW_IPS "*", as compose ships it): trust must still be the TCP peer's."""
+    server, receiver = _traced_server(
         database_url,
-        WEB_CONCURRENCY=1,
-        OTEL_TRACES_EXPORTER="otlp",
-        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
-        OTEL_BSP_SCHEDULE_DELAY="50",
         OTEL_TRACES_SAMPLER="parentbased_traceidratio",
         OTEL_TRACES_SAMPLER_ARG="0",
-        API_TRACE_TRUSTED_PEERS="127.0.0.1/32",
-        # Every peer may name the client (as compose ships it): trust must still be the TCP peer's.
         FORWARDED_ALLOW_IPS="*",
     )
     yield server, receiver
