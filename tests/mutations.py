@@ -67,8 +67,8 @@ MUTATIONS = [
     ),
     Mutation(
         "min connections are kept however long they idle",
-        "swagger_server/db/maintenance.py",
-        "too_idle = now - conn.last_used > conn.max_idle and pool._size - len(expired) > pool.min_size",
+        "swagger_server/db/pool.py",
+        "too_idle = now - conn.last_used > conn.max_idle and self._size - len(expired) > self.min_size",
         "too_idle = now - conn.last_used > conn.max_idle",
         ("tests/test_pool.py::test_min_connections_are_kept_warm",),
     ),
@@ -158,11 +158,11 @@ MUTATIONS = [
     ),
     Mutation(
         "a database known to be down fails waiters at once instead of after the pool timeout",
-        "swagger_server/db/connector.py",
-        """            if pool._size == 0:
-                pool._fail_waiters_locked(""",
+        "swagger_server/db/pool.py",
+        """            if self._size == 0:
+                self._fail_waiters_locked(""",
         """            if False:
-                pool._fail_waiters_locked(""",
+                self._fail_waiters_locked(""",
         ("tests/test_faults_gunicorn.py::test_an_unreachable_database_is_a_503_at_once_over_http",),
         also=(("swagger_server/db/pool.py", "if self._retry_at > now and self._size == 0:", "if False:"),),
     ),

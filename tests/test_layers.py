@@ -75,3 +75,43 @@ def test_every_operation_id_resolves_and_a_missing_one_is_named():
         "GET /customers: operationId 'list_the_customers' has no function "
         "swagger_server.controllers.customers.list_the_customers"
     ]
+
+
+def _pool_uses(path: Path) -> tuple[list[str], set[str]]:
+    """In `path`: the private members of a pool it touches (`pool._x`, `self.pool._x`) and the names of
+    the pool's members it reads."""
+    private, used = [], set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and ast.unparse(node.value) in ("pool", "self.pool"):
+            used.add(node.attr)
+            if node.attr.startswith("_"):
+                private.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+    return private, used
+
+
+def test_only_the_pool_touches_its_own_state():
+    """psycopg_pool's way: the connector and the maintenance ticker call pool methods; nothing but
+    db/pool.py reads or assigns a private field of the pool (the connector used to assign ten)."""
+    offenders = []
+    for path in (ROOT / "swagger_server").rglob("*.py"):
+        if path != DB / "pool.py":
+            offenders += _pool_uses(path)[0]
+    assert not offenders, offenders
+
+
+def test_the_pool_helpers_use_a_handful_of_its_methods():
+    """The connector and the maintenance ticker reach the pool through a few verbs, each a whole step
+    (claim a request, report a failure, hand over a connection, one maintenance pass), plus the
+    pool's configuration (name, dsn, settings, timeouts, configure)."""
+    config = {"name", "dsn", "settings", "connect_timeout", "configure", "closed"}
+    verbs = set()
+    for helper in ("connector.py", "maintenance.py"):
+        verbs |= _pool_uses(DB / helper)[1] - config
+    assert verbs == {
+        "wait_for_connect_request",
+        "wants_connection",
+        "sleep",
+        "connect_failed",
+        "connect_finished",
+        "maintain",
+    }

@@ -1,13 +1,14 @@
 """The pool's connector threads: the only place connections are opened (never on a request thread,
-never under the pool's lock). A thread sleeps until the pool asks for a connection (`pool._opening`
-above the number of threads already busy), opens one, retrying with exponential backoff and jitter
-while the database is down, and hands it to the pool. Maintenance runs in a thread of its own
+never under the pool's lock). A connector knows how to open one connection and nothing of the pool's
+state: it asks the pool for work (`wait_for_connect_request`), opens one connection, retrying with
+exponential backoff and jitter while the database is down and the pool still wants it, and reports
+back through pool methods (`connect_failed`, `connect_finished`). As psycopg_pool's workers, which
+run tasks that call the pool, never the other way round. Maintenance runs in a thread of its own
 (db/maintenance.py), so a backoff here never delays it."""
 
 from __future__ import annotations
 
 import logging
-import math
 import random
 import threading
 import time
@@ -17,7 +18,7 @@ import psycopg2
 from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
 
 from swagger_server.db.connection import Connection, connect
-from swagger_server.db.errors import DatabaseUnavailable, PoolClosed
+from swagger_server.db.errors import PoolClosed
 from swagger_server.text import first_line
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ class Connectors:
 
     def __init__(self, pool: ConnectionPool, count: int):
         self.pool = pool
-        self._busy = 0  # threads opening a connection now (under the pool's lock)
         self._threads = [
             threading.Thread(target=self._run, daemon=True, name=f"pool-{pool.name}-{i}") for i in range(max(1, count))
         ]
@@ -45,22 +45,16 @@ class Connectors:
             thread.join(timeout=timeout)
 
     def _run(self) -> None:
-        pool = self.pool
-        while True:
-            with pool._lock:
-                while not pool._closed and pool._opening <= self._busy:
-                    pool._wakeup.wait()
-                if pool._closed:
-                    return
-                self._busy += 1
+        while self.pool.wait_for_connect_request():
+            conn, seconds = None, 0.0
             try:
-                self._open_one()
-            finally:
-                with pool._lock:
-                    self._busy -= 1
+                conn, seconds = self._open_one()
+            finally:  # a connector thread must never die, nor leave the pool counting its request
+                self.pool.connect_finished(conn, seconds)
 
-    def _open_one(self) -> None:
-        """Open one connection, retrying with exponential backoff and jitter while the database is down."""
+    def _open_one(self) -> tuple[Connection | None, float]:
+        """One connection and the seconds it took, retrying with exponential backoff and jitter while
+        the database is down; (None, 0) when the pool closed or stopped wanting it."""
         pool = self.pool
         settings = pool.settings
         retrying = Retrying(
@@ -70,43 +64,24 @@ class Connectors:
                 max=settings.reconnect_max_delay,
                 jitter=settings.reconnect_initial_delay,
             ),
-            stop=lambda state: pool._closed or not self._demand(),
-            before_sleep=self._on_failure,
-            sleep=pool._stopping.wait,
+            stop=lambda state: not pool.wants_connection(),
+            before_sleep=lambda state: pool.connect_failed(first_line(state.outcome.exception()), state.upcoming_sleep),
+            sleep=pool.sleep,
             reraise=True,
         )
-        conn = None
         try:
-            conn = retrying(self._connect)
+            return retrying(self._connect)
         except PoolClosed:
-            pass
-        except Exception as exc:  # OperationalError after the last retry, or anything unexpected:
-            if not isinstance(exc, psycopg2.OperationalError):  # a connector thread must never die
+            return None, 0.0
+        except Exception as exc:  # OperationalError after the last retry, or anything unexpected
+            if not isinstance(exc, psycopg2.OperationalError):
                 logger.exception("pool %r: unexpected error while connecting", pool.name)
-            self._on_failure(None, exc)
-            with pool._lock:
-                pool._retry_at = 0.0  # nobody is retrying now; the next request tries again
-        finally:
-            with pool._lock:
-                pool._opening -= 1
-                if conn is not None:
-                    pool._size += 1
-                    was_down = pool._down_since is not None
-                    pool._down_since, pool._retry_at, pool._last_error = None, 0.0, ""
-                    kept = pool._hand_over_locked(conn)
-                    if not kept:
-                        pool._size -= 1
-        if conn is not None:
-            pool._count("connections_opened")
-            if not kept:
-                pool._close_quietly(conn)  # the pool closed meanwhile; closed outside its lock
-            elif was_down:
-                pool._count("reconnects")
-                logger.warning("pool %r: database reachable again", pool.name)
+            pool.connect_failed(first_line(exc), 0.0)
+            return None, 0.0
 
-    def _connect(self) -> Connection:
+    def _connect(self) -> tuple[Connection, float]:
         pool = self.pool
-        if pool._closed:
+        if pool.closed:
             raise PoolClosed(f"pool {pool.name!r} is closed")
         settings = pool.settings
         began = time.monotonic()
@@ -116,7 +91,7 @@ class Connectors:
             io_timeout=settings.io_timeout(),
             statement_timeout_ms=settings.statement_timeout_ms,
         )
-        pool._timed("create", time.monotonic() - began)
+        seconds = time.monotonic() - began
         if pool.configure is not None:
             try:
                 pool.configure(conn)
@@ -126,36 +101,4 @@ class Connectors:
         # Jitter, so connections made together do not all expire (or idle out) together.
         conn.expires_at = conn.created_at + settings.max_lifetime * random.uniform(0.9, 1.0)
         conn.max_idle = settings.max_idle * random.uniform(0.9, 1.0)
-        return conn
-
-    def _demand(self) -> bool:
-        pool = self.pool
-        with pool._lock:
-            return bool(pool._waiters) or pool._size < pool.min_size
-
-    def _on_failure(self, retry_state, exc: BaseException | None = None) -> None:
-        """Record the failure. If no connection is open, that is an outage: fail the waiters at once,
-        since nothing can serve them. Otherwise they keep waiting for a connection to come back."""
-        pool = self.pool
-        if exc is None:
-            exc = retry_state.outcome.exception()
-        message = first_line(exc)
-        delay = retry_state.upcoming_sleep if retry_state is not None else 0.0
-        with pool._lock:
-            pool._count("connection_errors")
-            if pool._down_since is None:
-                pool._down_since = time.monotonic()
-                logger.error(
-                    "pool %r: cannot connect to the database (%d connection(s) still open): %s",
-                    pool.name,
-                    pool._size,
-                    message,
-                )
-            pool._last_error = message
-            pool._retry_at = time.monotonic() + delay
-            if pool._size == 0:
-                pool._fail_waiters_locked(
-                    DatabaseUnavailable(
-                        f"database unavailable (pool {pool.name!r}): {message}", retry_after=max(1, math.ceil(delay))
-                    )
-                )
+        return conn, seconds

@@ -6,8 +6,10 @@ maximum, asks a background connector to open one; whichever comes first, a retur
 new one, goes to the head of the queue. Connections are never opened on the request thread or under
 the lock.
 
-Connections are opened by its connector threads (db/connector.py), which pass each new one to
-`configure` first, and maintained by a thread of its own (db/maintenance.py).
+Only this class changes the pool's state (the lock, the counts, the idle and waiting queues, the
+outage record), as psycopg_pool's: its connector threads (db/connector.py) open one connection at a
+time and report back through `connect_failed`/`connect_finished`; its maintenance ticker
+(db/maintenance.py) calls `maintain`. Neither reads or writes a private field.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class ConnectionPool(PoolVerbs):
         self._in_use: dict[int, Checkout] = {}
         self._size = 0  # open connections: idle + in use
         self._opening = 0  # connections requested from the connector and not yet open
+        self._connecting = 0  # of those, the ones a connector thread is opening now
         self._closed = False
         self._retry_at = 0.0  # monotonic time of the next reconnect attempt while the database is down
         self._last_error = ""
@@ -249,6 +252,106 @@ class ConnectionPool(PoolVerbs):
             f"pool {self.name!r}: {self._size} of {self.min_size} connections open "
             f"after {timeout:.2f} s: {self._last_error}"
         )
+
+    # -- for the connector threads and the maintenance ticker: their only way into the state ---------
+    def wait_for_connect_request(self) -> bool:
+        """Block a connector until a connection is wanted that no other connector is opening, and
+        claim it; False once the pool is closed."""
+        with self._lock:
+            while not self._closed and self._opening <= self._connecting:
+                self._wakeup.wait()
+            if self._closed:
+                return False
+            self._connecting += 1
+            return True
+
+    def wants_connection(self) -> bool:
+        """Is a new connection still wanted (a waiter, or fewer than `min` open)? A reconnect backoff
+        ends when it is not."""
+        with self._lock:
+            return not self._closed and (bool(self._waiters) or self._size < self.min_size)
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; True, at once, when the pool is closing."""
+        return self._stopping.wait(seconds)
+
+    def connect_failed(self, message: str, retry_in: float) -> None:
+        """A connection attempt failed. If no connection is open, that is an outage: fail the waiters
+        at once, since nothing can serve them. Otherwise they keep waiting for one to come back."""
+        self._count("connection_errors")
+        with self._lock:
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                logger.error(
+                    "pool %r: cannot connect to the database (%d connection(s) still open): %s",
+                    self.name,
+                    self._size,
+                    message,
+                )
+            self._last_error = message
+            self._retry_at = time.monotonic() + retry_in
+            if self._size == 0:
+                self._fail_waiters_locked(
+                    DatabaseUnavailable(
+                        f"database unavailable (pool {self.name!r}): {message}",
+                        retry_after=max(1, math.ceil(retry_in)),
+                    )
+                )
+
+    def connect_finished(self, conn: Connection | None, seconds: float) -> None:
+        """A connector is done with its request: `conn` opened in `seconds`, or None when it gave up
+        (nobody is retrying now: the next request tries again) or the pool closed."""
+        kept = was_down = False
+        with self._lock:
+            self._connecting -= 1
+            self._opening -= 1
+            if conn is None:
+                self._retry_at = 0.0
+            else:
+                was_down = self._down_since is not None
+                self._down_since, self._retry_at, self._last_error = None, 0.0, ""
+                kept = self._hand_over_locked(conn)
+                if kept:
+                    self._size += 1
+        if conn is None:
+            return
+        self._timed("create", seconds)
+        self._count("connections_opened")
+        if not kept:
+            self._close_quietly(conn)  # the pool closed meanwhile; closed outside its lock
+        elif was_down:
+            self._count("reconnects")
+            logger.warning("pool %r: database reachable again", self.name)
+
+    def maintain(self, now: float) -> list[Checkout]:
+        """One maintenance pass: close idle connections past their lifetime (or idle above `min`),
+        ask for replacements; return the checkouts newly past the leak threshold, to be reported."""
+        threshold = self.settings.leak_threshold
+        expired: list[Connection] = []
+        with self._lock:
+            if self._closed:
+                return []
+            keep: deque[Connection] = deque()
+            # Oldest-used first (the left end), so shrinking removes the coldest connections.
+            for conn in self._idle:
+                too_old = now >= conn.expires_at
+                too_idle = now - conn.last_used > conn.max_idle and self._size - len(expired) > self.min_size
+                if too_old or too_idle or conn.closed:
+                    expired.append(conn)
+                else:
+                    keep.append(conn)
+            self._idle = keep
+            self._size -= len(expired)
+            self._top_up_locked()
+            leaks = [c for c in self._in_use.values() if not c.warned and 0 < threshold < now - c.since]
+            for checkout in leaks:
+                checkout.warned = True
+        # Closed outside the lock: a slow close must not stall every checkout.
+        for conn in expired:
+            self._count("recycled")
+            self._close_quietly(conn)
+        self._count("leaks", len(leaks))
+        return leaks
 
     # -- checkout internals -------------------------------------------------------------------------
     def _enqueue_locked(self, thread: str, frame) -> Waiter:
