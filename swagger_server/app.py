@@ -30,7 +30,7 @@ from swagger_server.jsonify import FastJsonifier
 from swagger_server.ratelimit import RateLimited, RateLimits
 from swagger_server.rendered import RenderedOnce
 from swagger_server.request_scope import RequestScope
-from swagger_server.state import EXTENSION, AppState, of_flask
+from swagger_server.state import AppState, install, of_flask
 from swagger_server.version import VERSION
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
     """Build the application. Reads settings from config.ini and the environment when none are given.
 
     Everything the app owns (settings, database, tokens, routes, limits, metrics, validator caches) is
-    one AppState in `app.app.extensions["store_api"]` (swagger_server/state.py)."""
+    one AppState, reached only through swagger_server/state.py."""
     settings = settings or load_settings()
     patches.apply()
     spec = checked_spec()
@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         validators=validation.validator_map(),
         tracing=observability.Tracing(),
         deprecations=deprecation.headers_by_operation(spec["paths"]),
+        request_scope=scope,
     )
     scope.tracing = state.tracing
 
@@ -151,7 +152,7 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         caller_share=settings.api.caller_share,
         probes=PROBES,
     )
-    app.middleware.app.asgi_app = handlers
+    patches.serve_flask_with(app, handlers)
     if settings.api.rate_limit:  # in front of the threads: a refused request never waits for one
         limiter = RateLimits(
             settings.api.rate_limit,
@@ -159,15 +160,14 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
             on_degraded=lambda down: metrics.rate_limiter_degraded.set(1 if down else 0),
             on_unlimited=metrics.rate_limiter_unlimited.inc,
         )
-        app.middleware.app.asgi_app = RateLimited(
-            handlers, limiter, probes=PROBES, costs={"get_dashboard": dashboard_controller.rate_cost}
+        patches.serve_flask_with(
+            app, RateLimited(handlers, limiter, probes=PROBES, costs={"get_dashboard": dashboard_controller.rate_cost})
         )
         state.rate_limits = limiter
-    app.app.extensions["handlers"] = state.handlers = handlers
-    app.app.extensions[EXTENSION] = state
+    state.handlers = handlers
+    install(app.app, state)
     errors.register(app)
     scope.init_app(app.app)
-    app.app.config["SETTINGS"] = settings
     return app
 
 

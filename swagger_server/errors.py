@@ -23,6 +23,7 @@ from swagger_server.db.errors import (
     SchemaBehind,
     TooManyWaiters,
 )
+from swagger_server.state import peek_request_context
 from swagger_server.text import first_line
 
 logger = logging.getLogger(__name__)
@@ -214,7 +215,7 @@ class Routes:
 
 def _app(request):
     """The app's state (swagger_server/state.py), or None before the outermost middleware set it."""
-    return request.scope.get("extensions", {}).get("store_api", {}).get("app")
+    return peek_request_context(request.scope).get("app")
 
 
 def retry_after(request, known: int | None = None) -> dict:

@@ -28,8 +28,8 @@ from connexion.frameworks import starlette as _connexion_starlette
 from connexion.http_facts import FORM_CONTENT_TYPES
 from starlette import routing as _starlette_routing
 
-from swagger_server import validation
 from swagger_server.errors import NotFound, excerpt
+from swagger_server.state import request_context
 
 # (module or class, attribute, the parameters expected, or None for a non-callable): what the patches
 # and the overrides rely on. Checked by tests/test_patches.py.
@@ -60,6 +60,10 @@ RELIED_ON = [
     ("connexion.lifecycle.WSGIRequest", "files", ("self",)),
     ("connexion.operations.AbstractOperation", "consumes", None),
     ("connexion.http_facts", "FORM_CONTENT_TYPES", None),
+    # Patch 5: the Flask side served by our ASGI app (app.middleware.app.asgi_app).
+    ("connexion.apps.abstract.AbstractApp", "middleware", None),
+    ("connexion.middleware.main.ConnexionMiddleware", "app", None),
+    ("connexion.apps.flask.FlaskASGIApp", "asgi_app", None),
     # Overrides: validation.py
     ("connexion.validators.JSONRequestBodyValidator", "_parse", ("self", "stream", "scope")),
     ("connexion.validators.JSONRequestBodyValidator", "_validate", ("self", "body")),
@@ -131,6 +135,13 @@ def apply() -> None:
         _starlette_routing.Router.__init__ = _without_slash_redirects(_starlette_routing.Router.__init__)
 
 
+def serve_flask_with(app, asgi_app) -> None:
+    """Patch 5 (per app, not per process): Connexion's FlaskASGIApp serves Flask through a2wsgi's
+    WSGIMiddleware, one thread pool per app without a bound; `asgi_app` (ours: HandlerThreads, maybe
+    behind RateLimited) takes its place, so the Flask side runs in threads we size and admit."""
+    app.middleware.app.asgi_app = asgi_app
+
+
 def _without_slash_redirects(init):
     """Patch 4. Starlette's Router answers a path that misses by one trailing slash with a redirect
     whose Location is built from the request's Host (`POST /api` with `Host: evil.example:666` was
@@ -191,7 +202,7 @@ def _decorate_once(self: FlaskOperation):
     All of that depends only on the handler and the operation, so here it is made once (again when
     the operation's handler is replaced); what depends on the request (its parameters and body) is
     still read per request by the same Connexion code. The handler also gets the parameters and body
-    the validators checked (validation.stash), not werkzeug's second parse of the same URL and bytes.
+    the validators checked (state.request_context), not werkzeug's second parse of the same URL and bytes.
     No upstream issue found for the per-request rebuild; Connexion 3's tracker has users reporting its
     CPU cost against 2.x in general (docs/PERFORMANCE.md)."""
     cached = self.__dict__.get("_store_api_fn")
@@ -221,7 +232,7 @@ def _decorate_once(self: FlaskOperation):
             # No form in the operation's spec: no files either (and the gate lets no body but JSON
             # through). Connexion would still ask werkzeug to parse a form on every request (~30 µs).
             request.files = _no_files
-        read = validation.stash(flask.request.environ["asgi.scope"])
+        read = request_context(flask.request.environ["asgi.scope"])
         if "query" in read:
             request._query_params = read["query"]
             request._path_params = read["path"]

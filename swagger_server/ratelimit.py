@@ -31,6 +31,7 @@ from limits.storage import storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from swagger_server.handlers import caller_of, operation_of
+from swagger_server.state import request_context
 from swagger_server.text import first_line
 
 logger = logging.getLogger(__name__)
@@ -174,7 +175,7 @@ class RateLimited:
         allowed, remaining, reset = verdict
         # On every answer, whoever renders it (an error is rendered outside, by Connexion): the
         # outermost middleware adds what the request's context holds (observability/middleware.py).
-        scope["extensions"]["store_api"]["ratelimit"] = (
+        request_context(scope)["ratelimit"] = (
             (b"ratelimit-policy", self.limits.policy),
             (b"ratelimit", f'"default";r={remaining};t={reset}'.encode()),
         )

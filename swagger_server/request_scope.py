@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import current_app, g, request
+from flask import g, request
 
+from swagger_server import state as app_state
 from swagger_server.db.connection import Connection
 from swagger_server.db.database import Database
 from swagger_server.db.errors import PoolError
@@ -55,8 +56,6 @@ class RequestScope:
         self.tracing = None  # the app's Tracing: a span for the wait, and the connection traces statements
 
     def init_app(self, flask_app) -> None:
-        flask_app.extensions["db"] = self.database
-        flask_app.extensions["request_scope"] = self
         flask_app.teardown_appcontext(self.teardown)
         flask_app.after_request(_consistency_token)
 
@@ -140,7 +139,7 @@ def read_only(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        scope = current_app.extensions["request_scope"]
+        scope = app_state.current().request_scope
         replica = scope.database.replica
         if replica is None:
             return func(*args, **kwargs)
@@ -175,4 +174,4 @@ def read_only(func):
 
 def get_conn() -> Connection:
     """The current request's database connection (see RequestScope.get_conn)."""
-    return current_app.extensions["request_scope"].get_conn()
+    return app_state.current().request_scope.get_conn()

@@ -1,11 +1,16 @@
-"""What one app owns, in one object: `flask_app.extensions["store_api"]`, and for code on the event
-loop the request's scope (the outermost middleware puts it there). Nothing an app owns lives at module
-level, so two apps in one process (tests, an embedding) share nothing (tests/test_two_apps.py)."""
+"""What one app owns, in one object (AppState), and the one home of every way to reach it: from a
+Flask handler `current()`, from code on the event loop the request's context (`request_context`,
+which the outermost middleware fills in: the app's state, the request id, the operation, ...). The
+key under which both live is spelled once, here (KEY); nothing else reads `flask_app.extensions` or
+`flask_app.config` by string (tests/test_layers.py). Nothing an app owns lives at module level, so
+two apps in one process (tests, an embedding) share nothing (tests/test_two_apps.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from flask import current_app
 
 if TYPE_CHECKING:
     from swagger_server.config import Settings
@@ -16,9 +21,10 @@ if TYPE_CHECKING:
     from swagger_server.observability import Metrics, ProcessSampler
     from swagger_server.observability.tracing import Tracing
     from swagger_server.ratelimit import RateLimits
+    from swagger_server.request_scope import RequestScope
     from swagger_server.security import Tokens
 
-EXTENSION = "store_api"
+KEY = "store_api"  # flask_app.extensions[KEY] is the AppState; scope["extensions"][KEY] the request's context
 
 
 @dataclass(eq=False)
@@ -34,14 +40,42 @@ class AppState:
     tracing: Tracing  # OpenTelemetry, from the OTEL_* variables (off by default)
     # operationId -> Deprecation, Sunset, Link of a deprecated operation (swagger_server/deprecation.py)
     deprecations: dict[str, list[tuple[bytes, bytes]]]
+    request_scope: RequestScope  # the per-request connection and its teardown (request_scope.py)
     handlers: HandlerThreads | None = None
     rate_limits: RateLimits | None = None  # [API] rate_limit (swagger_server/ratelimit.py), when set
 
 
-def of_scope(scope) -> AppState:
-    """The state of the app serving this request (an ASGI scope)."""
-    return scope["extensions"]["store_api"]["app"]
+def install(flask_app, state: AppState) -> None:
+    flask_app.extensions[KEY] = state
 
 
 def of_flask(flask_app) -> AppState:
-    return flask_app.extensions[EXTENSION]
+    return flask_app.extensions[KEY]
+
+
+def current() -> AppState:
+    """The state of the app serving this request, from a Flask handler (an app context)."""
+    return current_app.extensions[KEY]
+
+
+def begin_request(scope, context: dict) -> dict:
+    """Make `context` this request's context (the outermost middleware, once per request): shared by
+    reference with every layer inside."""
+    scope.setdefault("extensions", {})[KEY] = context
+    return context
+
+
+def request_context(scope) -> dict:
+    """This request's context (an ASGI scope): the one the outermost middleware began, or a new one
+    (a layer run without it, as in a unit test)."""
+    return scope.setdefault("extensions", {}).setdefault(KEY, {})
+
+
+def peek_request_context(scope) -> dict:
+    """As request_context, without adding one to the scope (read-only callers)."""
+    return (scope or {}).get("extensions", {}).get(KEY, {})
+
+
+def of_scope(scope) -> AppState:
+    """The state of the app serving this request (an ASGI scope)."""
+    return scope["extensions"][KEY]["app"]

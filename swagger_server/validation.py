@@ -17,7 +17,7 @@ input, not what it checks:
 - numbers in the query are ASCII digits (Python's `int()` also reads "١٢", " 12" and "1_2"), and a
   parameter that is not an array may be given once (Connexion would silently take the last);
 - one reading: the parameters and the body validated here are the ones the handler gets (stored in
-  the request's context, `stash`, and handed to Connexion's Flask-side request by app.py), so no
+  the request's context, `state.request_context`, and handed to Connexion's Flask-side request by app.py), so no
   second parser can read the request differently.
 """
 
@@ -40,6 +40,7 @@ from jsonschema import Draft4Validator, ValidationError, validators
 
 from swagger_server import text as text_rule
 from swagger_server.errors import ApiError, excerpt
+from swagger_server.state import request_context
 
 # Connexion's format checker, with a real `email` check. jsonschema's only asks for an "@"; the spec's
 # pattern fixes the form (dot-atom @ host name) and this adds RFC 5321's lengths (local part 64,
@@ -96,11 +97,6 @@ EcmaValidator = validators.extend(Draft4Validator, {"pattern": _ecma_pattern})
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-
-
-def stash(scope) -> dict:
-    """The request's shared context (observability's, or a new one): the validated request, for the handler."""
-    return scope.setdefault("extensions", {}).setdefault("store_api", {})
 
 
 class StrictURIParser(OpenAPIURIParser):
@@ -246,7 +242,7 @@ class ProblemJSONBodyValidator(JSONRequestBodyValidator):
         except text_rule.TextRefused as exc:
             field = excerpt(exc.where, 60) or "body"
             raise InvalidRequest(f"'{field}' {exc.reason}", field=field) from None
-        stash(scope)["body"] = body  # the object validated is the object the handler gets
+        request_context(scope)["body"] = body  # the object validated is the object the handler gets
         return body
 
     def _validate(self, body: t.Any) -> None:
@@ -364,7 +360,7 @@ class NamingParameterValidator(ParameterValidator):
         if not self.parameters and not scope.get("query_string"):
             # An operation without parameters, a request without a query: nothing to read or check
             # (Connexion would still build a request object and walk its headers and cookies).
-            read = stash(scope)
+            read = request_context(scope)
             read["query"], read["path"] = {}, {}
             return
         super().validate(scope)
@@ -387,7 +383,7 @@ class NamingParameterValidator(ParameterValidator):
                 if error:
                     raise InvalidRequest(error, field=param["name"])
         # The handler gets these very values (app.py), not a second parse of the URL.
-        read = stash(request.scope)
+        read = request_context(request.scope)
         read["query"] = request.query_params
         read["path"] = request.path_params
 

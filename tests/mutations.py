@@ -440,7 +440,7 @@ MUTATIONS = [
     Mutation(
         "require_if_match makes changes without If-Match 428",
         "swagger_server/controllers/conditional.py",
-        '        if current_app.config["SETTINGS"].api.require_if_match:',
+        "        if app_state.current().settings.api.require_if_match:",
         "        if False:",
         ("tests/test_conditional.py::test_require_if_match_makes_changes_without_it_428",),
     ),

@@ -13,6 +13,7 @@ from harness.waiting import wait_until
 from swagger_server import create_app, get_database
 from swagger_server.observability.logs import BackgroundStreamHandler
 from swagger_server.observability.sampling import LoopLag
+from swagger_server.state import of_flask
 from tests.conftest import AUTH, admin_connect, make_settings, query
 
 
@@ -27,7 +28,7 @@ def test_waiting_requests_are_served_in_arrival_order_and_counted_in_metrics(dat
         make_settings(database_url, pool={"timeout": 10.0, "statement_timeout_ms": 10_000}, server={"threads": 1})
     )
     locker = admin_connect(database_url)
-    handlers = app.app.extensions["handlers"]
+    handlers = of_flask(app.app).handlers
     served: list[str] = []
     inner = handlers.wsgi_app
 
@@ -193,7 +194,7 @@ def test_one_caller_holds_at_most_its_share_and_the_other_threads_stay_for_the_o
     and an anonymous caller are served at once on the free thread."""
     app = held_app(database_url)
     locker = admin_connect(database_url)
-    handlers = app.app.extensions["handlers"]
+    handlers = of_flask(app.app).handlers
     assert handlers.cap == 1
     placed: dict = {}
     order = {"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}
@@ -226,7 +227,7 @@ def test_a_callers_waiting_request_goes_as_soon_as_its_own_finishes(database_url
     """A's second request waits while A holds its share, and takes the slot A's first frees (not a 429)."""
     app = held_app(database_url, admission_timeout=10.0)
     locker = admin_connect(database_url)
-    handlers = app.app.extensions["handlers"]
+    handlers = of_flask(app.app).handlers
     results: dict = {}
     order = {"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}
     try:
@@ -255,7 +256,7 @@ def test_probes_never_wait_behind_api_work(database_url, store):
     answer at once from their own lane; readiness still tells the truth (the database answers)."""
     app = held_app(database_url, caller_share=1.0, admission_timeout=10.0)
     locker = admin_connect(database_url)
-    handlers = app.app.extensions["handlers"]
+    handlers = of_flask(app.app).handlers
     holders: list[threading.Thread] = []
     try:
         with app.test_client(headers=AUTH) as client:

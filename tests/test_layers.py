@@ -115,3 +115,28 @@ def test_the_pool_helpers_use_a_handful_of_its_methods():
         "connect_finished",
         "maintain",
     }
+
+
+def test_the_app_state_has_one_home():
+    """The key of the app's state (flask_app.extensions) and of each request's context (the ASGI
+    scope's extensions) is spelled once, in swagger_server/state.py; nothing else reads
+    `.extensions[...]` or `.config[...]` of an app by string."""
+    key, readers = [], []
+    for path in (ROOT / "swagger_server").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Constant) and node.value == "store_api":
+                key.append(where)
+            if (
+                path.name != "state.py"
+                and isinstance(node, ast.Subscript | ast.Call)
+                and isinstance(target := node.value if isinstance(node, ast.Subscript) else node.func, ast.Attribute)
+                and (
+                    target.attr in ("extensions", "config")
+                    or (target.attr == "get" and ast.unparse(target.value).endswith((".extensions", ".config")))
+                )
+                and "scope" not in ast.unparse(target)
+            ):
+                readers.append(f"{where} {ast.unparse(node)}")
+    assert key == ["swagger_server/state.py:" + str(key and key[0].rsplit(":", 1)[1])], key
+    assert not readers, readers

@@ -34,8 +34,9 @@ from __future__ import annotations
 import hashlib
 import re
 
-from flask import Response, current_app, request
+from flask import Response, request
 
+from swagger_server import state as app_state
 from swagger_server.controllers.reply import reply
 from swagger_server.db.queries import ANY, WriteCondition
 from swagger_server.db.replica import ReplicaBehind
@@ -182,7 +183,7 @@ def write_condition() -> WriteCondition:
     condition = headers.get("If-Match")
     allowed = None
     if condition is None:
-        if current_app.config["SETTINGS"].api.require_if_match:
+        if app_state.current().settings.api.require_if_match:
             raise PreconditionRequired(
                 "this server requires If-Match on changes: send the ETag of the version you changed",
                 field="If-Match",

@@ -6,8 +6,7 @@ import math
 import urllib.parse
 from datetime import UTC, date, datetime, timedelta
 
-from flask import current_app
-
+from swagger_server import state as app_state
 from swagger_server.controllers.conditional import evaluate
 from swagger_server.controllers.reply import reply
 from swagger_server.db.queries import dashboard
@@ -26,7 +25,7 @@ def get_dashboard(from_: str | None = None, to: str | None = None, top: int = 5)
         raise ApiError(f"'from' ({start}) is after 'to' ({end})", field="from")
     if (end - start).days > 3660:
         raise ApiError("the range may span at most 10 years", field="from")
-    settings = current_app.config["SETTINGS"]
+    settings = app_state.current().settings
     # Its own timeout, never above the connection's (whose client-side deadline is sized for that one).
     timeout_ms = min(settings.api.dashboard_timeout_ms, settings.pool.statement_timeout_ms or 1 << 31)
     # The report has no ETag: If-Match with tags is 412, If-None-Match `*` 304 (RFC 9110 §13.2.2), before

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import psycopg2
-from flask import current_app
 
+from swagger_server import state as app_state
 from swagger_server.controllers.reply import reply
 from swagger_server.db.errors import DatabaseUnavailable, PoolError, PoolTimeout, TooManyWaiters
 from swagger_server.db.queries import health
@@ -18,7 +18,7 @@ def get_health():
 
 def get_db_health():
     """The pools' statistics and status (Database.health), and the database's view of its clients."""
-    db = current_app.extensions["db"]
+    db = app_state.current().database
     body = db.health()
     body["connections"] = _database_view(db.pool) if body["pool"]["database_up"] else None
     return reply(body, 200)
@@ -32,7 +32,7 @@ def get_ready():
     """Readiness: can this worker reach the database now, and does it have the schema this code
     needs? At most one query: `SELECT 1`, or while the schema is not known current, the schema check
     (503 naming `db upgrade` while behind)."""
-    db = current_app.extensions["db"]
+    db = app_state.current().database
     pool = db.pool
     try:
         with pool.connection(timeout=0.5) as conn:

@@ -7,8 +7,9 @@ import json
 from collections import Counter
 
 from connexion.context import context
-from flask import current_app, request
+from flask import request
 
+from swagger_server import state as app_state
 from swagger_server.controllers.conditional import answer, evaluate
 from swagger_server.db.connection import transaction
 from swagger_server.db.queries import customers, orders
@@ -30,7 +31,7 @@ def create_order(body: dict):
     evaluate(None, exists=False)  # /api/orders has no GET: If-Match is 412, If-None-Match holds
     key = request.headers.get("Idempotency-Key")
     client = context["token_info"]["sub"]
-    ttl = current_app.config["SETTINGS"].api.idempotency_ttl
+    ttl = app_state.current().settings.api.idempotency_ttl
     wanted = Counter()
     for i, line in enumerate(body["lines"]):
         wanted[line["product_id"]] += line["quantity"]

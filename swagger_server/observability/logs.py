@@ -200,11 +200,11 @@ def setup_access_log(enabled: bool, log_format: str = "json", on_drop=None) -> N
     text lines for a person. `on_drop` is called for each line dropped because stdout is stuck."""
     access_log.propagate = False
     access_log.setLevel(logging.INFO if enabled else logging.WARNING)
-    for handler in [h for h in access_log.handlers if getattr(h, "store_api", False)]:
+    for handler in [h for h in access_log.handlers if getattr(h, "store_api_access", False)]:
         access_log.removeHandler(handler)
     handler = BackgroundStreamHandler(sys.stdout, on_drop)
     handler.setFormatter(TextFormatter(sys.stdout.isatty()) if log_format == "text" else JsonFormatter())
-    handler.store_api = True
+    handler.store_api_access = True
     access_log.addHandler(handler)
 
 

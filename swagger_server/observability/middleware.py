@@ -14,6 +14,7 @@ import time
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from swagger_server import state
 from swagger_server.errors import excerpt, send_problem
 from swagger_server.observability import tracing
 from swagger_server.observability.logs import log_request
@@ -25,8 +26,7 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 def request_context(environ) -> dict:
     """The per-request dict shared with the middleware (from a Flask handler: `request.environ`)."""
-    scope = environ.get("asgi.scope") or {}
-    return scope.get("extensions", {}).get("store_api", {})
+    return state.peek_request_context(environ.get("asgi.scope"))
 
 
 class Observability:
@@ -68,7 +68,7 @@ class Observability:
             context["trace_id"] = tracing.trace_id(span)
         # Shared by reference with inner layers: Connexion's router fills in the operation id, and the
         # Flask handler the pool wait (see request_context).
-        scope.setdefault("extensions", {})["store_api"] = context
+        state.begin_request(scope, context)
         # What the client received: the status sent, or (when nothing was sent) 499 for a client that
         # went away first (nginx's "client closed request"), 500 only when an error escaped (below).
         status = 499

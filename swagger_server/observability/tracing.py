@@ -29,7 +29,7 @@ import threading
 from collections.abc import Mapping
 
 EXPORTERS = ("otlp", "console", "none")
-INSTRUMENTATION = "store_api"
+INSTRUMENTATION = "swagger_server"  # the instrumentation scope: the package that makes the spans
 
 
 class TracingError(ValueError):
