@@ -15,6 +15,7 @@ import pytest
 
 from swagger_server import create_app, get_database
 from swagger_server.config import load_settings
+from swagger_server.db.catalogue import truncate_store
 from swagger_server.db.migrate import upgrade
 
 TOKEN = "test-token"
@@ -139,7 +140,7 @@ def query(conn, sql: str, params=()):
 @pytest.fixture
 def store(db):
     """Known rows: 3 customers, 3 products, 2 orders (customer 1). Ids restart at 1."""
-    query(db, "TRUNCATE order_lines, orders, products, customers RESTART IDENTITY CASCADE")
+    truncate_store(db)  # every table from the catalogue: a new one can't leak rows into the next test
     query(
         db,
         "INSERT INTO customers (name, email, created_at) VALUES"

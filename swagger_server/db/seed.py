@@ -15,6 +15,8 @@ import psycopg2
 from psycopg2 import sql
 from tqdm import tqdm
 
+from swagger_server.db.catalogue import truncate_store
+
 logger = logging.getLogger(__name__)
 
 FIRST = [
@@ -88,11 +90,12 @@ BATCH = 20_000
 
 
 def _copy(cur, table: str, columns: str, rows, total: int, bar_label: str, quiet: bool) -> None:
-    """Stream `rows` (tuples) into `table` with COPY, in batches, with a progress bar."""
+    """Stream `rows` (tuples) into `table` with COPY, in batches, with a progress bar on a terminal only
+    (tqdm's disable=None: piped or logged output is not garbled by carriage returns)."""
     statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
         sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(c.strip()) for c in columns.split(","))
     )
-    with tqdm(total=total, desc=bar_label, unit="rows", disable=quiet, leave=False) as bar:
+    with tqdm(total=total, desc=bar_label, unit="rows", disable=True if quiet else None, leave=False) as bar:
         buf, n = io.StringIO(), 0
         for row in rows:
             buf.write("\t".join(str(v) for v in row) + "\n")
@@ -135,7 +138,7 @@ def seed(
             if cur.fetchone()[0]:
                 if not reset:
                     raise ValueError("the store already has data; pass --reset to replace it")
-                cur.execute("TRUNCATE order_lines, orders, products, customers RESTART IDENTITY CASCADE")
+                truncate_store(conn)  # every table, from the catalogue (db/catalogue.py)
 
             def customer_rows():
                 for i in range(1, customers + 1):
