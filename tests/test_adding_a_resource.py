@@ -106,6 +106,46 @@ def test_every_table_has_its_version_column_and_trigger(database_url, store):
         conn.close()
 
 
+# Text columns no client writes as free text, and why they need no text_is_canonical() check.
+NOT_FREE_TEXT = {
+    "orders.status": "one of three words, by its own CHECK",
+    "idempotency_keys.client": "a token's subject, from the configuration",
+    "idempotency_keys.key": "a header, compared byte for byte (its own spec pattern)",
+    "idempotency_keys.request_hash": "a SHA-256 in hex, made by the service",
+}
+
+
+def _uncanonical_text(conn) -> list[str]:
+    """text/varchar columns of the store's tables that no CHECK holds to text_is_canonical()
+    (005_text_identity.sql: one identity per text, the same rule as the API's)."""
+    rows = query(
+        conn,
+        "SELECT c.relname || '.' || a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+        " WHERE c.relname = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped"
+        " AND a.atttypid IN ('text'::regtype, 'varchar'::regtype)"
+        " AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'c'"
+        "   AND pg_get_constraintdef(k.oid) ~ ('text_is_canonical\\(' || quote_ident(a.attname) || '\\)'))"
+        " ORDER BY 1",
+        (catalogue.store_tables(conn),),
+    )
+    return [name for (name,) in rows if name not in NOT_FREE_TEXT]
+
+
+def test_every_text_column_holds_the_text_rule(database_url, store):
+    """The API refuses text that is not canonical (text.py); the database holds every stored text to
+    the same rule, so nothing written another way (psql, a script) reads differently."""
+    assert _uncanonical_text(store) == []
+    conn = psycopg2.connect(database_url)
+    try:
+        query(conn, "CREATE TABLE suppliers_probe (id bigint PRIMARY KEY, name text NOT NULL)")
+        assert _uncanonical_text(conn) == ["suppliers_probe.name"]
+        query(conn, "ALTER TABLE suppliers_probe ADD CHECK (text_is_canonical(name))")
+        assert _uncanonical_text(conn) == []
+    finally:
+        conn.rollback()
+        conn.close()
+
+
 # -- the controllers: reads marked, writes in a transaction ------------------------------------------
 
 
