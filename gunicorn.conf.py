@@ -81,7 +81,7 @@ workers = _settings.server.workers
 # Connexion 3 is an ASGI app. Measured on 2 cores, 2 workers, wrk -c32 (2026-11-22): the uvicorn worker
 # (uvloop + httptools) served 2255 req/s on /api/health and 1354 on /api/customers/1, gunicorn's own
 # "asgi" worker 2162 and 1313. Close, but consistently ahead, so uvicorn. Flask handlers run in a few
-# threads inside each worker (swagger_server/handlers.py).
+# threads inside each worker (swagger_server/pipeline/handlers.py).
 #
 # Ours adds limits on the request line, header size and header count (gunicorn's limit_request_*
 # settings do nothing under uvicorn): see swagger_server/server.py. Set here, inherited by the workers.

@@ -44,7 +44,7 @@ RULES: list[tuple[str, str]] = [
     ("controller", r"controllers/"),
     ("validation (parameters, body)", r"validation\.py|connexion/validators|jsonschema|request_validation|uri_parsing"),
     ("security (token)", r"security\.py|connexion/security|middleware/security"),
-    ("routing (Connexion router)", r"connexion/middleware/routing|starlette/routing|swagger_server/routing"),
+    ("routing (Connexion router)", r"connexion/middleware/routing|starlette/routing|swagger_server/pipeline/routing"),
     ("routing (Swagger UI mount)", r"swagger_ui"),
     ("Flask: request context, URL map, response", r"[(/]flask/|[(/]werkzeug/"),
     (
@@ -52,7 +52,7 @@ RULES: list[tuple[str, str]] = [
         r"connexion/frameworks|connexion/decorators|connexion/operations",
     ),
     ("hand-off to and from the handler thread", r"handlers\.py|a2wsgi"),
-    ("request gate", r"swagger_server/gate"),
+    ("request gate", r"swagger_server/pipeline/gate"),
     ("CORS", r"middleware/cors"),
     (
         "error and context middlewares",

@@ -17,18 +17,13 @@ from pathlib import Path
 import connexion
 import flask
 import yaml
-from connexion.middleware import MiddlewarePosition
 from connexion.options import SwaggerUIOptions
 
-from swagger_server import deprecation, errors, observability, patches, routing, security, validation
+from swagger_server import deprecation, errors, observability, patches, pipeline, security, validation
 from swagger_server.config import Settings, load_settings
-from swagger_server.controllers import dashboard as dashboard_controller
 from swagger_server.db.database import Database
-from swagger_server.gate import HeadLimits, ProblemCORS, RequestGate
-from swagger_server.handlers import HandlerThreads
 from swagger_server.jsonify import FastJsonifier
-from swagger_server.ratelimit import RateLimited, RateLimits
-from swagger_server.rendered import RenderedOnce
+from swagger_server.pipeline.gate import HeadLimits
 from swagger_server.request_scope import RequestScope
 from swagger_server.state import AppState, install, of_flask
 from swagger_server.version import VERSION
@@ -92,79 +87,14 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         pythonic_params=True,
         swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
         security_map=security.security_map(),
-        # Connexion's own stack, with each API's routes indexed (routing.py).
-        middlewares=routing.middlewares(settings.api.validate_responses),
+        # Connexion's own stack, with each API's routes indexed (pipeline/routing.py).
+        middlewares=pipeline.connexion_stack(settings),
     )
-    # Outermost (added first at this position): sees every answer, serves /metrics, logs each request,
-    # and puts the app's state in each request's scope for the layers inside.
-    app.add_middleware(observability.Observability, position=MiddlewarePosition.BEFORE_EXCEPTION, state=state)
     observability.setup_access_log(settings.api.access_log, settings.api.log_format, metrics.access_log_dropped.inc)
     observability.guard_process_logs()
     scope.on_checkout = _record_pool_wait
-    # Before the exception middleware, so error responses rendered by Connexion carry CORS headers too.
-    app.add_middleware(
-        ProblemCORS,
-        position=MiddlewarePosition.BEFORE_EXCEPTION,
-        allow_origins=list(settings.api.cors_origins),
-        allow_credentials=False,
-        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID", "X-Consistency-Token"],
-        expose_headers=[
-            "Location",
-            "Retry-After",
-            "Idempotent-Replayed",
-            "X-Request-ID",
-            "X-Consistency-Token",
-            "WWW-Authenticate",
-            "Deprecation",
-            "Sunset",
-            "Link",
-            "RateLimit-Policy",
-            "RateLimit",
-        ],
-        max_age=600,
-    )
-    # One reading of each request, and its whole body, before anything else reads it (swagger_server/gate.py):
-    # inside CORS (its refusals carry CORS headers), before security, validation and the handler threads.
-    app.add_middleware(
-        RequestGate,
-        position=MiddlewarePosition.BEFORE_EXCEPTION,
-        max_bytes=settings.api.max_body_bytes,
-        body_timeout=settings.api.body_timeout,
-    )
-    # The spec and the UI, rendered once per process, not on the event loop for every request.
-    app.add_middleware(RenderedOnce, position=MiddlewarePosition.BEFORE_EXCEPTION)
-    app.add_api(
-        spec,
-        base_path="/api",
-        validate_responses=settings.api.validate_responses,
-        strict_validation=True,
-        validator_map=state.validators,
-        uri_parser_class=validation.StrictURIParser,
-    )
-    # Flask handlers run in a few threads per worker (we size them), behind admission control, so that
-    # excess requests wait a bounded time instead of queueing without limit (swagger_server/handlers.py).
-    handlers = HandlerThreads(
-        app.app.wsgi_app,
-        threads=settings.server.threads,
-        timeout=settings.api.admission_timeout,
-        retry_after=settings.api.retry_after,
-        caller_share=settings.api.caller_share,
-        probes=PROBES,
-    )
-    patches.serve_flask_with(app, handlers)
-    if settings.api.rate_limit:  # in front of the threads: a refused request never waits for one
-        limiter = RateLimits(
-            settings.api.rate_limit,
-            settings.api.rate_limit_storage,
-            on_degraded=lambda down: metrics.rate_limiter_degraded.set(1 if down else 0),
-            on_unlimited=metrics.rate_limiter_unlimited.inc,
-        )
-        patches.serve_flask_with(
-            app, RateLimited(handlers, limiter, probes=PROBES, costs={"get_dashboard": dashboard_controller.rate_cost})
-        )
-        state.rate_limits = limiter
-    state.handlers = handlers
+    # Every layer a request passes through, in order, in one place (swagger_server/pipeline/__init__.py).
+    state.handlers = pipeline.assemble(app, spec, settings, state, PROBES)
     install(app.app, state)
     errors.register(app)
     scope.init_app(app.app)

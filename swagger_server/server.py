@@ -36,8 +36,8 @@ from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
 from swagger_server.errors import problem_bytes
-from swagger_server.gate import HeadLimits
 from swagger_server.observability import refusal_recorder
+from swagger_server.pipeline.gate import HeadLimits
 from swagger_server.state import of_flask
 
 LINGER_SECONDS = 2.0  # how long a refused client's remaining bytes are read and dropped
@@ -63,7 +63,7 @@ class _Refused(Exception):
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the app's head limits (HeadLimits, swagger_server/gate.py)."""
+    """uvicorn's httptools protocol with the app's head limits (HeadLimits, swagger_server/pipeline/gate.py)."""
 
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)

@@ -16,11 +16,11 @@ if TYPE_CHECKING:
     from swagger_server.config import Settings
     from swagger_server.db.database import Database
     from swagger_server.errors import Routes
-    from swagger_server.gate import HeadLimits
-    from swagger_server.handlers import HandlerThreads
     from swagger_server.observability import Metrics, ProcessSampler
     from swagger_server.observability.tracing import Tracing
-    from swagger_server.ratelimit import RateLimits
+    from swagger_server.pipeline.gate import HeadLimits
+    from swagger_server.pipeline.handlers import HandlerThreads
+    from swagger_server.pipeline.ratelimit import RateLimits
     from swagger_server.request_scope import RequestScope
     from swagger_server.security import Tokens
 
@@ -42,7 +42,7 @@ class AppState:
     deprecations: dict[str, list[tuple[bytes, bytes]]]
     request_scope: RequestScope  # the per-request connection and its teardown (request_scope.py)
     handlers: HandlerThreads | None = None
-    rate_limits: RateLimits | None = None  # [API] rate_limit (swagger_server/ratelimit.py), when set
+    rate_limits: RateLimits | None = None  # [API] rate_limit (swagger_server/pipeline/ratelimit.py), when set
 
 
 def install(flask_app, state: AppState) -> None:

@@ -182,7 +182,7 @@ MUTATIONS = [
     ),
     Mutation(
         "errors rendered by Connexion carry CORS headers",
-        "swagger_server/app.py",
+        "swagger_server/pipeline/__init__.py",
         """        ProblemCORS,
         position=MiddlewarePosition.BEFORE_EXCEPTION,""",
         """        ProblemCORS,
@@ -220,7 +220,7 @@ MUTATIONS = [
     # -- issue 19: the HTTP layer ------------------------------------------------------------------
     Mutation(
         "a header that must be single and appears twice is refused",
-        "swagger_server/gate.py",
+        "swagger_server/pipeline/gate.py",
         "                if name in single:\n",
         "                if False:\n",
         (
@@ -229,7 +229,7 @@ MUTATIONS = [
     ),
     Mutation(
         "every reader sees the one canonical media type",
-        "swagger_server/gate.py",
+        "swagger_server/pipeline/gate.py",
         'headers.append((b"content-type", media_type.encode()))',
         'headers.append((b"content-type", content_type))',
         (
@@ -238,21 +238,21 @@ MUTATIONS = [
     ),
     Mutation(
         "a header spelt with an underscore is read by nobody",
-        "swagger_server/gate.py",
+        "swagger_server/pipeline/gate.py",
         '            if b"_" in name:\n                continue',
         "            if False:\n                continue",
         ("tests/test_http_layer.py::test_a_header_spelt_with_underscore_is_read_by_nobody",),
     ),
     Mutation(
         "a stalled body is cut with 408 at the body timeout",
-        "swagger_server/gate.py",
+        "swagger_server/pipeline/gate.py",
         "async with asyncio.timeout_at(deadline):",
         "async with asyncio.timeout_at(None):",
         ("tests/test_http_layer.py::test_a_stalled_body_gets_408_within_its_timeout_and_is_closed",),
     ),
     Mutation(
         "the body is read whole before any handler thread is taken",
-        "swagger_server/handlers.py",
+        "swagger_server/pipeline/handlers.py",
         """        body = await _read_body(scope, receive)
         if not await self._admit(loop, caller):""",
         """        if not await self._admit(loop, caller):""",
@@ -266,12 +266,12 @@ MUTATIONS = [
                 "        try:\n            body = await _read_body(scope, receive)\n            environ = build_environ(scope, io.BytesIO(body))",
             ),
             (
-                "swagger_server/gate.py",
+                "swagger_server/pipeline/gate.py",
                 "            body = await self._read_body(receive, send)\n",
                 '            body = b""\n',
             ),
             (
-                "swagger_server/gate.py",
+                "swagger_server/pipeline/gate.py",
                 '        headers.append((b"content-length", str(len(body)).encode()))\n'
                 '        await self.app({**scope, "headers": headers}, _replay(body, receive), send)',
                 '        headers += [(k, v) for k, v in scope["headers"] if k in (b"content-length", b"transfer-encoding")]\n'
@@ -316,7 +316,7 @@ MUTATIONS = [
     ),
     Mutation(
         "a path or query that is not UTF-8 once decoded is refused",
-        "swagger_server/gate.py",
+        "swagger_server/pipeline/gate.py",
         'if b"%" in part and not _utf8(unquote_to_bytes(part.replace(b"+", b" "))):',
         "if False:",
         ("tests/test_http_layer.py::test_mixed_encodings_are_a_short_4xx[query not UTF-8]",),
@@ -351,14 +351,14 @@ MUTATIONS = [
     ),
     Mutation(
         "a refused CORS preflight is a problem",
-        "swagger_server/gate.py",
+        "swagger_server/pipeline/gate.py",
         "        if response.status_code < 400:\n",
         "        if True:\n",
         ("tests/test_http_layer.py::test_a_refused_cors_preflight_is_a_problem",),
     ),
     Mutation(
         "no Location is built from the client's Host (trailing slash)",
-        "swagger_server/gate.py",
+        "swagger_server/pipeline/gate.py",
         'if path.endswith("/") and path != "/" and not path.startswith("/api/ui/"):',
         "if False:",
         (
@@ -403,7 +403,7 @@ MUTATIONS = [
     ),
     Mutation(
         "the spec is rendered once per process",
-        "swagger_server/rendered.py",
+        "swagger_server/pipeline/rendered.py",
         "        entry = self.cache.get(key)\n",
         "        entry = None\n",
         ("tests/test_http_layer.py::test_the_spec_is_rendered_once_and_a_flood_of_it_leaves_health_fast",),
@@ -474,8 +474,8 @@ MUTATIONS = [
     ),
     Mutation(
         "the admission timeout is its own setting",
-        "swagger_server/app.py",
-        "timeout=settings.api.admission_timeout,",
+        "swagger_server/pipeline/__init__.py",
+        "timeout=api.admission_timeout,",
         "timeout=settings.pool.timeout,",
         ("tests/test_faults.py::test_requests_beyond_the_handler_threads_wait_boundedly_then_get_503",),
     ),
@@ -584,15 +584,15 @@ MUTATIONS = [
     ),
     Mutation(
         "liveness and readiness run in a lane of their own, never behind API work",
-        "swagger_server/app.py",
-        "        probes=PROBES,",
-        "        probes=frozenset(),",
+        "swagger_server/pipeline/__init__.py",
+        "        probes=probes,\n    )",
+        "        probes=frozenset(),\n    )",
         # (Not the flood test: there a caller's share already leaves the probes a thread.)
         ("tests/test_handlers.py::test_probes_never_wait_behind_api_work",),
     ),
     Mutation(
         "a caller holds at most its share of a worker's handler threads",
-        "swagger_server/handlers.py",
+        "swagger_server/pipeline/handlers.py",
         "self.cap = max(1, int(threads * caller_share))",
         "self.cap = threads",
         (
@@ -609,14 +609,14 @@ MUTATIONS = [
     ),
     Mutation(
         "with redis:// every worker of every host counts one quota",
-        "swagger_server/ratelimit.py",
+        "swagger_server/pipeline/ratelimit.py",
         '        return "async+" + uri',
         '        return "async+memory://"',
         ("tests/test_ratelimit_redis.py::test_two_hosts_sharing_redis_serve_a_token_one_quota_and_leave_others_alone",),
     ),
     Mutation(
         "a rate limit storage that fails lets requests through (fail open), never a 5xx",
-        "swagger_server/ratelimit.py",
+        "swagger_server/pipeline/ratelimit.py",
         "            self._degraded(now, exc)\n            self._unlimited()\n            return None",
         "            raise",
         ("tests/test_ratelimit_redis.py::test_redis_killed_under_load_fails_open_then_limits_again",),
@@ -681,7 +681,7 @@ MUTATIONS = [
     ),
     Mutation(
         "/api answers the same way for every method",
-        "swagger_server/gate.py",
+        "swagger_server/pipeline/gate.py",
         "        if path in REDIRECTS:  # the same answer for every method",
         '        if path in REDIRECTS and method in ("GET", "HEAD"):',
         ("tests/test_edges.py::test_the_api_base_answers_the_same_way_for_every_method",),

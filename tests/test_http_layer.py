@@ -20,7 +20,7 @@ import time
 import pytest
 import requests
 
-from swagger_server.gate import SINGLE, parse_media_type
+from swagger_server.pipeline.gate import SINGLE, parse_media_type
 from tests.conftest import TOKEN, query
 from tests.rawhttp import Answer, Connection, exchange, request_bytes
 from tests.servers import Gunicorn

@@ -14,7 +14,7 @@ ABOVE = (
     "flask",
     "connexion",
     "starlette",
-    "a2wsgi",  # swagger_server/handlers.py builds its WSGI environ with a2wsgi
+    "a2wsgi",  # swagger_server/pipeline/handlers.py builds its WSGI environ with a2wsgi
     "uvicorn",
     "swagger_server.errors",
     "swagger_server.controllers",

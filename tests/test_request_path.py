@@ -17,8 +17,8 @@ from connexion.jsonifier import Jsonifier
 from jsonschema import Draft4Validator
 
 from swagger_server.app import checked_spec
-from swagger_server.gate import _with_vary_origin
 from swagger_server.jsonify import FastJsonifier
+from swagger_server.pipeline.gate import _with_vary_origin
 from swagger_server.validation import FORMAT_CHECKER, EcmaValidator, simple_check
 
 
@@ -197,7 +197,7 @@ def test_the_middleware_list_is_connexions_with_the_indexed_router():
     from connexion.middleware.response_validation import ResponseValidationMiddleware
     from connexion.middleware.routing import RoutingMiddleware
 
-    from swagger_server.routing import IndexedRoutingMiddleware, middlewares
+    from swagger_server.pipeline.routing import IndexedRoutingMiddleware, middlewares
 
     default = ConnexionMiddleware.default_middlewares
     validating = middlewares(validate_responses=True)
@@ -222,7 +222,7 @@ def _choice(routes, scope):
 def test_the_indexed_router_picks_the_route_starlettes_loop_picks(app):
     from starlette.routing import Mount
 
-    from swagger_server.routing import IndexedRouter, IndexedRoutingMiddleware, _first_segment
+    from swagger_server.pipeline.routing import IndexedRouter, IndexedRoutingMiddleware, _first_segment
 
     assert IndexedRoutingMiddleware in app.middleware.middlewares
     with app.test_client() as client:
@@ -270,7 +270,7 @@ def test_a_template_first_segment_is_a_candidate_for_every_path():
     in its place among the others, for every path."""
     from starlette.routing import Route
 
-    from swagger_server.routing import IndexedRouter, _first_segment
+    from swagger_server.pipeline.routing import IndexedRouter, _first_segment
 
     async def endpoint(scope, receive, send):  # never called
         raise AssertionError

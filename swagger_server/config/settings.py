@@ -154,7 +154,7 @@ class ServerSettings:
     host: str = "0.0.0.0"
     port: int = 8080
     workers: int = 2
-    threads: int = 4  # handler threads per worker that run Flask (swagger_server/handlers.py)
+    threads: int = 4  # handler threads per worker that run Flask (swagger_server/pipeline/handlers.py)
     graceful_timeout: int = 20
     log_level: str = "info"
 

@@ -30,7 +30,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
-from swagger_server.handlers import caller_of, operation_of
+from swagger_server.pipeline.handlers import caller_of, operation_of
 from swagger_server.state import request_context
 from swagger_server.text import first_line
 
