@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help run test lint mutations deps-latest fuzz fuzz-http sdk bench bench-conditional bench-tracing bench-ratelimit bench-compare bench-stages bench-replica bench-pgbouncer clean
+.PHONY: help run dev mock test lint mutations deps-latest fuzz fuzz-http sdk bench bench-conditional bench-tracing bench-ratelimit bench-compare bench-stages bench-replica bench-pgbouncer clean
 .DEFAULT_GOAL := help
 
 # `make` alone lists the targets: each is the line starting with "## name:" above its rule.
@@ -40,6 +40,15 @@ $(VENV)/.installed-bench: $(VENV)/.installed-dev bench/requirements.txt
 ## run: set up and serve: venv, embedded PostgreSQL, schema, demo data, gunicorn on :8080
 run: $(VENV)/.installed-local
 	$(PY) scripts/run.py
+
+## dev: as make run, and the workers restart when the code or the spec changes (make run RELOAD=1)
+dev: export RELOAD = 1
+dev: $(VENV)/.installed-local
+	$(PY) scripts/run.py
+
+## mock: the API from the spec's examples alone, no database (front-end work), on :8081
+mock: $(VENV)/.installed-local
+	$(PY) scripts/mock.py
 
 ## test: set up and run every test against a real PostgreSQL (5 to 6 minutes)
 test: lint tools/node_modules/.installed $(DEPLOY_VENV)/.installed

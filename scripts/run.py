@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -82,6 +83,26 @@ def port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _sources() -> dict[Path, float]:
+    files = [*(ROOT / "swagger_server").rglob("*.py"), ROOT / "swagger" / "swagger.yaml", ROOT / "gunicorn.conf.py"]
+    return {f: f.stat().st_mtime for f in files if f.exists()}
+
+
+def reload_on_change(gunicorn: subprocess.Popen, every: float = 1.0) -> None:
+    """`make dev`: when a module, the spec or gunicorn.conf.py changes, SIGHUP gunicorn: the reload it
+    documents for deploying new code, which serves the code and the spec on disk with no request lost
+    (tests/test_reload.py). (gunicorn's own --reload stops a uvicorn worker and starts none.)"""
+    seen = _sources()
+    while gunicorn.poll() is None:
+        time.sleep(every)
+        now = _sources()
+        changed = sorted(str(f.relative_to(ROOT)) for f in now.keys() | seen.keys() if now.get(f) != seen.get(f))
+        if changed:
+            say(f"reloading: {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} changed")
+            gunicorn.send_signal(signal.SIGHUP)
+            seen = now
 
 
 def serving(port: int, gunicorn: subprocess.Popen, timeout: float = 60.0) -> bool:
@@ -151,6 +172,8 @@ def main() -> int:
         gunicorn = subprocess.Popen(
             [py, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], env=env, cwd=ROOT, start_new_session=True
         )
+        if env.get("RELOAD") == "1":
+            threading.Thread(target=reload_on_change, args=(gunicorn,), daemon=True).start()
         # The banner once the service answers, after gunicorn's start-up lines, not before.
         if not serving(port, gunicorn):
             return gunicorn.wait()

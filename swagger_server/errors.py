@@ -111,6 +111,7 @@ _TITLES = {
     414: "URI Too Long",
     415: "Unsupported Media Type",
     422: "Unprocessable Entity",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     501: "Not Implemented",
@@ -136,11 +137,11 @@ def problem(status: int, title: str, detail: str, kind: str, headers: dict | Non
 
 
 def problem_bytes(
-    status: int, detail: str, headers: dict | None = None, field: str | None = None
+    status: int, detail: str, headers: dict | None = None, field: str | None = None, kind: str | None = None
 ) -> tuple[list, bytes]:
     """The same problem as raw ASGI headers and body, for layers that answer before Connexion does."""
     document = {
-        "type": PROBLEM_BASE + _KINDS.get(status, "error"),
+        "type": PROBLEM_BASE + (kind or _KINDS.get(status, "error")),
         "title": _TITLES.get(status, "Error"),
         "status": status,
         "detail": detail,

@@ -5,6 +5,7 @@ racing writers run over real gunicorn (tests/test_races.py), the stale replica i
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -141,17 +142,23 @@ def test_a_page_has_a_weak_etag_that_changes_when_an_item_on_it_does(client, sto
 
 
 def test_the_readmes_curl_example_works_as_typed(database_url, store, tmp_path):
-    """The README's example, run by bash against real gunicorn: only its host and port are this
-    server's, and the demo token file is where `make run` writes it."""
+    """The README's example, run by bash against real gunicorn as typed, with PORT this server's
+    (as `make run` reads it), and the demo token file where `make run` writes it."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    start = readme.index("ETAG=$(curl")
+    start = readme.index("B=http://localhost:${PORT:-8080}")
     script = readme[start : readme.index("\n```", start)]
     (tmp_path / ".data").mkdir()
     (tmp_path / ".data" / "demo-token").write_text(TOKEN)
     live = Gunicorn(database_url)
     try:
-        script = script.replace("localhost:8080", f"127.0.0.1:{live.port}")
-        result = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            ["bash", "-c", script],
+            cwd=tmp_path,
+            env={**os.environ, "PORT": str(live.port)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     finally:
         live.stop()
     lines = [line.strip() for line in result.stdout.splitlines()]

@@ -36,6 +36,8 @@ THIS = "tests/test_docs.py"
 # Each command line of the docs (a prefix of it) -> ("run", the test that runs it) or ("not run", why).
 COMMANDS = {
     "make run": ("run", f"{THIS}::test_make_run_with_your_own_database_changes_nothing_unless_asked"),
+    "make dev": ("run", f"{THIS}::test_make_dev_serves_a_changed_spec_without_a_restart"),
+    "make mock": ("run", f"{THIS}::test_make_mock_answers_the_specs_examples"),
     "make test": ("not run", "it is this suite: .ci/run runs it on every change"),
     "make lint": ("run", f"{THIS}::test_make_lint_and_the_cli_commands_of_the_readme"),
     "make fuzz-http": ("not run", "five minutes of fuzzing: its own target; make test runs a fixed seed for 6 s"),
@@ -64,6 +66,7 @@ COMMANDS = {
     ),
     # The curl examples (README, docs/CONDITIONAL_REQUESTS.md): whole blocks, run by bash.
     "ETAG=$(curl": ("run", f"{THIS}::test_the_curl_examples_run_as_typed"),
+    "B=http://localhost:": ("run", f"{THIS}::test_the_curl_examples_run_as_typed"),
     "curl ": ("run", f"{THIS}::test_the_curl_examples_run_as_typed"),
     "for price in": ("run", f"{THIS}::test_the_curl_examples_run_as_typed"),
     "done": ("run", f"{THIS}::test_the_curl_examples_run_as_typed"),
@@ -221,8 +224,8 @@ def _answers(url: str) -> bool:
 
 
 def test_the_curl_examples_run_as_typed(database_url, store, tmp_path):
-    """Every sh block with a curl, run by bash against real gunicorn: only the host and port are this
-    server's, and the demo token file is where `make run` writes it."""
+    """Every sh block with a curl, run by bash against real gunicorn as typed: the port is the one the
+    user chose (PORT, as `make run` reads it), and the demo token file is where `make run` writes it."""
     scripts = [(p, n, body) for p, n, body in blocks("sh") if "curl " in body]
     assert len(scripts) >= 2
     (tmp_path / ".data").mkdir()
@@ -231,10 +234,14 @@ def test_the_curl_examples_run_as_typed(database_url, store, tmp_path):
     try:
         for path, line_no, body in scripts:
             query(store, "UPDATE products SET price_cents = 1000 WHERE id = 3")
-            script = body.replace("localhost:8080", f"127.0.0.1:{live.port}")
-            assert script != body
+            assert "localhost:8080" not in body and "${PORT:-8080}" in body, f"{path.name}:{line_no}: a fixed port"
             result = subprocess.run(
-                ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=30
+                ["bash", "-euo", "pipefail", "-c", body],
+                cwd=tmp_path,
+                env={**os.environ, "PORT": str(live.port)},
+                capture_output=True,
+                text=True,
+                timeout=30,
             )
             assert result.returncode == 0, f"{path.name}:{line_no}: {result.stderr}"
             statuses = re.findall(r"^HTTP/1.1 (\d{3})", result.stdout, re.M)
@@ -288,6 +295,85 @@ def test_make_run_with_your_own_database_changes_nothing_unless_asked(scratch_da
     assert "no schema applied, no demo data (SETUP_DB=1 make run does both)" in output
 
 
+def test_make_dev_serves_a_changed_spec_without_a_restart(scratch_database, tmp_path):
+    """`make dev` (scripts/run.py with RELOAD=1): a change to the spec or a module is served by the
+    same run, through gunicorn's SIGHUP reload. Run on a copy of the tree, which the test edits."""
+    import shutil
+
+    tree = tmp_path / "tree"
+    for name in ("swagger_server", "swagger", "scripts"):
+        shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("gunicorn.conf.py", "wsgi.py", "pyproject.toml"):
+        shutil.copy(ROOT / name, tree / name)
+    port = free_port()
+    env = _env(
+        DATABASE_URL=scratch_database,
+        PORT=str(port),
+        RELOAD="1",
+        HOME=str(tmp_path),
+        STORE_API_RUN_DIR=str(tmp_path / "run"),
+        WEB_CONCURRENCY="1",
+        DB_POOL_MIN_CONNECTIONS="0",
+    )
+    run = subprocess.Popen(
+        [sys.executable, "scripts/run.py"],
+        cwd=tree,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    spec_url = f"http://127.0.0.1:{port}/api/openapi.json"
+    output = ""
+    try:
+        wait_until(lambda: _answers(spec_url), timeout=60, message="make dev to serve")
+        assert requests.get(spec_url, timeout=5).json()["paths"]["/products"]["get"]["summary"] == "List products"
+        spec = tree / "swagger" / "swagger.yaml"
+        spec.write_text(spec.read_text().replace("summary: List products", "summary: List the products", 1))
+        wait_until(
+            lambda: (
+                requests.get(spec_url, timeout=5).json()["paths"]["/products"]["get"]["summary"] == "List the products"
+            ),
+            timeout=30,
+            message="the changed spec to be served",
+        )
+    finally:
+        run.send_signal(signal.SIGTERM)
+        output, _ = run.communicate(timeout=60)
+    assert "reloading: swagger/swagger.yaml changed" in output, output[-3000:]
+
+
+def test_make_mock_answers_the_specs_examples():
+    """`make mock` (scripts/mock.py): no database; each operation answers its documented example,
+    requests are validated, the secured operations need a token (any)."""
+    port = free_port()
+    mock = subprocess.Popen(
+        [sys.executable, "scripts/mock.py"],
+        cwd=ROOT,
+        env={**os.environ, "MOCK_PORT": str(port)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_until(lambda: _answers(f"{base}/products/3"), timeout=30, message="the mock to serve")
+        spec = yaml.safe_load((ROOT / "swagger" / "swagger.yaml").read_text())
+        example = spec["paths"]["/products/{product_id}"]["get"]["responses"]["200"]["content"]["application/json"]
+        assert requests.get(f"{base}/products/3", timeout=5).json() == example["example"]
+        assert requests.get(f"{base}/customers/1", timeout=5).status_code == 401
+        token = {"Authorization": "Bearer anything"}
+        assert requests.get(f"{base}/customers/1", headers=token, timeout=5).json()["name"] == "Ada Lovelace"
+        created = requests.post(f"{base}/customers", json={"name": "A", "email": "a@b.co"}, headers=token, timeout=5)
+        assert created.status_code == 201
+        refused = requests.post(f"{base}/customers", json={"name": "A"}, headers=token, timeout=5)
+        assert refused.status_code == 400 and "email" in refused.json()["detail"]
+        assert requests.get(f"{base}/ui/", timeout=5).status_code == 200
+    finally:
+        mock.terminate()
+        mock.communicate(timeout=30)
+
+
 def test_the_specs_description_says_what_the_security_applied_does(database_url, store):
     """info.description names what is public; the operations that answer without a token are
     exactly those (and every other operation is 401 without one)."""
@@ -328,3 +414,27 @@ def _probe_security(app, spec: dict, public: set) -> None:
                     public.add((method, path))
                 declared_public = not item[method].get("security", spec.get("security"))
                 assert declared_public == ((method, path) in public), (method, path, response.status_code)
+
+
+def test_the_readme_is_a_map():
+    """A newcomer's map: at most 160 lines, the layout within the first 90, every path it names
+    exists (details live in docs/)."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 160, len(lines)
+    assert lines.index("## Where things are") < 90
+    block = "\n".join(lines[lines.index("## Where things are") :])
+    block = block[block.index("```\n") + 4 : block.index("\n```", block.index("```\n") + 4)]
+    named, parent = [], ""
+    for line in block.splitlines():
+        if line.startswith("    ") or not line.strip():
+            continue  # a description continued
+        sub = line.startswith("  ")  # "  gate.py": a file of the folder on a line above
+        pieces = [p.strip() for p in re.split(r"\s{2,}", line.strip())[0].split(", ")]
+        folder = parent if sub else (pieces[0].rsplit("/", 1)[0] + "/" if "/" in pieces[0] else "")
+        for piece in pieces:
+            named.append(piece if "/" in piece and not sub else folder + piece)
+        if not sub and pieces[0].endswith("/"):
+            parent = pieces[0]
+    assert len(named) >= 30, named
+    missing = [p for p in named if not (ROOT / p.rstrip("/")).exists()]
+    assert not missing, missing

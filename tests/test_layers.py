@@ -140,3 +140,20 @@ def test_the_app_state_has_one_home():
                 readers.append(f"{where} {ast.unparse(node)}")
     assert key == ["swagger_server/state.py:" + str(key and key[0].rsplit(":", 1)[1])], key
     assert not readers, readers
+
+
+def test_one_place_renders_every_error():
+    """errors.py renders every problem (its type, title and content type); the layers that answer
+    before Connexion (the gate, the handler threads, the rate limiter, the HTTP protocol) ask it for
+    the bytes instead of writing their own."""
+    offenders = []
+    for path in (ROOT / "swagger_server").rglob("*.py"):
+        if path.name == "errors.py" and path.parent.name == "swagger_server":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and (
+                node.value in ("application/problem+json", b"application/problem+json")
+                or (isinstance(node.value, str) and node.value.startswith("/api/problems/"))
+            ):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+    assert not offenders, offenders

@@ -107,8 +107,8 @@ def test_openapi_generator_python_sdk(servers, tmp_path):
         {**servers, "PYTHONPATH": str(made["python"])},
         tmp_path,
     )
-    # The README's usage example, as typed but for this server's address and token.
-    readme = (ROOT / "README.md").read_text()
+    # docs/API.md's usage example, as typed but for this server's address and token.
+    readme = (ROOT / "docs" / "API.md").read_text()
     start = readme.index("```python\nimport store_api_client")
     example = readme[start + len("```python\n") : readme.index("```", start + 3)]
     assert example.count("http://localhost:8080") == 1 and example.count('"demo-…"') == 1

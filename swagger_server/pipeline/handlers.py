@@ -38,32 +38,20 @@ import asyncio
 import collections
 import contextvars
 import io
-import json
 import queue
 import threading
 
 from a2wsgi.wsgi import build_environ
 
-_BODY = json.dumps(
-    {
-        "type": "/api/problems/overloaded",
-        "title": "Service Unavailable",
-        "status": 503,
-        "detail": "Every request handler is busy; retry shortly.",
-    },
-    separators=(",", ":"),
-).encode()
+from swagger_server.errors import PROBLEM, problem_bytes
 
-
-_SHARE_BODY = json.dumps(
-    {
-        "type": "/api/problems/too-many-concurrent",
-        "title": "Too Many Requests",
-        "status": 429,
-        "detail": "This caller already has as many requests in progress on this server as it may; retry shortly.",
-    },
-    separators=(",", ":"),
-).encode()
+# Rendered once, by errors.py as every problem is.
+_BODY = problem_bytes(503, "Every request handler is busy; retry shortly.", kind="overloaded")[1]
+_SHARE_BODY = problem_bytes(
+    429,
+    "This caller already has as many requests in progress on this server as it may; retry shortly.",
+    kind="too-many-concurrent",
+)[1]
 
 
 def operation_of(scope) -> str:
@@ -212,7 +200,7 @@ class HandlerThreads:
 
     async def _reject(self, send, status: int, body: bytes) -> None:
         headers = [
-            (b"content-type", b"application/problem+json"),
+            (b"content-type", PROBLEM.encode()),
             (b"content-length", str(len(body)).encode()),
             (b"retry-after", self.retry_after),
         ]

@@ -19,7 +19,6 @@ asks again after `RETRY_DEGRADED` seconds, and says so once when it is back.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -30,6 +29,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
+from swagger_server.errors import problem_bytes
 from swagger_server.pipeline.handlers import caller_of, operation_of
 from swagger_server.state import request_context
 from swagger_server.text import first_line
@@ -182,20 +182,12 @@ class RateLimited:
         if allowed:
             await self.app(scope, receive, send)
             return
-        body = json.dumps(
-            {
-                "type": "/api/problems/rate-limited",
-                "title": "Too Many Requests",
-                "status": 429,
-                "detail": f"This caller's quota ({self.limits.item.amount} per {self.limits.window} s) is spent;"
-                f" retry in {max(1, reset)} s.",
-            },
-            separators=(",", ":"),
-        ).encode()
-        headers = [
-            (b"content-type", b"application/problem+json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(max(1, reset)).encode()),
-        ]
+        headers, body = problem_bytes(
+            429,
+            f"This caller's quota ({self.limits.item.amount} per {self.limits.window} s) is spent;"
+            f" retry in {max(1, reset)} s.",
+            {"Retry-After": str(max(1, reset))},
+            kind="rate-limited",
+        )
         await send({"type": "http.response.start", "status": 429, "headers": headers})
         await send({"type": "http.response.body", "body": body})
