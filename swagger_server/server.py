@@ -205,7 +205,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if not self._in_head and cycle is not None and not cycle.response_complete:
             # The app already has this request (its head was complete; its body was not valid HTTP).
             # Its app sends nothing (disconnected): this refusal is its answer, and it is recorded once,
-            # with this status (observability.py reads the mark on the scope).
+            # with this status (observability/middleware.py reads the mark on the scope).
             self.scope["store_api_refused"] = status
             cycle.disconnected = True
             cycle.message_event.set()

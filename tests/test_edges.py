@@ -35,7 +35,10 @@ def server(database_url):
     live = Gunicorn(database_url, WEB_THREADS=4, DB_POOL_TIMEOUT=2)
     live.baseline = _statuses(live)
     yield live
-    live.stop()
+    try:  # after every test of this module that ran, in whatever order or number
+        _metrics_match_what_clients_received_and_the_log_is_clean(live)
+    finally:
+        live.stop()
 
 
 def send(server, data: bytes, answers: int = 1) -> Answer:
@@ -466,15 +469,15 @@ def test_a_json_log_line_is_one_line_whatever_its_fields_hold():
     assert json.loads(line)["path"] == "/a\x85b\u2028c\u2029d"  # escaped, not lost
 
 
-# -- last: what the server counted and logged ----------------------------------------------------------------------
-def test_zz_metrics_match_what_clients_received_and_the_log_is_clean(server):
+def _metrics_match_what_clients_received_and_the_log_is_clean(server) -> None:
+    """The module's server, at its teardown: its metrics count exactly the answers its clients
+    received, and its log has no traceback, no 500 and no line over 2 000 characters."""
     counts = _statuses(server)
     delta = {status: counts[status] - server.baseline[status] for status in counts}
     delta = {status: n for status, n in delta.items() if n}
-    assert sum(RECEIVED.values()) > 100, "the suite above ran"
     assert delta == dict(RECEIVED)
     output = server.output()
-    assert '"status":400' in output and '"status":431' in output, "refusals are logged (the observer works)"
+    assert '"status":' in output, "the access log is on (the observer works)"
     assert "Traceback" not in output
     assert '"status":500' not in output
     assert max(len(line) for line in output.splitlines()) <= 2000
