@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    log_notes(settings, env, say=lambda note: print(f"note: {note}", file=sys.stderr))
+    serving = args.command in ("serve", "check-config")
+    log_notes(settings, env, say=lambda note: print(f"note: {note}", file=sys.stderr), serving=serving)
     dsn = settings.database.dsn("store-api:cli")
     try:
         if args.command == "check-config":

@@ -146,7 +146,10 @@ def test_copying_the_example_changes_nothing():
     from dataclasses import replace
 
     example = load_settings({"APP_CONFIG": str(ROOT / "config.ini.example")})
-    assert replace(example, source="defaults", notes=()) == load_settings({"APP_CONFIG": EMPTY}).__class__()
+    assert (
+        replace(example, source="defaults", notes=(), serving_notes=())
+        == load_settings({"APP_CONFIG": EMPTY}).__class__()
+    )
     assert names_a_server({"APP_CONFIG": str(ROOT / "config.ini.example")}) is None
 
 

@@ -143,23 +143,27 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         origins=tuple(sorted(origins.items())),
     )
     validate(settings)
+    serving = []
     if not settings.api.tokens:
-        notes.append(
+        serving.append(
             "no API tokens configured (API_TOKENS / [API] tokens): every operation that needs a token answers 401"
         )
-    return replace(settings, notes=tuple(notes))
+    return replace(settings, notes=tuple(notes), serving_notes=tuple(serving))
 
 
 QUIET_NOTES = "STORE_API_NOTES_SAID"  # set by a parent that has said the notes (make run) for its children
 
 
-def log_notes(settings: Settings, environ: Mapping[str, str] | None = None, say: Callable | None = None) -> None:
+def log_notes(
+    settings: Settings, environ: Mapping[str, str] | None = None, say: Callable | None = None, serving: bool = True
+) -> None:
     """Say the settings' notes (a warning each, or through `say`), once per start: not when a parent
-    process has said them already (QUIET_NOTES in the environment)."""
+    process has said them already (QUIET_NOTES in the environment). The notes about serving requests
+    (no tokens) only when `serving`: `db upgrade` has nothing to do with them."""
     env = os.environ if environ is None else environ
     if env.get(QUIET_NOTES):
         return
-    for note in settings.notes:
+    for note in (*settings.notes, *(settings.serving_notes if serving else ())):
         if say is not None:
             say(note)
         else:

@@ -181,6 +181,7 @@ class Settings:
     source: str = "defaults"
     origins: tuple = ()  # ((section.key, where it came from), ...), for check-config
     notes: tuple[str, ...] = ()  # worth saying at start, not errors (loading.log_notes)
+    serving_notes: tuple[str, ...] = ()  # the same, said only by what serves requests (not `db upgrade`)
 
     def with_overrides(self, **sections: Mapping) -> Settings:
         """A copy with some fields replaced, e.g. `with_overrides(pool={"timeout": 1})` (for tests)."""
