@@ -327,3 +327,18 @@ def test_a_dead_workers_gauges_are_dropped(database_url):
         assert value(samples, "store_api_pool_connections", pool="primary", state="max") == 8
     finally:
         server.stop()
+
+
+def test_the_text_log_names_the_trace_when_tracing_is_on():
+    """`make run`'s text line carries the trace id when there is one (the JSON line always did)."""
+    import logging
+
+    from swagger_server.observability.logs import TextFormatter
+
+    fields = {"status": 200, "method": "GET", "path": "/api/products/3", "duration_ms": 1.25}
+    record = logging.LogRecord("store_api.access", logging.INFO, __file__, 0, "request", None, None)
+    record.fields = fields
+    assert "trace" not in TextFormatter(colour=False).format(record)
+    record.fields = {**fields, "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}
+    line = TextFormatter(colour=False).format(record)
+    assert line.endswith(" 200 1.2 ms trace 4bf92f3577b34da6a3ce929d0e0e4736") and len(line) < 120, line

@@ -103,7 +103,8 @@ class TextFormatter(logging.Formatter):
         if self.colour:
             status = f"{self.COLOURS.get(f['status'] // 100, '')}{status}\033[0m"
         wait = f" (waited {f['pool_wait_ms']} ms)" if f.get("pool_wait_ms") and f["pool_wait_ms"] >= 1 else ""
-        return f"{when} {f['method']:<6} {f['path']} {status} {f['duration_ms']:.1f} ms{wait}"
+        trace = f" trace {f['trace_id']}" if f.get("trace_id") else ""  # tracing on: find the request's spans
+        return f"{when} {f['method']:<6} {f['path']} {status} {f['duration_ms']:.1f} ms{wait}{trace}"
 
 
 class BackgroundStreamHandler(logging.Handler):
