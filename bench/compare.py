@@ -17,23 +17,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import run  # noqa: E402
+from bench import drivers  # noqa: E402
+from bench.database import prepare_database  # noqa: E402
+from bench.drivers import wrk  # noqa: E402
+from bench.servers import Server, base_env  # noqa: E402
+from swagger_server.db.embedded import free_port  # noqa: E402
 
 PAIRS = int(os.environ.get("BENCH_PAIRS", "3"))
 
 
-def start(label: str, tree: Path, url: str) -> run.Server:
+def start(label: str, tree: Path, url: str) -> Server:
     """Ours from `tree` (its own gunicorn.conf.py and code), on the shared database."""
-    port = run.free_port()
-    env = {**run.base_env(url, port), "PYTHONPATH": str(tree)}
+    port = free_port()
+    env = {**base_env(url, port), "PYTHONPATH": str(tree)}
     args = ["-c", "gunicorn.conf.py", "--log-level", "warning", "wsgi:app"]
-    return run.Server(f"compare-{label}", args, env, port, cwd=tree)
+    return Server(f"compare-{label}", args, env, port, cwd=tree)
 
 
-def measure(server: run.Server) -> dict:
-    db = run.wrk(server, "/", connections=32, seconds=8, script="random_customer.lua")
-    nodb = run.wrk(server, "/api/health", connections=32, seconds=8)
-    k6 = run.k6(server, "health", duration="8s", warmup="2s")
+def measure(server: Server) -> dict:
+    db = wrk(server, "/", connections=32, seconds=8, script="random_customer.lua")
+    nodb = wrk(server, "/api/health", connections=32, seconds=8)
+    k6 = drivers.k6(server, "health", duration="8s", warmup="2s")
     return {
         "db_rps": db["rps"],
         "db_cpu": db["cpu_ms_per_request"],
@@ -45,7 +49,7 @@ def measure(server: run.Server) -> dict:
 
 
 def main(ref: str) -> int:
-    url, pg, _ = run.prepare_database()
+    url, pg, _ = prepare_database()
     worktree = Path(tempfile.mkdtemp(prefix="bench-ref-")) / "tree"
     subprocess.run(["git", "worktree", "add", "--detach", str(worktree), ref], cwd=ROOT, check=True)
     rows: dict[str, list[dict]] = {ref: [], "this tree": []}

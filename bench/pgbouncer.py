@@ -21,8 +21,10 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg2  # noqa: E402
 
+from bench.config import RESULTS  # noqa: E402
+from bench.database import prepare_database  # noqa: E402
 from bench.replica import mix  # noqa: E402
-from bench.run import RESULTS, ours, prepare_database  # noqa: E402
+from bench.servers import ours  # noqa: E402
 from harness.pgbouncer import BINARY, PgBouncer  # noqa: E402
 
 VUS = int(os.environ.get("BENCH_VUS", "80"))

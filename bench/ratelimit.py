@@ -20,7 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.run import ours, prepare_database, wrk  # noqa: E402
+from bench.database import prepare_database  # noqa: E402
+from bench.drivers import wrk  # noqa: E402
+from bench.servers import ours  # noqa: E402
 from harness.redis import Redis  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))

@@ -24,7 +24,10 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg2  # noqa: E402
 
-from bench.run import CUSTOMERS, K6, RESULTS, ours, prepare_database  # noqa: E402
+from bench.config import CUSTOMERS, RESULTS  # noqa: E402
+from bench.database import prepare_database  # noqa: E402
+from bench.drivers import K6  # noqa: E402
+from bench.servers import ours  # noqa: E402
 
 DURATION = os.environ.get("BENCH_DURATION", "20s")
 VUS = int(os.environ.get("BENCH_VUS", "16"))

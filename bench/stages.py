@@ -26,7 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import run  # noqa: E402
+from bench.database import prepare_database  # noqa: E402
+from bench.drivers import wrk  # noqa: E402
+from bench.servers import ours  # noqa: E402
 
 SECONDS = int(os.environ.get("STAGES_SECONDS", "20"))
 PY_SPY = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
@@ -77,11 +79,11 @@ def classify(frames: list[str]) -> str:
 
 def profile(path: str | None, script: str | None, url: str) -> dict:
     """One worker, wrk on `path` (or a wrk Lua `script`), py-spy on the worker: samples per stage."""
-    server = run.ours("stages", url, WEB_CONCURRENCY=1)
+    server = ours("stages", url, WEB_CONCURRENCY=1)
     try:
         worker = server.workers()[0]
         # Warm-up: every code path compiled and cached before the samples count.
-        run.wrk(server, path or "/", connections=16, seconds=3, script=script)
+        wrk(server, path or "/", connections=16, seconds=3, script=script)
         raw = Path(tempfile.mkstemp(suffix=".txt")[1])
         spy = subprocess.Popen(
             [
@@ -103,7 +105,7 @@ def profile(path: str | None, script: str | None, url: str) -> dict:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        result = run.wrk(server, path or "/", connections=16, seconds=SECONDS, script=script)
+        result = wrk(server, path or "/", connections=16, seconds=SECONDS, script=script)
         spy.wait(timeout=SECONDS + 30)
         samples: collections.Counter = collections.Counter()
         frames_by_stage: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -149,7 +151,7 @@ def main() -> int:
         print("needs py-spy (make bench installs it) and wrk (apt-get install wrk)", file=sys.stderr)
         return 2
     show_frames = "--raw" in sys.argv
-    url, pg, _ = run.prepare_database()
+    url, pg, _ = prepare_database()
     try:
         out = []
         if "--health" not in sys.argv:

@@ -5,6 +5,9 @@ module level (no `global`)."""
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 from swagger_server import create_app, get_database
@@ -93,3 +96,17 @@ def test_the_bench_imports_nothing_from_the_tests():
                 names = [node.module]
             offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n == "tests" or n.startswith("tests.")]
     assert not offenders, offenders
+
+
+def test_every_bench_module_imports_and_run_py_only_runs():
+    """bench/ by job (config, servers, drivers, scenarios, database, report): each imports on its own,
+    and run.py, the study's main, is imported by no other script."""
+    modules = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem != "__init__")
+    assert {"config", "servers", "drivers", "scenarios", "database", "report", "run"} <= set(modules)
+    code = "; ".join(f"import bench.{m}" for m in modules)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    importers = [
+        p.name for p in (ROOT / "bench").glob("*.py") if re.search(r"from bench(\.run| import run)\b", p.read_text())
+    ]
+    assert importers == [], importers
