@@ -74,13 +74,13 @@ deps-latest: tools/node_modules/.installed $(DEPLOY_VENV)/.installed
 FUZZ_SECONDS ?= 600
 ## fuzz: the contract fuzzer for FUZZ_SECONDS (600) with a random seed
 fuzz: $(VENV)/.installed-dev
-	CONTRACT_SECONDS=$(FUZZ_SECONDS) CONTRACT_SEED=$${CONTRACT_SEED:-random} $(PY) -m pytest -s tests/test_contract.py
+	CONTRACT_SECONDS=$(FUZZ_SECONDS) CONTRACT_SEED=$${CONTRACT_SEED:-random} $(PY) -m pytest -s tests/project/test_contract.py
 
 # Raw-socket HTTP fuzzing for HTTP_FUZZ_SECONDS (300) with a random seed (printed; HTTP_FUZZ_SEED=N repeats one).
 HTTP_FUZZ_SECONDS ?= 300
 ## fuzz-http: raw-socket HTTP fuzzing (headers and framings permuted) for HTTP_FUZZ_SECONDS (300)
 fuzz-http: $(VENV)/.installed-dev
-	HTTP_FUZZ_SECONDS=$(HTTP_FUZZ_SECONDS) HTTP_FUZZ_SEED=$${HTTP_FUZZ_SEED:-random} $(PY) -m pytest -s -p no:cacheprovider --timeout 0 tests/test_http_fuzz.py
+	HTTP_FUZZ_SECONDS=$(HTTP_FUZZ_SECONDS) HTTP_FUZZ_SEED=$${HTTP_FUZZ_SEED:-random} $(PY) -m pytest -s -p no:cacheprovider --timeout 0 tests/pipeline/test_http_fuzz.py
 
 # Client SDKs from swagger/swagger.yaml into build/sdk/ (Python x2, TypeScript); see README.
 ## sdk: generate the client SDKs into build/sdk/

@@ -3,7 +3,7 @@ allow of the frameworks swagger_server/patches.py relies on (Connexion, Flask, S
 uvicorn-worker, gunicorn), in a scratch venv (.venv-latest), everything else as pinned.
 
 It prints each framework's pinned and installed version, then runs the whole suite there. A failure
-names the patch or override to revisit (tests/test_patches.py checks the names they rely on first).
+names the patch or override to revisit (tests/project/test_patches.py checks the names they rely on first).
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def _sources() -> dict[Path, float]:
 def reload_on_change(gunicorn: subprocess.Popen, every: float = 1.0) -> None:
     """`make dev`: when a module, the spec or gunicorn.conf.py changes, SIGHUP gunicorn: the reload it
     documents for deploying new code, which serves the code and the spec on disk with no request lost
-    (tests/test_reload.py). (gunicorn's own --reload stops a uvicorn worker and starts none.)"""
+    (tests/deploy/test_reload.py). (gunicorn's own --reload stops a uvicorn worker and starts none.)"""
     seen = _sources()
     while gunicorn.poll() is None:
         time.sleep(every)

@@ -3,7 +3,7 @@
 Two kinds. Patches (`apply()`, idempotent, called by create_app) change a framework's module or class
 for the whole process; there are four, each scoped as narrowly as Connexion allows. Overrides are
 subclasses of framework classes that rely on private names (they change nothing for anyone else);
-they live with their code and are listed in RELIED_ON. tests/test_patches.py checks that every name
+they live with their code and are listed in RELIED_ON. tests/project/test_patches.py checks that every name
 in RELIED_ON exists with the signature expected, so an upgrade that moves one fails there, by name,
 and not as a behaviour change somewhere else (`make deps-latest` runs the suite on the newest
 releases the requirements allow: the upgrade canary).
@@ -32,7 +32,7 @@ from swagger_server.errors import NotFound, excerpt
 from swagger_server.state import request_context
 
 # (module or class, attribute, the parameters expected, or None for a non-callable): what the patches
-# and the overrides rely on. Checked by tests/test_patches.py.
+# and the overrides rely on. Checked by tests/project/test_patches.py.
 RELIED_ON = [
     # Patch 1: path parameters of type integer are routed as plain segments.
     (_connexion_flask, "PATH_PARAMETER_CONVERTERS", None),

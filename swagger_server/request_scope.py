@@ -169,7 +169,7 @@ def read_only(func):
         finally:
             db.read_only = False
 
-    wrapper.read_only = True  # tests/test_adding_a_resource.py: every GET handler is marked, or says why not
+    wrapper.read_only = True  # tests/project/test_adding_a_resource.py: every GET handler is marked, or says why not
     return wrapper
 
 

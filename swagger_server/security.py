@@ -3,7 +3,7 @@
 Each configured token is kept only as its SHA-256 digest (a config entry may give the digest
 itself, `sha256:<hex>`), with its scope: `read` tokens may call the operations that read, `write`
 tokens every operation. An operation needs `write` unless it is a GET (the spec marks each one with
-`x-required-scope`, and tests/test_security.py checks that the two agree). A known token without
+`x-required-scope`, and tests/pipeline/test_security.py checks that the two agree). A known token without
 the scope gets `403`, an unknown or missing one `401`.
 
 The tokens belong to the app (swagger_server/state.py), not to the process. It runs on the event loop thread, so it is one hash and a constant-time comparison per known token.

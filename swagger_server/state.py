@@ -2,8 +2,8 @@
 Flask handler `current()`, from code on the event loop the request's context (`request_context`,
 which the outermost middleware fills in: the app's state, the request id, the operation, ...). The
 key under which both live is spelled once, here (KEY); nothing else reads `flask_app.extensions` or
-`flask_app.config` by string (tests/test_layers.py). Nothing an app owns lives at module level, so
-two apps in one process (tests, an embedding) share nothing (tests/test_two_apps.py)."""
+`flask_app.config` by string (tests/project/test_layers.py). Nothing an app owns lives at module level, so
+two apps in one process (tests, an embedding) share nothing (tests/project/test_two_apps.py)."""
 
 from __future__ import annotations
 

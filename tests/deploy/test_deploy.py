@@ -15,7 +15,7 @@ import yaml
 from swagger_server.config import load_settings
 from swagger_server.db.budget import behind_pgbouncer, effective_pool_size
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 TOOLS = ROOT / ".venv-deploy" / "bin"
 KUBERNETES = "1.33.0"  # the version the manifests are validated against
@@ -125,7 +125,7 @@ def test_the_api_pod_drains_before_it_stops_and_is_sized_for_its_workers():
 
 def test_metrics_are_served_only_on_their_own_port_in_every_shipped_deployment():
     """/metrics is not public (issue 30): compose and the manifests set API_METRICS_PORT, which nothing
-    public reaches; the nginx file answers /metrics itself (tests/test_nginx.py proves the 404)."""
+    public reaches; the nginx file answers /metrics itself (tests/deploy/test_nginx.py proves the 404)."""
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     api = compose["api"]
     port = api["environment"]["API_METRICS_PORT"]

@@ -20,7 +20,7 @@ from swagger_server.db import migrate
 from swagger_server.db.migrate import MigrationError, Timeouts, upgrade
 from tests.conftest import admin_connect, query, schema_dir
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SQUAWK = Path(sys.executable).parent / "squawk"  # requirements-dev.txt pins it (squawk-cli, from PyPI)
 ADD_COLUMNS = "ALTER TABLE orders ADD COLUMN upgrade_note text;\nALTER TABLE customers ADD COLUMN upgrade_note text;\n"
 FAST = Timeouts(lock_timeout=0.2, statement_timeout=10, deadline=60, max_backoff=0.5)

@@ -1,7 +1,7 @@
 """Per-caller rate limits (swagger_server/pipeline/ratelimit.py) in one process with memory storage: the IETF
 draft's fields on every answer, 429 rate-limited past the quota with Retry-After, a quota per caller,
 probes untouched, the dashboard's cost by its range. Redis, a fleet and a storage that fails:
-tests/test_ratelimit_redis.py."""
+tests/pipeline/test_ratelimit_redis.py."""
 
 from __future__ import annotations
 

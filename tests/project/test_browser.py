@@ -24,7 +24,7 @@ from swagger_server.db.embedded import free_port
 from tests.conftest import TEST_DB, TOKEN
 from tests.servers import Gunicorn
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = next(
     (
         path

@@ -29,9 +29,9 @@ from swagger_server.db.embedded import free_port
 from tests.conftest import TOKEN, admin_connect, make_settings, query
 from tests.servers import EMPTY, Gunicorn
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-THIS = "tests/test_docs.py"
+THIS = "tests/project/test_docs.py"
 
 # Each command line of the docs (a prefix of it) -> ("run", the test that runs it) or ("not run", why).
 COMMANDS = {
@@ -43,7 +43,7 @@ COMMANDS = {
     "make fuzz-http": ("not run", "five minutes of fuzzing: its own target; make test runs a fixed seed for 6 s"),
     "make fuzz": ("not run", "ten minutes of fuzzing: its own target; make test runs the fuzzer for 60 s"),
     "make mutations": ("not run", "minutes: it runs the suite's tests once per mutation; run before a change lands"),
-    "make sdk": ("run", "tests/test_sdk.py::test_openapi_generator_python_sdk"),  # scripts/sdk.py, as make sdk
+    "make sdk": ("run", "tests/project/test_sdk.py::test_openapi_generator_python_sdk"),  # scripts/sdk.py, as make sdk
     "make bench": ("not run", "six minutes of load: its own target, loopback only"),
     ".venv/bin/k6 run": ("not run", "needs k6 (make bench installs it) and minutes; make bench runs this script"),
     ".venv/bin/python -m swagger_server db upgrade": (
@@ -62,7 +62,7 @@ COMMANDS = {
     ".venv/bin/python -m swagger_server serve": ("run", f"{THIS}::test_serve_logs_one_line_per_request"),
     "OTEL_TRACES_EXPORTER=otlp": (
         "not run",
-        "needs a collector at the address it names; tests/test_tracing.py runs the same variables against a receiver",
+        "needs a collector at the address it names; tests/observability/test_tracing.py runs the same variables against a receiver",
     ),
     # The curl examples (README, docs/CONDITIONAL_REQUESTS.md): whole blocks, run by bash.
     "ETAG=$(curl": ("run", f"{THIS}::test_the_curl_examples_run_as_typed"),

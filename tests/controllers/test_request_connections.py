@@ -175,7 +175,7 @@ def test_the_pool_is_made_per_process(database_url):
     process, the child could inherit a lock held by any thread another test left running."""
     result = subprocess.run(
         [sys.executable, "-c", FORK_PROBE, database_url],
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
         text=True,
         timeout=60,

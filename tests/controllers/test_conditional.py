@@ -1,6 +1,6 @@
 """Conditional requests (issue 22): ETags from row versions, If-None-Match -> 304, If-Match -> 412,
 require_if_match -> 428. Every API test runs direct and through PgBouncer (transaction mode); the
-racing writers run over real gunicorn (tests/test_races.py), the stale replica in tests/test_replica.py.
+racing writers run over real gunicorn (tests/controllers/test_races.py), the stale replica in tests/db/test_replica.py.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def test_a_page_has_a_weak_etag_that_changes_when_an_item_on_it_does(client, sto
 def test_the_readmes_curl_example_works_as_typed(database_url, store, tmp_path):
     """The README's example, run by bash against real gunicorn as typed, with PORT this server's
     (as `make run` reads it), and the demo token file where `make run` writes it."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     start = readme.index("B=http://localhost:${PORT:-8080}")
     script = readme[start : readme.index("\n```", start)]
     (tmp_path / ".data").mkdir()

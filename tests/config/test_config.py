@@ -8,8 +8,8 @@ import pytest
 
 from swagger_server.config import ConfigError, load_settings, names_a_server
 
-ROOT = Path(__file__).resolve().parent.parent
-EMPTY = str(Path(__file__).parent / "empty.ini")
+ROOT = Path(__file__).resolve().parents[2]
+EMPTY = str(Path(__file__).parents[1] / "empty.ini")
 
 
 def test_defaults_and_environment_overrides():

@@ -14,7 +14,7 @@ from swagger_server import create_app, get_database
 from swagger_server.state import of_flask
 from tests.conftest import make_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN_A = "token-of-app-a"
 TOKEN_B = "read:token-of-app-b"
 

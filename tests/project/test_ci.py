@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 PROBE = """
 import pytest
@@ -68,7 +68,7 @@ def test_every_test_with_an_upper_time_bound_is_marked_timing():
     import ast
 
     unmarked, marked = [], 0
-    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+    for path in sorted(Path(__file__).parents[1].rglob("test_*.py")):
         for node in ast.parse(path.read_text()).body:
             if not (isinstance(node, ast.FunctionDef) and node.name.startswith("test_")):
                 continue
@@ -96,3 +96,15 @@ def test_every_mutation_names_text_the_source_holds_exactly_once():
                 stale.append(f"{mutation.guarantee}: {path} holds its text {found} times")
     assert not stale, stale
     assert all(m.tests for m in MUTATIONS)
+
+
+def test_the_tests_mirror_the_package():
+    """A test module lives in the folder of the package part it tests (tests/db/ for
+    swagger_server/db/, ...), or in deploy/ (the shipped deployment) or project/ (the whole: docs,
+    layering, the contract); none at the top, where modules used to pile up by date."""
+    tests = Path(__file__).resolve().parents[1]
+    package = tests.parent / "swagger_server"
+    assert not sorted(p.name for p in tests.glob("test_*.py"))
+    folders = {p.parent.name for p in tests.rglob("test_*.py")}
+    assert folders - {"deploy", "project"} <= {p.name for p in package.iterdir() if p.is_dir()}, folders
+    assert len(folders) >= 5

@@ -15,7 +15,7 @@ import pytest
 from swagger_server import text
 from tests.conftest import query
 
-SCHEMA = Path(__file__).resolve().parent.parent / "swagger_server" / "db" / "schema" / "005_text_identity.sql"
+SCHEMA = Path(__file__).resolve().parents[2] / "swagger_server" / "db" / "schema" / "005_text_identity.sql"
 
 
 def _class(pattern: str) -> set[int]:

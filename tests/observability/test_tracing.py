@@ -1,7 +1,7 @@
 """OpenTelemetry: spans received by a real OTLP/HTTP receiver (the protocol decoded here with the
 official protobuf definitions, not a mock of the SDK), over real gunicorn; the console exporter; the
 trace id in the access log; the pool under db.client.connection.* names in /metrics; nginx passing
-the trace context on (tests/test_nginx.py)."""
+the trace context on (tests/deploy/test_nginx.py)."""
 
 from __future__ import annotations
 

@@ -21,8 +21,8 @@ from swagger_server.db.embedded import free_port
 from tests.conftest import TEST_DB, TOKEN
 from tests.servers import Gunicorn
 
-ROOT = Path(__file__).resolve().parent.parent
-FLOWS = Path(__file__).parent / "sdk_flows"
+ROOT = Path(__file__).resolve().parents[2]
+FLOWS = Path(__file__).parents[1] / "sdk_flows"
 NODE_BIN = ROOT / "tools" / "node_modules" / ".bin"
 sys.path.insert(0, str(ROOT / "scripts"))
 

@@ -20,9 +20,9 @@ import psutil
 import pytest
 
 from tests.conftest import TOKEN, query
+from tests.pipeline.test_http_layer import _statuses
 from tests.rawhttp import Answer, Connection, exchange, request_bytes
 from tests.servers import Gunicorn
-from tests.test_http_layer import _statuses
 
 AUTH = f"Authorization: Bearer {TOKEN}"
 JSON = "Content-Type: application/json"

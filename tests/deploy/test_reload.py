@@ -22,7 +22,7 @@ from harness.waiting import wait_until
 from swagger_server.db.embedded import free_port
 from tests.servers import gunicorn_env
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NEW_PATH = """
   /health/reloaded:
     get:

@@ -131,7 +131,7 @@ def test_swagger_ui_and_spec_are_served(client):
     operations = [
         op for path in spec["paths"].values() for op in path.values() if isinstance(op, dict) and "operationId" in op
     ]
-    with open(Path(__file__).resolve().parent.parent / "swagger" / "swagger.yaml", encoding="utf-8") as f:
+    with open(Path(__file__).resolve().parents[2] / "swagger" / "swagger.yaml", encoding="utf-8") as f:
         written = {
             op["operationId"]
             for item in yaml.safe_load(f)["paths"].values()
@@ -152,7 +152,7 @@ def test_unknown_path_is_a_problem(client):
 def test_one_version_from_pyproject_in_the_spec_and_health(client):
     import tomllib
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
     assert client.get("/api/health").json() == {"status": "ok", "version": version}
     assert client.get("/api/openapi.json").json()["info"]["version"] == version
@@ -175,7 +175,7 @@ def test_demo_data_spans_the_twelve_months_before_today(database_url, db):
 
     # The command line, in its own process (COPY cannot run under the pool's wait callback, which
     # this test process has installed).
-    env = {**os.environ, "APP_CONFIG": str(Path(__file__).parent / "empty.ini"), "DATABASE_URL": database_url}
+    env = {**os.environ, "APP_CONFIG": str(Path(__file__).parents[1] / "empty.ini"), "DATABASE_URL": database_url}
     subprocess.run(
         [
             sys.executable,
@@ -196,7 +196,7 @@ def test_demo_data_spans_the_twelve_months_before_today(database_url, db):
         check=True,
         capture_output=True,
         timeout=60,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
     )
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     first, last = query(db, "SELECT min(created_at), max(created_at) FROM orders")[0]

@@ -20,8 +20,8 @@ import yaml
 from tests.conftest import AUTH
 from tests.servers import Gunicorn
 
-CONFIG = Path(__file__).parent / "contract" / "schemathesis.toml"
-SPEC = Path(__file__).resolve().parent.parent / "swagger" / "swagger.yaml"
+CONFIG = Path(__file__).parents[1] / "contract" / "schemathesis.toml"
+SPEC = Path(__file__).resolve().parents[2] / "swagger" / "swagger.yaml"
 ST = Path(sys.executable).with_name("st")
 
 

@@ -3,7 +3,7 @@ tested like code (issue 32): promtool's checks and unit tests, then a real Prome
 gunicorn in front of a PostgreSQL of this test's own, which the test stops and starts.
 
 The live rules are the shipped file with only its `for:` durations and its one-minute rate window
-shortened (a minute becomes seconds), as tests/test_nginx.py shortens nginx's timeouts; every
+shortened (a minute becomes seconds), as tests/deploy/test_nginx.py shortens nginx's timeouts; every
 expression, label and threshold is the shipped one.
 """
 
@@ -30,7 +30,7 @@ from tests.servers import Gunicorn
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "store-api.rules.yml"
 RULE_TESTS = sorted((ROOT / "deploy" / "prometheus" / "tests").glob("*.test.yml"))
 DASHBOARD = ROOT / "deploy" / "grafana" / "store-api.json"

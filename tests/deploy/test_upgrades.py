@@ -32,7 +32,7 @@ from swagger_server.db.migrate import upgrade
 from tests.conftest import TOKEN, admin_connect, query, schema_dir
 from tests.servers import Gunicorn
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # The release before this one (1.0.0), as `git archive` gives it: the code the rolling upgrade starts from.
 PREVIOUS_RELEASE = "af8ea6094dcd5706ae8a31fa4ff3fd0841f6006f"
 CUSTOMERS, PRODUCTS = 50, 10
