@@ -894,6 +894,37 @@ MUTATIONS = [
         '"expr": "sum by (pool, state) (store_api_pool_connection{instance=~\\"$instance\\"})"',
         ("tests/observability/test_prometheus.py::test_every_dashboard_panel_returns_series",),
     ),
+    Mutation(
+        "the tests' store fixture and db seed --reset empty every table the catalogue has",
+        "swagger_server/db/catalogue.py",
+        "AND relkind IN ('r', 'p')",
+        "AND relkind IN ('r', 'p') AND relname NOT LIKE 'sup%%'",
+        (
+            "tests/project/test_adding_a_resource.py::"
+            "test_the_store_fixture_and_db_seed_reset_empty_every_table_of_the_catalogue",
+        ),
+    ),
+    Mutation(
+        "every GET handler may be served by the replica (marked read-only)",
+        "swagger_server/request_scope.py",
+        "    wrapper.read_only = True",
+        "    wrapper.read_only = func.__name__ != 'get_order'",
+        ("tests/project/test_adding_a_resource.py::test_every_get_handler_is_read_only_or_says_why_not",),
+    ),
+    Mutation(
+        "the connector's failure is the pool's outage record (waiters fail at once, Retry-After)",
+        "swagger_server/db/connector.py",
+        "            before_sleep=lambda state: pool.connect_failed(",
+        "            before_sleep=lambda state: None and pool.connect_failed(",
+        ("tests/deploy/test_faults_gunicorn.py::test_an_unreachable_database_is_a_503_at_once_over_http",),
+    ),
+    Mutation(
+        "make run's text log names the trace",
+        "swagger_server/observability/logs.py",
+        """trace = f" trace {f['trace_id']}" if f.get("trace_id") else """ "",
+        """trace = """ "",
+        ("tests/observability/test_observability.py::test_the_text_log_names_the_trace_when_tracing_is_on",),
+    ),
 ]
 
 
