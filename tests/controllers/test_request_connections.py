@@ -122,15 +122,14 @@ def test_mode_none_opens_and_closes_a_connection_per_request(database_url, store
 FORK_PROBE = """
 import json, os, sys, threading, time
 from swagger_server import create_app, get_database
+from harness.waiting import wait_until
 from swagger_server.request_scope import get_conn
 from tests.conftest import make_settings
 
 app = create_app(make_settings(sys.argv[1]))
 pool = get_database(app).pool
 pool.wait_ready(10)
-deadline = time.monotonic() + 10
-while pool.stats()["opening"] and time.monotonic() < deadline:
-    time.sleep(0.01)
+wait_until(lambda: not pool.stats()["opening"], timeout=10, message="the pool's connectors to be idle")
 threads = sorted(t.name for t in threading.enumerate())
 read, write = os.pipe()
 # This thread holds the pool's lock at the fork: the pool's own threads are waiting on it (nothing

@@ -54,7 +54,7 @@ def steady(measurement, holds, attempts=5):
         result = measurement()
         if holds(result):
             break
-        time.sleep(0.2)
+        time.sleep(0.2)  # retry: a closed connection's backend lingers a moment (see the docstring)
     return result
 
 

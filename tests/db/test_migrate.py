@@ -71,7 +71,7 @@ def test_a_file_waiting_for_a_lock_yields_to_traffic_and_is_applied_once_the_rea
             start = time.monotonic()
             query(conn, "SELECT count(*) FROM orders")
             waits.append(time.monotonic() - start)
-            time.sleep(0.02)
+            time.sleep(0.02)  # pacing: a read every 20 ms while the migration runs
         assert max(waits) < FAST.lock_timeout + 0.3, waits
         assert "upgrade_note" not in columns(conn, "orders")
         yielded = next(s for s in said if "yielded" in s)

@@ -168,7 +168,7 @@ def test_idle_connection_is_pinged_after_the_threshold(make_pool):
     assert pool.getconn() is conn
     pool.putconn(conn)
     assert pool.stats()["pings"] == 0  # hot: no round trip
-    time.sleep(0.2)
+    time.sleep(0.2)  # time passing: past check_idle_after
     assert pool.getconn() is conn
     pool.putconn(conn)
     assert pool.stats()["pings"] == 1
@@ -179,7 +179,7 @@ def test_connections_are_recycled_after_max_lifetime(make_pool):
     conn = pool.getconn()
     first = backend_pid(conn)
     pool.putconn(conn)
-    time.sleep(0.45)
+    time.sleep(0.45)  # time passing: past max_lifetime
     conn = pool.getconn()
     assert backend_pid(conn) != first
     pool.putconn(conn)

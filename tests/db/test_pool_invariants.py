@@ -43,7 +43,7 @@ def test_many_threads_never_share_a_connection(database_url):
                 check_sizes(pool.stats())
             except AssertionError as exc:
                 failures.append(str(exc))
-            time.sleep(0.001)
+            time.sleep(0.001)  # pacing: the checker runs beside the workers
 
     def worker(n: int):
         rng = random.Random(n)
@@ -63,7 +63,7 @@ def test_many_threads_never_share_a_connection(database_url):
                     cur.execute("SELECT %s", (n,))
                     assert cur.fetchone() == (n,)
             if rng.random() < 0.3:
-                time.sleep(0.001)
+                time.sleep(0.001)  # pacing: interleavings vary
             with owners_lock:
                 del owners[id(conn)]
             pool.putconn(conn)

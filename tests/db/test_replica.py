@@ -291,8 +291,8 @@ def test_a_migrations_lock_replayed_on_the_replica_sends_the_cancelled_reads_to_
             query(store, "SET lock_timeout = '500ms'; ALTER TABLE customers DROP COLUMN conflict_probe")
             if conflicts() - before >= 5:
                 break
-            time.sleep(0.02)
-        time.sleep(0.5)
+            time.sleep(0.02)  # pacing: conflicts provoked in a loop until five are counted
+        time.sleep(0.5)  # time passing: the replica replays the conflicts
     finally:
         running = False
         for thread in threads:

@@ -73,12 +73,12 @@ def test_database_restart_under_load(server, store, pg_server):
     threads = [threading.Thread(target=load) for _ in range(8)]
     for thread in threads:
         thread.start()
-    time.sleep(1.5)
+    time.sleep(1.5)  # time passing: load runs on a healthy database first
     pg_server.stop("fast")
     time.sleep(2.0)  # long enough for several reconnect attempts to fail
     pg_server.start()  # returns once PostgreSQL accepts connections
     up_at = time.monotonic()
-    time.sleep(3.0)
+    time.sleep(3.0)  # time passing: load runs on after the restart
     stop.set()
     for thread in threads:
         thread.join(15)

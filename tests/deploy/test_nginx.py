@@ -247,7 +247,7 @@ def test_a_body_over_the_limit_is_refused_by_the_proxy(stack):
     # body (answered before the marker was sent) would be there too, whichever worker had it.
     requests.get(f"{proxy.base}/api/health", headers={"X-Request-ID": "after-too-big-1"}, timeout=10)
     wait_until(lambda: [e for e in api_lines(api) if e["request_id"] == "after-too-big-1"], message="the marker")
-    time.sleep(0.2)
+    time.sleep(0.2)  # settle: the other worker's log writer flushes within 20 ms (see above)
     assert not [e for e in api_lines(api) if e["request_id"] == "too-big-1"]  # gunicorn never saw it
 
 
@@ -261,7 +261,7 @@ def test_a_client_trickling_its_headers_is_cut_while_others_are_served(stack):
         try:
             for byte in b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
                 sock.sendall(bytes([byte]))
-                time.sleep(0.25)
+                time.sleep(0.25)  # pacing: one byte every 0.25 s, the slow client under test
         except OSError:
             pass
         cut["after"] = time.monotonic() - began

@@ -79,7 +79,7 @@ class Trickle(threading.Thread):
                 self.results.append(get(self.base, "/api/health")[0])
             except OSError as exc:
                 self.results.append(repr(exc))
-            time.sleep(0.02)
+            time.sleep(0.02)  # pacing: 50 requests a second through the reload
 
 
 @pytest.mark.slow
@@ -110,7 +110,7 @@ def test_sighup_serves_the_new_code_and_spec_and_no_request_fails(database_url, 
             timeout=30,
             message="the old workers to leave",
         )
-        time.sleep(0.5)
+        time.sleep(0.5)  # time passing: the trickle runs on after the old workers left
         trickle.running = False
         trickle.join(10)
         failed = [r for r in trickle.results if r != 200]

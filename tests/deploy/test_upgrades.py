@@ -113,7 +113,7 @@ class Load:
                 outcome = Outcome(start, time.monotonic() - start, op, type(exc).__name__)
                 with self._lock:
                     self.outcomes.append(outcome)
-                time.sleep(0.05)
+                time.sleep(0.05)  # pacing: a failed request is retried 50 ms later, as a client would
                 continue
             outcome = Outcome(start, time.monotonic() - start, op, status, data if isinstance(data, dict) else {})
             with self._lock:
@@ -204,7 +204,7 @@ def test_a_migration_behind_a_long_reader_never_piles_traffic_up(new_database, t
             waiting_until = time.monotonic()
             reader.end()
             output, _ = migration.communicate(timeout=60)
-            time.sleep(1)
+            time.sleep(1)  # time passing: load continues after the migration ends
         assert migration.returncode == 0, output
         assert output.count("yielded") >= 2 and "applied 900_upgrade_note.sql" in output, output
         answers = load.answers()
@@ -263,7 +263,7 @@ def test_a_rolling_upgrade_under_load_loses_nothing_and_doubles_nothing(new_data
             # 1. This release's schema, applied under load with a long report in the way.
             reader = Reader(url)
             migration = run_upgrade(ROOT, url)
-            time.sleep(2)
+            time.sleep(2)  # time passing: the report holds its snapshot while the migration waits
             reader.end()
             output, _ = migration.communicate(timeout=60)
             assert migration.returncode == 0, output

@@ -166,7 +166,7 @@ def test_a_worker_restart_raises_no_false_alert(live):
         timeout=30,
         message="the replacement worker's start in /metrics",
     )
-    time.sleep(6)
+    time.sleep(6)  # time passing: two scrapes and a rule evaluation after the restart
     assert prometheus.query("sum(resets(store_api_requests_total[30s])) > 0") == []
     assert prometheus.firing() == {}
 

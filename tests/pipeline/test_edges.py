@@ -69,7 +69,7 @@ def test_an_authorization_trailer_never_authenticates(server, db, late):
     try:
         if late:
             conn.send(first)
-            time.sleep(0.3)
+            time.sleep(0.3)  # pacing: the trailer arrives in a later read than the head
             conn.send(rest)
         else:
             conn.send(first + rest)

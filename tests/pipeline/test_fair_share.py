@@ -96,7 +96,7 @@ def test_one_tokens_dashboard_flood_leaves_the_probes_and_other_callers_served(n
             status, seconds, body = timed_get(other, f"/api/customers/{i % 1000 + 1}", TOKEN)
             reads.append((status, seconds))
             i += 1
-            time.sleep(0.05)
+            time.sleep(0.05)  # pacing: the other caller's steady 20 reads a second
         other.close()
         out, _ = flood.communicate(timeout=60)
         result = json.loads(out)

@@ -217,7 +217,7 @@ def test_permuted_requests_never_get_a_5xx_nor_store_what_the_schema_forbids(ser
                 cut = rng.randint(1, len(data)) if rng.random() < 0.3 else len(data)
                 conn.send(data[:cut])
                 if cut < len(data):
-                    time.sleep(rng.random() * 0.02)
+                    time.sleep(rng.random() * 0.02)  # pacing: the rest of the request in a later read
                     conn.send(data[cut:])
                 sent[0] += len(batch)
                 if not complete:
@@ -264,7 +264,7 @@ def test_permuted_requests_never_get_a_5xx_nor_store_what_the_schema_forbids(ser
     ]
     refused = [v for v in stored if text.canonical(v) != v or text.refusal(v) is not None]
     assert refused == [], refused[:5]
-    time.sleep(0.2)
+    time.sleep(0.2)  # settle: the log writers flush every 20 ms
     output = server.output()
     assert "Traceback" not in output, _traceback(output)
     assert '"status":500' not in server.output()

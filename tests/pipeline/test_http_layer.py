@@ -62,6 +62,15 @@ def post(server, path: str, body, *headers, auth: bool = True) -> Answer:
     return send(server, request_bytes("POST", path, [*([AUTH] if auth else []), *headers], raw))
 
 
+def _waiting_on_a_lock(conn) -> bool:
+    """A backend of this database is waiting for a lock (a request blocked on a row the test holds)."""
+    found = query(
+        conn,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    return found[0][0] > 0
+
+
 def _statuses(server) -> collections.Counter:
     text = requests.get(f"{server.base}/metrics", timeout=5).text
     counts: collections.Counter = collections.Counter()
@@ -259,11 +268,9 @@ def test_a_client_that_closes_early_is_logged_499_and_never_500(server, store):
     before = _statuses(server)
     conn = Connection(server.port)
     conn.send(request_bytes("POST", "/api/customers", [AUTH, JSON, "Content-Length: 100"], b'{"name":'))
-    time.sleep(0.2)
+    time.sleep(0.2)  # not a poll: the server reads part of a body before the client leaves
     conn.close()
-    deadline = time.monotonic() + 5
-    while _statuses(server)[499] == before[499] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: _statuses(server)[499] > before[499], timeout=5, message="the 499 counted")
     assert _statuses(server)[499] == before[499] + 1
     RECEIVED[499] += 1  # what the server rightly records for it; the client received nothing
 
@@ -278,17 +285,19 @@ def test_a_client_gone_with_pipelined_requests_in_flight_leaves_no_traceback(ser
         order = b'{"customer_id":1,"lines":[{"product_id":1,"quantity":1}]}'
         key = "Idempotency-Key: gone-1"
         conn.send(request_bytes("POST", "/api/orders", [AUTH, JSON, key], order) + request_bytes("GET", "/api/health"))
-        time.sleep(0.5)  # the order is in its handler, waiting for the row; the GET is queued behind it
+        # The order is in its handler, waiting for the row; the GET is queued behind it.
+        wait_until(lambda: _waiting_on_a_lock(store), timeout=5, message="the order waiting on the row")
         conn.close()
-        time.sleep(0.3)
+        time.sleep(0.3)  # not a poll: the server notices the closed connection while the order waits
     finally:
         query(store, "ROLLBACK")
     # The observer: the order ran to its end (it is recorded, with the status its handler sent, which
     # the client that left never received), and only then could its answer meet the closed socket.
-    deadline = time.monotonic() + 5
-    while query(store, "SELECT count(*) FROM idempotency_keys WHERE key = 'gone-1'") == [(0,)]:
-        assert time.monotonic() < deadline, "the order did not complete"
-        time.sleep(0.05)
+    wait_until(
+        lambda: query(store, "SELECT count(*) FROM idempotency_keys WHERE key = 'gone-1'") != [(0,)],
+        timeout=5,
+        message="the order to complete",
+    )
     RECEIVED[201] += 1  # recorded by the server as sent; see the docstring
     time.sleep(0.3)  # its answer is sent (into the closed socket) just after the commit
     assert "Traceback" not in server.output()
@@ -306,7 +315,8 @@ def test_a_refusal_is_sent_after_the_answer_to_an_earlier_pipelined_request(serv
             request_bytes("POST", "/api/orders", [AUTH, JSON], order)
             + b"GET /api/health HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n"
         )
-        time.sleep(0.5)  # the order waits on the row; the broken head behind it is refused meanwhile
+        # The order waits on the row; the broken head behind it is refused meanwhile.
+        wait_until(lambda: _waiting_on_a_lock(store), timeout=5, message="the order waiting on the row")
     finally:
         query(store, "ROLLBACK")
     first, second = conn.read_answer(), conn.read_answer()
@@ -476,7 +486,7 @@ def test_the_spec_is_rendered_once_and_a_flood_of_it_leaves_health_fast(server):
         text=True,
     )
     assert flood.stdout.readline().strip() == "flooding"
-    time.sleep(0.3)
+    time.sleep(0.3)  # time passing: the flood is under way before measuring
     busy = statistics.median(_timed(session, f"{server.base}/api/health") for _ in range(30))
     out, _ = flood.communicate("", timeout=30)  # closing its stdin stops it
     counts = collections.Counter({int(k): v for k, v in json.loads(out).items()})

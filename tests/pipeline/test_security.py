@@ -382,7 +382,7 @@ def test_idempotency_keys_are_per_client_and_expire(server, store):
     replay = requests.post(f"{b}/api/orders", data=NEW_ORDER, headers=mine)
     assert replay.status_code == 200 and replay.json()["id"] == first.json()["id"]
     # The server runs with a 1 s TTL: after it, the key is free again (a new order)...
-    time.sleep(1.2)
+    time.sleep(1.2)  # time passing: past the 1 s TTL
     again = requests.post(f"{b}/api/orders", data=NEW_ORDER, headers=mine)
     assert again.status_code == 201 and again.json()["id"] != first.json()["id"]
     # ...and the same statement purged the other expired keys (theirs): nothing older than the TTL is left.

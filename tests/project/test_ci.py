@@ -108,3 +108,20 @@ def test_the_tests_mirror_the_package():
     folders = {p.parent.name for p in tests.rglob("test_*.py")}
     assert folders - {"deploy", "project"} <= {p.name for p in package.iterdir() if p.is_dir()}, folders
     assert len(folders) >= 5
+
+
+def test_every_sleep_in_the_tests_says_it_is_not_a_poll():
+    """Polls go through harness.waiting.wait_until; a bare sleep is time passing, pacing or a settle,
+    and says so on its line (a sleep that waits for something to happen is a flaky test)."""
+    tests = Path(__file__).resolve().parents[1]
+    bare, seen = [], 0
+    for path in tests.rglob("*.py"):
+        if path.name == "mutations.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if "time.sleep(" in line and '"time.sleep("' not in line:
+                seen += 1
+                if "#" not in line:
+                    bare.append(f"{path.relative_to(tests)}:{number}")
+    assert seen >= 20  # the observer sees them
+    assert not bare, bare
