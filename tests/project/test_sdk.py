@@ -100,14 +100,15 @@ def test_spec_passes_openapi_spec_validator():
     validate(spec)  # raises on any violation
 
 
-def test_openapi_generator_python_sdk(servers, tmp_path):
+def test_openapi_generator_python_sdk(servers, store, tmp_path):
     made = generate(tmp_path, ("python",))
     run_flow(
         [sys.executable, str(FLOWS / "flow_openapi_generator.py")],
         {**servers, "PYTHONPATH": str(made["python"])},
         tmp_path,
     )
-    # docs/API.md's usage example, as typed but for this server's address and token.
+    # docs/API.md's usage example, as typed but for this server's address and token (it reads
+    # product 3: the store fixture's rows, so the test passes alone too).
     readme = (ROOT / "docs" / "API.md").read_text()
     start = readme.index("```python\nimport store_api_client")
     example = readme[start + len("```python\n") : readme.index("```", start + 3)]
