@@ -1,5 +1,5 @@
 """Starting and stopping a real gunicorn, for the tests (tests/servers.py) and the benchmark
-(bench/run.py): one launcher, so both run the server the same way."""
+(bench/servers.py): one launcher, so both run the server the same way."""
 
 from __future__ import annotations
 
