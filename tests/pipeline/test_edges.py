@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from tests.conftest import TOKEN, query
-from tests.pipeline.test_http_layer import _statuses
+from tests.pipeline.test_http_layer import _statuses, signals_agree_with_what_clients_received
 from tests.rawhttp import Answer, Connection, exchange, request_bytes
 from tests.servers import Gunicorn
 
@@ -36,7 +36,7 @@ def server(database_url):
     live.baseline = _statuses(live)
     yield live
     try:  # after every test of this module that ran, in whatever order or number
-        _metrics_match_what_clients_received_and_the_log_is_clean(live)
+        signals_agree_with_what_clients_received(live, RECEIVED)
     finally:
         live.stop()
 
@@ -467,20 +467,6 @@ def test_a_json_log_line_is_one_line_whatever_its_fields_hold():
     line = JsonFormatter().format(record)
     assert len(line.splitlines()) == 1
     assert json.loads(line)["path"] == "/a\x85b\u2028c\u2029d"  # escaped, not lost
-
-
-def _metrics_match_what_clients_received_and_the_log_is_clean(server) -> None:
-    """The module's server, at its teardown: its metrics count exactly the answers its clients
-    received, and its log has no traceback, no 500 and no line over 2 000 characters."""
-    counts = _statuses(server)
-    delta = {status: counts[status] - server.baseline[status] for status in counts}
-    delta = {status: n for status, n in delta.items() if n}
-    assert delta == dict(RECEIVED)
-    output = server.output()
-    assert '"status":' in output, "the access log is on (the observer works)"
-    assert "Traceback" not in output
-    assert '"status":500' not in output
-    assert max(len(line) for line in output.splitlines()) <= 2000
 
 
 def test_body_patterns_are_ecma_262_even_where_the_text_rule_would_also_refuse():

@@ -45,7 +45,7 @@ def server(database_url):
     live.baseline = _statuses(live)
     yield live
     try:  # after every test of this module that ran, in whatever order or number
-        _signals_agree_with_what_clients_received(live)
+        signals_agree_with_what_clients_received(live, RECEIVED)
     finally:
         live.stop()
 
@@ -542,14 +542,16 @@ def _timed(session, url) -> float:
     return time.perf_counter() - start
 
 
-def _signals_agree_with_what_clients_received(server) -> None:
-    """The module's server, at its teardown: the log has no traceback nor 500, and its metrics count
-    exactly the answers its clients received (however many tests ran)."""
+def signals_agree_with_what_clients_received(server, received: collections.Counter) -> None:
+    """A module's server, at its teardown: its metrics count exactly the answers its clients
+    `received` (however many tests ran), and its log has no traceback, no 500 and no line over
+    2 000 characters."""
     counts = _statuses(server)
     delta = {status: counts[status] - server.baseline[status] for status in counts}
     delta = {status: n for status, n in delta.items() if n}
+    assert delta == dict(received)
     output = server.output()
-    assert delta == dict(RECEIVED)
     assert '"status":' in output, "the access log is on (the observer works)"
     assert "Traceback" not in output
     assert '"status":500' not in output and "500 Internal" not in output
+    assert max(len(line) for line in output.splitlines()) <= 2000
