@@ -58,6 +58,13 @@ except SpecError as exc:
     print(f"spec error: {exc}", file=sys.stderr)
     sys.exit(2)
 
+# Each worker's count of open connections, shared with the others, so that a worker holding more than
+# its share leaves new connections to them (swagger_server/spread.py). Made here, before any fork; a
+# reload makes a new table for its new workers, and each worker keeps the one it was given.
+from swagger_server.spread import Table  # noqa: E402
+
+_connections = Table()
+
 # A reload (SIGHUP: gunicorn's documented way to deploy new code) must serve the code on disk. The checks
 # above imported this service's modules into the master, and workers forked from it would inherit them,
 # old code and old spec included (a new endpoint stayed 404). So the master forgets them here: each
@@ -118,6 +125,14 @@ def on_starting(server):
         sys.exit(3)
 
 
+def pre_fork(server, worker):
+    """A slot in the connections table for the worker about to fork (one not held by a live worker)."""
+    taken = {
+        w.store_api_slot[1] for w in server.WORKERS.values() if getattr(w, "store_api_slot", (None,))[0] is _connections
+    }
+    worker.store_api_slot = (_connections, _connections.claim(taken))
+
+
 def post_fork(server, worker):
     """Each worker gets its own pool, made after the fork so no libpq socket is shared."""
     import wsgi
@@ -139,3 +154,6 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+    table, slot = getattr(worker, "store_api_slot", (None, None))
+    if slot is not None:
+        table.free(slot)

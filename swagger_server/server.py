@@ -26,7 +26,7 @@ Protocol-level refusals are counted in /metrics and logged like any other answer
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import sys
 
 import httptools
@@ -38,6 +38,7 @@ from uvicorn_worker import UvicornWorker
 from swagger_server.errors import problem_bytes
 from swagger_server.observability import refusal_recorder
 from swagger_server.pipeline.gate import HeadLimits
+from swagger_server.spread import FairAcceptor, Share
 from swagger_server.state import of_flask
 
 LINGER_SECONDS = 2.0  # how long a refused client's remaining bytes are read and dropped
@@ -70,6 +71,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # The app's limits and refusal recorder, given to uvicorn's config by the worker (below).
         self.limits: HeadLimits = getattr(config, "store_api_limits", None) or HeadLimits()
         self._record_refusal = getattr(config, "store_api_record_refusal", None) or (lambda status, client: None)
+        self._share = getattr(config, "store_api_share", None)  # counted open by the acceptor
         self._in_head = True
         self._head_bytes = 0
         self._header_count = 0
@@ -263,6 +265,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             cycle.keep_alive = False
 
     def connection_lost(self, exc) -> None:
+        if self._share is not None:
+            self._share.closed()
         if self._draining is not None:
             self._draining.cancel()
         # uvicorn marks only the newest request disconnected; with pipelined requests, an earlier one
@@ -284,11 +288,13 @@ class StoreUvicornWorker(UvicornWorker):
     CONFIG_KWARGS = {"loop": "auto", "http": LimitedHttpToolsProtocol, "ws": "none"}
 
     async def _serve(self) -> None:
-        # As uvicorn_worker's, with a Server that closes the listening sockets once (see below).
+        # As uvicorn_worker's, with our Server: fair accepts, each listening socket closed once (below).
         self.config.app = self.wsgi
         state = of_flask(self.wsgi.app)
         self.config.store_api_limits = state.limits
         self.config.store_api_record_refusal = refusal_recorder(state.metrics)
+        # This worker's slot in the master's table of open connections (gunicorn.conf.py's pre_fork).
+        self.config.store_api_share = Share(*getattr(self, "store_api_slot", (None, None)))
         server = _Server(config=self.config)
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)
@@ -297,13 +303,25 @@ class StoreUvicornWorker(UvicornWorker):
 
 
 class _Server(Server):
-    """uvicorn's Server. On shutdown its asyncio servers close the listening descriptors, and then
-    it closes gunicorn's socket objects for them again: "Error while closing socket [Errno 9] Bad
-    file descriptor" at every shutdown, and a close of whatever reused that descriptor number in
-    between. Here the socket objects only forget the descriptors their servers already closed."""
+    """uvicorn's Server, taking its connections through FairAcceptor (spread.py) rather than asyncio's
+    servers, and closing each listening socket once (uvicorn's own shutdown closed gunicorn's socket
+    objects a second time, after the asyncio servers had: "Error while closing socket [Errno 9] Bad
+    file descriptor" at every shutdown, and a close of whatever reused that descriptor number)."""
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets=[])  # the lifespan (the app's start) and no listener yet
+        if self.should_exit or not self.started:
+            return
+        config = self.config
+        loop = asyncio.get_running_loop()
+
+        def create_protocol():
+            return config.http_protocol_class(
+                config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=loop
+            )
+
+        share = config.store_api_share
+        self.servers = [FairAcceptor(loop, listener, create_protocol, share) for listener in sockets or []]
 
     async def shutdown(self, sockets=None) -> None:
-        for listener in sockets or []:
-            with contextlib.suppress(Exception):
-                listener.sock.detach()
-        await super().shutdown(sockets=None)
+        await super().shutdown(sockets=None)  # closes each FairAcceptor, hence its socket

@@ -925,6 +925,30 @@ MUTATIONS = [
         """trace = """ "",
         ("tests/observability/test_observability.py::test_the_text_log_names_the_trace_when_tracing_is_on",),
     ),
+    Mutation(
+        "a worker over its share of connections leaves new ones to its peers",
+        "swagger_server/spread.py",
+        "        return mine > low + SLACK",
+        "        return False",
+        (
+            "tests/deploy/test_spread.py::test_connections_opened_one_after_another_alternate",
+            "tests/deploy/test_spread.py::test_a_burst_of_connections_spreads",
+        ),
+    ),
+    Mutation(
+        "a connection left to a peer is taken anyway after the deferral",
+        "swagger_server/spread.py",
+        "        if not self._deferred and self._share.over():",
+        "        if self._share.over():",
+        ("tests/deploy/test_spread.py::test_a_stopped_worker_delays_no_connection_and_then_gets_the_new_ones",),
+    ),
+    Mutation(
+        "a closed connection no longer counts toward its worker's share",
+        "swagger_server/server.py",
+        "            self._share.closed()\n",
+        "            pass\n",
+        ("tests/deploy/test_spread.py::test_closed_connections_no_longer_count",),
+    ),
 ]
 
 

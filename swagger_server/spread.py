@@ -1,0 +1,159 @@
+"""Connections spread across the workers that share one listening socket.
+
+The workers of one gunicorn wait on the master's listening socket. A new connection wakes them all,
+and asyncio's or uvloop's server then accepts everything queued (up to `backlog`) in one go, so the
+worker already running takes a burst whole: when a client opened 32 keep-alive connections at once,
+one worker took all 32 and the other none (512 connections: 420/92), and keep-alive pinned each to
+its worker for its life. That worker's queue was the service's tail while the other core idled
+(docs/PERFORMANCE.md, "Connections across workers").
+
+Here each worker accepts one connection per readiness event (FairAcceptor) and, while it holds
+more than its share, first leaves the connection to the others for `DEFER_SECONDS` (a `Share`: each
+worker's count of open connections in a small shared-memory table the master makes before it forks).
+A connection still waiting after that is taken anyway, so a stuck or busy peer delays a connection by
+a few milliseconds at most, never more.
+
+Not `reuse_port` (a listening socket per worker, spread by the kernel's hash): under gunicorn 27 the
+master then holds no socket, and a worker that stops (a reload, a restart, a crash) resets the
+connections waiting in its own queue. With the one shared socket, a connection waits in the master's
+queue until some worker takes it, across any worker's stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import mmap
+
+log = logging.getLogger("uvicorn.error")
+
+SLOTS = 64  # workers of one master at once (during a reload, old and new together)
+FREE = -1
+STARTING = -2  # claimed by a worker not accepting yet (still importing the app): not a peer yet
+SLACK = 1  # connections a worker may hold above the least-loaded peer before it defers
+DEFER_SECONDS = 0.002  # how long an over-share worker leaves a waiting connection to its peers
+RETRY_AFTER_FAULT = 1.0  # out of descriptors or memory: stop accepting this long (as asyncio does)
+
+
+class Table:
+    """Each live worker's count of open connections, in memory shared by the master and its workers
+    (anonymous and MAP_SHARED, made before the fork). One writer per slot (its worker); the master
+    frees a slot when its worker exits. Reads of the others' slots are unlocked: a count a moment
+    stale costs at most one connection in the wrong place."""
+
+    def __init__(self, slots: int = SLOTS):
+        self._map = mmap.mmap(-1, 8 * slots)
+        self.counts = memoryview(self._map).cast("q")
+        for i in range(slots):
+            self.counts[i] = FREE
+
+    def claim(self, taken: set[int]) -> int | None:
+        """A free slot for a worker about to fork (the master calls this), or None when all are in use
+        (that worker then accepts without deferring)."""
+        for i in range(len(self.counts)):
+            if i not in taken:
+                self.counts[i] = STARTING
+                return i
+        return None
+
+    def free(self, slot: int) -> None:
+        self.counts[slot] = FREE
+
+
+class Share:
+    """One worker's view: its own count, written to its slot, and whether it holds more than its share."""
+
+    def __init__(self, table: Table | None = None, slot: int | None = None):
+        self._counts = table.counts if table is not None and slot is not None else None
+        self._slot = slot
+        self.open = 0
+
+    def accepting(self) -> None:
+        """From now this worker counts as a peer (until now others saw it STARTING and ignored it)."""
+        if self._counts is not None:
+            self._counts[self._slot] = self.open
+
+    def opened(self) -> None:
+        self.open += 1
+        if self._counts is not None:
+            self._counts[self._slot] = self.open
+
+    def closed(self) -> None:
+        self.open -= 1
+        if self._counts is not None:
+            self._counts[self._slot] = self.open
+
+    def over(self) -> bool:
+        """More than SLACK connections above the least-loaded live peer."""
+        counts = self._counts
+        if counts is None:
+            return False
+        mine = self.open
+        low = mine
+        for i, n in enumerate(counts.tolist()):
+            if 0 <= n < low and i != self._slot:
+                low = n
+        return mine > low + SLACK
+
+
+class FairAcceptor:
+    """In place of asyncio's server on one listening socket (uvicorn calls close() and wait_closed())."""
+
+    def __init__(self, loop, listener, protocol_factory, share: Share):
+        self._loop = loop
+        self._listener = listener  # gunicorn's socket object; its .sock is the socket
+        self._sock = listener.sock
+        self._fd = self._sock.fileno()
+        self._factory = protocol_factory
+        self._share = share
+        self._deferred = False
+        self._closed = asyncio.Event()
+        self._sock.setblocking(False)
+        self._loop.add_reader(self._fd, self._ready)
+        share.accepting()
+
+    def _ready(self) -> None:
+        if not self._deferred and self._share.over():
+            # Leave it to a peer with fewer; if it is still waiting when we look again, take it.
+            self._deferred = True
+            self._pause(DEFER_SECONDS)
+            return
+        self._deferred = False
+        try:
+            conn, _ = self._sock.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return  # a peer took it, or the client gave up first
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                raise
+            log.error("accept: %s; not accepting for %.0f s", exc, RETRY_AFTER_FAULT)
+            self._pause(RETRY_AFTER_FAULT)
+            return
+        self._share.opened()
+        task = self._loop.create_task(self._loop.connect_accepted_socket(self._factory, conn))
+        task.add_done_callback(self._made)
+
+    def _made(self, task) -> None:
+        if task.cancelled() or task.exception() is not None:
+            self._share.closed()  # no protocol, so no connection_lost to count it closed
+            if not task.cancelled():
+                log.warning("connection not set up: %r", task.exception())
+
+    def _pause(self, seconds: float) -> None:
+        self._loop.remove_reader(self._fd)
+        self._loop.call_later(seconds, self._resume)
+
+    def _resume(self) -> None:
+        if not self._closed.is_set():
+            self._loop.add_reader(self._fd, self._ready)
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._loop.remove_reader(self._fd)
+        self._listener.close()  # this worker's descriptor; the master's keeps the socket and its queue
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
