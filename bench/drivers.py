@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -97,13 +98,18 @@ def wrk(
     env = {**os.environ, "TOKEN": TOKEN, "MAX_ID": str(CUSTOMERS)}
     subprocess.run([binary, "-t2", f"-c{connections}", "-d3s", *args, url], check=True, capture_output=True, env=env)
     cpu_before = server.cpu_seconds()
-    out = subprocess.run(
+    run = subprocess.Popen(
         [binary, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", *args, url],
-        check=True,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=env,
-    ).stdout
+    )
+    time.sleep(seconds - 1)  # near the end: every connection open, most of the requests counted
+    per_worker = spread(server.port)
+    out, err = run.communicate()
+    if run.returncode:
+        raise subprocess.CalledProcessError(run.returncode, run.args, out, err)
     cpu = server.cpu_seconds() - cpu_before
     lines = [line.strip() for line in out.splitlines()]
     errors = "; ".join(line for line in lines if "Non-2xx" in line or "Socket errors" in line)
@@ -122,4 +128,41 @@ def wrk(
         "max": _wrk_duration_ms(next(line.split()[3] for line in lines if line.startswith("Latency"))),
         "errors": errors or "none",
         "cpu_ms_per_request": 1000 * cpu / max(1, requests),
+        "spread": per_worker,
+    }
+
+
+def spread(port: int) -> dict | None:
+    """How the server's open connections and the bytes received on them are spread over its worker
+    processes (`ss`, the kernel's view, so every server is measured the same way): per worker, the
+    number of connections and its share of the bytes (all requests of a run are one size or near it, so
+    that is its share of the requests); and the largest deviation from even of each, in %. None if `ss`
+    is absent."""
+    if not shutil.which("ss"):
+        return None
+    out = subprocess.run(
+        ["ss", "-tnpiH", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True
+    ).stdout
+    conns: dict[int, int] = {}
+    received: dict[int, int] = {}
+    pid = None
+    for line in out.splitlines():
+        if found := re.search(r"pid=(\d+)", line):
+            pid = int(found.group(1))
+            conns[pid] = conns.get(pid, 0) + 1
+        elif pid is not None and (got := re.search(r"bytes_received:(\d+)", line)):
+            received[pid] = received.get(pid, 0) + int(got.group(1))
+    if not conns:
+        return None
+    n, total, total_bytes = len(conns), sum(conns.values()), max(1, sum(received.values()))
+
+    def off_even(values) -> float:
+        even = sum(values) / n
+        return 100 * max(abs(v - even) for v in values) / even if even else 0.0
+
+    return {
+        "connections": sorted(conns.values(), reverse=True),
+        "requests_share": sorted((round(100 * received.get(p, 0) / total_bytes) for p in conns), reverse=True),
+        "connections_off_even": off_even(list(conns.values())) if total else 0.0,
+        "requests_off_even": off_even([received.get(p, 0) for p in conns]),
     }

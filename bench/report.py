@@ -90,8 +90,8 @@ def render(r: dict) -> str:
 
 
 def render_saturation(sat: dict | None, writes: dict | None = None) -> list[str]:
-    """The wrk table: each run of each server at 32 and 128 connections, then the targets' ratios, and
-    the write rows."""
+    """The wrk table: each run of each server at 32, 128 and 512 connections (with the spread over its
+    workers), then the targets' ratios, and the write rows."""
     if not sat:
         return ["", "Saturation (wrk): not run, wrk is not installed (`apt-get install wrk`)."]
     lines = [
@@ -99,14 +99,18 @@ def render_saturation(sat: dict | None, writes: dict | None = None) -> list[str]
         f"Saturation, wrk `-t2 --latency`, 10 s per run after 3 s of warm-up; ours on the database endpoint "
         f"{TAIL_RUNS} times (the tail varies from run to run):",
         "",
-        "| Server | conns | req/s | p50 ms | p99 ms | p99/p50 | max ms | worker CPU ms/req | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| Server | conns | req/s | p50 ms | p99 ms | p99/p50 | max ms | worker CPU ms/req | "
+        "conns per worker | requests per worker % | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for name, runs in sat.items():
         for w in runs:
+            spread = w.get("spread") or {}
             lines.append(
                 f"| {name} | {w['connections']} | {w['rps']:.0f} | {w['p50']:.1f} | {w['p99']:.1f} | "
-                f"{w['tail']:.1f} | {w['max']:.0f} | {w['cpu_ms_per_request']:.2f} | {w['errors']} |"
+                f"{w['tail']:.1f} | {w['max']:.0f} | {w['cpu_ms_per_request']:.2f} | "
+                f"{'/'.join(map(str, spread.get('connections', []))) or 'n/a'} | "
+                f"{'/'.join(map(str, spread.get('requests_share', []))) or 'n/a'} | {w['errors']} |"
             )
     db, nodb = sat["ours: GET /api/customers/{id} (random ids)"], sat["ours: no DB, GET /api/health"]
     at32 = [w for w in db if w["connections"] == 32]
@@ -117,9 +121,22 @@ def render_saturation(sat: dict | None, writes: dict | None = None) -> list[str]
     rps32 = sum(w["rps"] for w in at32) / len(at32)
     cpu_db = sum(w["cpu_ms_per_request"] for w in at32) / len(at32)
     worst = max(w["tail"] for w in db)
+    by_conns = ", ".join(
+        f"{c}: {max(w['tail'] for w in db + nodb if w['connections'] == c):.1f}"
+        for c in sorted({w["connections"] for w in db})
+    )
+    spreads = [w["spread"] for w in db + nodb if w.get("spread")]
     lines += [
         "",
-        f"- Tail: the worst p99/p50 of ours on the database endpoint over all runs is **{worst:.1f}** (target ≤ 4).",
+        f"- Tail: the worst p99/p50 of ours on the database endpoint over all runs is **{worst:.1f}** (target ≤ 4); "
+        f"the worst of ours (both endpoints) by connections, {by_conns}.",
+        "- Spread over the workers (ours, all runs; target within 20 % of even): connections at most "
+        + (
+            f"**{max(s['connections_off_even'] for s in spreads):.0f} %** off even, requests at most "
+            f"**{max(s['requests_off_even'] for s in spreads):.0f} %**."
+            if spreads
+            else "not measured (`ss` is absent)."
+        ),
         f"- At 32 connections, ours on the database endpoint: **{rps32:.0f} req/s** (mean of {len(at32)} runs), "
         f"{rps32 / flask32['rps']:.2f}x the Flask peer, {rps32 / fast32['rps']:.2f}x FastAPI + asyncpg.",
         "",

@@ -19,11 +19,12 @@ from bench.servers import FASTEST, TUTORIAL, fastest, ours, peer, tutorial  # no
 from harness.faultproxy import FaultProxy  # noqa: E402
 
 TAIL_RUNS = int(os.environ.get("BENCH_TAIL_RUNS", "3"))
-CONNECTIONS = (32, 128)
+CONNECTIONS = (32, 128, 512)
 
 
 def saturation(url: str) -> dict:
-    """wrk at 32 and 128 connections on each server: p50, p99, p99/p50, worker CPU per request.
+    """wrk at 32, 128 and 512 connections on each server: p50, p99, p99/p50, worker CPU per request, and
+    how connections and requests spread over the workers.
     Ours on the database endpoint runs TAIL_RUNS times (the tail varies from run to run)."""
     rows = {}
     for name, factory, path, runs in [

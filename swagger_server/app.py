@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 SPEC_DIR = Path(__file__).resolve().parent.parent / "swagger"
 # Liveness and readiness: answered in a lane of their own, never behind API work (handlers.py).
 PROBES = frozenset({"get_health", "get_ready"})
+ON_LOOP = frozenset({"get_health"})  # no I/O: answered on the event loop (pipeline/handlers.py)
 
 
 def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
@@ -94,7 +95,7 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
     observability.guard_process_logs()
     scope.on_checkout = _record_pool_wait
     # Every layer a request passes through, in order, in one place (swagger_server/pipeline/__init__.py).
-    state.handlers = pipeline.assemble(app, spec, settings, state, PROBES)
+    state.handlers = pipeline.assemble(app, spec, settings, state, PROBES, ON_LOOP)
     install(app.app, state)
     errors.register(app)
     scope.init_app(app.app)

@@ -38,7 +38,7 @@ def connexion_stack(settings) -> list:
     return routing.middlewares(settings.api.validate_responses)
 
 
-def assemble(app, spec: dict, settings, state, probes: frozenset) -> HandlerThreads:
+def assemble(app, spec: dict, settings, state, probes: frozenset, on_loop: frozenset = frozenset()) -> HandlerThreads:
     """Add layers 1 to 4 and 6 to 7 around Connexion's stack and the API; return the handler threads."""
     api, metrics = settings.api, state.metrics
     # Layers added at BEFORE_EXCEPTION run in the order added: the first is the outermost.
@@ -87,6 +87,7 @@ def assemble(app, spec: dict, settings, state, probes: frozenset) -> HandlerThre
         retry_after=api.retry_after,
         caller_share=api.caller_share,
         probes=probes,
+        on_loop=on_loop,
     )
     patches.serve_flask_with(app, handlers)
     if api.rate_limit:

@@ -25,8 +25,11 @@ Two rules keep one caller from taking a worker from the others (issue 29):
   requests wait their turn in the same line; one that waited `timeout` is `429 too-many-concurrent`
   when only its caller's share held it back (a thread was free: its own doing), else `503 overloaded`
   (the server's).
-- **Probes in their own lane.** Liveness and readiness run on threads of their own: they never wait
-  behind API work, so an orchestrator never restarts a pod because its API is busy.
+- **Probes in their own lane.** They never wait behind API work, so an orchestrator never restarts a
+  pod because its API is busy. Liveness (`on_loop`: no I/O, nothing that blocks) is answered on the
+  event loop itself, in the request's task, without a thread: it is answered even when every thread
+  is stuck, and a hand-off to a thread and back would cost more than its handler. Readiness, which may
+  wait for a connection, runs on two threads of its own.
 
 The environ is a2wsgi's (`build_environ`, with `asgi.scope` in it); `busy` and `waiting` feed the
 handler gauges in /metrics.
@@ -73,7 +76,7 @@ class HandlerThreads:
     """ASGI app: `wsgi_app` in `threads` threads; at most `threads` requests at once, at most `cap` of them
     a caller's; the next wait up to `timeout` seconds (first come, first served among those that may
     go), then 503 (or 429 for a caller that held its share all along). `probes` (operationIds) run
-    in a lane of their own."""
+    in a lane of their own; those also in `on_loop` run on the loop."""
 
     def __init__(
         self,
@@ -84,6 +87,7 @@ class HandlerThreads:
         retry_after: int,
         caller_share: float = 1.0,
         probes: frozenset[str] = frozenset(),
+        on_loop: frozenset[str] = frozenset(),
     ):
         self.wsgi_app = wsgi_app
         self.threads = threads
@@ -96,6 +100,7 @@ class HandlerThreads:
         self.waiting = 0  # requests waiting for a handler thread now
         self._inflight: dict[str, int] = {}  # caller -> its requests in a handler thread now
         self.probes = probes
+        self.on_loop = on_loop & probes
         # Two threads: a readiness check may wait half a second for a connection; liveness not behind it.
         self.probe_lane = (
             HandlerThreads(wsgi_app, threads=2, timeout=timeout, retry_after=retry_after) if probes else None
@@ -108,8 +113,15 @@ class HandlerThreads:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return  # lifespan and websockets are Connexion's; nothing reaches here
-        if self.probe_lane is not None and operation_of(scope) in self.probes:
-            await self.probe_lane(scope, receive, send)
+        if self.probe_lane is not None and (operation := operation_of(scope)) in self.probes:
+            if operation in self.on_loop:
+                body = await _read_body(scope, receive)
+                environ = build_environ(scope, io.BytesIO(body))
+                status, headers, content = contextvars.copy_context().run(self._call, environ)
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": content})
+            else:
+                await self.probe_lane(scope, receive, send)
             return
         loop = asyncio.get_running_loop()
         caller = caller_of(scope)

@@ -251,6 +251,25 @@ def test_a_callers_waiting_request_goes_as_soon_as_its_own_finishes(database_url
         get_database(app).close(timeout=2)
 
 
+def test_liveness_is_answered_on_the_loop_without_a_thread(database_url, store):
+    """The liveness probe starts no thread, neither an API handler thread nor one of the probe lane's:
+    it is answered on the event loop (no hand-off, and answered even when every thread is stuck).
+    Readiness, which may wait for a connection, does start the probe lane's threads: the observer
+    sees threads when there are some."""
+    app = held_app(database_url)
+    handlers = of_flask(app.app).handlers
+    try:
+        with app.test_client(headers=AUTH) as client:
+            for _ in range(5):
+                answer = client.get("/api/health")
+                assert answer.status_code == 200 and answer.json()["status"] == "ok", answer.text
+            assert handlers._workers == [] and handlers.probe_lane._workers == []
+            assert client.get("/api/health/ready").status_code == 200
+            assert len(handlers.probe_lane._workers) == 2 and handlers._workers == []
+    finally:
+        get_database(app).close(timeout=2)
+
+
 def test_probes_never_wait_behind_api_work(database_url, store):
     """Every handler thread held (both callers' requests wait on a row lock): liveness and readiness
     answer at once from their own lane; readiness still tells the truth (the database answers)."""
