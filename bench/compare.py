@@ -4,6 +4,10 @@ For each of PAIRS rounds (3), the earlier commit (checked out in a temporary git
 are started in turn under gunicorn.conf.py and measured the same way: wrk at 32 connections on the
 database endpoint (random ids) and on /api/health, and k6 on /api/health; each with worker CPU per
 request. Alternating keeps the VM's drift out of the comparison. Loopback only; stops by itself.
+
+BENCH_COMPARE_CONNECTIONS (say `32,128,512`) runs the two wrk rows at each of those connection counts,
+with the tail (p99/p50) and the spread over the workers (the larger of the connections' and the
+requests' deviation from even, %) of each.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from bench.servers import Server, base_env  # noqa: E402
 from swagger_server.db.embedded import free_port  # noqa: E402
 
 PAIRS = int(os.environ.get("BENCH_PAIRS", "3"))
+CONNECTIONS = [int(c) for c in os.environ.get("BENCH_COMPARE_CONNECTIONS", "32").split(",")]
 
 
 def start(label: str, tree: Path, url: str) -> Server:
@@ -35,17 +40,27 @@ def start(label: str, tree: Path, url: str) -> Server:
 
 
 def measure(server: Server) -> dict:
-    db = wrk(server, "/", connections=32, seconds=8, script="random_customer.lua")
-    nodb = wrk(server, "/api/health", connections=32, seconds=8)
+    row = {}
+    for c in CONNECTIONS:
+        at = "" if CONNECTIONS == [32] else f"@{c}"
+        db = wrk(server, "/", connections=c, seconds=8, script="random_customer.lua")
+        nodb = wrk(server, "/api/health", connections=c, seconds=8)
+        row |= {f"db_rps{at}": db["rps"], f"db_cpu{at}": db["cpu_ms_per_request"], f"db_tail{at}": db["tail"]}
+        row |= {f"nodb_rps{at}": nodb["rps"], f"nodb_cpu{at}": nodb["cpu_ms_per_request"]}
+        if at:
+            row |= {
+                f"nodb_tail{at}": nodb["tail"],
+                f"db_off_even{at}": off_even(db),
+                f"nodb_off_even{at}": off_even(nodb),
+            }
     k6 = drivers.k6(server, "health", duration="8s", warmup="2s")
-    return {
-        "db_rps": db["rps"],
-        "db_cpu": db["cpu_ms_per_request"],
-        "db_tail": db["tail"],
-        "nodb_rps": nodb["rps"],
-        "nodb_cpu": nodb["cpu_ms_per_request"],
-        "nodb_k6_cpu": k6["cpu_ms_per_request"],
-    }
+    return row | {"nodb_k6_cpu": k6["cpu_ms_per_request"]}
+
+
+def off_even(run: dict) -> float:
+    """The larger of the run's connections' and requests' deviation from even over the workers, in %."""
+    spread = run.get("spread") or {}
+    return max(spread.get("connections_off_even", 0.0), spread.get("requests_off_even", 0.0))
 
 
 def main(ref: str) -> int:
@@ -68,10 +83,11 @@ def main(ref: str) -> int:
         if pg is not None:
             pg.destroy()
     keys = list(rows["this tree"][0])
-    print(f"\n| mean of {PAIRS} | " + " | ".join(keys) + " |")
-    print("|---|" + "---:|" * len(keys))
-    for label, runs in rows.items():
-        print(f"| {label} | " + " | ".join(f"{sum(r[k] for r in runs) / len(runs):.3f}" for k in keys) + " |")
+    print(f"\n| mean of {PAIRS} | {ref} | this tree |")
+    print("|---|---:|---:|")
+    for key in keys:
+        means = [sum(r[key] for r in runs) / len(runs) for runs in rows.values()]
+        print(f"| {key} | " + " | ".join(f"{m:.3f}" for m in means) + " |")
     return 0
 
 

@@ -2,10 +2,10 @@
 
 The workers of one gunicorn wait on the master's listening socket. A new connection wakes them all,
 and asyncio's or uvloop's server then accepts everything queued (up to `backlog`) in one go, so the
-worker already running takes a burst whole: when a client opened 32 keep-alive connections at once,
-one worker took all 32 and the other none (512 connections: 420/92), and keep-alive pinned each to
-its worker for its life. That worker's queue was the service's tail while the other core idled
-(docs/PERFORMANCE.md, "Connections across workers").
+worker already running takes a burst whole: of wrk's 128 keep-alive connections one worker took 92
+and the other 36, and of 32 opened one after another, 25 and 7 (tests/deploy/test_spread.py without
+the share); keep-alive pins each to its worker for its life. The busier worker's queue is the
+service's tail while the other core idles (docs/PERFORMANCE.md, "Connections across workers").
 
 Here each worker (FairAcceptor) accepts while it holds no more than its share, and once it holds more,
 first leaves a new connection to the others for `DEFER_SECONDS` (a `Share`: each worker's count of
