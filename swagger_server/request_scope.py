@@ -116,6 +116,7 @@ class RequestScope:
         conn, role = db.conn, db.role
         db.conn, db.role = None, "primary"
         conn.tracer = None  # statements outside a request (the lag monitor's) are not traced
+        conn.pending_begin = None  # a transaction() left without its exit: its BEGIN is not sent later
         pool = self.database.replica.pool if role == "replica" else self.database.pool
         pool.putconn(conn)
 

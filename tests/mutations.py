@@ -956,6 +956,16 @@ MUTATIONS = [
         "ON_LOOP = frozenset()",
         ("tests/pipeline/test_handlers.py::test_liveness_is_answered_on_the_loop_without_a_thread",),
     ),
+    Mutation(
+        "a transaction's BEGIN is sent with its first statement, never left out",
+        "swagger_server/db/connection.py",
+        "        if conn.pending_begin is not None:\n            # The first statement",
+        "        if False:\n            # The first statement",
+        (
+            "tests/db/test_transactions.py::test_a_raise_after_the_first_statement_rolls_it_back",
+            "tests/db/test_transactions.py::test_the_first_statement_runs_inside_the_transaction_with_its_timeout",
+        ),
+    ),
 ]
 
 

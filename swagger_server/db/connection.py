@@ -2,7 +2,8 @@
 
 Three decisions live here, all made to cost no extra round trip:
 - Connections run in autocommit. A one-statement read is one round trip (psycopg2 would otherwise send
-  BEGIN and, at the end, ROLLBACK: three). Writes open a transaction explicitly with `transaction()`.
+  BEGIN and, at the end, ROLLBACK: three). Writes open a transaction explicitly with `transaction()`,
+  whose BEGIN goes with the block's first statement.
 - The statement timeout travels with the statement: `SET LOCAL statement_timeout = N; <query>` is one
   simple-query message, so it needs no session state and works behind PgBouncer in transaction mode.
 - Every socket wait has a client-side deadline (psycopg2's wait callback). libpq alone would wait forever
@@ -69,9 +70,14 @@ class Cursor(ext.cursor):
         return self._execute(query, vars)
 
     def _execute(self, query, vars=None):
-        prefix = self.connection.timeout_prefix
-        if prefix and self.connection.get_transaction_status() == _IDLE:
-            query = (sql.SQL(prefix) + query) if isinstance(query, sql.Composable) else prefix + query
+        conn = self.connection
+        prefix = conn.timeout_prefix
+        if conn.pending_begin is not None:
+            # The first statement of a transaction() carries its BEGIN: one message, no round trip of its own.
+            prefix, conn.pending_begin = conn.pending_begin, None
+        elif not prefix or conn.get_transaction_status() != _IDLE:
+            return ext.cursor.execute(self, query, vars)
+        query = (sql.SQL(prefix) + query) if isinstance(query, sql.Composable) else prefix + query
         return ext.cursor.execute(self, query, vars)
 
     def one(self) -> dict | None:
@@ -114,6 +120,7 @@ class Connection(ext.connection):
         self.expires_at = float("inf")  # set by the pool: max lifetime, jittered
         self.max_idle = float("inf")  # set by the pool: idle timeout, jittered
         self.backend_pid = self.info.backend_pid
+        self.pending_begin: str | None = None  # a transaction() whose BEGIN goes with its first statement
         self.track_lsn = False  # set per checkout: fetch the WAL position with each COMMIT
         self.commit_lsn: str | None = None
         # Set per checkout when tracing is on: each statement is then a span (observability/tracing.py).
@@ -151,20 +158,24 @@ def connect(dsn: str, *, connect_timeout: float, io_timeout: float | None, state
 def transaction(conn: Connection):
     """Run the block in one transaction: COMMIT if it completes, ROLLBACK if it raises.
 
-    BEGIN carries the statement timeout as SET LOCAL, so it holds for every statement inside.
+    BEGIN carries the statement timeout as SET LOCAL, so it holds for every statement inside, and it
+    is sent with the block's first statement, in the same message (`BEGIN; SET LOCAL ...; <query>`):
+    a transaction costs one round trip less than BEGIN on its own. A block that ran no statement sends
+    nothing at all.
     """
-    begin = "BEGIN"
-    if conn.timeout_prefix:
-        begin = "BEGIN; " + conn.timeout_prefix.rstrip("; ")
-    with conn.cursor() as cur:
-        ext.cursor.execute(cur, begin)  # the base execute: BEGIN must not get the autocommit prefix
+    conn.pending_begin = "BEGIN; " + conn.timeout_prefix if conn.timeout_prefix else "BEGIN; "
     try:
         yield conn
     except BaseException:
-        if not conn.closed:
+        if conn.pending_begin is not None:
+            conn.pending_begin = None  # nothing was sent: nothing to roll back
+        elif not conn.closed:
             with contextlib.suppress(psycopg2.Error):
                 conn.cursor().execute("ROLLBACK")
         raise
+    if conn.pending_begin is not None:
+        conn.pending_begin = None
+        return
     with conn.cursor() as cur:
         if conn.track_lsn:
             # A replica is configured: the WAL position to read this write back at, in the same message.
