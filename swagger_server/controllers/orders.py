@@ -50,8 +50,10 @@ def create_order(body: dict):
             return replay
     try:
         with transaction(conn):
-            order_id = _place(conn, body["customer_id"], wanted)
-            if key is not None and not orders.remember_idempotency_key(conn, client, key, order_id, fingerprint, ttl):
+            order = _place(conn, body["customer_id"], wanted)
+            if key is not None and not orders.remember_idempotency_key(
+                conn, client, key, order["id"], fingerprint, ttl
+            ):
                 raise _KeyTaken
     except _KeyTaken:
         # A concurrent request with the same key won the race (this order was rolled back): answer with its order.
@@ -61,7 +63,8 @@ def create_order(body: dict):
                 "a request with this Idempotency-Key is in progress; retry shortly", field="Idempotency-Key"
             ) from None
         return replay
-    return answer(orders.get_order(conn, order_id), 201, {"Location": f"/api/orders/{order_id}"})
+    # The order as the insert returned it: what GET /api/orders/{id} reads, without reading it again.
+    return answer(order, 201, {"Location": f"/api/orders/{order['id']}"})
 
 
 @read_only
@@ -72,7 +75,7 @@ def get_order(order_id: int):
     return answer(row)
 
 
-def _place(conn, customer_id: int, wanted: Counter) -> int:
+def _place(conn, customer_id: int, wanted: Counter) -> dict:
     # Key-share lock: a concurrent delete of the customer waits for this order (and then finds it: 409).
     if not customers.lock_customer(conn, customer_id):
         raise NotFound(f"customer {customer_id} not found", field="customer_id")

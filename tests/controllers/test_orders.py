@@ -22,6 +22,18 @@ def test_place_order_decrements_stock(client, store):
     assert query(store, "SELECT id, stock FROM products ORDER BY id") == [(1, 7), (2, 4), (3, 0)]
 
 
+def test_the_created_order_is_what_a_read_of_it_returns(client, store):
+    """The 201 is built from the insert's own RETURNING (no read-back round trip): its body and ETag are
+    byte for byte what GET /api/orders/{id} then answers, lines in the same order, timestamp and all."""
+    created = order(client, [{"product_id": 2, "quantity": 1}, {"product_id": 1, "quantity": 2}])
+    assert created.status_code == 201, created.text
+    read = client.get(created.headers["location"], headers=AUTH)
+    assert read.status_code == 200
+    assert created.content == read.content
+    assert created.headers["etag"] == read.headers["etag"]
+    assert [line["product_id"] for line in created.json()["lines"]] == [1, 2]
+
+
 def test_repeated_product_lines_are_merged(client, store):
     response = order(client, [{"product_id": 2, "quantity": 2}, {"product_id": 2, "quantity": 3}])
     assert response.status_code == 201

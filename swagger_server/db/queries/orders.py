@@ -89,8 +89,9 @@ def lock_products(conn, product_ids: list[int]) -> dict[int, dict]:
         return {row["id"]: row for row in cur.all()}
 
 
-def insert_order(conn, customer_id: int, lines: list[tuple[int, int, int]]) -> int:
-    """Decrement stock, insert the order and its lines in one statement; return the new order id.
+def insert_order(conn, customer_id: int, lines: list[tuple[int, int, int]]) -> dict:
+    """Decrement stock, insert the order and its lines in one statement; return the new order as
+    get_order() reads it (the same columns, the lines in the same order), with no second round trip.
 
     `lines` are (product_id, quantity, unit_price_cents) for products already locked and checked.
     """
@@ -108,13 +109,18 @@ def insert_order(conn, customer_id: int, lines: list[tuple[int, int, int]]) -> i
             ), new_order AS (
                 INSERT INTO orders (customer_id, total_cents)
                 SELECT %(customer)s, COALESCE(sum(quantity::bigint * price), 0) FROM wanted
-                RETURNING id
+                RETURNING id, customer_id, status, total_cents, created_at, version
             ), new_lines AS (
                 INSERT INTO order_lines (order_id, product_id, quantity, unit_price_cents)
                 SELECT new_order.id, w.product_id, w.quantity, w.price FROM new_order, wanted w
+                RETURNING product_id, quantity, unit_price_cents
             )
-            SELECT id FROM new_order
+            SELECT o.id, o.customer_id, o.status, o.total_cents, o.created_at, o.version,
+                   COALESCE((SELECT json_agg(json_build_object('product_id', l.product_id, 'quantity', l.quantity,
+                                                               'unit_price_cents', l.unit_price_cents)
+                                             ORDER BY l.product_id) FROM new_lines l), '[]') AS lines
+            FROM new_order o
         """,
             {"ids": product_ids, "qty": quantities, "price": prices, "customer": customer_id},
         )
-        return cur.fetchone()[0]
+        return cur.one()
