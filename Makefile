@@ -87,8 +87,8 @@ fuzz-http: $(VENV)/.installed-dev
 sdk: $(VENV)/.installed-dev
 	$(PY) scripts/sdk.py build/sdk
 
-# Not part of the tests: about 6 minutes, loopback only, stops by itself. Results in bench/results/.
-## bench: the benchmark: ours vs the peers, loopback only (about 6 minutes)
+# Not part of the tests: about 10 minutes, loopback only, stops by itself. Results in bench/results/.
+## bench: the benchmark: ours vs the peers, loopback only (about 10 minutes)
 bench: $(VENV)/.installed-bench
 	$(PY) bench/run.py
 
