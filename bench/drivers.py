@@ -154,7 +154,7 @@ def spread(port: int) -> dict | None:
             received[pid] = received.get(pid, 0) + int(got.group(1))
     if not conns:
         return None
-    n, total, total_bytes = len(conns), sum(conns.values()), max(1, sum(received.values()))
+    n, total_bytes = len(conns), max(1, sum(received.values()))
 
     def off_even(values) -> float:
         even = sum(values) / n
@@ -163,6 +163,6 @@ def spread(port: int) -> dict | None:
     return {
         "connections": sorted(conns.values(), reverse=True),
         "requests_share": sorted((round(100 * received.get(p, 0) / total_bytes) for p in conns), reverse=True),
-        "connections_off_even": off_even(list(conns.values())) if total else 0.0,
+        "connections_off_even": off_even(list(conns.values())),
         "requests_off_even": off_even([received.get(p, 0) for p in conns]),
     }

@@ -163,7 +163,7 @@ def transaction(conn: Connection):
     a transaction costs one round trip less than BEGIN on its own. A block that ran no statement sends
     nothing at all.
     """
-    conn.pending_begin = "BEGIN; " + conn.timeout_prefix if conn.timeout_prefix else "BEGIN; "
+    conn.pending_begin = "BEGIN; " + conn.timeout_prefix
     try:
         yield conn
     except BaseException:

@@ -117,9 +117,7 @@ class HandlerThreads:
             if operation in self.on_loop:
                 body = await _read_body(scope, receive)
                 environ = build_environ(scope, io.BytesIO(body))
-                status, headers, content = contextvars.copy_context().run(self._call, environ)
-                await send({"type": "http.response.start", "status": status, "headers": headers})
-                await send({"type": "http.response.body", "body": content})
+                await _answer(send, *contextvars.copy_context().run(self._call, environ))
             else:
                 await self.probe_lane(scope, receive, send)
             return
@@ -147,9 +145,7 @@ class HandlerThreads:
             raise
         # From here the slot is the thread's: it is released when the thread is done (see _finished),
         # even if this task is cancelled, so that `busy` never undercounts a running handler.
-        status, headers, content = await done
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": content})
+        await _answer(send, *await done)
 
     # -- admission ------------------------------------------------------------------------------------
     # Invariant: while a slot is free, no waiter may take it (each waiting caller holds its whole share).
@@ -216,8 +212,7 @@ class HandlerThreads:
             (b"content-length", str(len(body)).encode()),
             (b"retry-after", self.retry_after),
         ]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await _answer(send, status, headers, body)
 
     # -- the threads ----------------------------------------------------------------------------------
     def _start_workers(self) -> None:
@@ -279,6 +274,12 @@ class HandlerThreads:
         self._workers = []
         if self.probe_lane is not None:
             self.probe_lane.stop()
+
+
+async def _answer(send, status: int, headers: list, body: bytes) -> None:
+    """A whole answer: its head, then its body in one message."""
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _read_body(scope, receive) -> bytes:

@@ -29,6 +29,15 @@ def server(database_url):
     server.stop()
 
 
+@pytest.fixture
+def conns():
+    """The test's client connections, closed after it however it ends."""
+    opened: list[Connection] = []
+    yield opened
+    for conn in opened:
+        conn.close()
+
+
 def held_by_worker(server, conns) -> dict[int, int]:
     """Established connections to the server from these client sockets (or their local ports), by the
     worker holding each."""
@@ -48,44 +57,39 @@ def answered(conn: Connection) -> None:
     assert answer is not None and answer.status == 200, answer
 
 
+def open_and_answer(server) -> Connection:
+    """A new connection, with one probe answered on it (so a worker has accepted it)."""
+    conn = Connection(server.port)
+    conn.send(PROBE)
+    answered(conn)
+    return conn
+
+
 def within_a_fifth_of_even(held: dict[int, int], total: int) -> bool:
     even = total / len(held)
     return sum(held.values()) == total and all(abs(n - even) <= 0.2 * even for n in held.values())
 
 
-def test_connections_opened_one_after_another_alternate(server):
+def test_connections_opened_one_after_another_alternate(server, conns):
     """Each connection opened once the last was answered: both workers idle, and without the share the
     one that answered last (still on its core) tends to take the next as well."""
-    conns = []
-    try:
-        for _ in range(CONNECTIONS):
-            conn = Connection(server.port)
-            conns.append(conn)
-            conn.send(PROBE)
-            answered(conn)
-        held = held_by_worker(server, conns)
-        assert within_a_fifth_of_even(held, CONNECTIONS), held
-    finally:
-        for conn in conns:
-            conn.close()
+    conns += [open_and_answer(server) for _ in range(CONNECTIONS)]
+    held = held_by_worker(server, conns)
+    assert within_a_fifth_of_even(held, CONNECTIONS), held
 
 
-def test_a_burst_of_connections_spreads(server):
+def test_a_burst_of_connections_spreads(server, conns):
     """32 connections opened at once, as a load generator or a client's pool does."""
-    conns = [Connection(server.port) for _ in range(CONNECTIONS)]
-    try:
-        for conn in conns:
-            conn.send(PROBE)
-        for conn in conns:
-            answered(conn)
-        held = held_by_worker(server, conns)
-        assert within_a_fifth_of_even(held, CONNECTIONS), held
-    finally:
-        for conn in conns:
-            conn.close()
+    conns += [Connection(server.port) for _ in range(CONNECTIONS)]
+    for conn in conns:
+        conn.send(PROBE)
+    for conn in conns:
+        answered(conn)
+    held = held_by_worker(server, conns)
+    assert within_a_fifth_of_even(held, CONNECTIONS), held
 
 
-def test_a_stopped_worker_delays_no_connection_and_then_gets_the_new_ones(server):
+def test_a_stopped_worker_delays_no_connection_and_then_gets_the_new_ones(server, conns):
     """A worker that cannot accept (stopped here, as one stuck in a long call would be) holds fewer
     connections, so the other is over its share: it leaves each new connection to the stopped one, which
     never looks, so it takes it after MAX_DEFER_SECONDS (0.2 s). Every connection is answered within
@@ -95,44 +99,29 @@ def test_a_stopped_worker_delays_no_connection_and_then_gets_the_new_ones(server
     even, which takes at least 13 of the 24 new ones (without the share it got a third or less)."""
     stopped, running = server.workers
     os.kill(stopped, signal.SIGSTOP)
-    conns = []
     try:
         slowest = 0.0
         for _ in range(8):
             started = time.monotonic()
-            conns.append(conn := Connection(server.port))
-            conn.send(PROBE)
-            answered(conn)
+            conns.append(open_and_answer(server))
             slowest = max(slowest, time.monotonic() - started)
         assert slowest < 1.0, slowest
         assert held_by_worker(server, conns) == {stopped: 0, running: 8}
-        os.kill(stopped, signal.SIGCONT)
-        later = []
-        for _ in range(24):
-            later.append(conn := Connection(server.port))
-            conn.send(PROBE)
-            answered(conn)
-        conns += later
-        held = held_by_worker(server, conns)
-        assert within_a_fifth_of_even(held, 32), held
     finally:
         os.kill(stopped, signal.SIGCONT)
-        for conn in conns:
-            conn.close()
+    conns += [open_and_answer(server) for _ in range(24)]
+    held = held_by_worker(server, conns)
+    assert within_a_fifth_of_even(held, 32), held
 
 
-def test_closed_connections_no_longer_count(server):
+def test_closed_connections_no_longer_count(server, conns):
     """Ten connections to one worker (the other stopped), all closed: the two are even again, so 24 new
     ones split within a fifth of even. Had the closed ten still counted, the other would take the first
     ten or so of them and the split would be 17 to 7."""
     stopped, running = server.workers
     os.kill(stopped, signal.SIGSTOP)
     try:
-        first = []
-        for _ in range(10):
-            first.append(conn := Connection(server.port))
-            conn.send(PROBE)
-            answered(conn)
+        first = [open_and_answer(server) for _ in range(10)]
         assert held_by_worker(server, first) == {stopped: 0, running: 10}
         ports = [conn.sock.getsockname()[1] for conn in first]
         for conn in first:
@@ -140,26 +129,13 @@ def test_closed_connections_no_longer_count(server):
         wait_until(lambda: held_by_worker(server, ports)[running] == 0, timeout=5, message="the ten closed")
     finally:
         os.kill(stopped, signal.SIGCONT)
-    conns = []
-    try:
-        for _ in range(24):
-            conns.append(conn := Connection(server.port))
-            conn.send(PROBE)
-            answered(conn)
-        held = held_by_worker(server, conns)
-        assert within_a_fifth_of_even(held, 24), held
-    finally:
-        for conn in conns:
-            conn.close()
+    conns += [open_and_answer(server) for _ in range(24)]
+    held = held_by_worker(server, conns)
+    assert within_a_fifth_of_even(held, 24), held
 
 
-def test_the_kernel_view_sees_a_connection(server):
+def test_the_kernel_view_sees_a_connection(server, conns):
     """The observer of the tests above can see: a connection held open is counted at its worker."""
-    conn = Connection(server.port)
-    try:
-        conn.send(PROBE)
-        answered(conn)
-        held = held_by_worker(server, [conn])
-        assert sorted(held.values()) == [0, 1], held
-    finally:
-        conn.close()
+    conns.append(open_and_answer(server))
+    held = held_by_worker(server, conns)
+    assert sorted(held.values()) == [0, 1], held
