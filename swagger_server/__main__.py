@@ -27,10 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     db = sub.add_parser("db", help="database schema and demo data").add_subparsers(dest="action", required=True)
     db.add_parser("upgrade", help="apply the pending schema files without stalling traffic (idempotent)")
     db.add_parser("status", help="list the schema files: applied, pending, or unknown to this code")
-    seed = db.add_parser("seed", help="load deterministic demo data with COPY")
+    db.add_parser("rollup", help="bring the dashboard's rollups up to date now, in batches, while the service serves")
+    seed = db.add_parser("seed", help="generate deterministic demo data in the database")
     seed.add_argument("--customers", type=int, default=10_000)
     seed.add_argument("--products", type=int, help="default: a tenth of --customers (at least 10)")
     seed.add_argument("--orders", type=int, help="default: ten per customer")
+    seed.add_argument("--days", type=int, default=365, help="the days before today the orders span (default 365)")
     seed.add_argument("--reset", action="store_true", help="replace existing data")
     seed.add_argument("--if-empty", action="store_true", help="do nothing if the store already has data")
     seed.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -84,6 +86,16 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print(f"schema up to date ({len(applied)} file(s) applied)")
             return 0
+        if args.action == "rollup":
+            from swagger_server.db.rollups import catch_up
+
+            conn = psycopg2.connect(dsn)
+            try:
+                total = catch_up(conn, say=lambda line: print(line, flush=True))
+            finally:
+                conn.close()
+            print(f"rollups up to date ({total} order(s) rolled up)")
+            return 0
         if args.action == "status":
             from swagger_server.db.migrate import status
 
@@ -102,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         # The sizes scale together: `--customers 100` is a small store, not 100 customers with 100 000 orders.
         products = args.products if args.products is not None else max(10, args.customers // 10)
         orders = args.orders if args.orders is not None else args.customers * 10
-        counts = run_seed(dsn, args.customers, products, orders, reset=args.reset, quiet=args.quiet)
+        counts = run_seed(dsn, args.customers, products, orders, reset=args.reset, quiet=args.quiet, days=args.days)
         print("seeded " + ", ".join(f"{n} {table}" for table, n in counts.items()))
         return 0
     except psycopg2.OperationalError as exc:

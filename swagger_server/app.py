@@ -24,6 +24,7 @@ from swagger_server.config import Settings, load_settings
 from swagger_server.db.database import Database
 from swagger_server.jsonify import FastJsonifier
 from swagger_server.pipeline.gate import HeadLimits
+from swagger_server.reports import ReportCache
 from swagger_server.request_scope import RequestScope
 from swagger_server.state import AppState, install, of_flask
 from swagger_server.version import VERSION
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         tracing=observability.Tracing(),
         deprecations=deprecation.headers_by_operation(spec["paths"]),
         request_scope=scope,
+        reports=ReportCache(settings.api.dashboard_max_age),
     )
     scope.tracing = state.tracing
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from swagger_server.pipeline.gate import HeadLimits
     from swagger_server.pipeline.handlers import HandlerThreads
     from swagger_server.pipeline.ratelimit import RateLimits
+    from swagger_server.reports import ReportCache
     from swagger_server.request_scope import RequestScope
     from swagger_server.security import Tokens
 
@@ -41,6 +42,7 @@ class AppState:
     # operationId -> Deprecation, Sunset, Link of a deprecated operation (swagger_server/deprecation.py)
     deprecations: dict[str, list[tuple[bytes, bytes]]]
     request_scope: RequestScope  # the per-request connection and its teardown (request_scope.py)
+    reports: ReportCache  # the dashboard's reports, kept for [API] dashboard_max_age (reports.py)
     handlers: HandlerThreads | None = None
     rate_limits: RateLimits | None = None  # [API] rate_limit (swagger_server/pipeline/ratelimit.py), when set
 

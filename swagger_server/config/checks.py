@@ -141,6 +141,12 @@ def validate(settings: Settings) -> None:
         ),
         (0 < api.caller_share <= 1, label("API", "caller_share"), "must be > 0 and <= 1 (a share of the threads)"),
         (api.dashboard_timeout_ms > 0, label("API", "dashboard_timeout_ms"), "must be > 0"),
+        (0 <= api.dashboard_max_age <= 60, label("API", "dashboard_max_age"), "must be >= 0 and <= 60 seconds"),
+        (
+            api.dashboard_rollup_interval == 0 or 0.1 <= api.dashboard_rollup_interval <= 3600,
+            label("API", "dashboard_rollup_interval"),
+            "must be 0 (off) or between 0.1 and 3600 seconds",
+        ),
         (_rate(api.rate_limit), label("API", "rate_limit"), f"expected a rate like 600/minute, got {api.rate_limit!r}"),
         (
             api.rate_limit_storage.startswith(("memory://", "redis://", "rediss://", "redis+unix://")),

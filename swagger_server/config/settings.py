@@ -126,6 +126,12 @@ class ApiSettings:
     # The dashboard's statement timeout (ms; [POOL] statement_timeout_ms when that is lower): a ten-year report on a
     # busy database cannot hold a connection for long (503 statement-timeout past it).
     dashboard_timeout_ms: int = 2000
+    # Seconds a dashboard report is served again to the same range (each answer says its `as_of`); at
+    # most 60, 0 = computed for every request (swagger_server/reports.py).
+    dashboard_max_age: float = 30.0
+    # Seconds between the dashboard roller's passes in each worker (db/rollups.py); 0 = no roller here
+    # (reports stay exact, reading more raw rows, until another process or `db rollup` rolls up).
+    dashboard_rollup_interval: float = 10.0
     # memory:// (each worker counts its own) or redis://host:port/db (every worker of every host, one count).
     rate_limit_storage: str = field(default="memory://", repr=False)
     access_log: bool = True  # one line per request on stdout
@@ -238,6 +244,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "API_CALLER_SHARE": ("API", "caller_share"),
     "API_RATE_LIMIT": ("API", "rate_limit"),
     "API_DASHBOARD_TIMEOUT_MS": ("API", "dashboard_timeout_ms"),
+    "API_DASHBOARD_MAX_AGE": ("API", "dashboard_max_age"),
+    "API_DASHBOARD_ROLLUP_INTERVAL": ("API", "dashboard_rollup_interval"),
     "API_RATE_LIMIT_STORAGE": ("API", "rate_limit_storage"),
     "CORS_ORIGINS": ("API", "cors_origins"),
     "ACCESS_LOG": ("API", "access_log"),

@@ -13,15 +13,20 @@ from swagger_server.controllers.conditional import (
 from swagger_server.controllers.reply import found, no_content, page
 from swagger_server.db.connection import transaction
 from swagger_server.db.queries import customers, orders
-from swagger_server.errors import NotFound
+from swagger_server.errors import ApiError, NotFound
 from swagger_server.request_scope import get_conn, read_only
 from swagger_server.text import canonical
 
 
 @read_only
 def list_customers(limit: int = 20, after: int | None = None, q: str | None = None):
-    # Names are stored in NFC (text.py): a search in another normal form finds them too.
-    rows = customers.list_customers(get_conn(), limit + 1, after, canonical(q) if q else q)
+    # Names are stored in NFC (text.py): a search in another normal form finds them too. The spec's
+    # pattern asks for three letters or digits in a row; NFC may join one to a combining mark after it,
+    # so the rule is checked again on what is searched.
+    term = None if q is None else canonical(q)
+    if term is not None and not customers.searchable(term):
+        raise ApiError(customers.SEARCH_RULE, field="q")
+    rows = customers.list_customers(get_conn(), limit + 1, after, term)
     return answer_page(page(rows, limit))
 
 

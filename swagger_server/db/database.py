@@ -25,6 +25,7 @@ from swagger_server.db.errors import SchemaBehind
 from swagger_server.db.null_pool import NullPool
 from swagger_server.db.pool import ConnectionPool, keep_inherited
 from swagger_server.db.replica import Replica
+from swagger_server.db.rollups import Roller
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,10 @@ class Database:
                 if self.settings.replica.enabled and pool_class(self.settings) is ConnectionPool
                 else None
             )
+            # The dashboard's roller (db/rollups.py), on this pool, when this process runs one.
+            interval = self.settings.api.dashboard_rollup_interval
+            if interval > 0 and isinstance(self._pool, ConnectionPool):
+                Roller(self._pool, interval).start()
             return self._pool
 
     @property

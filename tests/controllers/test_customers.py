@@ -18,7 +18,23 @@ def test_list_customers_searches_name_and_email(client, store):
     assert [c["id"] for c in client.get("/api/customers?q=HOPPER").json()["items"]] == [3]
     assert [c["id"] for c in client.get("/api/customers?q=alan@").json()["items"]] == [2]
     # LIKE wildcards in the search are literal, not patterns.
-    assert client.get("/api/customers?q=%25").json()["items"] == []
+    assert client.get("/api/customers?q=ada%25").json()["items"] == []
+    assert client.get("/api/customers?q=a_a").status_code == 400  # no three letters in a row
+
+
+def test_a_search_the_index_cannot_serve_is_refused_naming_q(client, store):
+    """A term without three ASCII letters or digits in a row has no trigram to look up: the index would
+    hand back every row, so it is refused, by the spec's pattern or (after NFC) by the controller."""
+    for term in ("ad", "%25%25%25", "@ex", "%C3%B8%C3%B8%C3%B8", "---", "ab%CC%81c"):
+        response = client.get(f"/api/customers?q={term}")
+        assert response.status_code == 400, term
+        assert response.headers["content-type"] == "application/problem+json"
+        assert "q" in response.json()["detail"], term
+    # "abc" then a combining acute: three letters for the spec's pattern, "abć" once in NFC.
+    response = client.get("/api/customers?q=abc%CC%81")
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("'q' must hold three ASCII letters or digits")
+    assert client.get("/api/customers?q=ada").status_code == 200
 
 
 def test_list_customers_rejects_bad_limit_naming_it(client, store):
