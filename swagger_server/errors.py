@@ -316,13 +316,20 @@ async def database_error(_request, exc: psycopg2.Error) -> ConnexionResponse:
         logger.info("%d %s (%s)", answer.status_code, type(exc).__name__, getattr(exc.diag, "constraint_name", None))
         return answer
     if isinstance(exc, psycopg2.errors.QueryCanceled):
-        logger.warning("503 statement-timeout: %s", str(exc).strip())
+        # The request took its whole time budget: sent again, it takes as long again. No Retry-After
+        # (which would promise it works next time); the client is told to ask for less.
+        operation = (_request.scope.get("extensions", {}).get("connexion_routing", {}).get("operation_id") or "")
+        operation = operation.rsplit(".", 1)[-1] or "none"
+        logger.warning("503 statement-timeout (%s): %s", operation, str(exc).strip())
+        state = _app(_request)
+        if state is not None:
+            state.metrics.statement_timeouts.labels(operation).inc()
         return problem(
             503,
             "Service Unavailable",
-            "The database did not answer in time.",
+            "The query ran past its time limit and was cancelled; the same request would take as long"
+            " again. Ask for less (for the dashboard, a shorter range).",
             "statement-timeout",
-            headers=retry_after(_request),
         )
     if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
         logger.warning("503 database-unavailable: %s", first_line(exc))

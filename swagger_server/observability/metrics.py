@@ -111,6 +111,12 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=r,
         )
+        self.statement_timeouts = Counter(
+            "store_api_statement_timeouts",
+            "Requests the database cancelled at their statement timeout (503 statement-timeout), by operation.",
+            ["operation"],
+            registry=r,
+        )
         self.access_log_dropped = Counter(
             "store_api_access_log_dropped", "Access log lines dropped because stdout could not keep up.", registry=r
         )
