@@ -42,11 +42,14 @@ def _r(i: str, salt: int, n: str) -> str:
     return _R.format(i=i, salt=salt, n=n)
 
 
-# The lines of order `o`: 1 to 4 distinct products (base, base + stride, ...), 1 to 3 of each.
+# The lines of order `o`: 1 to 4 distinct products (base, base + stride, ...), 1 to 3 of each, at the
+# product's price, computed from the product's id as _PRODUCTS computes it (no lookup per line).
 _LINES = f"""
-    SELECT o, 1 + ({_r("o", 5, "%(products)s")} + j * greatest(%(products)s / 4, 1)) %% %(products)s AS product_id,
-           1 + {_r("o * 4 + j", 6, "3")} AS quantity
-    FROM generate_series(0, least({_r("o", 4, "4")}, %(products)s - 1)) AS j
+    SELECT o, product_id, quantity, 199 + {_r("product_id", 13, "49800")} AS price_cents
+    FROM generate_series(0, least({_r("o", 4, "4")}, %(products)s - 1)) AS j,
+         LATERAL (SELECT 1 + ({_r("o", 5, "%(products)s")} + j * greatest(%(products)s / 4, 1)) %% %(products)s
+                         AS product_id,
+                         1 + {_r("o * 4 + j", 6, "3")} AS quantity) AS l
 """
 
 _CUSTOMERS = f"""
@@ -70,15 +73,15 @@ FROM generate_series(1, %(products)s) AS i,
 _ORDERS = f"""
 INSERT INTO orders (id, customer_id, total_cents, created_at)
 SELECT o, 1 + {_r("o", 21, "%(customers)s")},
-       (SELECT sum(l.quantity * p.price_cents) FROM ({_LINES}) AS l JOIN products p ON p.id = l.product_id),
+       (SELECT sum(l.quantity * l.price_cents) FROM ({_LINES}) AS l),
        %(start)s + make_interval(secs => {_r("o", 22, "%(days)s * 86400")}::double precision)
 FROM generate_series(%(low)s, %(high)s) AS o
 """
 
 _ORDER_LINES = f"""
 INSERT INTO order_lines (order_id, product_id, quantity, unit_price_cents)
-SELECT l.o, p.id, l.quantity, p.price_cents
-FROM generate_series(%(low)s, %(high)s) AS o, LATERAL ({_LINES}) AS l JOIN products p ON p.id = l.product_id
+SELECT l.o, l.product_id, l.quantity, l.price_cents
+FROM generate_series(%(low)s, %(high)s) AS o, LATERAL ({_LINES}) AS l
 """
 
 
@@ -122,6 +125,13 @@ def seed(
                 if not reset:
                     raise ValueError("the store already has data; pass --reset to replace it")
                 truncate_store(conn)  # every table, from the catalogue (db/catalogue.py)
+            # Where the role may (a superuser, or one granted SET on it), skip the foreign-key and
+            # trigger checks of each generated row, as pg_restore --disable-triggers does: the rows
+            # reference each other by construction, and the rollups are rebuilt below. CHECK
+            # constraints (the text rule, the stock) still run. 14 s instead of 28 s a million lines.
+            cur.execute("SELECT has_parameter_privilege('session_replication_role', 'SET')")
+            if cur.fetchone()[0]:
+                cur.execute("SET LOCAL session_replication_role = replica")
             steps = 2 + (2 * -(-orders // BATCH) if placing else 0)
             with tqdm(total=steps, desc="seeding", unit="step", disable=True if quiet else None, leave=False) as bar:
                 cur.execute(_CUSTOMERS, params)

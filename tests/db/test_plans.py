@@ -1,0 +1,252 @@
+"""Every query the service runs keeps its plan at size: on a store of a few hundred thousand rows
+(loaded by `db seed`, in seconds), each query function runs as its endpoint runs it, and each
+statement it sent is explained (`EXPLAIN (ANALYZE, FORMAT JSON)`; writes plan-only, rolled back):
+no sequential scan of customers, orders or order_lines, no sort that spills to disk, and no point
+query that reads rows only to filter them out (the search's old plan: customers_pkey, 999 999 rows
+removed). A query function that this file does not run fails the coverage test, naming it."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from datetime import date, timedelta
+
+import pytest
+
+from swagger_server.db import queries
+from swagger_server.db.connection import Cursor, connect
+from swagger_server.db.queries import customers, dashboard, health, orders, products, rollups
+from swagger_server.db.seed import seed
+from tests.conftest import admin_connect, query
+
+BIG = {"customers", "orders", "order_lines", "sales_product_days"}
+CUSTOMERS, ORDERS = 60_000, 300_000
+TODAY = date(2026, 12, 6)
+HEAVY = 1  # the customer with many orders (a tenth of them): paging through them stays flat
+
+
+class Recording(Cursor):
+    """The app's own cursor, keeping the text of every statement it sent (psycopg2's `query`)."""
+
+    def execute(self, query, vars=None):
+        try:
+            return super().execute(query, vars)
+        finally:
+            if self.query is not None:
+                self.connection.sent.append(self.query.decode())
+
+
+@pytest.fixture(scope="module")
+def plans_url(pg_server):
+    from swagger_server.db.migrate import upgrade
+
+    admin = admin_connect(pg_server.url("postgres"))
+    with admin.cursor() as cur:
+        cur.execute('DROP DATABASE IF EXISTS "store_plans" WITH (FORCE)')
+        cur.execute('CREATE DATABASE "store_plans"')
+    admin.close()
+    url = pg_server.url("store_plans")
+    upgrade(url)
+    from datetime import UTC, datetime
+
+    seed(url, CUSTOMERS, 1_000, ORDERS, quiet=True, today=datetime(2026, 12, 6, tzinfo=UTC))
+    conn = admin_connect(url)
+    # One customer with a tenth of the orders, some orders past the rollups' watermark, a dirty day,
+    # and idempotency keys: what each query meets in a store that has lived a while.
+    query(conn, "UPDATE orders SET customer_id = %s WHERE id %% 10 = 0", (HEAVY,))
+    query(
+        conn,
+        "INSERT INTO orders (customer_id, total_cents, created_at)"
+        " SELECT 1 + i %% 1000, 100, '2026-12-05 12:00+00' FROM generate_series(1, 50) i",
+    )
+    query(
+        conn,
+        "UPDATE orders SET created_at = created_at + interval '1 minute' WHERE id ="
+        " (SELECT min(id) FROM orders WHERE created_at >= '2026-02-05' AND created_at < '2026-02-06')",
+    )
+    query(
+        conn,
+        "INSERT INTO idempotency_keys (client, key, order_id, request_hash)"
+        " SELECT 'c' || i %% 50, 'k' || i, i, 'h' FROM generate_series(1, 20000) i",
+    )
+    query(conn, "VACUUM ANALYZE")
+    conn.close()
+    return url
+
+
+@pytest.fixture
+def recorder(plans_url):
+    conn = connect(plans_url, connect_timeout=5, io_timeout=None, statement_timeout_ms=0)
+    conn.cursor_factory = Recording
+    conn.sent = []
+    yield conn
+    conn.close()
+
+
+def rare_email() -> str:
+    return f".{CUSTOMERS - 17}@"
+
+
+# (name, the query function, a call as its endpoint makes it, the most rows one scan may filter out)
+READS = [
+    ("get_customer", customers.get_customer, lambda c: customers.get_customer(c, CUSTOMERS // 2), 0),
+    ("customer_version", customers.customer_version, lambda c: customers.customer_version(c, 7), 0),
+    ("list_customers: first page", customers.list_customers, lambda c: customers.list_customers(c, 21), 0),
+    ("list_customers: deep page", None, lambda c: customers.list_customers(c, 21, CUSTOMERS - 30), 0),
+    ("list_customers: rare term", None, lambda c: customers.list_customers(c, 21, None, rare_email()), 100),
+    ("list_customers: absent term", None, lambda c: customers.list_customers(c, 21, None, "zqxzqxzq"), 100),
+    ("list_customers: common term", None, lambda c: customers.list_customers(c, 21, None, "lovelace"), 2_000),
+    ("list_customers: middle term", None, lambda c: customers.list_customers(c, 21, None, "ada.turing"), 2_000),
+    ("list_customers: term, deep", None, lambda c: customers.list_customers(c, 21, CUSTOMERS - 500, "hopper"), 2_000),
+    ("get_order", orders.get_order, lambda c: orders.get_order(c, ORDERS // 3), 0),
+    ("list_customer_orders", orders.list_customer_orders, lambda c: orders.list_customer_orders(c, HEAVY, 21), 0),
+    (
+        "list_customer_orders: deep page",
+        None,
+        lambda c: orders.list_customer_orders(c, HEAVY, 21, ORDERS - 100),
+        0,
+    ),
+    (
+        "find_by_idempotency_key",
+        orders.find_by_idempotency_key,
+        lambda c: orders.find_by_idempotency_key(c, "c7", "k7", 86400, "h"),
+        10,
+    ),
+    ("get_product", products.get_product, lambda c: products.get_product(c, 500), 0),
+    ("product_version", products.product_version, lambda c: products.product_version(c, 500), 0),
+    ("list_products", products.list_products, lambda c: products.list_products(c, 21, None, True), 100),
+    ("dashboard: 30 days", dashboard.sales_report, lambda c: report(c, 30), None),
+    ("dashboard: a year", None, lambda c: report(c, 365), None),
+    ("dashboard: a week, a dirty day", None, lambda c: report(c, 7, end=TODAY - timedelta(days=300)), None),
+    ("probe", health.probe, health.probe, 0),
+    ("connections_by_application", health.connections_by_application, health.connections_by_application, None),
+    ("ping", health.ping, health.ping, 0),
+]
+# Writes: planned, not run (each in a transaction rolled back).
+WRITES = [
+    ("lock_customer", customers.lock_customer, lambda c: customers.lock_customer(c, 5)),
+    ("create_customer", customers.create_customer, lambda c: customers.create_customer(c, "N", "plan@example.com")),
+    ("update_customer", customers.update_customer, lambda c: customers.update_customer(c, 5, "N", None)),
+    ("delete_customer", customers.delete_customer, lambda c: customers.delete_customer(c, CUSTOMERS)),
+    (
+        "remember_idempotency_key",
+        orders.remember_idempotency_key,
+        lambda c: orders.remember_idempotency_key(c, "c", "new-key", 5, "h", 86400),
+    ),
+    ("lock_products", orders.lock_products, lambda c: orders.lock_products(c, [3, 1, 2])),
+    ("insert_order", orders.insert_order, lambda c: orders.insert_order(c, 5, [(1, 1, 100), (2, 1, 200)])),
+    ("create_product", products.create_product, lambda c: products.create_product(c, "PLAN-1", "N", 1, 1)),
+    ("update_product", products.update_product, lambda c: products.update_product(c, 5, {"stock": 3})),
+    ("roll_up", rollups.roll_up, lambda c: rollups.roll_up(c, ORDERS + 50, 10_000)),
+]
+# Query functions with no plan to guard, and why.
+NOT_PLANNED = {
+    "searchable": "no SQL: the rule a search term must meet",
+    "like_escape": "no SQL",
+    "whole_months": "no SQL",
+    "direct_report": "the rollups' reference in tests and benchmarks: never served",
+    "rebuild": "db seed only, over the whole store by design",
+    "complete_up_to": "a LOCK and a sequence's value: no table is read",
+}
+
+
+def report(conn, days: int, end: date = TODAY):
+    return dashboard.sales_report(conn, end - timedelta(days=days - 1), end, 5, timeout_ms=0)
+
+
+def statements(sent: str) -> tuple[list[str], list[str]]:
+    """(the SET LOCALs, the statements) of one message."""
+    parts = [p.strip() for p in re.split(r";\s*\n", sent) if p.strip()]
+    settings = [p for p in parts if re.match(r"SET LOCAL", p)]
+    return settings, [p for p in parts if p not in settings]
+
+
+def plan_nodes(plan: dict):
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+def problems(plan: dict, max_removed: int | None) -> list[str]:
+    found = []
+    for node in plan_nodes(plan):
+        relation = node.get("Relation Name")
+        if node["Node Type"] == "Seq Scan" and relation in BIG:
+            found.append(f"Seq Scan on {relation}")
+        if node.get("Sort Space Type") == "Disk":
+            found.append(f"a sort spilled to disk ({node.get('Sort Space Used')} kB)")
+        removed = node.get("Rows Removed by Filter", 0) * node.get("Actual Loops", 1)
+        if max_removed is not None and relation in BIG and removed > max_removed:
+            found.append(f"{node['Node Type']} on {relation} filtered out {removed:.0f} rows (bound {max_removed})")
+    return found
+
+
+def explain(url: str, sent: str, analyze: bool) -> list[dict]:
+    conn = admin_connect(url)
+    try:
+        settings, bodies = statements(sent)
+        out = []
+        with conn.cursor() as cur:
+            for body in bodies:
+                cur.execute("BEGIN")
+                for setting in settings:
+                    cur.execute(setting)
+                options = "ANALYZE, BUFFERS, FORMAT JSON" if analyze else "FORMAT JSON"
+                cur.execute(f"EXPLAIN ({options}) {body}")
+                out.append(cur.fetchone()[0][0]["Plan"])
+                cur.execute("ROLLBACK")
+        return out
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("name, function, call, max_removed", READS, ids=[r[0] for r in READS])
+def test_a_read_keeps_its_plan_at_size(plans_url, recorder, name, function, call, max_removed):
+    call(recorder)
+    assert recorder.sent, f"{name} sent nothing"
+    for sent in recorder.sent:
+        for plan in explain(plans_url, sent, analyze=True):
+            found = problems(plan, max_removed)
+            assert not found, f"{name}: {found}\n{json.dumps(plan)[:3000]}"
+
+
+@pytest.mark.parametrize("name, function, call", WRITES, ids=[w[0] for w in WRITES])
+def test_a_write_keeps_its_plan_at_size(plans_url, recorder, name, function, call):
+    with recorder:  # a transaction, rolled back below: the write is planned here, not kept
+        call(recorder)
+        recorder.rollback()
+    assert recorder.sent, f"{name} sent nothing"
+    for sent in recorder.sent:
+        if sent.lstrip().upper().startswith(("BEGIN", "SELECT PG_TRY_ADVISORY")):
+            continue
+        for plan in explain(plans_url, sent, analyze=False):
+            found = problems(plan, None)
+            assert not found, f"{name}: {found}\n{json.dumps(plan)[:3000]}"
+
+
+def test_every_query_function_has_its_plan_guarded():
+    """A new query function must be run above (or named in NOT_PLANNED, with the reason)."""
+    guarded = {f.__name__ for _, f, *_ in READS + WRITES if f is not None}
+    modules = [customers, dashboard, health, orders, products, rollups, queries]
+    public = {
+        name
+        for module in modules
+        for name, f in inspect.getmembers(module, inspect.isfunction)
+        if not name.startswith("_") and f.__module__ == module.__name__
+    }
+    missing = sorted(public - guarded - set(NOT_PLANNED))
+    assert not missing, f"query functions whose plan no test checks at size: {missing} (add them to READS or WRITES)"
+
+
+def test_the_guard_sees_a_bad_plan(plans_url, recorder):
+    """The guard can fail: the search as it was (a filter over the primary key order) is caught."""
+    customers.list_customers(recorder, 21, None, rare_email())
+    sent = recorder.sent[0]
+    conn = admin_connect(plans_url)
+    with conn.cursor() as cur:
+        cur.execute("SET enable_bitmapscan = off")
+        cur.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {sent}")
+        plan = cur.fetchone()[0][0]["Plan"]
+    conn.close()
+    assert problems(plan, 100), json.dumps(plan)[:2000]
