@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help run dev mock test lint mutations deps-latest fuzz fuzz-http sdk bench bench-conditional bench-tracing bench-ratelimit bench-compare bench-stages bench-replica bench-pgbouncer clean
+.PHONY: help run dev mock test lint mutations deps-latest fuzz fuzz-http sdk bench bench-conditional bench-tracing bench-ratelimit bench-compare bench-stages bench-replica bench-pgbouncer bench-scale clean
 .DEFAULT_GOAL := help
 
 # `make` alone lists the targets: each is the line starting with "## name:" above its rule.
@@ -113,6 +113,11 @@ REF ?= HEAD~1
 ## bench-compare: this tree against commit REF, alternating (BENCH_PAIRS=3 pairs, about 6 minutes)
 bench-compare: $(VENV)/.installed-bench
 	$(PY) bench/compare.py $(REF)
+
+# Every endpoint at 10k customers / 50k orders and at 1M / 5M (BENCH_SCALE_SIZES), side by side.
+## bench-scale: each endpoint at a small and a large store: median, p99, wrk, buffers (about 15 minutes)
+bench-scale: $(VENV)/.installed-bench
+	$(PY) bench/scale.py
 
 ## clean: remove the venvs, .data, build/ and tools/node_modules
 clean:

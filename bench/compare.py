@@ -8,6 +8,10 @@ request. Alternating keeps the VM's drift out of the comparison. Loopback only; 
 BENCH_COMPARE_CONNECTIONS (say `32,128,512`) runs the two wrk rows at each of those connection counts,
 with the tail (p99/p50) and the spread over the workers (the larger of the connections' and the
 requests' deviation from even, %) of each.
+
+BENCH_COMPARE_ORDERS=1 adds POST /api/orders at 32 connections (wrk, new_order.lua), and gives each
+tree a database of its own, upgraded and seeded by that tree's code (a write pays for the schema it
+writes to: its indexes and triggers), with stock enough for every order.
 """
 
 from __future__ import annotations
@@ -29,6 +33,29 @@ from swagger_server.db.embedded import free_port  # noqa: E402
 
 PAIRS = int(os.environ.get("BENCH_PAIRS", "3"))
 CONNECTIONS = [int(c) for c in os.environ.get("BENCH_COMPARE_CONNECTIONS", "32").split(",")]
+ORDERS = os.environ.get("BENCH_COMPARE_ORDERS") == "1"
+
+
+def own_database(url: str, label: str, tree: Path) -> str:
+    """A database for `tree` alone, beside `url`'s: its own schema and demo data, unlimited stock."""
+    import psycopg2
+
+    head, _ = url.rsplit("/", 1)
+    name = "bench_" + "".join(ch if ch.isalnum() else "_" for ch in label)
+    admin = psycopg2.connect(f"{head}/postgres")
+    admin.autocommit = True
+    admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    admin.close()
+    own = f"{head}/{name}"
+    env = {**os.environ, "PYTHONPATH": str(tree), "DATABASE_URL": own, "APP_CONFIG": str(ROOT / "tests" / "empty.ini")}
+    for step in (["db", "upgrade"], ["db", "seed", "--customers", "10000", "--orders", "20000", "--quiet"]):
+        subprocess.run([sys.executable, "-m", "swagger_server", *step], cwd=tree, env=env, check=True)
+    conn = psycopg2.connect(own)
+    with conn, conn.cursor() as cur:
+        cur.execute("UPDATE products SET stock = 100000000")
+    conn.close()
+    return own
 
 
 def start(label: str, tree: Path, url: str) -> Server:
@@ -53,6 +80,9 @@ def measure(server: Server) -> dict:
                 f"db_off_even{at}": off_even(db),
                 f"nodb_off_even{at}": off_even(nodb),
             }
+    if ORDERS:
+        placed = wrk(server, "/", connections=32, seconds=8, script="new_order.lua")
+        row |= {"orders_rps": placed["rps"], "orders_cpu": placed["cpu_ms_per_request"]}
     k6 = drivers.k6(server, "health", duration="8s", warmup="2s")
     return row | {"nodb_k6_cpu": k6["cpu_ms_per_request"]}
 
@@ -69,9 +99,13 @@ def main(ref: str) -> int:
     subprocess.run(["git", "worktree", "add", "--detach", str(worktree), ref], cwd=ROOT, check=True)
     rows: dict[str, list[dict]] = {ref: [], "this tree": []}
     try:
+        urls = {
+            label: own_database(url, label, tree) if ORDERS else url
+            for label, tree in ((ref, worktree), ("this tree", ROOT))
+        }
         for i in range(PAIRS):
             for label, tree in ((ref, worktree), ("this tree", ROOT)):
-                server = start(label.replace(" ", "-"), tree, url)
+                server = start(label.replace(" ", "-"), tree, urls[label])
                 try:
                     rows[label].append(measure(server))
                 finally:

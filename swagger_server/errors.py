@@ -318,7 +318,7 @@ async def database_error(_request, exc: psycopg2.Error) -> ConnexionResponse:
     if isinstance(exc, psycopg2.errors.QueryCanceled):
         # The request took its whole time budget: sent again, it takes as long again. No Retry-After
         # (which would promise it works next time); the client is told to ask for less.
-        operation = (_request.scope.get("extensions", {}).get("connexion_routing", {}).get("operation_id") or "")
+        operation = _request.scope.get("extensions", {}).get("connexion_routing", {}).get("operation_id") or ""
         operation = operation.rsplit(".", 1)[-1] or "none"
         logger.warning("503 statement-timeout (%s): %s", operation, str(exc).strip())
         state = _app(_request)

@@ -12,6 +12,7 @@ import json
 import re
 from datetime import date, timedelta
 
+import psycopg2
 import pytest
 
 from swagger_server.db import queries
@@ -214,7 +215,10 @@ def test_a_read_keeps_its_plan_at_size(plans_url, recorder, name, function, call
 @pytest.mark.parametrize("name, function, call", WRITES, ids=[w[0] for w in WRITES])
 def test_a_write_keeps_its_plan_at_size(plans_url, recorder, name, function, call):
     with recorder:  # a transaction, rolled back below: the write is planned here, not kept
-        call(recorder)
+        try:
+            call(recorder)
+        except psycopg2.IntegrityError:  # a refused write (delete_customer: it has orders) was planned too
+            pass
         recorder.rollback()
     assert recorder.sent, f"{name} sent nothing"
     for sent in recorder.sent:

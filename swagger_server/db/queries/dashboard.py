@@ -68,17 +68,23 @@ WITH dirty AS MATERIALIZED (
       AND month <> ALL(ARRAY(SELECT date_trunc('month', day)::date FROM dirty))
     UNION ALL
     SELECT product_id, units, revenue_cents FROM sales_product_days
-    WHERE ((day >= %(start)s AND day < %(head_to)s) OR (day >= %(tail_from)s AND day <= %(end)s))
-      AND day <> ALL(ARRAY(SELECT day FROM dirty))
+    WHERE day >= %(start)s AND day < %(head_to)s AND day <> ALL(ARRAY(SELECT day FROM dirty))
     UNION ALL
     SELECT product_id, units, revenue_cents FROM sales_product_days
-    WHERE day >= %(months_from)s AND day < %(months_to)s
-      AND date_trunc('month', day)::date = ANY(ARRAY(SELECT date_trunc('month', day)::date FROM dirty))
-      AND day <> ALL(ARRAY(SELECT day FROM dirty))
+    WHERE day >= %(tail_from)s AND day <= %(end)s AND day <> ALL(ARRAY(SELECT day FROM dirty))
     UNION ALL
+    SELECT p.product_id, p.units, p.revenue_cents
+    FROM (SELECT DISTINCT date_trunc('month', day)::date AS month FROM dirty
+          WHERE day >= %(months_from)s AND day < %(months_to)s) m,
+         LATERAL (SELECT product_id, units, revenue_cents FROM sales_product_days
+                  WHERE day >= m.month AND day < (m.month + interval '1 month')::date
+                    AND day <> ALL(ARRAY(SELECT day FROM dirty)) OFFSET 0) p
+    UNION ALL
+    -- Each raw order's lines by the primary key (OFFSET 0 keeps it a lookup per order: the planner
+    -- cannot know how few orders are past the watermark, and would otherwise hash all order_lines).
     SELECT l.product_id, l.quantity, l.quantity::bigint * l.unit_price_cents
-    FROM (SELECT id FROM tail_in_range UNION ALL SELECT id FROM dirty_orders) r
-    JOIN order_lines l ON l.order_id = r.id
+    FROM (SELECT id FROM tail_in_range UNION ALL SELECT id FROM dirty_orders) r,
+         LATERAL (SELECT product_id, quantity, unit_price_cents FROM order_lines WHERE order_id = r.id OFFSET 0) l
 ), top_products AS (
     SELECT p.id, p.name, t.units, t.revenue_cents
     FROM (SELECT product_id, sum(units) AS units, sum(revenue_cents) AS revenue_cents

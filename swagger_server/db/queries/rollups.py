@@ -53,8 +53,9 @@ INSERT INTO sales_product_days (day, product_id, units, revenue_cents)
 SELECT {_DAY}, l.product_id, sum(l.quantity), sum(l.quantity::bigint * l.unit_price_cents)
 FROM unnest(%(days)s::date[]) AS d (day)
 JOIN orders o ON o.created_at >= d.day::timestamp AT TIME ZONE 'UTC'
-             AND o.created_at < (d.day + 1)::timestamp AT TIME ZONE 'UTC'
-JOIN order_lines l ON l.order_id = o.id
+             AND o.created_at < (d.day + 1)::timestamp AT TIME ZONE 'UTC',
+     -- Each order's lines by the primary key: OFFSET 0 keeps the planner from hashing all order_lines.
+     LATERAL (SELECT product_id, quantity, unit_price_cents FROM order_lines WHERE order_id = o.id OFFSET 0) l
 WHERE o.id <= %(hi)s
 GROUP BY 1, 2;
 DELETE FROM sales_product_months WHERE month = ANY(%(months)s::date[]);
