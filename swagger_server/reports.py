@@ -7,7 +7,8 @@ than `max_age` seconds (at most 60): a dashboard that many people keep open cost
 range per worker per `max_age`, and every answer says how old it is. Requests for the same report
 while it is being computed wait for that one computation (single flight) instead of starting their
 own. A client that sends an `X-Consistency-Token` has written something it expects to see: it gets
-a report computed for it.
+a report computed for it. A report read on a replica is as of the replica's snapshot, which is at
+most `[REPLICA] max_lag` behind the primary's.
 """
 
 from __future__ import annotations
@@ -48,7 +49,11 @@ class ReportCache:
     def get(self, key: tuple, compute: Callable[[], tuple[dict, str]], fresh: bool = False) -> Report:
         """The report for `key`: a kept one younger than max_age (unless `fresh`), else the one being
         computed for another request, else `compute()`'s (body, as_of), kept. An error in `compute`
-        reaches every request waiting for it; nothing is kept."""
+        is raised in its own request only, and nothing is kept: each request that waited for it then
+        computes its own."""
+        if self.max_age <= 0:  # off: every request reads its own report, alone
+            body, as_of = compute()
+            return Report(body, as_of, self._clock())
         with self._lock:
             kept = self._reports.get(key)
             if kept is not None and not fresh and self._clock() - kept.made < self.max_age:
@@ -61,9 +66,12 @@ class ReportCache:
                     self._flights[key] = flight
         if not mine:
             flight.done.wait()
-            if flight.error is not None:
-                raise flight.error
-            return flight.report
+            if flight.report is not None:
+                return flight.report
+            # It failed in the other request: its error is that request's (a read cancelled on the
+            # replica is retried on the primary by its own request). This one reads for itself.
+            body, as_of = compute()
+            return Report(body, as_of, self._clock())
         try:
             body, as_of = compute()
             flight.report = Report(body, as_of, self._clock())
@@ -75,7 +83,7 @@ class ReportCache:
             with self._lock:
                 if self._flights.get(key) is flight:
                     del self._flights[key]
-                if flight.report is not None and self.max_age > 0:
+                if flight.report is not None:
                     self._reports[key] = flight.report
                     self._reports.move_to_end(key)
                     while len(self._reports) > MAX_REPORTS:

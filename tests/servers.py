@@ -33,6 +33,9 @@ def gunicorn_env(database_url: str, port: int, **extra) -> dict:
             "WEB_CONCURRENCY": "2",
             "DB_POOL_MIN_CONNECTIONS": "2",
             "DB_POOL_MAX_CONNECTIONS": "4",
+            # As make_settings: a report per request, no roller (an older release ignores both).
+            "API_DASHBOARD_MAX_AGE": "0",
+            "API_DASHBOARD_ROLLUP_INTERVAL": "0",
         }
     )
     env.update({k: str(v) for k, v in extra.items()})

@@ -2,7 +2,8 @@
 
 A resource's ETag is its row's version, a counter the database adds 1 to on every change of the row
 (schema 003_row_versions.sql): strong, `"7"`. A page of a list has a weak ETag, a digest of the ids
-and versions on it and its cursor: `W/"3f9c…"`. The dashboard's report has no ETag.
+and versions on it and its cursor: `W/"3f9c…"`. The dashboard's report has a weak ETag naming its
+range, `top` and snapshot (`as_of`: controllers/dashboard.py).
 
 Every operation with a representation evaluates the conditions in RFC 9110 §13.2.2's order:
 1. `If-Match`: `*` is true when the target has a current representation; a list is true when one of

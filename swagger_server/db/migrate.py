@@ -54,6 +54,13 @@ _CONCURRENT = re.compile(
 _INDEX_NAME = re.compile(
     r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?([\w\"]+)", re.IGNORECASE
 )
+# A CREATE EXTENSION the role may not run, or for an extension the server lacks: the operator's to fix.
+_EXTENSION = re.compile(r"CREATE\s+EXTENSION\s+(?:IF\s+NOT\s+EXISTS\s+)?\"?(\w+)", re.IGNORECASE)
+_EXTENSION_REFUSED = (
+    psycopg2.errors.InsufficientPrivilege,
+    psycopg2.errors.UndefinedFile,
+    psycopg2.errors.FeatureNotSupported,
+)
 # Worth another try: the lock was not had in time, or the transaction lost a race.
 _YIELDED = (
     psycopg2.errors.LockNotAvailable,
@@ -211,6 +218,15 @@ def _retrying(file: SchemaFile, conn, timeouts: Timeouts, say: Callable[[str], N
     except psycopg2.OperationalError:
         raise  # the database went away (LockNotAvailable, one too, is handled above): the command line says so
     except psycopg2.Error as exc:  # the file itself is wrong for this database: nothing of it was kept
+        extension = _EXTENSION.search(file.text)
+        if extension and isinstance(exc, _EXTENSION_REFUSED):
+            name = extension.group(1)
+            raise MigrationError(
+                f"{file.name}: not applied: {first_line(exc)}. This role may not create the extension {name}, or"
+                f" the server does not have it: have the database's owner or an administrator run"
+                f" `CREATE EXTENSION IF NOT EXISTS {name};` in this database (on a managed PostgreSQL, allow"
+                f" the extension first: docs/UPGRADING.md), then run `db upgrade` again"
+            ) from exc
         raise MigrationError(f"{file.name}: not applied: {first_line(exc)}") from exc
 
 

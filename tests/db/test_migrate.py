@@ -250,3 +250,39 @@ def test_upgrades_at_once_apply_each_file_once_and_leave_no_session_state(reques
             ]
     finally:
         conn.close()
+
+
+def test_a_role_that_may_not_create_the_search_extension_is_told_what_to_do(
+    new_database, pg_server, capsys, monkeypatch
+):
+    """pg_trgm (007) needs CREATE on the database (a trusted extension) or an administrator: without
+    it `db upgrade` stops at 007, saying what to run, and the files before it stay applied; once the
+    extension exists, the same role finishes the upgrade."""
+    url = new_database("store_mig_no_extension")
+    admin = admin_connect(url)
+    query(admin, "DROP ROLE IF EXISTS store_no_extension")
+    query(admin, "CREATE ROLE store_no_extension LOGIN")
+    query(admin, "GRANT CREATE, USAGE ON SCHEMA public TO store_no_extension")
+    query(admin, "REVOKE CREATE ON DATABASE store_mig_no_extension FROM PUBLIC")
+    role_url = url.replace("postgres@", "store_no_extension@", 1)
+    try:
+        with pytest.raises(MigrationError) as caught:
+            upgrade(role_url, FAST, say=lambda _: None)
+        message = str(caught.value)
+        assert message.startswith("007_pg_trgm.sql: not applied: permission denied to create extension")
+        assert "CREATE EXTENSION IF NOT EXISTS pg_trgm;" in message and "db upgrade" in message
+        assert [r[0] for r in query(admin, "SELECT version FROM schema_migrations ORDER BY 1")][-1] == (
+            "006_validate_text_identity.sql"
+        )
+        # The command line says it in one line, exit 1.
+        monkeypatch.setenv("DATABASE_URL", role_url)
+        monkeypatch.setenv("APP_CONFIG", str(Path(__file__).parent.parent / "empty.ini"))
+        assert cli(["db", "upgrade"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("db upgrade: 007_pg_trgm.sql: not applied:"), err
+        query(admin, "CREATE EXTENSION pg_trgm")  # what the message says an administrator runs
+        assert "007_pg_trgm.sql" in upgrade(role_url, FAST, say=lambda _: None)
+    finally:
+        query(admin, "DROP OWNED BY store_no_extension CASCADE")
+        admin.close()
+        admin_connect(pg_server.url("postgres")).cursor().execute("DROP ROLE store_no_extension")

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness.waiting import wait_until
 from swagger_server.db import rollups as roller
 from swagger_server.db.queries import dashboard
 from swagger_server.db.queries.rollups import NAME
@@ -282,3 +283,85 @@ def test_a_store_upgraded_to_the_rollups_fills_them_in_batches_past_a_long_reade
         writer.close()
     assert query(conn, "SELECT sum(orders) FROM sales_days") == [(205,)]
     assert_report_is_direct(conn, DAY0, DAY0 + timedelta(days=SPAN), 5)
+
+
+def test_orders_placed_while_the_roller_runs_are_each_counted_once(conn, rollup_url):
+    """Writers on their own connections place orders while a roller makes passes: every order is in
+    the rollups exactly once, and every report on the way equals the direct query."""
+    writers_done = threading.Event()
+    errors: list[BaseException] = []
+    mismatches: list[tuple] = []
+
+    def write(n: int):
+        c = admin_connect(rollup_url)
+        try:
+            for i in range(40):
+                place(c, 1 + (n * 7 + i) % 30, (n * 13 + i) % SPAN, i, [(1 + (n + i) % 8, 1 + i % 3)])
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+        finally:
+            c.close()
+
+    def roll():
+        c = admin_connect(rollup_url)
+        try:
+            while not writers_done.is_set():
+                roller.roll_once(c, batch=5, lock_timeout_ms=1000)
+                query(c, "BEGIN ISOLATION LEVEL REPEATABLE READ")  # both reads in one snapshot
+                report, _ = dashboard.sales_report(c, DAY0, DAY0 + timedelta(days=SPAN), 8, timeout_ms=30_000)
+                direct = dashboard.direct_report(c, DAY0, DAY0 + timedelta(days=SPAN), 8)
+                query(c, "COMMIT")
+                if report != direct:
+                    mismatches.append((report["totals"], direct["totals"]))
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+        finally:
+            c.close()
+
+    writers = [threading.Thread(target=write, args=(n,)) for n in range(3)]
+    rolling = threading.Thread(target=roll)
+    rolling.start()
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join(60)
+    writers_done.set()
+    rolling.join(60)
+    assert not errors, errors
+    assert not mismatches, mismatches[:3]
+    roller.catch_up(conn, batch=50, say=lambda _: None)
+    assert query(conn, "SELECT sum(orders) FROM sales_days") == [(120,)]
+    assert_report_is_direct(conn, DAY0, DAY0 + timedelta(days=SPAN), 8)
+
+
+def test_the_roller_in_a_worker_rolls_up_what_the_api_places(database_url, store, db):
+    """The service's own roller (a thread per worker, `[API] dashboard_rollup_interval`): orders placed
+    through the API reach the rollups within a few passes, and its connection goes back to the pool."""
+    from swagger_server import create_app, get_database
+    from tests.conftest import AUTH, make_settings
+
+    app = create_app(make_settings(database_url, api={"dashboard_rollup_interval": 0.1}))
+    try:
+        with app.test_client(headers=AUTH) as client:
+            for i in range(5):
+                placed = client.post(
+                    "/api/orders", json={"customer_id": 1 + i % 3, "lines": [{"product_id": 1, "quantity": 1}]}
+                )
+                assert placed.status_code == 201, placed.text
+            newest = query(db, "SELECT max(id) FROM orders")[0][0]
+            wait_until(
+                lambda: (
+                    query(db, "SELECT last_order_id FROM sales_rollup_state WHERE name = %s", (NAME,)) == [(newest,)]
+                ),
+                timeout=10,
+                message="the roller to reach the newest order",
+            )
+            assert query(db, "SELECT sum(orders) FROM sales_days") == query(db, "SELECT count(*) FROM orders")
+            stats = get_database(app).pool.stats()
+            wait_until(lambda: get_database(app).pool.stats()["in_use"] == 0, timeout=5, message="the connection back")
+            assert stats["max"] >= 1
+            report = client.get("/api/dashboard?from=2025-01-01&to=2027-12-31").json()
+            direct = dashboard.direct_report(db, date(2025, 1, 1), date(2027, 12, 31), 5)
+            assert {k: report[k] for k in direct} == direct
+    finally:
+        get_database(app).close(timeout=2)

@@ -366,7 +366,9 @@ def test_conditions_on_creates_are_evaluated_against_the_collection(server, db):
     )
 
 
-def test_the_dashboard_has_no_etag_and_still_evaluates_conditions(server):
+def test_the_dashboard_evaluates_conditions_against_its_weak_etag(server):
+    """A report's ETag is weak (it names a snapshot, `as_of`): If-Match never matches it (a strong
+    comparison), If-None-Match `*` and the report's own tag do."""
     assert send(server, request_bytes("GET", "/api/dashboard", [AUTH, "If-None-Match: *"])).status == 304
     assert send(server, request_bytes("GET", "/api/dashboard", [AUTH, 'If-None-Match: "1"'])).status == 200
     assert send(server, request_bytes("GET", "/api/dashboard", [AUTH, 'If-Match: "1"'])).status == 412

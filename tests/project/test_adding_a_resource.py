@@ -34,6 +34,11 @@ NO_ETAG = {"get_dashboard": "an aggregate over many rows: no one version to name
 UNVERSIONED = {
     "order_lines": "part of its order: written once with it, never changed; the order's version names it",
     "idempotency_keys": "the service's memory of retried POSTs, never served as a resource",
+    "sales_days": "a rollup of orders (db/rollups.py): derived, never served as a resource",
+    "sales_product_days": "a rollup of order lines: derived, never served as a resource",
+    "sales_product_months": "a rollup of order lines: derived, never served as a resource",
+    "sales_rollup_dirty": "the days a rollup must redo: the roller's work list",
+    "sales_rollup_state": "the roller's watermark",
 }
 
 
@@ -112,6 +117,7 @@ NOT_FREE_TEXT = {
     "idempotency_keys.client": "a token's subject, from the configuration",
     "idempotency_keys.key": "a header, compared byte for byte (its own spec pattern)",
     "idempotency_keys.request_hash": "a SHA-256 in hex, made by the service",
+    "sales_rollup_state.name": "the rollup's name, a constant of the code (queries/rollups.py)",
 }
 
 

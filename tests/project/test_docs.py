@@ -51,6 +51,10 @@ COMMANDS = {
         f"{THIS}::test_make_lint_and_the_cli_commands_of_the_readme",
     ),
     ".venv/bin/python -m swagger_server db seed": ("run", f"{THIS}::test_make_lint_and_the_cli_commands_of_the_readme"),
+    ".venv/bin/python -m swagger_server db rollup": (
+        "run",
+        f"{THIS}::test_make_lint_and_the_cli_commands_of_the_readme",
+    ),
     ".venv/bin/python -m swagger_server db status": (
         "run",
         f"{THIS}::test_make_lint_and_the_cli_commands_of_the_readme",
@@ -192,6 +196,16 @@ def test_make_lint_and_the_cli_commands_of_the_readme(scratch_database):
         conn.close()
     assert counts == (50, 10, 500), counts
     assert seeded.stdout.startswith("seeded 50 customers"), seeded.stdout
+    # `db rollup`: the seed left the rollups current; an order added since is rolled up, one line.
+    conn = admin_connect(scratch_database)
+    try:
+        query(conn, "INSERT INTO orders (customer_id, total_cents) VALUES (1, 100)")
+    finally:
+        conn.close()
+    rolled = _cli("db", "rollup", env=env)
+    assert rolled.returncode == 0 and rolled.stdout.rstrip().endswith("rollups up to date (1 order(s) rolled up)"), (
+        rolled.stdout + rolled.stderr
+    )
     config = _cli("check-config", env=env)
     assert config.returncode == 0, config.stderr
     assert "[POOL] timeout = 5.0   # default" in config.stdout and "# the database used:" in config.stdout
