@@ -98,7 +98,9 @@ READS = [
     ("list_customers: rare term", None, lambda c: customers.list_customers(c, 21, None, rare_email()), 100),
     ("list_customers: absent term", None, lambda c: customers.list_customers(c, 21, None, "zqxzqxzq"), 100),
     ("list_customers: common term", None, lambda c: customers.list_customers(c, 21, None, "lovelace"), 2_000),
-    ("list_customers: middle term", None, lambda c: customers.list_customers(c, 21, None, "ada.turing"), 2_000),
+    # One name in 400: by the index, or (as ANALYZE's sample may have it) in id order, filtering
+    # about 400 rows per match: either is bounded; a scan of the table is not.
+    ("list_customers: middle term", None, lambda c: customers.list_customers(c, 21, None, "ada.turing"), 20_000),
     ("list_customers: term, deep", None, lambda c: customers.list_customers(c, 21, CUSTOMERS - 500, "hopper"), 2_000),
     ("get_order", orders.get_order, lambda c: orders.get_order(c, ORDERS // 3), 0),
     ("list_customer_orders", orders.list_customer_orders, lambda c: orders.list_customer_orders(c, HEAVY, 21), 0),
