@@ -33,7 +33,8 @@ import psycopg2  # noqa: E402
 from bench.config import RESULTS, TOKEN  # noqa: E402
 from bench.drivers import wrk  # noqa: E402
 from bench.servers import ours  # noqa: E402
-from swagger_server.db.connection import Cursor, connect  # noqa: E402
+from harness.recording import recording  # noqa: E402
+from swagger_server.db.connection import Cursor  # noqa: E402
 from swagger_server.db.embedded import EmbeddedPostgres  # noqa: E402
 from swagger_server.db.migrate import upgrade  # noqa: E402
 from swagger_server.db.queries import customers, dashboard, orders, products  # noqa: E402
@@ -44,15 +45,6 @@ REQUESTS = int(os.environ.get("BENCH_SCALE_REQUESTS", "15"))
 SECONDS = int(os.environ.get("BENCH_SCALE_SECONDS", "5"))
 ONLY = os.environ.get("BENCH_SCALE_ONLY", "")  # endpoints whose name holds this text (all by default)
 HEAVY = 1  # the customer with a fiftieth of the orders (100 000 in the large store)
-
-
-class Recording(Cursor):
-    def execute(self, query, vars=None):
-        try:
-            return super().execute(query, vars)
-        finally:
-            if self.query is not None:
-                self.connection.sent.append(self.query.decode())
 
 
 def endpoints(n_customers: int, n_orders: int, today: date) -> list[tuple[str, str, object]]:
@@ -108,9 +100,7 @@ def buffers(url: str, call) -> int | None:
     """Shared buffers (hit + read) the statements of one call touch."""
     if call is None:
         return None
-    conn = connect(url, connect_timeout=5, io_timeout=None, statement_timeout_ms=0)
-    conn.cursor_factory = Recording
-    conn.sent = []
+    conn = recording(url)
     try:
         call(conn)
         total = 0

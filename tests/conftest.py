@@ -61,12 +61,17 @@ def admin_connect(url: str):
 @pytest.fixture(scope="session")
 def database_url(pg_server) -> str:
     """A fresh database with the schema applied."""
-    conn = admin_connect(pg_server.url("postgres"))
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
-        cur.execute(f'CREATE DATABASE "{TEST_DB}"')
-    conn.close()
-    url = pg_server.url(TEST_DB)
+    return schema_database(pg_server, TEST_DB)
+
+
+def schema_database(pg_server, name: str) -> str:
+    """The URL of database `name`, made anew with the schema applied (a module's database of its own)."""
+    admin = admin_connect(pg_server.url("postgres"))
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        cur.execute(f'CREATE DATABASE "{name}"')
+    admin.close()
+    url = pg_server.url(name)
     upgrade(url)
     return url
 

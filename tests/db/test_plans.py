@@ -15,11 +15,11 @@ from datetime import date, timedelta
 import psycopg2
 import pytest
 
+from harness.recording import recording
 from swagger_server.db import queries
-from swagger_server.db.connection import Cursor, connect
 from swagger_server.db.queries import customers, dashboard, health, orders, products, rollups
 from swagger_server.db.seed import seed
-from tests.conftest import admin_connect, query
+from tests.conftest import admin_connect, query, schema_database
 
 BIG = {"customers", "orders", "order_lines", "sales_product_days"}
 CUSTOMERS, ORDERS = 60_000, 300_000
@@ -27,28 +27,9 @@ TODAY = date(2026, 12, 6)
 HEAVY = 1  # the customer with many orders (a tenth of them): paging through them stays flat
 
 
-class Recording(Cursor):
-    """The app's own cursor, keeping the text of every statement it sent (psycopg2's `query`)."""
-
-    def execute(self, query, vars=None):
-        try:
-            return super().execute(query, vars)
-        finally:
-            if self.query is not None:
-                self.connection.sent.append(self.query.decode())
-
-
 @pytest.fixture(scope="module")
 def plans_url(pg_server):
-    from swagger_server.db.migrate import upgrade
-
-    admin = admin_connect(pg_server.url("postgres"))
-    with admin.cursor() as cur:
-        cur.execute('DROP DATABASE IF EXISTS "store_plans" WITH (FORCE)')
-        cur.execute('CREATE DATABASE "store_plans"')
-    admin.close()
-    url = pg_server.url("store_plans")
-    upgrade(url)
+    url = schema_database(pg_server, "store_plans")
     from datetime import UTC, datetime
 
     seed(url, CUSTOMERS, 1_000, ORDERS, quiet=True, today=datetime(2026, 12, 6, tzinfo=UTC))
@@ -78,9 +59,7 @@ def plans_url(pg_server):
 
 @pytest.fixture
 def recorder(plans_url):
-    conn = connect(plans_url, connect_timeout=5, io_timeout=None, statement_timeout_ms=0)
-    conn.cursor_factory = Recording
-    conn.sent = []
+    conn = recording(plans_url)
     yield conn
     conn.close()
 

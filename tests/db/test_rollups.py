@@ -14,7 +14,7 @@ from harness.waiting import wait_until
 from swagger_server.db import rollups as roller
 from swagger_server.db.queries import dashboard
 from swagger_server.db.queries.rollups import NAME
-from tests.conftest import admin_connect, query
+from tests.conftest import admin_connect, query, schema_database
 
 DAY0 = date(2026, 1, 1)
 SPAN = 70  # days the random orders fall in: whole months and the days at their ends
@@ -23,15 +23,7 @@ SPAN = 70  # days the random orders fall in: whole months and the days at their 
 @pytest.fixture(scope="module")
 def rollup_url(pg_server):
     """A database of its own with the schema and a small catalogue: 30 customers, 8 products."""
-    from swagger_server.db.migrate import upgrade
-
-    admin = admin_connect(pg_server.url("postgres"))
-    with admin.cursor() as cur:
-        cur.execute('DROP DATABASE IF EXISTS "store_rollups" WITH (FORCE)')
-        cur.execute('CREATE DATABASE "store_rollups"')
-    admin.close()
-    url = pg_server.url("store_rollups")
-    upgrade(url)
+    url = schema_database(pg_server, "store_rollups")
     conn = admin_connect(url)
     query(
         conn,
