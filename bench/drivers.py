@@ -124,7 +124,7 @@ def wrk(
         "rps": float(next(line.split()[1] for line in lines if line.startswith("Requests/sec"))),
         "p50": p50,
         "p99": p99,
-        "tail": p99 / p50,
+        "tail": p99 / p50 if p50 else float("inf"),  # every answer under wrk's resolution
         "max": _wrk_duration_ms(next(line.split()[3] for line in lines if line.startswith("Latency"))),
         "errors": errors or "none",
         "cpu_ms_per_request": 1000 * cpu / max(1, requests),
