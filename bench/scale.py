@@ -47,8 +47,8 @@ ONLY = os.environ.get("BENCH_SCALE_ONLY", "")  # endpoints whose name holds this
 HEAVY = 1  # the customer with a fiftieth of the orders (100 000 in the large store)
 
 
-def endpoints(n_customers: int, n_orders: int, today: date) -> list[tuple[str, str, object]]:
-    """(name, path, the query call it makes, for its buffers)."""
+def endpoints(n_customers: int, n_orders: int, today: date, address: str) -> list[tuple[str, str, object]]:
+    """(name, path, the query call it makes, for its buffers); `address`, one customer's whole email."""
     rare = f".{n_customers - 17}@"
     year, three = (today - timedelta(days=364)).isoformat(), (today - timedelta(days=1094)).isoformat()
 
@@ -65,10 +65,27 @@ def endpoints(n_customers: int, n_orders: int, today: date) -> list[tuple[str, s
         ),
         (
             # A fortieth of a percent of the customers match, each trigram of it is in 5 %: the index
-            # intersects long lists, and the id order finds its 20 only after thousands of rows.
+            # would intersect long lists; the search's probe finds its 20 in the first 10 000 ids.
             "search, middling term",
             "/api/customers?q=ada.turing",
             lambda c: customers.list_customers(c, 21, None, "ada.turing"),
+        ),
+        (
+            # Every trigram of it is in one row in ten or more, together in one row in 3 500: the
+            # costliest kind of term found for the trigram indexes (db/queries/customers.py).
+            "search, common trigrams",
+            "/api/customers?q=ada.turing.1",
+            lambda c: customers.list_customers(c, 21, None, "ada.turing.1"),
+        ),
+        (
+            "search, a whole address",
+            f"/api/customers?q={address}",
+            lambda c: customers.list_customers(c, 21, None, address),
+        ),
+        (
+            "search, a short local part",
+            "/api/customers?q=ab@example.com",
+            lambda c: customers.list_customers(c, 21, None, "ab@example.com"),
         ),
         ("customers, first page", "/api/customers", lambda c: customers.list_customers(c, 21)),
         (
@@ -146,6 +163,8 @@ def measure(size: str, pg: EmbeddedPostgres) -> list[dict]:
     with conn.cursor() as cur:
         cur.execute("UPDATE orders SET customer_id = %s WHERE id %% 50 = 0", (HEAVY,))
         cur.execute("VACUUM ANALYZE")
+        cur.execute("SELECT email FROM customers WHERE id = %s", (n_customers - 17,))
+        address = cur.fetchone()[0]
     conn.close()
     print(f"{size}: seeded {n_customers} customers, {n_orders} orders in {seeded:.0f} s", flush=True)
     server = ours(f"scale-{size}", url)
@@ -153,7 +172,7 @@ def measure(size: str, pg: EmbeddedPostgres) -> list[dict]:
     try:
         headers = {"Authorization": f"Bearer {TOKEN}"}
         with httpx.Client(base_url=server.base, headers=headers, timeout=30) as client:
-            for name, path, call in endpoints(n_customers, n_orders, today):
+            for name, path, call in endpoints(n_customers, n_orders, today, address):
                 if ONLY not in name:
                     continue
                 cold, status = timed(client, path)
