@@ -1,9 +1,10 @@
 """The customer search (db/queries/customers.py, _search) finds exactly what a plain scan finds.
 
-The search takes two routes, a probe of the next ids in order and then the trigram indexes with
-conditions derived from the term (the email's local part and domain, a reversed local part): each
-derived condition must be implied by the match itself, or a customer goes missing. Here random
-customers, ids spread so that both routes run (a small probe), and random terms (often cut from an
+The search takes three routes, a probe of the next ids in order (extended for a middling term), then
+the trigram indexes with conditions derived from the term (the email's local part and domain, a
+reversed local part): each derived condition must be implied by the match itself, or a customer goes
+missing. Here random
+customers, ids spread so that every route runs (a small probe), and random terms (often cut from an
 existing name or email, in either case, with @, dots and LIKE's own characters) are searched page by
 page, against the same match read by a sequential scan."""
 
@@ -76,14 +77,23 @@ def cases(draw):
     return rows, term
 
 
-@given(case=cases(), probe=st.integers(1, 60), limit=st.integers(1, 6))
-@example(case=([(1, "x", "ab@example.com"), (90, "y", "zab@example.com")], "ab@example.co"), probe=5, limit=1)
-@example(case=([(1, "x", "q@r@ab@cd.org"), (90, "y", "ab@cd.org")], "r@ab@cd"), probe=5, limit=2)
-@example(case=([(1, "x", "a%b_c\\d@x.io"), (90, "y", "A%B_C\\D@X.IO")], "%b_c\\d@"), probe=5, limit=1)
-@example(case=([(1, "x", "ab@cd@ef.org"), (90, "y", "zab@cd@ef.org")], "ab@cd@ef"), probe=5, limit=2)
-@example(case=([(1, "hopper", "a@b.c"), (4, "hopper", "d@e.f"), (1, "hopper", "g@h.i")], "hopper"), probe=5, limit=5)
+@given(case=cases(), first=st.integers(1, 60), probe=st.integers(1, 60), limit=st.integers(1, 6))
+@example(case=([(1, "x", "ab@example.com"), (90, "y", "zab@example.com")], "ab@example.co"), first=2, probe=5, limit=1)
+@example(case=([(1, "x", "q@r@ab@cd.org"), (90, "y", "ab@cd.org")], "r@ab@cd"), first=2, probe=5, limit=2)
+@example(case=([(1, "x", "a%b_c\\d@x.io"), (90, "y", "A%B_C\\D@X.IO")], "%b_c\\d@"), first=2, probe=5, limit=1)
+@example(case=([(1, "x", "ab@cd@ef.org"), (90, "y", "zab@cd@ef.org")], "ab@cd@ef"), first=2, probe=5, limit=2)
+@example(
+    case=([(1, "hopper", "a@b.c"), (4, "hopper", "d@e.f"), (1, "hopper", "g@h.i")], "hopper"), first=2, probe=5, limit=5
+)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_the_search_finds_what_a_plain_scan_finds(conn, admin, monkeypatch, case, probe, limit):
+@example(
+    case=([(5, "hopper", "a@b.c"), (1, "x", "d@e.f"), (4, "hopper", "g@h.i"), (1, "hopper", "j@k.l")], "hopper"),
+    first=5,
+    probe=10,
+    limit=5,
+)
+@example(case=([(6, "hopper", "a@b.c"), (4, "hopper", "g@h.i")], "hopper"), first=5, probe=10, limit=5)
+def test_the_search_finds_what_a_plain_scan_finds(conn, admin, monkeypatch, case, first, probe, limit):
     rows, term = case
     if not customers.searchable(term):
         return  # refused 400 by the API (test_customers)
@@ -98,6 +108,7 @@ def test_the_search_finds_what_a_plain_scan_finds(conn, admin, monkeypatch, case
         " ON CONFLICT DO NOTHING",
         (ids, [n for _, n, _ in rows], [e if len(e) >= 3 else e + "xyz" for _, _, e in rows]),
     )
+    monkeypatch.setattr(customers, "SEARCH_FIRST", min(first, probe))
     monkeypatch.setattr(customers, "SEARCH_PROBE", probe)
     after, pages = 0, 0
     while True:
@@ -110,14 +121,15 @@ def test_the_search_finds_what_a_plain_scan_finds(conn, admin, monkeypatch, case
 
 
 def test_the_search_tries_both_routes(conn, admin, monkeypatch):
-    """The property above can fail on either route: a match near the start is found by the probe,
-    one far past it by the index, and the page puts them in id order."""
+    """The property above can fail on any route: a match near the start is found by the probe, one
+    far past it by the index, and the page puts them in id order."""
     query(admin, "TRUNCATE customers RESTART IDENTITY CASCADE")
     query(
         admin,
         "INSERT INTO customers (id, name, email) VALUES (3, 'Near', 'near.hopper@example.com'),"
         " (5000, 'Far', 'far@hopper.example.org'), (9000, 'Farther', 'x@example.com')",
     )
+    monkeypatch.setattr(customers, "SEARCH_FIRST", 10)
     monkeypatch.setattr(customers, "SEARCH_PROBE", 100)
     assert [r["id"] for r in customers.list_customers(conn, 5, 0, "HOPPER")] == [3, 5000]
     assert [r["id"] for r in customers.list_customers(conn, 5, 3, "hopper")] == [5000]
