@@ -22,7 +22,9 @@ EMPTY = str(Path(__file__).parent / "empty.ini")
 def gunicorn_env(database_url: str, port: int, **extra) -> dict:
     # Not PYTHONPATH either: each server imports the code of the tree it runs in (its cwd).
     env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("DB_", "API_", "WEB_", "CORS_")) and k != "PYTHONPATH"
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DB_", "API_", "WEB_", "CORS_")) and k not in ("PYTHONPATH", "HOST")
     }
     env.update(
         {

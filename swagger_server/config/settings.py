@@ -157,7 +157,9 @@ class ApiSettings:
 
 @dataclass(frozen=True)
 class ServerSettings:
-    host: str = "0.0.0.0"
+    # Loopback unless told otherwise (HOST=0.0.0.0): `make run` on a laptop in a cafe serves no one else.
+    # The image and the manifests say 0.0.0.0 themselves.
+    host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 2
     threads: int = 4  # handler threads per worker that run Flask (swagger_server/pipeline/handlers.py)
@@ -261,6 +263,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "DB_MIGRATE_LOCK_TIMEOUT": ("MIGRATE", "lock_timeout"),
     "DB_MIGRATE_STATEMENT_TIMEOUT": ("MIGRATE", "statement_timeout"),
     "DB_MIGRATE_DEADLINE": ("MIGRATE", "deadline"),
+    "HOST": ("GUNICORN", "host"),
     "PORT": ("GUNICORN", "port"),
     "WEB_CONCURRENCY": ("GUNICORN", "workers"),
     "WEB_THREADS": ("GUNICORN", "threads"),

@@ -13,7 +13,7 @@ from harness.waiting import wait_until
 from swagger_server.db.database import application_name
 from swagger_server.db.embedded import free_port
 from tests.conftest import AUTH, query
-from tests.servers import gunicorn_env, refused_start, start_gunicorn
+from tests.servers import Gunicorn, gunicorn_env, refused_start, start_gunicorn
 
 pytestmark = pytest.mark.slow
 
@@ -86,3 +86,30 @@ def test_bad_configuration_stops_gunicorn_with_one_line(database_url):
     assert err.strip().splitlines() == [
         "configuration error: DB_POOL_TIMEOUT (environment): expected a number, got 'soon'"
     ]
+
+
+def test_gunicorn_listens_on_loopback_unless_told_otherwise(database_url):
+    """make run on a laptop serves no one else; HOST=0.0.0.0 (the image, the manifests) opens it up.
+    Read from the master's own listening socket, so either answer can be seen."""
+    for extra, expected in (({}, "127.0.0.1"), ({"HOST": "0.0.0.0"}, "0.0.0.0")):
+        server = Gunicorn(database_url, **extra)
+        try:
+            listening = {
+                c.laddr.ip
+                for c in psutil.Process(server.process.pid).net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr.port == server.port
+            }
+            assert listening == {expected}, (extra, listening)
+        finally:
+            server.stop()
+
+
+def test_the_image_and_the_manifests_listen_on_every_interface_explicitly():
+    """The default is loopback: the container and the pod must say 0.0.0.0 themselves, or nothing
+    outside them reaches the API."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    assert "HOST=0.0.0.0" in (root / "Dockerfile").read_text()
+    manifest = (root / "deploy" / "k8s" / "api-deployment.yaml").read_text()
+    assert '- name: HOST\n              value: "0.0.0.0"' in manifest
