@@ -13,7 +13,8 @@ It runs on the event loop, after security (it knows the token) and before the ha
 refused request never waits for one). Redis is asked asynchronously, and never for longer than
 `STORAGE_WAIT` (its client's connect and read timeouts): a storage that is down or slow must not take the API down, so the limiter then fails
 open (requests pass, unlimited), says so once in the log and in `store_api_rate_limiter_degraded`,
-asks again after `RETRY_DEGRADED` seconds, and says so once when it is back.
+asks again after `RETRY_DEGRADED` seconds (with a request, or, with none, by a task on the worker's
+loop: every worker's gauge clears within that of the storage's return), and says so once when it is back.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class RateLimits:
         self.next_try = 0.0
         self._limiter: MovingWindowRateLimiter | None = None
         self._loop = None
+        self._watching: asyncio.Task | None = None  # while degraded: _watch, on the worker's loop
 
     def _get_limiter(self):
         if self.storage_uri == "async+memory://":
@@ -128,15 +130,40 @@ class RateLimits:
             self._degraded(now, exc)
             self._unlimited()
             return None
-        if self.degraded_since is not None:
-            logger.warning(
-                "rate limiter: storage answers again after %.1f s; limits enforced", now - self.degraded_since
-            )
-            self.degraded_since = None
-            if self.on_degraded is not None:
-                self.on_degraded(False)
+        self._recovered()
         reset = max(0, math.ceil(stats.reset_time - time.time()))
         return allowed, stats.remaining, reset
+
+    def _recovered(self) -> None:
+        """The storage answered: limits hold again, said once (by a request or by the watch)."""
+        if self.degraded_since is None:
+            return
+        logger.warning(
+            "rate limiter: storage answers again after %.1f s; limits enforced", time.monotonic() - self.degraded_since
+        )
+        self.degraded_since = None
+        if self.on_degraded is not None:
+            self.on_degraded(False)
+
+    async def _watch(self) -> None:
+        """While degraded, ask the storage every RETRY_DEGRADED seconds whether it answers, requests or
+        not: a worker that no request reaches after Redis is back must not say degraded for ever (its
+        gauge, and the alert on it, would stay up)."""
+        try:
+            while self.degraded_since is not None:
+                await asyncio.sleep(RETRY_DEGRADED)
+                if self.degraded_since is None:
+                    return
+                try:
+                    answers = await self._get_limiter().storage.check()
+                except Exception:  # noqa: BLE001 - a storage that fails is what is watched for
+                    answers = False
+                if answers:
+                    self._recovered()
+                else:
+                    self._limiter = None  # a new client for the next try
+        finally:
+            self._watching = None
 
     def _unlimited(self) -> None:
         if self.on_unlimited is not None:
@@ -151,6 +178,8 @@ class RateLimits:
             if self.on_degraded is not None:
                 self.on_degraded(True)
         self._limiter = None  # a new client on the next try: a cancelled call may leave this one broken
+        if self._watching is None:
+            self._watching = asyncio.get_running_loop().create_task(self._watch())
 
 
 class RateLimited:

@@ -143,3 +143,51 @@ def test_redis_killed_under_load_fails_open_then_limits_again(database_url, stor
         host.stop()
         if back is not None:
             back.stop()
+
+
+def degraded(host) -> float:
+    return float(re.search(r"^store_api_rate_limiter_degraded (\S+)$", metrics_text(host), re.M).group(1))
+
+
+@pytest.mark.slow
+def test_the_degraded_gauge_clears_on_every_worker_of_every_host_when_redis_is_back(database_url, store, redis):
+    """Two masters on one Redis; Redis killed, both used (every worker meets the failure: /metrics
+    says degraded on each); Redis back, then requests to the first master only. The second one, which
+    no request reaches, says degraded 0 within seconds too (it asks Redis by itself), and logs it once."""
+    hosts = limited_hosts(database_url, redis.url, "1000/10 seconds", count=2)
+    back = None
+    try:
+        redis.kill()
+        for host in hosts:
+            # New connections, spread over the workers (swagger_server/spread.py), until each
+            # worker of this host has met the failure: the host's log says so once per worker.
+            def all_failed(host=host):
+                conn = http.client.HTTPConnection("127.0.0.1", host.port, timeout=10)
+                try:
+                    assert get(conn, "/api/customers/1").status == 200
+                finally:
+                    conn.close()
+                return host.output().count("rate limiter: storage failed") == 2
+
+            wait_until(all_failed, timeout=10, interval=0.05, message="both workers to meet the failure")
+            assert degraded(host) == 1.0  # the observer: the gauge says degraded
+        back = Redis(redis.dir, port=redis.port).start()
+        first, second = hosts
+        conn = http.client.HTTPConnection("127.0.0.1", first.port, timeout=10)
+        began = time.monotonic()
+        # Traffic to the first host only; the second is asked nothing but /metrics.
+        wait_until(
+            lambda: get(conn, "/api/customers/1").status == 200 and degraded(second) == 0.0,
+            timeout=10,
+            interval=0.2,
+            message="the idle host's gauge to clear",
+        )
+        cleared = time.monotonic() - began
+        assert degraded(first) == 0.0
+        assert second.output().count("rate limiter: storage answers again") == 2, second.output()[-2000:]
+        print(f"degraded gauge: the idle host cleared {cleared:.1f} s after Redis came back")
+    finally:
+        for host in hosts:
+            host.stop()
+        if back is not None:
+            back.stop()
