@@ -18,11 +18,23 @@ PROMTOOL = shutil.which("promtool")
 
 
 class Prometheus:
-    def __init__(self, workdir: Path, targets: list[str], rule_files: list[Path], job: str = "store-api"):
+    def __init__(
+        self,
+        workdir: Path,
+        targets: list[str],
+        rule_files: list[Path],
+        job: str = "store-api",
+        external_labels: dict[str, str] | None = None,
+    ):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
+            "global": {
+                "scrape_interval": "1s",
+                "evaluation_interval": "1s",
+                "scrape_timeout": "900ms",
+                "external_labels": external_labels or {},
+            },
             "rule_files": [str(p) for p in rule_files],
             "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}],
         }

@@ -14,6 +14,7 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from swagger_server.db.pool_types import EVENTS
+from swagger_server.errors import PROBLEM_KINDS
 
 # Metric labels take the method only from this set (anything else is "other"): a client cannot make
 # new time series by sending made-up methods.
@@ -28,6 +29,7 @@ class Metrics:
         # Labelled children, looked up once (record_request, record_pool_wait).
         self._request_children: dict[tuple, tuple] = {}
         self._wait_children: dict[str, tuple] = {}
+        self._problem_children: dict[tuple, object] = {}
         self.requests = Counter(
             "store_api_requests",
             "HTTP requests answered, by operation and status.",
@@ -111,6 +113,14 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=r,
         )
+        self.problems = Counter(
+            "store_api_problems",
+            "Problem answers (problem+json) by operation and kind, the end of the problem's type: overloaded,"
+            " statement-timeout, schema-behind, pool-exhausted, database-unavailable, rate-limited,"
+            " too-many-concurrent, bad-request, ... (errors.PROBLEM_KINDS; anything else: other).",
+            ["operation", "kind"],
+            registry=r,
+        )
         self.statement_timeouts = Counter(
             "store_api_statement_timeouts",
             "Requests the database cancelled at their statement timeout (503 statement-timeout), by operation.",
@@ -174,7 +184,9 @@ class Metrics:
             )
         }
 
-    def record_request(self, operation: str, method: str, status: int, seconds: float | None) -> None:
+    def record_request(
+        self, operation: str, method: str, status: int, seconds: float | None, kind: str | None = None
+    ) -> None:
         # The labelled children, looked up once per (operation, method, status): `labels()` validates
         # and locks on every call. Operations come from the spec, methods from METHODS, statuses from
         # what the service answers: the cache stays as small as the series themselves.
@@ -188,6 +200,17 @@ class Metrics:
         children[0].inc()
         if seconds is not None:
             children[1].observe(seconds)
+        if kind is not None:
+            self.record_problem(operation, kind)
+
+    def record_problem(self, operation: str, kind: str) -> None:
+        key = (operation, kind)
+        child = self._problem_children.get(key)
+        if child is None:
+            child = self._problem_children[key] = self.problems.labels(
+                operation, kind if kind in PROBLEM_KINDS else "other"
+            )
+        child.inc()
 
     def record_pool_wait(self, pool: str, seconds: float) -> None:
         """A checkout's wait, in both histograms (ours and OpenTelemetry's name), children cached."""

@@ -15,7 +15,7 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from swagger_server import state
-from swagger_server.errors import excerpt, send_problem
+from swagger_server.errors import _KINDS, PROBLEM, excerpt, send_problem
 from swagger_server.observability import tracing
 from swagger_server.observability.logs import log_request
 from swagger_server.observability.metrics import METHODS
@@ -72,6 +72,7 @@ class Observability:
         # What the client received: the status sent, or (when nothing was sent) 499 for a client that
         # went away first (nginx's "client closed request"), 500 only when an error escaped (below).
         status = 499
+        problem: bytes | None = None  # b"" once a problem+json answer starts, then its kind
         recorded = False
         header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
 
@@ -85,7 +86,8 @@ class Observability:
             routing = scope["extensions"].get("connexion_routing", {})
             operation = (routing.get("operation_id") or "").rsplit(".", 1)[-1] or "none"
             method = scope["method"] if scope["method"] in METHODS else "other"
-            self.metrics.record_request(operation, method, status, elapsed)
+            kind = problem.decode() if problem else None
+            self.metrics.record_request(operation, method, status, elapsed, kind)
             log_request(
                 {
                     "request_id": request_id,
@@ -104,9 +106,16 @@ class Observability:
             )
 
         async def send_with_id(message):
-            nonlocal status
+            nonlocal status, problem
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if status >= 400 and (b"content-type", _PROBLEM_TYPE) in message.get("headers", ()):
+                    problem = b""
+            elif message["type"] == "http.response.body" and problem == b"":
+                # Its kind, from the head of the body every problem starts with ("type" first).
+                found = _PROBLEM_KIND.search(message.get("body", b"")[:200])
+                problem = found.group(1) if found else b"other"
+            if message["type"] == "http.response.start":
                 extra = [header, *context.get("ratelimit", ())]  # the rate limit's fields (ratelimit.py)
                 if self.state.deprecations:  # a deprecated operation says so on every answer (deprecation.py)
                     routing = scope["extensions"].get("connexion_routing", {})
@@ -157,6 +166,10 @@ class Observability:
         await send({"type": "http.response.body", "body": body})
 
 
+_PROBLEM_TYPE = PROBLEM.encode()
+_PROBLEM_KIND = re.compile(rb'"type": ?"/api/problems/([a-z]+(?:-[a-z]+){0,4})"')
+
+
 def _request_id(scope) -> str:
     """The client's X-Request-ID when it is a sane token, otherwise a new one."""
     for name, value in scope.get("headers", ()):
@@ -192,7 +205,7 @@ def refusal_recorder(metrics):
     /metrics matches what clients received."""
 
     def record_refusal(status: int, client) -> None:
-        metrics.record_request("none", "other", status, None)
+        metrics.record_request("none", "other", status, None, _KINDS.get(status, "error") if status >= 400 else None)
         log_request(
             {
                 "request_id": _new_request_id(),

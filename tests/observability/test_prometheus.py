@@ -67,7 +67,8 @@ def test_every_alert_has_a_severity_a_summary_a_runbook_and_a_unit_test():
         assert rule["labels"]["severity"] in ("page", "ticket"), name
         assert rule["annotations"]["summary"], name
         entry = name.removesuffix("Slow")  # a slow burn shares its fast burn's entry
-        assert rule["annotations"]["runbook"] == f"docs/OBSERVABILITY.md#{entry.lower()}", name
+        base = "{{ if $externalLabels.runbook_url }}{{ $externalLabels.runbook_url }}{{ else }}docs/OBSERVABILITY.md{{ end }}"
+        assert rule["annotations"]["runbook_url"] == f"{base}#{entry.lower()}", name
         assert f"### {entry}" in runbook, f"docs/OBSERVABILITY.md has no runbook entry for {name}"
         assert name in tested, f"no promtool unit test for {name}"
 
@@ -86,6 +87,9 @@ def test_compose_monitoring_profile_loads_the_shipped_rules_and_scrapes_the_metr
     (job,) = config["scrape_configs"]
     assert job["job_name"] == "store-api"  # the rules' StoreApiDown reads up{job="store-api"}
     assert job["static_configs"][0]["targets"] == [f"api:{services['api']['environment']['API_METRICS_PORT']}"]
+
+
+RUNBOOK = "https://runbooks.example/store-api/OBSERVABILITY.md"
 
 
 def _live_rules(path: Path) -> Path:
@@ -120,7 +124,10 @@ def live(tmp_path_factory):
         DB_POOL_TIMEOUT=1,
         API_CALLER_SHARE=1,
     )
-    prometheus = Prometheus(work, [f"127.0.0.1:{api.port}"], [_live_rules(work / "rules.yml")])
+    # The runbook's base, as a deployment sets it (prometheus.yml): every alert's runbook_url is under it.
+    prometheus = Prometheus(
+        work, [f"127.0.0.1:{api.port}"], [_live_rules(work / "rules.yml")], external_labels={"runbook_url": RUNBOOK}
+    )
     stop = threading.Event()
 
     def trickle():  # a little traffic all along, as production has
@@ -202,6 +209,7 @@ def test_an_exhausted_pool_fires_its_alerts_and_they_resolve(live):
             message="the pool alerts to fire",
         )
         assert fired["StoreApiPoolExhausted"][0]["labels"]["pool"] == "primary"
+        assert fired["StoreApiPoolExhausted"][0]["annotations"]["runbook_url"] == f"{RUNBOOK}#storeapipoolexhausted"
         assert 503 in statuses  # what the alert says the clients see
     finally:
         stop.set()
