@@ -1008,6 +1008,59 @@ MUTATIONS = [
             "tests/db/test_transactions.py::test_the_first_statement_runs_inside_the_transaction_with_its_timeout",
         ),
     ),
+    # -- issues 39 and 41: the search at size; operations that cannot hurt ------------------------------
+    Mutation(
+        "the search's probe reads up to and including its last id",
+        "swagger_server/db/queries/customers.py",
+        'f"    AND id > %(after)s + %(first)s AND id <= %(after)s + %(probe)s AND {probe}\\n"',
+        'f"    AND id > %(after)s + %(first)s AND id < %(after)s + %(probe)s AND {probe}\\n"',
+        ("tests/db/test_search.py::test_the_search_finds_what_a_plain_scan_finds",),
+    ),
+    Mutation(
+        "an address term's local part is what comes before its first @",
+        "swagger_server/db/queries/customers.py",
+        'local, rest = term.split("@", 1)',
+        'local, rest = term.rsplit("@", 1)',
+        ("tests/db/test_search.py::test_the_search_finds_what_a_plain_scan_finds",),
+    ),
+    Mutation(
+        "gunicorn listens on loopback unless told otherwise",
+        "swagger_server/config/settings.py",
+        '    # The image and the manifests say 0.0.0.0 themselves.\n    host: str = "127.0.0.1"',
+        '    # The image and the manifests say 0.0.0.0 themselves.\n    host: str = "0.0.0.0"',
+        ("tests/deploy/test_gunicorn.py::test_gunicorn_listens_on_loopback_unless_told_otherwise",),
+    ),
+    Mutation(
+        "a degraded limiter asks Redis by itself, so an idle worker's gauge clears",
+        "swagger_server/pipeline/ratelimit.py",
+        "            self._watching = asyncio.get_running_loop().create_task(self._watch())",
+        "            pass",
+        (
+            "tests/pipeline/test_ratelimit_redis.py::"
+            "test_the_degraded_gauge_clears_on_every_worker_of_every_host_when_redis_is_back",
+        ),
+    ),
+    Mutation(
+        "a problem answer is counted by its kind",
+        "swagger_server/observability/middleware.py",
+        "            kind = problem.decode() if problem else None",
+        "            kind = None",
+        ("tests/observability/test_problem_kinds.py::test_a_refusal_is_counted_by_its_kind_and_a_success_is_not",),
+    ),
+    Mutation(
+        "sustained 429s over 5 % open a ticket",
+        "deploy/prometheus/store-api.rules.yml",
+        "/ on (instance) group_left sum by (instance) (rate(store_api_requests_total[5m])) > 0.05",
+        "/ on (instance) group_left sum by (instance) (rate(store_api_requests_total[5m])) > 0.5",
+        ("tests/observability/test_prometheus.py::test_promtool_checks_the_rules_and_their_unit_tests_pass",),
+    ),
+    Mutation(
+        "statement timeouts that last open a ticket",
+        "deploy/prometheus/store-api.rules.yml",
+        '(rate(store_api_problems_total{kind="statement-timeout"}[5m])) > 0.01',
+        '(rate(store_api_problems_total{kind="statement-timeout"}[5m])) > 1',
+        ("tests/observability/test_prometheus.py::test_promtool_checks_the_rules_and_their_unit_tests_pass",),
+    ),
 ]
 
 

@@ -11,7 +11,7 @@ page, against the same match read by a sequential scan."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from swagger_server.db.connection import Connection
@@ -67,21 +67,22 @@ people = st.lists(
 def cases(draw):
     rows = draw(people)
     rows = [(gap, name, local + at + domain) for gap, name, local, at, domain in rows]
+    term = ""
     if draw(st.booleans()):  # cut from an existing name or email, so that it matches
         source = draw(st.sampled_from([text for _, name, email in rows for text in (name, email)]))
         start = draw(st.integers(0, len(source) - 1))
         term = source[start : draw(st.integers(start + 1, len(source)))]
         term = "".join(c.upper() if draw(st.booleans()) else c for c in term)
-    else:
-        term = draw(texts)
+    if not customers.searchable(term):  # three letters or digits in a row, anywhere in it
+        term = draw(st.text(ALPHABET, max_size=4)) + draw(st.text("abAB01", min_size=3, max_size=5)) + term
     return rows, term
 
 
 @given(case=cases(), first=st.integers(1, 60), probe=st.integers(1, 60), limit=st.integers(1, 6))
 @example(case=([(1, "x", "ab@example.com"), (90, "y", "zab@example.com")], "ab@example.co"), first=2, probe=5, limit=1)
-@example(case=([(1, "x", "q@r@ab@cd.org"), (90, "y", "ab@cd.org")], "r@ab@cd"), first=2, probe=5, limit=2)
-@example(case=([(1, "x", "a%b_c\\d@x.io"), (90, "y", "A%B_C\\D@X.IO")], "%b_c\\d@"), first=2, probe=5, limit=1)
-@example(case=([(1, "x", "ab@cd@ef.org"), (90, "y", "zab@cd@ef.org")], "ab@cd@ef"), first=2, probe=5, limit=2)
+@example(case=([(1, "x", "q@rst@abc.org"), (90, "y", "rst@abc.org")], "rst@abc"), first=2, probe=5, limit=2)
+@example(case=([(1, "x", "a%bcd_e\\f@x.io"), (90, "y", "A%BCD_E\\F@X.IO")], "%bcd_e\\f@"), first=2, probe=5, limit=1)
+@example(case=([(1, "x", "abc@cd@ef.org"), (90, "y", "zabc@cd@ef.org")], "abc@cd@ef"), first=2, probe=5, limit=2)
 @example(
     case=([(1, "hopper", "a@b.c"), (4, "hopper", "d@e.f"), (1, "hopper", "g@h.i")], "hopper"), first=2, probe=5, limit=5
 )
@@ -95,8 +96,7 @@ def cases(draw):
 @example(case=([(6, "hopper", "a@b.c"), (4, "hopper", "g@h.i")], "hopper"), first=5, probe=10, limit=5)
 def test_the_search_finds_what_a_plain_scan_finds(conn, admin, monkeypatch, case, first, probe, limit):
     rows, term = case
-    if not customers.searchable(term):
-        return  # refused 400 by the API (test_customers)
+    assume(customers.searchable(term))  # any other is refused 400 by the API (test_customers)
     query(admin, "TRUNCATE customers RESTART IDENTITY CASCADE")
     ids, next_id = [], 0
     for gap, _, _ in rows:
