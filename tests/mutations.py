@@ -1061,6 +1061,20 @@ MUTATIONS = [
         '(rate(store_api_problems_total{kind="statement-timeout"}[5m])) > 1',
         ("tests/observability/test_prometheus.py::test_promtool_checks_the_rules_and_their_unit_tests_pass",),
     ),
+    Mutation(
+        "db upgrade refuses a rename before applying anything",
+        "swagger_server/db/schema_rules.py",
+        "        if stmt.renameType == ObjectType.OBJECT_COLUMN:",
+        "        if False:",
+        ("tests/db/test_schema_rules.py::test_db_upgrade_refuses_what_the_guide_forbids_before_applying_anything",),
+    ),
+    Mutation(
+        "a waiver needs its reason",
+        "swagger_server/db/schema_rules.py",
+        "            if rule in waived and reason:",
+        "            if rule in waived:",
+        ("tests/db/test_schema_rules.py::test_a_waiver_without_its_reason_waives_nothing",),
+    ),
 ]
 
 

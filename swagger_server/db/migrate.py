@@ -37,6 +37,7 @@ import psycopg2.errors
 import tenacity
 from psycopg2 import sql
 
+from swagger_server.db import schema_rules
 from swagger_server.text import first_line
 
 logger = logging.getLogger(__name__)
@@ -178,6 +179,15 @@ def upgrade(
                 (_LOCK_ID,),
             )
         done = applied(conn)
+        # Every pending file checked against the guide's rules before any of them runs.
+        findings = [f for file in files if file.name not in done for f in schema_rules.check(file.name, file.text)]
+        if findings:
+            raise MigrationError(
+                "refused before applying anything: "
+                + "; ".join(str(f) for f in findings)
+                + '. docs/UPGRADING.md ("Writing a schema file") says what to do instead; a statement that is'
+                " safe anyway takes `-- why: <reason>` and `-- squawk-ignore <rule>` on the lines above it"
+            )
         names = []
         for file in files:
             if file.name in done:
