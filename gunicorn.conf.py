@@ -1,10 +1,13 @@
 """gunicorn settings. Every value comes from Settings (config.ini + environment), so there is one source."""
 
 import atexit
+import importlib
 import os
 import shutil
 import sys
 import tempfile
+import time
+import types
 
 # The run directory: what this gunicorn keeps while it runs (its control socket, and unless
 # PROMETHEUS_MULTIPROC_DIR names another place, the workers' metrics files), STORE_API_RUN_DIR or a new
@@ -27,36 +30,137 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
 control_socket = os.path.join(_run_dir, "gunicorn.ctl")
 
-from swagger_server.config import ConfigError, log_notes, process_settings  # noqa: E402
-from swagger_server.db.budget import BudgetExceeded, check_connection_budget  # noqa: E402
+# The master holds the code its workers run. At start and at each reload (SIGHUP: gunicorn's documented
+# way to deploy new code) this file imports the service from disk and checks it: the settings, the
+# tracing exporter, the spec against its controllers, wsgi.py. The workers are forked with what passed,
+# already imported (and the spec and settings already read: their caches), so none can fail to start
+# on code the master has not seen load. A reload that fails its checks (a syntax error, a missing
+# module, a spec error, a bad setting) logs one error naming the cause, keeps the last good code, and the
+# workers go on serving it; gunicorn's master never exits on it (it used to, orphaning its workers with
+# their metrics directory removed under them). A later SIGHUP with fixed code serves that.
+# tests/deploy/test_reload.py proves each case over real gunicorn.
+_MASTER = sys.modules.setdefault("_store_api_master", types.ModuleType("_store_api_master"))  # survives reloads
+_reloading = hasattr(_MASTER, "modules")
 
-try:
-    # The master's own settings (bind, workers, timeouts); each worker reads the same ones (wsgi.py).
-    process_settings.cache_clear()  # a reload (SIGHUP) runs this file again: read them afresh
-    _settings = process_settings()
-except ConfigError as exc:
-    # One clear line, not a traceback, and a non-zero exit before any worker starts.
-    print(f"configuration error: {exc}", file=sys.stderr)
-    sys.exit(2)
-try:  # OTEL_TRACES_EXPORTER names an exporter this service has (observability/tracing.py)
-    from swagger_server.observability.tracing import TracingError, exporter_name
 
+def _ours(name: str) -> bool:
+    return name == "swagger_server" or name.startswith("swagger_server.")
+
+
+class _Wsgi(types.ModuleType):
+    """wsgi.py as the master compiled it, run in each worker when gunicorn first asks for its `app`
+    (or post_fork for the pool): the worker never reads a wsgi.py the master did not check."""
+
+    def __init__(self, code):
+        super().__init__("wsgi")
+        self.__file__ = code.co_filename
+        self.__dict__["_store_api_code"] = code
+
+    def __getattr__(self, name):
+        code = self.__dict__.pop("_store_api_code", None)
+        if code is None or name.startswith("__"):
+            raise AttributeError(name)
+        exec(code, self.__dict__)  # in the worker: builds the app (wsgi.py), once
+        return getattr(self, name)
+
+
+def _load():
+    """Import the service from disk and check it; (settings, compiled wsgi.py). Raises what fails."""
+    for _name in [n for n in sys.modules if _ours(n)]:
+        del sys.modules[_name]  # the code on disk, not the last import of it
+    from swagger_server.app import checked_spec
+    from swagger_server.config import log_notes, process_settings
+    from swagger_server.observability.tracing import exporter_name
+
+    settings = process_settings()  # OTEL_TRACES_EXPORTER next: it names an exporter this service has
     exporter_name(os.environ)
-except TracingError as exc:
-    print(f"configuration error: {exc}", file=sys.stderr)
-    sys.exit(2)
-# Once per start, here in the master (the workers inherit the settings and say nothing).
-log_notes(_settings, say=lambda note: print(f"note: {note}", file=sys.stderr, flush=True))
+    checked_spec()  # every operationId has its controller function
+    importlib.import_module(worker_class.rsplit(".", 1)[0])  # the worker class gunicorn is about to load
+    with open("wsgi.py", encoding="utf-8") as source:
+        code = compile(source.read(), os.path.abspath("wsgi.py"), "exec")
+    _builds(code)
+    return settings, code, log_notes
 
-# Every operationId must name a controller function; a missing one stops start-up here, in one line,
-# not on the operation's first request.
-from swagger_server.app import SpecError, checked_spec  # noqa: E402
 
+class _AppDoesNotBuild(Exception):
+    pass
+
+
+def _builds(code, timeout: float = 60.0) -> None:
+    """Run wsgi.py (the app built, as a worker builds it) in a child forked for the purpose, so that
+    what fails only when it runs fails here, not in every new worker. Raises _AppDoesNotBuild."""
+    import select
+    import signal
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: build, say what failed, exit without running any of the master's exit hooks
+        os.close(read)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="store-api-check-")  # not the workers'
+        status = 0
+        try:
+            exec(code, {"__name__": "wsgi", "__file__": code.co_filename})
+        except BaseException as exc:  # noqa: BLE001 - reported to the master, one line
+            os.write(write, _cause(exc).encode()[:2000])
+            status = 1
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+        os._exit(status)
+    os.close(write)
+    said = b""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0 and select.select([read], [], [], left)[0]:
+        chunk = os.read(read, 4096)
+        if not chunk:
+            break
+        said += chunk
+    os.close(read)
+    if time.monotonic() >= deadline:
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise _AppDoesNotBuild(said.decode(errors="replace") or f"the app did not build in {timeout:g} s")
+
+
+def _cause(exc: BaseException) -> str:
+    if isinstance(exc, SyntaxError):
+        where = os.path.relpath(exc.filename) if exc.filename else "?"
+        return f"{type(exc).__name__} in {where} line {exc.lineno}: {exc.msg}"
+    kind = type(exc).__name__
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if kind == "_AppDoesNotBuild":
+        return f"the app does not build: {text}"
+    return {"ConfigError": "configuration error", "SpecError": "spec error", "TracingError": "configuration error"}.get(
+        kind, kind
+    ) + (f": {text}" if text else "")
+
+
+worker_class = "swagger_server.server.StoreUvicornWorker"
 try:
-    checked_spec()  # at start and at each reload, before any worker starts
-except SpecError as exc:
-    print(f"spec error: {exc}", file=sys.stderr)
-    sys.exit(2)
+    _settings, _wsgi_code, _log_notes = _load()
+except BaseException as _exc:  # noqa: BLE001 - whatever stops the code loading is reported, one line
+    if isinstance(_exc, KeyboardInterrupt):
+        raise
+    if not _reloading:
+        # At start: one clear line, not a traceback, and a non-zero exit before any worker starts.
+        print(_cause(_exc), file=sys.stderr)
+        sys.exit(2)
+    print(
+        f"reload refused: {_cause(_exc)}; the workers go on serving the last good code (fix it and send SIGHUP again)",
+        file=sys.stderr,
+        flush=True,
+    )
+    for _name in [n for n in sys.modules if _ours(n)]:
+        del sys.modules[_name]
+    sys.modules.update(_MASTER.modules)
+    _settings, _wsgi_code = _MASTER.settings, _MASTER.wsgi_code
+else:
+    _MASTER.modules = {n: m for n, m in sys.modules.items() if _ours(n)}
+    _MASTER.settings, _MASTER.wsgi_code = _settings, _wsgi_code
+    # Once per start and per good reload, here in the master (the workers inherit the settings).
+    _log_notes(_settings, say=lambda note: print(f"note: {note}", file=sys.stderr, flush=True))
+sys.modules["wsgi"] = _Wsgi(_wsgi_code)
+
+from swagger_server.db.budget import BudgetExceeded, check_connection_budget  # noqa: E402
 
 # Each worker's count of open connections, shared with the others, so that a worker holding more than
 # its share leaves new connections to them (swagger_server/spread.py). Made here, before any fork; a
@@ -64,16 +168,6 @@ except SpecError as exc:
 from swagger_server.spread import Table  # noqa: E402
 
 _connections = Table()
-
-# A reload (SIGHUP: gunicorn's documented way to deploy new code) must serve the code on disk. The checks
-# above imported this service's modules into the master, and workers forked from it would inherit them,
-# old code and old spec included (a new endpoint stayed 404). So the master forgets them here: each
-# worker imports them afresh (and reads its settings once, from the same file and environment). The
-# checks stay cheap: the third-party modules they pulled in stay imported, so workers still start warm;
-# a dependency upgrade is a restart, not a reload. gunicorn imports the worker class after this file,
-# and a reload runs this file first: that import, too, is of the code on disk.
-for _name in [n for n in sys.modules if n in ("swagger_server", "wsgi") or n.startswith("swagger_server.")]:
-    del sys.modules[_name]
 
 # Where to listen. PORT overrides [GUNICORN] port, as platforms (Heroku, Cloud Run) expect. With
 # [API] metrics_port set, /metrics is served only there (an internal port), and the API only here.
@@ -92,7 +186,7 @@ workers = _settings.server.workers
 #
 # Ours adds limits on the request line, header size and header count (gunicorn's limit_request_*
 # settings do nothing under uvicorn): see swagger_server/server.py. Set here, inherited by the workers.
-worker_class = "swagger_server.server.StoreUvicornWorker"
+# (worker_class is set above, before the checks import its module.)
 
 # The app is imported in each worker, not the master: nothing can open a connection before the fork.
 preload_app = False

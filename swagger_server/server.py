@@ -27,6 +27,7 @@ Protocol-level refusals are counted in /metrics and logged like any other answer
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 import httptools
@@ -42,6 +43,7 @@ from swagger_server.spread import FairAcceptor, Share
 from swagger_server.state import of_flask
 
 LINGER_SECONDS = 2.0  # how long a refused client's remaining bytes are read and dropped
+ORPHAN_CHECK = 1.0  # seconds between a worker's looks at whether its master is still there
 SHUTDOWN_GRACE = 1.0  # at shutdown, how long a connection between requests may still bring one
 STATUS_TEXT = {
     400: b"Bad Request",
@@ -297,9 +299,23 @@ class StoreUvicornWorker(UvicornWorker):
         self.config.store_api_share = Share(*getattr(self, "store_api_slot", (None, None)))
         server = _Server(config=self.config)
         self._install_sigquit_handler()
-        await server.serve(sockets=self.sockets)
+        orphan_watch = asyncio.get_running_loop().create_task(self._stop_if_orphaned(server))
+        try:
+            await server.serve(sockets=self.sockets)
+        finally:
+            orphan_watch.cancel()
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+    async def _stop_if_orphaned(self, server) -> None:
+        """A worker whose master is gone (killed with SIGKILL: no one to stop or replace it, its port
+        and metrics unattended) stops, gracefully, within ORPHAN_CHECK seconds, instead of serving on."""
+        while not server.should_exit:
+            await asyncio.sleep(ORPHAN_CHECK)
+            if os.getppid() != self.ppid:
+                self.log.error("worker %s: its master (pid %s) is gone; stopping", os.getpid(), self.ppid)
+                server.should_exit = True
+                return
 
 
 class _Server(Server):

@@ -1075,6 +1075,20 @@ MUTATIONS = [
         "            if rule in waived:",
         ("tests/db/test_schema_rules.py::test_a_waiver_without_its_reason_waives_nothing",),
     ),
+    Mutation(
+        "a reload of code that does not load keeps the last good code and the master",
+        "gunicorn.conf.py",
+        "    if not _reloading:\n",
+        "    if True:\n",
+        ("tests/deploy/test_reload.py::test_a_reload_of_broken_code_keeps_serving_the_last_good_code",),
+    ),
+    Mutation(
+        "a worker whose master is gone stops",
+        "swagger_server/server.py",
+        "                server.should_exit = True\n                return",
+        "                return",
+        ("tests/deploy/test_reload.py::test_workers_whose_master_was_killed_stop_within_seconds",),
+    ),
 ]
 
 
