@@ -315,8 +315,11 @@ def test_make_run_with_your_own_database_changes_nothing_unless_asked(scratch_da
 
 def test_make_dev_serves_a_changed_spec_without_a_restart(scratch_database, tmp_path):
     """`make dev` (scripts/run.py with RELOAD=1): a change to the spec or a module is served by the
-    same run, through gunicorn's SIGHUP reload. Run on a copy of the tree, which the test edits."""
+    same run, through gunicorn's SIGHUP reload; a module saved with a syntax error is said, in one line,
+    while the last good code goes on serving, and the fix is served. Run on a copy of the tree, which
+    the test edits."""
     import shutil
+    import threading
 
     tree = tmp_path / "tree"
     for name in ("swagger_server", "swagger", "scripts"):
@@ -342,7 +345,9 @@ def test_make_dev_serves_a_changed_spec_without_a_restart(scratch_database, tmp_
         text=True,
     )
     spec_url = f"http://127.0.0.1:{port}/api/openapi.json"
-    output = ""
+    lines: list[str] = []
+    drain = threading.Thread(target=lambda: lines.extend(run.stdout), daemon=True)
+    drain.start()
     try:
         wait_until(lambda: _answers(spec_url), timeout=60, message="make dev to serve")
         assert requests.get(spec_url, timeout=5).json()["paths"]["/products"]["get"]["summary"] == "List products"
@@ -355,10 +360,30 @@ def test_make_dev_serves_a_changed_spec_without_a_restart(scratch_database, tmp_
             timeout=30,
             message="the changed spec to be served",
         )
+        # A syntax error saved: said, and the last good code serves every request meanwhile.
+        module = tree / "swagger_server" / "controllers" / "products.py"
+        good = module.read_text()
+        module.write_text(good + "\n\ndef broken(:\n")
+        wait_until(lambda: any("reload refused: " in line for line in lines), timeout=30, message="the error said")
+        for _ in range(20):
+            assert requests.get(f"http://127.0.0.1:{port}/api/health", timeout=5).status_code == 200
+        module.write_text(good)
+        spec.write_text(spec.read_text().replace("summary: List the products", "summary: List all products", 1))
+        wait_until(
+            lambda: (
+                requests.get(spec_url, timeout=5).json()["paths"]["/products"]["get"]["summary"] == "List all products"
+            ),
+            timeout=30,
+            message="the fixed code to be served",
+        )
     finally:
         run.send_signal(signal.SIGTERM)
-        output, _ = run.communicate(timeout=60)
+        run.wait(timeout=60)
+        drain.join(10)
+    output = "".join(lines)
     assert "reloading: swagger/swagger.yaml changed" in output, output[-3000:]
+    refused = [line for line in lines if "reload refused: " in line]
+    assert len(refused) == 1 and "SyntaxError in swagger_server/controllers/products.py" in refused[0], refused
 
 
 def test_make_mock_answers_the_specs_examples():
