@@ -590,8 +590,8 @@ MUTATIONS = [
     Mutation(
         "kill -HUP serves the code on disk",
         "gunicorn.conf.py",
-        "    del sys.modules[_name]",
-        "    pass",
+        "        del sys.modules[_name]  # the code on disk, not the last import of it",
+        "        pass",
         ("tests/deploy/test_reload.py::test_sighup_serves_the_new_code_and_spec_and_no_request_fails",),
     ),
     Mutation(
@@ -1012,8 +1012,8 @@ MUTATIONS = [
     Mutation(
         "the search's probe reads up to and including its last id",
         "swagger_server/db/queries/customers.py",
-        'f"    AND id > %(after)s + %(first)s AND id <= %(after)s + %(probe)s AND {probe}\\n"',
-        'f"    AND id > %(after)s + %(first)s AND id < %(after)s + %(probe)s AND {probe}\\n"',
+        'f"    AND id > %(first_end)s AND id <= %(probe_end)s AND {probe}\\n"',
+        'f"    AND id > %(first_end)s AND id < %(probe_end)s AND {probe}\\n"',
         ("tests/db/test_search.py::test_the_search_finds_what_a_plain_scan_finds",),
     ),
     Mutation(

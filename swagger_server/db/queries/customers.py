@@ -72,6 +72,7 @@ def list_customers(conn, limit: int, after: int | None = None, search: str | Non
 # conditions are implied by the match itself (tests/db/test_search.py checks them against a plain
 # scan), and the exact condition is applied on top.
 SEARCH_FIRST = 1_000
+_MAX_ID = 2**63 - 1
 SEARCH_PROBE = 10_000
 _LOCAL = "split_part(email, '@', 1)"
 _DOMAIN = "substr(email, strpos(email, '@') + 1)"
@@ -111,12 +112,12 @@ def _search(conn, limit: int, after: int, term: str) -> list[dict]:
             "SET LOCAL max_parallel_workers_per_gather = 0;\n"
             "WITH first AS MATERIALIZED (\n"
             "  SELECT id, name, email, created_at, version FROM customers\n"
-            f"  WHERE id > %(after)s AND id <= %(after)s + %(first)s AND {probe}\n"
+            f"  WHERE id > %(after)s AND id <= %(first_end)s AND {probe}\n"
             "  ORDER BY id LIMIT %(limit)s\n"
             "), more AS MATERIALIZED (\n"
             "  SELECT id, name, email, created_at, version FROM customers\n"
             "  WHERE (SELECT count(*) FROM first) BETWEEN 1 AND %(limit)s - 1\n"
-            f"    AND id > %(after)s + %(first)s AND id <= %(after)s + %(probe)s AND {probe}\n"
+            f"    AND id > %(first_end)s AND id <= %(probe_end)s AND {probe}\n"
             "  ORDER BY id LIMIT %(limit)s\n"
             "), probed AS (\n"
             "  SELECT * FROM first UNION ALL SELECT * FROM more\n"
@@ -125,12 +126,20 @@ def _search(conn, limit: int, after: int, term: str) -> list[dict]:
             "UNION ALL\n"
             "(SELECT id, name, email, created_at, version FROM customers\n"
             "  WHERE (SELECT count(*) FROM probed) < %(limit)s\n"
-            "    AND id + 0 > %(after)s + CASE WHEN (SELECT count(*) FROM first) = 0 THEN %(first)s ELSE %(probe)s END\n"
+            "    AND id + 0 > CASE WHEN (SELECT count(*) FROM first) = 0 THEN %(first_end)s ELSE %(probe_end)s END\n"
             f"    AND {candidates}\n"
             "    AND (name ILIKE %(pattern)s OR email ILIKE %(pattern)s)\n"
             "  ORDER BY id + 0 LIMIT %(limit)s)\n"
             "ORDER BY id LIMIT %(limit)s",
-            {**args, "after": after, "first": SEARCH_FIRST, "probe": SEARCH_PROBE, "limit": limit},
+            {
+                **args,
+                "after": after,
+                # Ends of the probe, in Python: `after` may be near the largest id (bigint), past which
+                # the sum would not fit.
+                "first_end": min(after + SEARCH_FIRST, _MAX_ID),
+                "probe_end": min(after + SEARCH_PROBE, _MAX_ID),
+                "limit": limit,
+            },
         )
         return cur.all()
 
