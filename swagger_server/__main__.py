@@ -124,6 +124,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    except psycopg2.Error as exc:  # the database refused what the role may not do: one line, not a traceback
+        what = f"db {args.action}" if args.command == "db" else args.command
+        print(
+            f"{what}: {first_line(exc)} (as {settings.database.safe_dsn()}): connect as a role that may, the"
+            " database's owner for `db upgrade` (docs/UPGRADING.md)",
+            file=sys.stderr,
+        )
+        return 1
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -62,11 +62,18 @@ _EXTENSION_REFUSED = (
     psycopg2.errors.UndefinedFile,
     psycopg2.errors.FeatureNotSupported,
 )
+
+
 # Worth another try: the lock was not had in time, or the transaction lost a race.
+class UpgradeLockBusy(Exception):
+    """Another session holds the upgrade lock (another `db upgrade`, or anything that took it)."""
+
+
 _YIELDED = (
     psycopg2.errors.LockNotAvailable,
     psycopg2.errors.DeadlockDetected,
     psycopg2.errors.SerializationFailure,
+    UpgradeLockBusy,
 )
 
 
@@ -172,12 +179,7 @@ def upgrade(
     conn = psycopg2.connect(dsn)
     try:
         conn.autocommit = True
-        with conn.cursor() as cur:  # under the lock: two first upgrades at once would race on CREATE
-            cur.execute(
-                "BEGIN; SELECT pg_advisory_xact_lock(%s); CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now()); COMMIT",
-                (_LOCK_ID,),
-            )
+        _retrying("schema_migrations", lambda: _bootstrap(conn, timeouts), conn, timeouts, say)
         done = applied(conn)
         # Every pending file checked against the guide's rules before any of them runs.
         findings = [f for file in files if file.name not in done for f in schema_rules.check(file.name, file.text)]
@@ -192,7 +194,9 @@ def upgrade(
         for file in files:
             if file.name in done:
                 continue
-            if _retrying(file, conn, timeouts, say):
+            apply = _apply_in_transaction if file.transactional else _apply_concurrently
+            step = lambda file=file, apply=apply: apply(file, conn, timeouts)  # noqa: E731
+            if _retrying(file.name, step, conn, timeouts, say, file.text):
                 say(f"applied {file.name}")
                 names.append(file.name)
         return names
@@ -200,15 +204,35 @@ def upgrade(
         conn.close()
 
 
-def _retrying(file: SchemaFile, conn, timeouts: Timeouts, say: Callable[[str], None]) -> bool:
-    """Apply one file, retrying while it yields; False if another upgrade applied it meanwhile."""
-    apply = _apply_in_transaction if file.transactional else _apply_concurrently
+def _bootstrap(conn, timeouts: Timeouts) -> None:
+    """schema_migrations, made under the upgrade lock (two first upgrades at once would race on CREATE),
+    waited for no longer than any other lock."""
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")
+        try:
+            cur.execute("SELECT set_config('lock_timeout', %s, true)", (_ms(timeouts.lock_timeout),))
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+
+
+def _retrying(
+    what: str, apply: Callable[[], bool], conn, timeouts: Timeouts, say: Callable[[str], None], text: str = ""
+) -> bool:
+    """Run one step (a file, whose `text` it is, or taking the upgrade lock), retrying while it yields;
+    its result."""
 
     def yielded(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception()
         say(
-            f"{file.name}: yielded ({first_line(exc)}), rolled back, traffic flows; try {state.attempt_number + 1}"
-            f" in {state.upcoming_sleep:.1f} s; oldest open transaction: {_oldest_transaction(conn)}"
+            f"{what}: yielded ({first_line(exc)}), rolled back, traffic flows; try {state.attempt_number + 1}"
+            f" in {state.upcoming_sleep:.1f} s; {_blocker(conn)}"
         )
 
     retrying = tenacity.Retrying(
@@ -219,25 +243,25 @@ def _retrying(file: SchemaFile, conn, timeouts: Timeouts, say: Callable[[str], N
         reraise=True,
     )
     try:
-        return retrying(apply, file, conn, timeouts)
+        return retrying(apply)
     except _YIELDED as exc:
         raise MigrationError(
-            f"{file.name}: not applied; it yielded for {timeouts.deadline:g} s ({first_line(exc)}). "
-            f"End the long transaction that holds the lock ({_oldest_transaction(conn)}) and run it again"
+            f"{what}: not applied; it yielded for {timeouts.deadline:g} s ({first_line(exc)}). "
+            f"End what holds the lock ({_blocker(conn)}) and run it again"
         ) from exc
     except psycopg2.OperationalError:
         raise  # the database went away (LockNotAvailable, one too, is handled above): the command line says so
     except psycopg2.Error as exc:  # the file itself is wrong for this database: nothing of it was kept
-        extension = _EXTENSION.search(file.text)
+        extension = _EXTENSION.search(text)
         if extension and isinstance(exc, _EXTENSION_REFUSED):
             name = extension.group(1)
             raise MigrationError(
-                f"{file.name}: not applied: {first_line(exc)}. This role may not create the extension {name}, or"
+                f"{what}: not applied: {first_line(exc)}. This role may not create the extension {name}, or"
                 f" the server does not have it: have the database's owner or an administrator run"
                 f" `CREATE EXTENSION IF NOT EXISTS {name};` in this database (on a managed PostgreSQL, allow"
                 f" the extension first: docs/UPGRADING.md), then run `db upgrade` again"
             ) from exc
-        raise MigrationError(f"{file.name}: not applied: {first_line(exc)}") from exc
+        raise MigrationError(f"{what}: not applied: {first_line(exc)}") from exc
 
 
 def _apply_in_transaction(file: SchemaFile, conn, timeouts: Timeouts) -> bool:
@@ -271,7 +295,9 @@ def _apply_concurrently(file: SchemaFile, conn, _timeouts: Timeouts) -> bool:
     itself, not PgBouncer in transaction mode (docs/UPGRADING.md)."""
     statement = file.statement()
     with conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))  # another upgrade runs: wait for it
+        cur.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK_ID,))
+        if not cur.fetchone()[0]:  # another upgrade runs (or a session took the lock): yield, retry
+            raise UpgradeLockBusy("the upgrade lock is held by another session")
         try:
             cur.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (file.name,))
             if cur.fetchone():
@@ -300,6 +326,29 @@ def _drop_invalid(cur, file: SchemaFile) -> None:
         if row:
             logger.warning("%s: dropping index %s, left invalid by a failed concurrent build", file.name, row[0])
             cur.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(row[0])))
+
+
+def _blocker(conn) -> str:
+    """Who holds the upgrade lock, if anyone does, else the oldest open transaction: the likely blocker."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT a.pid, a.application_name, a.state, extract(epoch FROM now() - a.backend_start)::int"
+                " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = %s"
+                " AND l.pid <> pg_backend_pid() LIMIT 1",
+                (_LOCK_ID,),
+            )
+            row = cur.fetchone()
+    except psycopg2.Error as exc:
+        return f"the lock's holder unknown ({first_line(exc)})"
+    if row is not None:
+        pid, app, state, seconds = row
+        return (
+            f"the upgrade lock is held by pid {pid} ({app or 'no application_name'}, {state}, connected {seconds} s):"
+            f" another db upgrade, or a session to end with pg_terminate_backend({pid})"
+        )
+    return f"oldest open transaction: {_oldest_transaction(conn)}"
 
 
 def _oldest_transaction(conn) -> str:

@@ -286,3 +286,78 @@ def test_a_role_that_may_not_create_the_search_extension_is_told_what_to_do(
         query(admin, "DROP OWNED BY store_no_extension CASCADE")
         admin.close()
         admin_connect(pg_server.url("postgres")).cursor().execute("DROP ROLE store_no_extension")
+
+
+class LockHolder:
+    """A session that took the upgrade's advisory lock and keeps it (a stuck Job's backend, a psql)."""
+
+    def __init__(self, url: str):
+        self.conn = psycopg2.connect(url, application_name="stuck-job")
+        self.conn.autocommit = True
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (migrate._LOCK_ID,))
+        self.pid = self.conn.get_backend_pid()
+
+    def end(self):
+        self.conn.close()
+
+
+@pytest.mark.timing  # the deadline is 1 s; the bound 5 s is the backoff's last sleep (0.5 s) and scheduling
+@pytest.mark.parametrize("where", ["fresh database", "pending no-transaction file"])
+def test_a_held_upgrade_lock_is_waited_for_under_the_deadline_naming_its_holder(new_database, tmp_path, where):
+    """Any session holding the upgrade lock: `db upgrade` used to print nothing and wait for ever. Now it
+    yields, one line a try naming the holder, gives up at its deadline saying whom to end, and applies
+    once the lock is free."""
+    url = new_database("store_mig_lock_held")
+    folder = schema_dir(tmp_path)
+    if where == "pending no-transaction file":
+        upgrade(url)
+        folder = schema_dir(tmp_path, extra={"900_index.sql": CONCURRENT_INDEX})
+    holder = LockHolder(url)
+    said: list[str] = []
+    try:
+        began = time.monotonic()
+        with pytest.raises(MigrationError) as caught:
+            upgrade(url, Timeouts(lock_timeout=0.1, deadline=1.0, max_backoff=0.5), schema_dir=folder, say=said.append)
+        took = time.monotonic() - began
+        message = str(caught.value)
+        assert f"held by pid {holder.pid} (stuck-job" in message and "pg_terminate_backend" in message, message
+        assert said and all("yielded" in line and f"pid {holder.pid} (stuck-job" in line for line in said), said
+        assert took < 5, took
+        if where == "pending no-transaction file":  # its own step, past the first: it yields too
+            conn = psycopg2.connect(url)
+            conn.autocommit = True
+            try:
+                with pytest.raises(migrate.UpgradeLockBusy):
+                    migrate._apply_concurrently(migrate.shipped(folder)[-1], conn, FAST)
+            finally:
+                conn.close()
+    finally:
+        holder.end()
+    assert upgrade(url, FAST, schema_dir=folder, say=lambda _: None)  # the lock free: applied
+
+
+def test_a_role_without_rights_gets_one_line_not_a_traceback(new_database, pg_server, capsys, monkeypatch):
+    """`db status` and `db upgrade` as a role that may not read the schema: one line on stderr saying
+    what was refused and what to do, exit 1 (they printed 14-15 lines of traceback)."""
+    url = new_database("store_mig_no_rights")
+    upgrade(url)
+    admin = admin_connect(url)
+    query(admin, "DROP ROLE IF EXISTS store_no_rights")
+    query(admin, "CREATE ROLE store_no_rights LOGIN")
+    query(admin, "REVOKE ALL ON SCHEMA public FROM PUBLIC")
+    query(admin, "GRANT USAGE ON SCHEMA public TO store_no_rights")  # it sees the tables, may read none
+    monkeypatch.setenv("DATABASE_URL", url.replace("postgres@", "store_no_rights@", 1))
+    monkeypatch.setenv("APP_CONFIG", str(Path(__file__).parent.parent / "empty.ini"))
+    try:
+        for action in ("status", "upgrade"):
+            capsys.readouterr()
+            assert cli(["db", action]) == 1
+            err = capsys.readouterr().err.strip().splitlines()
+            err = [line for line in err if not line.startswith("note:")]
+            assert len(err) == 1 and err[0].startswith(f"db {action}: ") and "permission denied" in err[0], err
+            assert "Traceback" not in err[0]
+    finally:
+        query(admin, "DROP OWNED BY store_no_rights CASCADE")
+        admin.close()
+        admin_connect(pg_server.url("postgres")).cursor().execute("DROP ROLE store_no_rights")
