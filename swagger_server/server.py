@@ -8,8 +8,9 @@ over a limit is answered `414` or `431` problem+json and the connection closed. 
 stays at the limit plus one network read. Only the head counts: a read in which a head or a body is
 completed (and which may carry a body, or pipelined requests) adds nothing to the count.
 
-A head must also arrive whole within `head_timeout` seconds of its first byte (uvicorn has no such
-limit: a client that sends half a head and stops held its socket for ever): `408` and closed.
+A head must also arrive whole within `head_timeout` seconds of its first byte, and the first request's
+first byte within `head_timeout` of the accept (uvicorn has neither: a client that sends half a head,
+or nothing, held its socket for ever): `408` and closed.
 Two more things uvicorn does that a request must not be able to use:
 - chunked trailer fields: httptools reports them like header fields and uvicorn appends them to the
   request's headers (the same list the app reads), so an `Authorization` sent as a trailer after the
@@ -88,6 +89,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._body_in_read = 0  # body bytes the parser found in the current read
         self._message_completed = False  # a message was completed during the current read
         self._draining = None  # at shutdown: the timer that closes a connection between requests
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        # The head's deadline runs from accept, not from the first byte: a connection that sends
+        # nothing is answered 408 and closed at head_timeout, as one that sends half a head is
+        # (without it, 8 000 silent connections held 46 MB and stayed).
+        self._head_timer = self.loop.call_later(self.limits.head_timeout, self._nothing_sent)
+
+    def _nothing_sent(self) -> None:
+        self._head_expired()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -1099,6 +1099,13 @@ MUTATIONS = [
             "test_a_held_upgrade_lock_is_waited_for_under_the_deadline_naming_its_holder[pending no-transaction file]",
         ),
     ),
+    Mutation(
+        "a connection that sends nothing is closed at the head timeout",
+        "swagger_server/server.py",
+        "        self._head_timer = self.loop.call_later(self.limits.head_timeout, self._nothing_sent)",
+        "        pass",
+        ("tests/pipeline/test_http_layer.py::test_a_connection_that_sends_nothing_is_closed_at_the_head_timeout",),
+    ),
 ]
 
 

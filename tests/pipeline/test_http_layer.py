@@ -363,6 +363,29 @@ def test_a_stalled_head_gets_408_within_its_timeout_and_is_closed(server):
 
 
 @pytest.mark.timing
+def test_a_connection_that_sends_nothing_is_closed_at_the_head_timeout(server):
+    """No byte after accept: the same deadline as a head that stops half way (the timer starts at
+    accept), for every such connection at once. The observer: one that sends a request is answered."""
+    import socket
+
+    silent = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(20)]
+    started = time.monotonic()
+    answers = []
+    for sock in silent:
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        answers.append((data, time.monotonic() - started))
+        sock.close()
+    RECEIVED[408] += len(answers)
+    for data, elapsed in answers:
+        assert data.startswith(b"HTTP/1.1 408 "), data[:80]
+        assert elapsed <= HEAD_TIMEOUT * 1.1 + 0.3, elapsed
+    assert HEAD_TIMEOUT * 0.9 <= answers[0][1], answers[0][1]
+    assert send(server, request_bytes("GET", "/api/health", [])).status == 200
+
+
+@pytest.mark.timing
 @pytest.mark.parametrize("method,path", [("POST", "/api/products"), ("GET", "/api/health/ready")])
 def test_a_stalled_body_gets_408_within_its_timeout_and_is_closed(server, method, path):
     head = request_bytes(method, path, [JSON, "Content-Length: 100"], b'{"sku":')
