@@ -1106,6 +1106,13 @@ MUTATIONS = [
         "        pass",
         ("tests/pipeline/test_http_layer.py::test_a_connection_that_sends_nothing_is_closed_at_the_head_timeout",),
     ),
+    Mutation(
+        "a body over its schema's sizes is refused before anything walks it",
+        "swagger_server/validation.py",
+        "        oversize = _over_size(body, self._schema)",
+        "        oversize = None",
+        ("tests/pipeline/test_bounded_validation.py::test_a_string_over_its_max_length_is_refused_by_its_length",),
+    ),
 ]
 
 
