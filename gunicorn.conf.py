@@ -32,10 +32,12 @@ control_socket = os.path.join(_run_dir, "gunicorn.ctl")
 
 # The master holds the code its workers run. At start and at each reload (SIGHUP: gunicorn's documented
 # way to deploy new code) this file imports the service from disk and checks it: the settings, the
-# tracing exporter, the spec against its controllers, wsgi.py. The workers are forked with what passed,
+# tracing exporter, the spec against its controllers, wsgi.py (compiled, and the app built once in a
+# forked child: _builds). The workers are forked with what passed,
 # already imported (and the spec and settings already read: their caches), so none can fail to start
 # on code the master has not seen load. A reload that fails its checks (a syntax error, a missing
-# module, a spec error, a bad setting) logs one error naming the cause, keeps the last good code, and the
+# module, a spec error, a bad setting, an app that does not build) logs one error naming the cause,
+# keeps the last good code, and the
 # workers go on serving it; gunicorn's master never exits on it (it used to, orphaning its workers with
 # their metrics directory removed under them). A later SIGHUP with fixed code serves that.
 # tests/deploy/test_reload.py proves each case over real gunicorn.
