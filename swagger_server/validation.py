@@ -40,6 +40,7 @@ from jsonschema import Draft4Validator, ValidationError, validators
 
 from swagger_server import text as text_rule
 from swagger_server.errors import ApiError, excerpt
+from swagger_server.sizes import over_size
 from swagger_server.state import request_context
 
 # Connexion's format checker, with a real `email` check. jsonschema's only asks for an "@"; the spec's
@@ -156,41 +157,6 @@ def _message(error: ValidationError) -> str:
     return excerpt(error.message, 300)
 
 
-def _over_size(value, schema, path: str = "") -> tuple[str, str] | None:
-    """(field, what) for the first array, object or string longer than its schema allows, looked for
-    before anything else reads the body: an array is measured before its items are, and only as many
-    items as the schema allows are descended into, so the work before a refusal is bounded by what the
-    spec allows, not by what was sent (150 000 lines where 100 are allowed took jsonschema 4 s of the
-    event loop, collecting an error per line)."""
-    if not isinstance(schema, dict):
-        return None
-    if isinstance(value, list):
-        most = schema.get("maxItems")
-        if most is not None and len(value) > most:
-            return path, f"has {len(value)} items; at most {most} are allowed"
-        items = schema.get("items")
-        if isinstance(items, dict):
-            for i, item in enumerate(value):
-                found = _over_size(item, items, f"{path}[{i}]")
-                if found is not None:
-                    return found
-    elif isinstance(value, dict):
-        most = schema.get("maxProperties")
-        if most is not None and len(value) > most:
-            return path, f"has {len(value)} members; at most {most} are allowed"
-        properties = schema.get("properties") or {}
-        for name, sub in properties.items():
-            if name in value:
-                found = _over_size(value[name], sub, f"{path}.{name}" if path else name)
-                if found is not None:
-                    return found
-    elif isinstance(value, str):
-        most = schema.get("maxLength")
-        if most is not None and len(value) > most:
-            return path, f"is {len(value)} characters long; at most {most} are allowed"
-    return None
-
-
 def _inspect(body) -> tuple[str, str] | None:
     """(what, where) if the parsed body nests deeper than MAX_DEPTH, or holds a NUL or an unpaired
     surrogate in a string, else None. Iterative, so a hostile body cannot exhaust the recursion limit here."""
@@ -263,10 +229,8 @@ class ProblemJSONBodyValidator(JSONRequestBodyValidator):
             reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
             where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
             raise InvalidRequest(f"the request body is not valid JSON: {reason}{where}", field="body") from None
-        oversize = _over_size(body, self._schema)
-        if oversize is not None:
-            field, message = oversize
-            raise InvalidRequest(f"'{field}' {message}" if field else message, field=field or "body")
+        if (oversize := over_size(body, self._schema)) is not None:  # before anything walks the body
+            raise InvalidRequest(oversize[1], field=oversize[0])
         found = _inspect(body)
         if found is not None:
             what, where = found

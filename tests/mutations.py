@@ -1109,8 +1109,8 @@ MUTATIONS = [
     Mutation(
         "a body over its schema's sizes is refused before anything walks it",
         "swagger_server/validation.py",
-        "        oversize = _over_size(body, self._schema)",
-        "        oversize = None",
+        "        if (oversize := over_size(body, self._schema)) is not None:",
+        "        if (oversize := None) is not None:",
         ("tests/pipeline/test_bounded_validation.py::test_a_string_over_its_max_length_is_refused_by_its_length",),
     ),
 ]
