@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from swagger_server.db.connection import Connection
-from swagger_server.db.queries import customers
+from swagger_server.db.queries import customers, trigrams
 from tests.conftest import admin_connect, query, schema_database
 
 ALPHABET = "abAB01.@_%\\-é"
@@ -78,13 +78,47 @@ def cases(draw):
     return rows, term
 
 
-@given(case=cases(), first=st.integers(1, 60), probe=st.integers(1, 60), limit=st.integers(1, 6))
-@example(case=([(1, "x", "ab@example.com"), (90, "y", "zab@example.com")], "ab@example.co"), first=2, probe=5, limit=1)
-@example(case=([(1, "x", "q@rst@abc.org"), (90, "y", "rst@abc.org")], "rst@abc"), first=2, probe=5, limit=2)
-@example(case=([(1, "x", "a%bcd_e\\f@x.io"), (90, "y", "A%BCD_E\\F@X.IO")], "%bcd_e\\f@"), first=2, probe=5, limit=1)
-@example(case=([(1, "x", "abc@cd@ef.org"), (90, "y", "zabc@cd@ef.org")], "abc@cd@ef"), first=2, probe=5, limit=2)
+shares = st.dictionaries(st.text("ab01 ", min_size=3, max_size=3), st.floats(0.0001, 1.0), max_size=40)
+part_frequencies = st.builds(trigrams.Frequencies, shares, st.floats(0.0001, 0.1))
+# The trigram statistics the index conditions are chosen from (trigrams.py): none, as before ANALYZE,
+# or any shares at all: which substrings are chosen changes the speed, never the answer.
+frequencies = st.one_of(
+    st.just({}),
+    st.fixed_dictionaries({"name": part_frequencies, "local": part_frequencies, "domain": part_frequencies}),
+)
+
+
+@given(
+    case=cases(),
+    first=st.integers(1, 60),
+    probe=st.integers(1, 60),
+    limit=st.integers(1, 6),
+    stats=frequencies,
+)
 @example(
-    case=([(1, "hopper", "a@b.c"), (4, "hopper", "d@e.f"), (1, "hopper", "g@h.i")], "hopper"), first=2, probe=5, limit=5
+    case=([(1, "x", "ab@example.com"), (90, "y", "zab@example.com")], "ab@example.co"),
+    first=2,
+    probe=5,
+    limit=1,
+    stats={},
+)
+@example(case=([(1, "x", "q@rst@abc.org"), (90, "y", "rst@abc.org")], "rst@abc"), first=2, probe=5, limit=2, stats={})
+@example(
+    case=([(1, "x", "a%bcd_e\\f@x.io"), (90, "y", "A%BCD_E\\F@X.IO")], "%bcd_e\\f@"),
+    first=2,
+    probe=5,
+    limit=1,
+    stats={},
+)
+@example(
+    case=([(1, "x", "abc@cd@ef.org"), (90, "y", "zabc@cd@ef.org")], "abc@cd@ef"), first=2, probe=5, limit=2, stats={}
+)
+@example(
+    case=([(1, "hopper", "a@b.c"), (4, "hopper", "d@e.f"), (1, "hopper", "g@h.i")], "hopper"),
+    first=2,
+    probe=5,
+    limit=5,
+    stats={},
 )
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @example(
@@ -92,10 +126,12 @@ def cases(draw):
     first=5,
     probe=10,
     limit=5,
+    stats={},
 )
-@example(case=([(6, "hopper", "a@b.c"), (4, "hopper", "g@h.i")], "hopper"), first=5, probe=10, limit=5)
-def test_the_search_finds_what_a_plain_scan_finds(conn, admin, monkeypatch, case, first, probe, limit):
+@example(case=([(6, "hopper", "a@b.c"), (4, "hopper", "g@h.i")], "hopper"), first=5, probe=10, limit=5, stats={})
+def test_the_search_finds_what_a_plain_scan_finds(conn, admin, monkeypatch, case, first, probe, limit, stats):
     rows, term = case
+    monkeypatch.setattr(trigrams.STATS, "get", lambda conn: stats)
     assume(customers.searchable(term))  # any other is refused 400 by the API (test_customers)
     query(admin, "TRUNCATE customers RESTART IDENTITY CASCADE")
     ids, next_id = [], 0
@@ -137,3 +173,27 @@ def test_the_search_tries_both_routes(conn, admin, monkeypatch):
     assert [r["id"] for r in customers.list_customers(conn, 1, 0, "example")] == [3]
     # A cursor near the largest id: the probe's ends stay within bigint (the contract fuzzer's find).
     assert customers.list_customers(conn, 5, 2**63 - 2, "hopper") == []
+
+
+@given(st.text("abcAB019 .-@_%é", max_size=16))
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_the_trigrams_are_the_ones_pg_trgm_reads(admin, text):
+    """trigrams.like_trigrams follows pg_trgm's reading of a term: text bounded on both sides has
+    every word padded on both, as show_trgm pads (ASCII words; a term that is not ASCII is given to
+    the index whole)."""
+    assume(text.isascii())
+    assert trigrams.like_trigrams("." + text + ".") == set(query(admin, "SELECT show_trgm(%s)", (text,))[0][0])
+
+
+def test_the_chosen_substrings_are_the_terms_rarest_apart():
+    """Words' trigrams common (5 %), a digit's rarer (2 %): one substring per word, rarest and shortest
+    first, until the estimate is small enough (0.02 * 0.05 * 0.05 of the rows), a trigram no statistic
+    knows taken as rare; one word, by more than one substring of it, apart; a term that is not ASCII
+    goes whole."""
+    common = trigrams.Frequencies({t: 0.05 for t in trigrams.like_trigrams(".ada.turing.")} | {"  1": 0.02}, 0.001)
+    assert trigrams.substrings("ada.turing.1", common) == ["ada", ".t", ".1"]
+    assert trigrams.substrings("ada.turing.1xy", common) == [".t", "1xy"]
+    assert trigrams.substrings("lovelace", trigrams.Frequencies({}, 0.01)) == ["lov", "ela"]
+    assert trigrams.substrings("aé b", common) is None
+    # What three or four substrings cannot narrow to ENOUGH goes whole: all its trigrams narrow most.
+    assert trigrams.substrings("lovelace", trigrams.Frequencies({}, 0.5)) is None

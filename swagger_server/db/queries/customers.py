@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from swagger_server.db.queries import ANY, WriteCondition, like_escape
+from swagger_server.db.queries import ANY, WriteCondition, like_escape, trigrams
 
 # The search is served by trigram indexes (schema 008, 014-016; see _search): a term is found through its trigrams,
 # runs of three letters or digits (pg_trgm's word characters; in a database with the C ctype, ASCII
@@ -78,12 +78,29 @@ _LOCAL = "split_part(email, '@', 1)"
 _DOMAIN = "substr(email, strpos(email, '@') + 1)"
 
 
-def _candidates(term: str) -> tuple[str, dict]:
+def _contains(part: str, expression: str, term: str, frequencies: dict, args: dict) -> str:
+    """`expression` holds `term`, as the condition its trigram index should be asked: the few substrings
+    of the term trigrams.substrings picks from `part`'s frequencies, else the whole term."""
+    chosen = trigrams.substrings(term, frequencies[part]) if part in frequencies else None
+    if chosen is None:
+        return f"{expression} ILIKE %(pattern)s"
+    names = []
+    for i, substring in enumerate(chosen):
+        args[f"{part}{i}"] = "%" + like_escape(substring) + "%"
+        names.append(f"{expression} ILIKE %({part}{i})s")
+    return "(" + " AND ".join(names) + ")"
+
+
+def _candidates(conn, term: str) -> tuple[str, dict]:
     """The index conditions a customer matching `term` must meet (see above), and their parameters."""
     args = {"pattern": "%" + like_escape(term) + "%"}
-    conditions = ["name ILIKE %(pattern)s", f"{_DOMAIN} ILIKE %(pattern)s"]
+    frequencies = trigrams.STATS.get(conn)
+    conditions = [
+        _contains("name", "name", term, frequencies, args),
+        _contains("domain", _DOMAIN, term, frequencies, args),
+    ]
     if "@" not in term:
-        conditions.append(f"{_LOCAL} ILIKE %(pattern)s")
+        conditions.append(_contains("local", _LOCAL, term, frequencies, args))
     else:
         local, rest = term.split("@", 1)
         if searchable(local):
@@ -104,7 +121,7 @@ def _candidates(term: str) -> tuple[str, dict]:
 
 
 def _search(conn, limit: int, after: int, term: str) -> list[dict]:
-    candidates, args = _candidates(term)
+    candidates, args = _candidates(conn, term)
     probe = "(COALESCE(name, '') ILIKE %(pattern)s OR COALESCE(email, '') ILIKE %(pattern)s)"
     with conn.cursor() as cur:
         cur.execute(
