@@ -17,7 +17,7 @@ import pytest
 
 from harness.recording import recording
 from swagger_server.db import queries
-from swagger_server.db.queries import customers, dashboard, health, orders, products, rollups
+from swagger_server.db.queries import customers, dashboard, health, orders, products, rollups, trigrams
 from swagger_server.db.seed import seed
 from tests.conftest import admin_connect, query, schema_database
 
@@ -291,3 +291,34 @@ def test_a_term_of_common_trigrams_reads_few_of_them(plans_url, recorder):
     }
     assert pages["used"] < pages["whole"], (pages, used["Index Cond"])
     assert matches and used["Actual Rows"] <= 4 * matches, (used["Actual Rows"], matches, used["Index Cond"])
+
+
+def test_the_trigram_statistics_reach_a_role_that_does_not_own_the_tables(plans_url):
+    """PostgreSQL shows a table's extended statistics to its owner only: a service role that may only
+    read the rows sees none in pg_stats_ext_exprs (the observer), and reads the frequencies through the
+    schema's function all the same."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    admin = admin_connect(plans_url)
+    query(admin, "DROP ROLE IF EXISTS search_reader")
+    query(admin, "CREATE ROLE search_reader LOGIN")
+    query(admin, "GRANT SELECT ON customers TO search_reader")
+    parts = urlsplit(plans_url)
+    reader = psycopg2.connect(urlunsplit(parts._replace(netloc="search_reader@" + parts.netloc.split("@")[-1])))
+    try:
+        owner_sees = query(
+            admin, "SELECT count(*) FROM pg_stats_ext_exprs WHERE statistics_name = 'customers_search_trigrams'"
+        )
+        reader_sees = query(
+            reader, "SELECT count(*) FROM pg_stats_ext_exprs WHERE statistics_name = 'customers_search_trigrams'"
+        )
+        assert (owner_sees, reader_sees) == ([(3,)], [(0,)])
+        found = trigrams._read(reader)
+        assert set(found) == {"name", "local", "domain"}
+        assert found["domain"].of("com") == pytest.approx(1.0)
+        assert 0 < found["local"].of("ada") < 0.2
+    finally:
+        reader.close()
+        query(admin, "DROP OWNED BY search_reader")
+        query(admin, "DROP ROLE search_reader")
+        admin.close()

@@ -11,8 +11,9 @@ So the index is asked for a few substrings of the term instead (`x ILIKE '%ada%'
 are; the whole term is then checked on the rows they give. How common a trigram is comes from
 PostgreSQL's own statistics: an extended statistics object on each indexed expression's trigrams
 (schema 018; ANALYZE and autovacuum keep its most common elements and their frequencies), read once
-per STATS_TTL per process and connection target. Without them (not analysed yet, or a role that may not
-read them) the whole term goes to the index, as before: slower on such terms, never wrong.
+per STATS_TTL per process and connection target, through a function that runs as the tables' owner
+(only an owner may read them). Without them (not analysed yet) the whole term goes to the index, as
+before: slower on such terms, never wrong.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-STATISTICS = "customers_search_trigrams"
 STATS_TTL = 300.0
 # Stop adding substrings once the rows they are estimated to leave are at most this share of the table
 # (300 rows at a million: a bitmap heap scan rechecks them in about 2 ms; reading one more posting
@@ -125,11 +125,7 @@ def _read(conn) -> dict[str, Frequencies]:
     """{"name", "local" or "domain": Frequencies} from the statistics object (schema 018); empty if it
     has not been analysed or may not be read."""
     with conn.cursor() as cur:
-        cur.execute(
-            "SELECT expr, most_common_elems::text::text[], most_common_elem_freqs FROM pg_stats_ext_exprs"
-            " WHERE statistics_name = %s AND NOT inherited AND most_common_elems IS NOT NULL",
-            (STATISTICS,),
-        )
+        cur.execute("SELECT expr, trigrams, shares FROM customers_search_trigram_shares()")
         found = {}
         for expr, elements, freqs in cur.fetchall():
             # most_common_elem_freqs ends with the smallest and largest frequency and the null share.
