@@ -1,4 +1,4 @@
-"""The command line: `python -m swagger_server db upgrade | db seed | serve | check-config`."""
+"""The command line: `python -m swagger_server db upgrade | db seed | keys create | serve | check-config`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from swagger_server.config import (
     log_notes,
     names_a_server,
 )
+from swagger_server.identity import cli as identity_cli
 from swagger_server.text import first_line
 
 
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="development server (use gunicorn in production)")
     serve.add_argument("--port", type=int)
     sub.add_parser("check-config", help="validate config.ini and the environment, print the settings")
+    identity_cli.add_parser(sub)
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             # access_log=False: the app writes one line per request itself (uvicorn's would be a second).
             uvicorn.run(app, host="127.0.0.1", port=args.port or settings.server.port, access_log=False)
             return 0
+        if args.command == "keys":
+            return identity_cli.run(args, dsn)
         if args.action == "upgrade":
             from swagger_server.db.migrate import MigrationError, Timeouts, upgrade
 

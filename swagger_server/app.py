@@ -22,6 +22,7 @@ from connexion.options import SwaggerUIOptions
 from swagger_server import deprecation, errors, observability, patches, pipeline, security, validation
 from swagger_server.config import Settings, load_settings
 from swagger_server.db.database import Database
+from swagger_server.identity.keys import ApiKeys, KeyRefresher
 from swagger_server.jsonify import FastJsonifier
 from swagger_server.pipeline.gate import HeadLimits
 from swagger_server.reports import ReportCache
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         metrics=metrics,
         sampler=observability.ProcessSampler(metrics, database),
         tokens=security.Tokens(settings.api.tokens),
+        keys=ApiKeys(),
         routes=errors.Routes(spec["paths"], "/api"),
         limits=HeadLimits.of(settings.api),
         validators=validation.validator_map(),
@@ -71,7 +73,10 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         sampler.handlers = state.handlers
         lag = observability.LoopLag().start()
         sampler.loop_lag = lag
+        # The API keys from the start: a key is refused 503 (not 401) until the first pass has read them.
+        refresher = KeyRefresher(state.keys, database.pool, settings.api.key_refresh).start()
         yield
+        refresher.stop()
         lag.stop()
         state.sampler.stop()
         state.tracing.shutdown()

@@ -18,7 +18,8 @@ import logging
 from connexion.security import BearerSecurityHandler
 
 from swagger_server.config import parse_token
-from swagger_server.errors import Forbidden
+from swagger_server.errors import Forbidden, Unavailable
+from swagger_server.identity.keys import ApiKeys, KeysNotLoaded, looks_like_key
 from swagger_server.state import of_scope
 
 logger = logging.getLogger(__name__)
@@ -62,10 +63,34 @@ def required_scope(method: str) -> str:
     return "read" if method.upper() in READ_METHODS else "write"
 
 
+def check_key(keys: ApiKeys, token: str, method: str) -> dict | None:
+    """An API key's info (identity/keys.py), None (401) for one that is not live; Forbidden (403) when
+    its scopes do not allow `method`; Unavailable (503) before this process has read the keys."""
+    try:
+        key = keys.check(token)
+    except KeysNotLoaded:
+        raise Unavailable(
+            "The API keys have not been read from the database yet; retry shortly.", headers={"Retry-After": "1"}
+        ) from None
+    if key is None:
+        return None
+    if key.customer_id is not None:  # until every operation enforces the binding (row-level security)
+        raise Forbidden("keys bound to a customer are not served yet")
+    scopes = set(key.scopes) | ({"read"} if "write" in key.scopes else set())
+    needed = required_scope(method)
+    if needed not in scopes:
+        raise Forbidden(f"this key may not {'read' if needed == 'read' else 'write'}; {needed} access is needed")
+    # The caller is the key's id: its rate limit, its share of the threads and its idempotency keys.
+    return {"sub": "key:" + key.id, "scope": sorted(scopes), "customer_id": key.customer_id}
+
+
 def check_token(token: str, request) -> dict | None:
-    """The spec's x-bearerInfoFunc: the token checked against the tokens of the app serving `request`
-    (the outermost middleware puts the app's state in the request's scope)."""
-    return of_scope(request.scope).tokens.check(token, request.method)
+    """The spec's x-bearerInfoFunc: the token checked against the API keys or the configured tokens of
+    the app serving `request` (the outermost middleware puts the app's state in the request's scope)."""
+    state = of_scope(request.scope)
+    if looks_like_key(token):
+        return check_key(state.keys, token, request.method)
+    return state.tokens.check(token, request.method)
 
 
 class CachedBearerHandler(BearerSecurityHandler):

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from swagger_server.config import Settings
     from swagger_server.db.database import Database
     from swagger_server.errors import Routes
+    from swagger_server.identity.keys import ApiKeys
     from swagger_server.observability import Metrics, ProcessSampler
     from swagger_server.observability.tracing import Tracing
     from swagger_server.pipeline.gate import HeadLimits
@@ -35,6 +36,7 @@ class AppState:
     metrics: Metrics
     sampler: ProcessSampler  # the pool gauges' sampling thread, one per process
     tokens: Tokens
+    keys: ApiKeys  # the API keys the service issued, in memory (identity/keys.py)
     routes: Routes  # path templates -> methods, for the Allow header of a 405
     limits: HeadLimits  # the HTTP layer's head limits (swagger_server/server.py)
     validators: dict[str, Any]  # Connexion's validator_map, with this app's validator caches

@@ -140,6 +140,7 @@ def validate(settings: Settings) -> None:
             "must be > 0 and <= 3600 seconds",
         ),
         (0 < api.caller_share <= 1, label("API", "caller_share"), "must be > 0 and <= 1 (a share of the threads)"),
+        (0.1 <= api.key_refresh <= 60, label("API", "key_refresh"), "must be between 0.1 and 60 (seconds)"),
         (api.dashboard_timeout_ms > 0, label("API", "dashboard_timeout_ms"), "must be > 0"),
         (0 <= api.dashboard_max_age <= 60, label("API", "dashboard_max_age"), "must be >= 0 and <= 60 seconds"),
         (

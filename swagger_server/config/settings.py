@@ -132,6 +132,9 @@ class ApiSettings:
     # Seconds between the dashboard roller's passes in each worker (db/rollups.py); 0 = no roller here
     # (reports stay exact, reading more raw rows, until another process or `db rollup` rolls up).
     dashboard_rollup_interval: float = 10.0
+    # Seconds between a worker's reads of the API keys that changed (identity/keys.py): a revoked key is
+    # refused everywhere within this and one read.
+    key_refresh: float = 2.0
     # memory:// (each worker counts its own) or redis://host:port/db (every worker of every host, one count).
     rate_limit_storage: str = field(default="memory://", repr=False)
     access_log: bool = True  # one line per request on stdout
@@ -244,6 +247,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "API_RETRY_AFTER": ("API", "retry_after"),
     "API_ADMISSION_TIMEOUT": ("API", "admission_timeout"),
     "API_CALLER_SHARE": ("API", "caller_share"),
+    "API_KEY_REFRESH": ("API", "key_refresh"),
     "API_RATE_LIMIT": ("API", "rate_limit"),
     "API_DASHBOARD_TIMEOUT_MS": ("API", "dashboard_timeout_ms"),
     "API_DASHBOARD_MAX_AGE": ("API", "dashboard_max_age"),
