@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         sampler=observability.ProcessSampler(metrics, database),
         tokens=security.Tokens(settings.api.tokens),
         keys=ApiKeys(),
+        customer_scoped=security.customer_scoped(spec["paths"]),
         routes=errors.Routes(spec["paths"], "/api"),
         limits=HeadLimits.of(settings.api),
         validators=validation.validator_map(),

@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import g, request
+from connexion.context import context as connexion_context
+from flask import g, has_request_context, request
 
 from swagger_server import state as app_state
-from swagger_server.db.connection import Connection
+from swagger_server.db.connection import Connection, scoped_to
 from swagger_server.db.database import Database
 from swagger_server.db.errors import PoolError
 from swagger_server.db.replica import ReplicaBehind, parse_lsn, retry_on_primary
@@ -84,6 +85,7 @@ class RequestScope:
                 db.conn, db.role = conn, "replica"
                 self._checked_out("replica", start)
                 self.database.check_schema(conn)
+                conn.scope_prefix = scoped_to(bound_customer())
                 return conn
         conn = self.database.pool.getconn()
         conn.track_lsn = self.database.replica is not None
@@ -91,6 +93,7 @@ class RequestScope:
         db.conn, db.role = conn, "primary"
         self._checked_out("primary", start)
         self.database.check_schema(conn)  # nothing once current; a 503 naming `db upgrade` while behind
+        conn.scope_prefix = scoped_to(bound_customer())
         return conn
 
     def _checked_out(self, pool: str, start: float) -> None:
@@ -116,9 +119,22 @@ class RequestScope:
         conn, role = db.conn, db.role
         db.conn, db.role = None, "primary"
         conn.tracer = None  # statements outside a request (the lag monitor's) are not traced
+        conn.scope_prefix = ""  # the next user of the connection is not this caller
         conn.pending_begin = None  # a transaction() left without its exit: its BEGIN is not sent later
         pool = self.database.replica.pool if role == "replica" else self.database.pool
         pool.putconn(conn)
+
+
+def bound_customer() -> int | None:
+    """The customer the request's caller is bound to (an API key's, a token's claim), or None. A request
+    whose caller cannot be read is never served unscoped: it fails (500) instead."""
+    try:
+        info = connexion_context.get("token_info") or {}
+    except RuntimeError:  # no operation context: a connection used outside any request
+        if has_request_context():
+            raise
+        return None
+    return info.get("customer_id")
 
 
 def _consistency_token(response):

@@ -20,6 +20,7 @@ from connexion.security import BearerSecurityHandler
 from swagger_server.config import parse_token
 from swagger_server.errors import Forbidden, Unavailable
 from swagger_server.identity.keys import ApiKeys, KeysNotLoaded, looks_like_key
+from swagger_server.pipeline.handlers import operation_of
 from swagger_server.state import of_scope
 
 logger = logging.getLogger(__name__)
@@ -63,9 +64,11 @@ def required_scope(method: str) -> str:
     return "read" if method.upper() in READ_METHODS else "write"
 
 
-def check_key(keys: ApiKeys, token: str, method: str) -> dict | None:
+def check_key(keys: ApiKeys, token: str, method: str, operation: str, customer_scoped: frozenset) -> dict | None:
     """An API key's info (identity/keys.py), None (401) for one that is not live; Forbidden (403) when
-    its scopes do not allow `method`; Unavailable (503) before this process has read the keys."""
+    its scopes do not allow `method`, or when it is bound to a customer and `operation` is not one the
+    spec marks `x-customer-scoped` (whose rows PostgreSQL limits to that customer: request_scope.py);
+    Unavailable (503) before this process has read the keys."""
     try:
         key = keys.check(token)
     except KeysNotLoaded:
@@ -74,8 +77,8 @@ def check_key(keys: ApiKeys, token: str, method: str) -> dict | None:
         ) from None
     if key is None:
         return None
-    if key.customer_id is not None:  # until every operation enforces the binding (row-level security)
-        raise Forbidden("keys bound to a customer are not served yet")
+    if key.customer_id is not None and operation not in customer_scoped:
+        raise Forbidden("this key is bound to one customer; this operation is not open to it")
     scopes = set(key.scopes) | ({"read"} if "write" in key.scopes else set())
     needed = required_scope(method)
     if needed not in scopes:
@@ -89,7 +92,7 @@ def check_token(token: str, request) -> dict | None:
     the app serving `request` (the outermost middleware puts the app's state in the request's scope)."""
     state = of_scope(request.scope)
     if looks_like_key(token):
-        return check_key(state.keys, token, request.method)
+        return check_key(state.keys, token, request.method, operation_of(request.scope), state.customer_scoped)
     return state.tokens.check(token, request.method)
 
 
@@ -112,6 +115,16 @@ class CachedBearerHandler(BearerSecurityHandler):
         if found is None:
             found = self._accepts[key] = BearerSecurityHandler._accepts_kwarg(func, keyword)
         return found
+
+
+def customer_scoped(spec_paths: dict) -> frozenset[str]:
+    """The operations a caller bound to one customer may call (`x-customer-scoped: true`)."""
+    return frozenset(
+        op["operationId"]
+        for item in spec_paths.values()
+        for op in item.values()
+        if isinstance(op, dict) and op.get("x-customer-scoped") is True
+    )
 
 
 def security_map() -> dict:

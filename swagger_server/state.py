@@ -37,6 +37,7 @@ class AppState:
     sampler: ProcessSampler  # the pool gauges' sampling thread, one per process
     tokens: Tokens
     keys: ApiKeys  # the API keys the service issued, in memory (identity/keys.py)
+    customer_scoped: frozenset[str]  # operations open to a caller bound to one customer (the spec's x-customer-scoped)
     routes: Routes  # path templates -> methods, for the Allow header of a 405
     limits: HeadLimits  # the HTTP layer's head limits (swagger_server/server.py)
     validators: dict[str, Any]  # Connexion's validator_map, with this app's validator caches

@@ -6,6 +6,9 @@ Three decisions live here, all made to cost no extra round trip:
   whose BEGIN goes with the block's first statement.
 - The statement timeout travels with the statement: `SET LOCAL statement_timeout = N; <query>` is one
   simple-query message, so it needs no session state and works behind PgBouncer in transaction mode.
+- A caller bound to one customer is enforced by PostgreSQL (row-level security, schema 020): its
+  role and customer travel the same way, `SET LOCAL ROLE store_bound; SET LOCAL store.customer_id`,
+  before every statement or transaction of its request (`scope_prefix`, set at checkout).
 - Every socket wait has a client-side deadline (psycopg2's wait callback). libpq alone would wait forever
   on a link that accepts bytes and never answers; with the callback a stuck read fails after
   statement timeout + grace and the connection is discarded.
@@ -60,9 +63,17 @@ def install_wait_callback() -> None:
         ext.set_wait_callback(wait_with_deadline)
 
 
+def scoped_to(customer_id: int | None) -> str:
+    """The prefix that makes a statement (or a transaction) a bound caller's: PostgreSQL's row-level
+    security then shows it `customer_id`'s rows only (schema 020). Empty for an unbound caller."""
+    if customer_id is None:
+        return ""
+    return f"SET LOCAL ROLE store_bound; SET LOCAL store.customer_id = '{int(customer_id)}'; "
+
+
 class Cursor(ext.cursor):
-    """A cursor that sends the statement timeout with every statement outside a transaction,
-    and returns rows as dicts."""
+    """A cursor that sends the statement timeout (and a bound caller's scope) with every statement
+    outside a transaction, and with the first of each transaction; returns rows as dicts."""
 
     def execute(self, query, vars=None):
         if self.connection.tracer is not None:
@@ -71,10 +82,10 @@ class Cursor(ext.cursor):
 
     def _execute(self, query, vars=None):
         conn = self.connection
-        prefix = conn.timeout_prefix
+        prefix = conn.timeout_prefix + conn.scope_prefix
         if conn.pending_begin is not None:
             # The first statement of a transaction() carries its BEGIN: one message, no round trip of its own.
-            prefix, conn.pending_begin = conn.pending_begin, None
+            prefix, conn.pending_begin = conn.pending_begin + conn.scope_prefix, None
         elif not prefix or conn.get_transaction_status() != _IDLE:
             return ext.cursor.execute(self, query, vars)
         query = (sql.SQL(prefix) + query) if isinstance(query, sql.Composable) else prefix + query
@@ -112,6 +123,9 @@ class Connection(ext.connection):
         self.timeout_prefix = (
             f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}; " if statement_timeout_ms > 0 else ""
         )
+        # Set per checkout for a caller bound to one customer (scoped_to): every statement, or every
+        # transaction, runs as store_bound with that customer (schema 020), in its own message.
+        self.scope_prefix = ""
         self.cursor_factory = Cursor
         self.autocommit = True
         now = time.monotonic()
