@@ -113,12 +113,6 @@ class UnprocessableEntity(ApiError):
     status, title, kind = 422, "Unprocessable Entity", "unprocessable"
 
 
-class Unavailable(ApiError):
-    """503 before the database has answered what a request needs (the API keys, at a worker's start)."""
-
-    status, title, kind = 503, "Service Unavailable", "database-unavailable"
-
-
 # Problems rendered for Connexion's and Starlette's own errors (routing, security, media types):
 # the same shape and type URIs as ours, by status.
 _KINDS = {

@@ -18,7 +18,7 @@ import logging
 from connexion.security import BearerSecurityHandler
 
 from swagger_server.config import parse_token
-from swagger_server.errors import Forbidden, Unavailable
+from swagger_server.errors import ApiError, Forbidden
 from swagger_server.identity.keys import ApiKeys, KeysNotLoaded, looks_like_key
 from swagger_server.pipeline.handlers import operation_of
 from swagger_server.state import of_scope
@@ -26,6 +26,12 @@ from swagger_server.state import of_scope
 logger = logging.getLogger(__name__)
 
 READ_METHODS = ("GET", "HEAD")
+
+
+class Unavailable(ApiError):
+    """503 before this process has read the API keys (its first pass, at a worker's start)."""
+
+    status, title, kind = 503, "Service Unavailable", "database-unavailable"
 
 
 def digest(token: str) -> bytes:

@@ -64,6 +64,10 @@ _EXTENSION_REFUSED = (
 )
 
 
+# A file's own word to the operator when the role that runs it may not (`-- if refused: ...`).
+_IF_REFUSED = re.compile(r"^--\s*if refused:\s*(.+)$", re.MULTILINE)
+
+
 # Worth another try: the lock was not had in time, or the transaction lost a race.
 class UpgradeLockBusy(Exception):
     """Another session holds the upgrade lock (another `db upgrade`, or anything that took it)."""
@@ -261,6 +265,9 @@ def _retrying(
                 f" `CREATE EXTENSION IF NOT EXISTS {name};` in this database (on a managed PostgreSQL, allow"
                 f" the extension first: docs/UPGRADING.md), then run `db upgrade` again"
             ) from exc
+        advice = _IF_REFUSED.search(text)
+        if advice and isinstance(exc, psycopg2.errors.InsufficientPrivilege):
+            raise MigrationError(f"{what}: not applied: {first_line(exc)}. {advice.group(1).strip()}") from exc
         raise MigrationError(f"{what}: not applied: {first_line(exc)}") from exc
 
 

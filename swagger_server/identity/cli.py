@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+import psycopg2.errors
+
 from swagger_server.db.connection import connect
 from swagger_server.db.queries import keys as queries
 from swagger_server.identity.keys import SCOPES, new_key
+from swagger_server.text import canonical, refusal
 
 
 def add_parser(sub) -> None:
@@ -30,10 +33,17 @@ def run(args: argparse.Namespace, dsn: str, say=print) -> int:
         if args.action == "create":
             if args.expires_in_days is not None and args.expires_in_days <= 0:
                 raise ValueError("--expires-in-days must be more than 0")
+            name = canonical(args.name)
+            why = refusal(name) if name else None
+            if why or len(name) > 100:
+                raise ValueError(f"--name {why or 'must be at most 100 characters'}")
             key_id, token, digest = new_key()
-            row = queries.create_key(
-                conn, key_id, digest, sorted(set(args.scope)), args.customer, args.name, args.expires_in_days
-            )
+            try:
+                row = queries.create_key(
+                    conn, key_id, digest, sorted(set(args.scope)), args.customer, name, args.expires_in_days
+                )
+            except psycopg2.errors.ForeignKeyViolation:
+                raise ValueError(f"--customer {args.customer}: no such customer") from None
             conn.commit()
             say(token)
             say(

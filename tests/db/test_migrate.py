@@ -257,7 +257,8 @@ def test_a_role_that_may_not_create_the_search_extension_is_told_what_to_do(
 ):
     """pg_trgm (007) needs CREATE on the database (a trusted extension) or an administrator: without
     it `db upgrade` stops at 007, saying what to run, and the files before it stay applied; once the
-    extension exists, the same role finishes the upgrade."""
+    extension exists, the same role goes on, to the next thing only an administrator may do (020's
+    role), and once that is done too, finishes the upgrade."""
     url = new_database("store_mig_no_extension")
     admin = admin_connect(url)
     query(admin, "DROP ROLE IF EXISTS store_no_extension")
@@ -281,7 +282,19 @@ def test_a_role_that_may_not_create_the_search_extension_is_told_what_to_do(
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("db upgrade: 007_pg_trgm.sql: not applied:"), err
         query(admin, "CREATE EXTENSION pg_trgm")  # what the message says an administrator runs
-        assert "007_pg_trgm.sql" in upgrade(role_url, FAST, say=lambda _: None)
+        # 020 needs the role store_bound, which this role may neither create nor grant itself: the file
+        # says what an administrator runs; then the same role finishes the upgrade.
+        with pytest.raises(MigrationError) as caught:
+            upgrade(role_url, FAST, say=lambda _: None)
+        message = str(caught.value)
+        assert message.startswith("020_customer_scope.sql: not applied: permission denied"), message
+        assert "CREATE ROLE store_bound NOLOGIN NOINHERIT; GRANT store_bound TO" in message and "db upgrade" in message
+        query(
+            admin, "DO $$ BEGIN CREATE ROLE store_bound NOLOGIN NOINHERIT; EXCEPTION WHEN duplicate_object THEN END $$"
+        )
+        query(admin, "GRANT store_bound TO store_no_extension WITH INHERIT FALSE, SET TRUE")
+        assert "020_customer_scope.sql" in upgrade(role_url, FAST, say=lambda _: None)
+        assert "007_pg_trgm.sql" in [r[0] for r in query(admin, "SELECT version FROM schema_migrations")]
     finally:
         query(admin, "DROP OWNED BY store_no_extension CASCADE")
         admin.close()

@@ -39,6 +39,7 @@ UNVERSIONED = {
     "sales_product_months": "a rollup of order lines: derived, never served as a resource",
     "sales_rollup_dirty": "the days a rollup must redo: the roller's work list",
     "sales_rollup_state": "the roller's watermark",
+    "api_keys": "credentials: issued and revoked, never changed under an If-Match (changed_at tells the workers)",
 }
 
 
@@ -118,6 +119,7 @@ NOT_FREE_TEXT = {
     "idempotency_keys.key": "a header, compared byte for byte (its own spec pattern)",
     "idempotency_keys.request_hash": "a SHA-256 in hex, made by the service",
     "sales_rollup_state.name": "the rollup's name, a constant of the code (queries/rollups.py)",
+    "api_keys.id": "12 characters of base32, made by the service, by its own CHECK",
 }
 
 

@@ -7,7 +7,7 @@
 CREATE TABLE api_keys (
     id              text PRIMARY KEY CHECK (id ~ '^[a-z2-7]{12}$'),
     secret_sha256   bytea NOT NULL CHECK (length(secret_sha256) = 32),
-    name            text NOT NULL DEFAULT '' CHECK (length(name) <= 100),
+    name            text NOT NULL DEFAULT '' CHECK (length(name) <= 100 AND text_is_canonical(name)),
     scopes          text[] NOT NULL CHECK (cardinality(scopes) > 0 AND scopes <@ ARRAY['read', 'write', 'admin']),
     customer_id     bigint REFERENCES customers (id) ON DELETE CASCADE,
     created_at      timestamptz NOT NULL DEFAULT now(),

@@ -10,6 +10,7 @@
 -- user, Cloud SQL's cloudsqlsuperuser, Azure's azure_pg_admin); when the service connects as a role
 -- other than the one running `db upgrade`, grant it the new role too:
 -- GRANT store_bound TO <role> WITH INHERIT FALSE, SET TRUE.
+-- if refused: This role may not create or grant the role store_bound: have an administrator run `CREATE ROLE store_bound NOLOGIN NOINHERIT; GRANT store_bound TO <the role that runs db upgrade and the one that serves> WITH INHERIT FALSE, SET TRUE;` (before PostgreSQL 16: without WITH ..., and give those roles NOINHERIT), then run `db upgrade` again (docs/UPGRADING.md)
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'store_bound') THEN
@@ -21,7 +22,9 @@ $$;
 -- store_bound's privileges would meet its policy on every statement, bound or not.
 DO $$
 BEGIN
-    IF current_setting('server_version_num')::int >= 160000 THEN
+    IF pg_has_role(current_user, 'store_bound', 'MEMBER') THEN
+        RETURN;  -- an administrator granted it already (or this is a superuser)
+    ELSIF current_setting('server_version_num')::int >= 160000 THEN
         EXECUTE format('GRANT store_bound TO %I WITH INHERIT FALSE, SET TRUE', current_user);
     ELSE
         EXECUTE format('GRANT store_bound TO %I', current_user);
