@@ -8,6 +8,7 @@ lazily on first use.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import importlib
@@ -23,6 +24,7 @@ from swagger_server import deprecation, errors, observability, patches, pipeline
 from swagger_server.config import Settings, load_settings
 from swagger_server.db.database import Database
 from swagger_server.identity.keys import ApiKeys, KeyRefresher
+from swagger_server.identity.oidc import OidcTokens
 from swagger_server.jsonify import FastJsonifier
 from swagger_server.pipeline.gate import HeadLimits
 from swagger_server.reports import ReportCache
@@ -56,6 +58,11 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         sampler=observability.ProcessSampler(metrics, database),
         tokens=security.Tokens(settings.api.tokens),
         keys=ApiKeys(),
+        oidc=(
+            OidcTokens(settings.api.oidc_issuer, settings.api.oidc_audience, settings.api.oidc_customer_claim)
+            if settings.api.oidc_issuer
+            else None
+        ),
         customer_scoped=security.customer_scoped(spec["paths"]),
         routes=errors.Routes(spec["paths"], "/api"),
         limits=HeadLimits.of(settings.api),
@@ -76,7 +83,10 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         sampler.loop_lag = lag
         # The API keys from the start: a key is refused 503 (not 401) until the first pass has read them.
         refresher = KeyRefresher(state.keys, database.pool, settings.api.key_refresh).start()
+        provider_keys = asyncio.create_task(state.oidc.keep_fresh()) if state.oidc is not None else None
         yield
+        if provider_keys is not None:
+            provider_keys.cancel()
         refresher.stop()
         lag.stop()
         state.sampler.stop()

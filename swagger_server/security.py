@@ -20,6 +20,7 @@ from connexion.security import BearerSecurityHandler
 from swagger_server.config import parse_token
 from swagger_server.errors import ApiError, Forbidden
 from swagger_server.identity.keys import ApiKeys, KeysNotLoaded, looks_like_key
+from swagger_server.identity.oidc import OidcTokens, Rejected, looks_like_jwt
 from swagger_server.pipeline.handlers import operation_of
 from swagger_server.state import of_scope
 
@@ -71,10 +72,8 @@ def required_scope(method: str) -> str:
 
 
 def check_key(keys: ApiKeys, token: str, method: str, operation: str, customer_scoped: frozenset) -> dict | None:
-    """An API key's info (identity/keys.py), None (401) for one that is not live; Forbidden (403) when
-    its scopes do not allow `method`, or when it is bound to a customer and `operation` is not one the
-    spec marks `x-customer-scoped` (whose rows PostgreSQL limits to that customer: request_scope.py);
-    Unavailable (503) before this process has read the keys."""
+    """An API key's info (identity/keys.py), None (401) for one that is not live; Forbidden (403) as
+    `grant` says; Unavailable (503) before this process has read the keys."""
     try:
         key = keys.check(token)
     except KeysNotLoaded:
@@ -83,22 +82,44 @@ def check_key(keys: ApiKeys, token: str, method: str, operation: str, customer_s
         ) from None
     if key is None:
         return None
-    if key.customer_id is not None and operation not in customer_scoped:
-        raise Forbidden("this key is bound to one customer; this operation is not open to it")
     scopes = set(key.scopes) | ({"read"} if "write" in key.scopes else set())
+    return grant("key:" + key.id, scopes, key.customer_id, method, operation, customer_scoped)
+
+
+async def check_jwt(oidc: OidcTokens, token: str, method: str, operation: str, customer_scoped: frozenset):
+    """An OpenID provider's access token's info (identity/oidc.py), None (401) for one that does not
+    verify; Forbidden (403) as `grant` says."""
+    try:
+        claims = await oidc.claims(token)
+        customer = oidc.customer(claims)
+    except Rejected as exc:
+        logger.info("access token refused: %s", exc)
+        return None
+    return grant("oidc:" + str(claims["sub"]), oidc.scopes(claims), customer, method, operation, customer_scoped)
+
+
+def grant(caller: str, scopes: set[str], customer_id: int | None, method: str, operation: str, customer_scoped):
+    """The token info of a caller with `scopes`: Forbidden (403) when they do not allow `method`, or
+    when it is bound to a customer and `operation` is not one the spec marks `x-customer-scoped` (whose
+    rows PostgreSQL limits to that customer: request_scope.py). `caller` is who asks, everywhere: its
+    rate limit, its share of the threads, its idempotency keys, the access log."""
     needed = required_scope(method)
     if needed not in scopes:
-        raise Forbidden(f"this key may not {'read' if needed == 'read' else 'write'}; {needed} access is needed")
-    # The caller is the key's id: its rate limit, its share of the threads and its idempotency keys.
-    return {"sub": "key:" + key.id, "scope": sorted(scopes), "customer_id": key.customer_id}
+        raise Forbidden(f"this caller may not {needed}; {needed} access is needed")
+    if customer_id is not None and operation not in customer_scoped:
+        raise Forbidden("this caller is bound to one customer; this operation is not open to it")
+    return {"sub": caller, "scope": sorted(scopes), "customer_id": customer_id}
 
 
-def check_token(token: str, request) -> dict | None:
-    """The spec's x-bearerInfoFunc: the token checked against the API keys or the configured tokens of
-    the app serving `request` (the outermost middleware puts the app's state in the request's scope)."""
+def check_token(token: str, request):
+    """The spec's x-bearerInfoFunc: the token checked as an API key, an OpenID provider's access token
+    (a coroutine: Connexion awaits it) or a configured token, by the app serving `request` (the
+    outermost middleware puts the app's state in the request's scope)."""
     state = of_scope(request.scope)
     if looks_like_key(token):
         return check_key(state.keys, token, request.method, operation_of(request.scope), state.customer_scoped)
+    if state.oidc is not None and looks_like_jwt(token):
+        return check_jwt(state.oidc, token, request.method, operation_of(request.scope), state.customer_scoped)
     return state.tokens.check(token, request.method)
 
 

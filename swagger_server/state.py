@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from swagger_server.db.database import Database
     from swagger_server.errors import Routes
     from swagger_server.identity.keys import ApiKeys
+    from swagger_server.identity.oidc import OidcTokens
     from swagger_server.observability import Metrics, ProcessSampler
     from swagger_server.observability.tracing import Tracing
     from swagger_server.pipeline.gate import HeadLimits
@@ -37,6 +38,7 @@ class AppState:
     sampler: ProcessSampler  # the pool gauges' sampling thread, one per process
     tokens: Tokens
     keys: ApiKeys  # the API keys the service issued, in memory (identity/keys.py)
+    oidc: OidcTokens | None  # an OpenID provider's access tokens, when [API] oidc_issuer is set (identity/oidc.py)
     customer_scoped: frozenset[str]  # operations open to a caller bound to one customer (the spec's x-customer-scoped)
     routes: Routes  # path templates -> methods, for the Allow header of a 405
     limits: HeadLimits  # the HTTP layer's head limits (swagger_server/server.py)

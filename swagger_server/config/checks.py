@@ -141,6 +141,16 @@ def validate(settings: Settings) -> None:
         ),
         (0 < api.caller_share <= 1, label("API", "caller_share"), "must be > 0 and <= 1 (a share of the threads)"),
         (0.1 <= api.key_refresh <= 60, label("API", "key_refresh"), "must be between 0.1 and 60 (seconds)"),
+        (
+            not api.oidc_issuer or bool(api.oidc_audience),
+            label("API", "oidc_audience"),
+            "must be set with oidc_issuer (the audience this API's tokens name)",
+        ),
+        (
+            not api.oidc_issuer or api.oidc_issuer.startswith(("https://", "http://127.0.0.1", "http://localhost")),
+            label("API", "oidc_issuer"),
+            "must be an https:// URL (plain http only on loopback, for tests)",
+        ),
         (api.dashboard_timeout_ms > 0, label("API", "dashboard_timeout_ms"), "must be > 0"),
         (0 <= api.dashboard_max_age <= 60, label("API", "dashboard_max_age"), "must be >= 0 and <= 60 seconds"),
         (

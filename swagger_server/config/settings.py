@@ -135,6 +135,12 @@ class ApiSettings:
     # Seconds between a worker's reads of the API keys that changed (identity/keys.py): a revoked key is
     # refused everywhere within this and one read.
     key_refresh: float = 2.0
+    # An OpenID provider whose JWT access tokens are accepted (identity/oidc.py): its issuer URL (https;
+    # discovery at <issuer>/.well-known/openid-configuration), the audience its tokens name for this
+    # API, and the claim that binds a token to one customer. Empty issuer: none.
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    oidc_customer_claim: str = "store_customer_id"
     # memory:// (each worker counts its own) or redis://host:port/db (every worker of every host, one count).
     rate_limit_storage: str = field(default="memory://", repr=False)
     access_log: bool = True  # one line per request on stdout
@@ -248,6 +254,9 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "API_ADMISSION_TIMEOUT": ("API", "admission_timeout"),
     "API_CALLER_SHARE": ("API", "caller_share"),
     "API_KEY_REFRESH": ("API", "key_refresh"),
+    "API_OIDC_ISSUER": ("API", "oidc_issuer"),
+    "API_OIDC_AUDIENCE": ("API", "oidc_audience"),
+    "API_OIDC_CUSTOMER_CLAIM": ("API", "oidc_customer_claim"),
     "API_RATE_LIMIT": ("API", "rate_limit"),
     "API_DASHBOARD_TIMEOUT_MS": ("API", "dashboard_timeout_ms"),
     "API_DASHBOARD_MAX_AGE": ("API", "dashboard_max_age"),
