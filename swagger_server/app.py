@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
     one AppState, reached only through swagger_server/state.py."""
     settings = settings or load_settings()
     patches.apply()
-    spec = checked_spec()
+    spec = security.for_deployment(checked_spec(), settings.api.oidc_issuer)
     database = Database(settings)
     scope = RequestScope(database)
     metrics = observability.Metrics()

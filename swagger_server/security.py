@@ -155,5 +155,27 @@ def customer_scoped(spec_paths: dict) -> frozenset[str]:
 
 
 def security_map() -> dict:
-    """Connexion's `security_map` for one app."""
-    return {"bearer": CachedBearerHandler}
+    """Connexion's `security_map` for one app: an OpenID provider's token comes as a bearer token too,
+    read from the same header by the same function."""
+    return {"bearer": CachedBearerHandler, "openIdConnect": CachedBearerHandler}
+
+
+OIDC_SCHEME = "openIdConnect"
+
+
+def for_deployment(spec: dict, issuer: str) -> dict:
+    """The spec as this deployment serves it: the OpenID scheme names the configured provider's
+    discovery document, or, with none configured, is left out with every requirement that names it
+    (a client is never offered a way in that does not exist)."""
+    schemes = spec.get("components", {}).get("securitySchemes", {})
+    if OIDC_SCHEME not in schemes:
+        return spec
+    if issuer:
+        schemes[OIDC_SCHEME]["openIdConnectUrl"] = issuer.rstrip("/") + "/.well-known/openid-configuration"
+        return spec
+    del schemes[OIDC_SCHEME]
+    for item in spec["paths"].values():
+        for op in item.values():
+            if isinstance(op, dict) and "security" in op:
+                op["security"] = [r for r in op["security"] if OIDC_SCHEME not in r]
+    return spec

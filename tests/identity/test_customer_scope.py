@@ -190,3 +190,35 @@ def test_a_service_role_that_is_neither_owner_nor_superuser_serves_both_kinds(da
         get_database(app).close()
         query(store, "DROP OWNED BY store_app_test CASCADE")
         query(store, "DROP ROLE store_app_test")
+
+
+def test_every_requirement_names_a_scheme_and_the_operations_scope():
+    """What Spectral's oas3-operation-security-defined checked before it was turned off for the
+    openIdConnect scopes (.spectral.yaml): every requirement names a defined scheme, and the OpenID
+    scheme asks for the scope the operation needs (x-required-scope)."""
+    schemes = SPEC["components"]["securitySchemes"]
+    for name, (_, _, op) in OPERATIONS.items():
+        for requirement in op.get("security", []):
+            assert set(requirement) <= set(schemes), (name, requirement)
+            if "openIdConnect" in requirement:
+                assert requirement["openIdConnect"] == [op["x-required-scope"]], name
+
+
+def test_the_served_spec_offers_the_provider_that_is_configured_or_none():
+    import copy
+
+    from swagger_server.security import for_deployment
+
+    without = for_deployment(copy.deepcopy(SPEC), "")
+    assert "openIdConnect" not in without["components"]["securitySchemes"]
+    assert all(
+        r == {"bearerAuth": []}
+        for path in without["paths"].values()
+        for op in path.values()
+        if isinstance(op, dict)
+        for r in op.get("security", [])
+    )
+    named = for_deployment(copy.deepcopy(SPEC), "https://login.example.org/realm/")
+    assert named["components"]["securitySchemes"]["openIdConnect"]["openIdConnectUrl"] == (
+        "https://login.example.org/realm/.well-known/openid-configuration"
+    )
