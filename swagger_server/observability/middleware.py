@@ -96,6 +96,8 @@ class Observability:
                     # The peer, or behind a trusted proxy (FORWARDED_ALLOW_IPS) the client it names.
                     "client": (scope.get("client") or ("",))[0],
                     "operation": operation,
+                    # Who asked: `key:<id>`, `oidc:<sub>`, a configured token's digest (security.py); never a token.
+                    "caller": scope["extensions"].get("connexion_context", {}).get("user"),
                     "status": status,
                     "duration_ms": round(elapsed * 1000, 2),
                     "pool_wait_ms": context.get("pool_wait_ms"),
@@ -138,7 +140,8 @@ class Observability:
             if span is not None:
                 routing = scope["extensions"].get("connexion_routing", {})
                 route = self.state.routes.template((routing.get("operation_id") or "").rsplit(".", 1)[-1])
-                tracing.end_server_span(span, span_token, scope["method"], route, status)
+                caller = scope["extensions"].get("connexion_context", {}).get("user")
+                tracing.end_server_span(span, span_token, scope["method"], route, status, caller)
 
     async def _serve_metrics(self, scope, send):
         if self.metrics_token:
@@ -213,6 +216,7 @@ def refusal_recorder(metrics):
                 "path": "",
                 "client": (client or ("",))[0],
                 "operation": "none",
+                "caller": None,
                 "status": status,
                 "duration_ms": 0.0,
                 "pool_wait_ms": None,

@@ -187,10 +187,12 @@ def server_span(tracer, scope, request_id: str, trusted: bool = False):
     return span, token
 
 
-def end_server_span(span, token, method: str, route: str | None, status: int) -> None:
+def end_server_span(span, token, method: str, route: str | None, status: int, caller: str | None = None) -> None:
     from opentelemetry import context
     from opentelemetry.trace import Status, StatusCode
 
+    if caller:  # who asked (security.py's caller: never the token), OpenTelemetry's enduser.id
+        span.set_attribute("enduser.id", caller)
     if route:
         span.update_name(f"{method} {route}")
         span.set_attribute("http.route", route)

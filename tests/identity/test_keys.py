@@ -5,6 +5,7 @@ pass of revoking, last use written by the pass and never by a request."""
 from __future__ import annotations
 
 import hmac
+import json
 import subprocess
 import sys
 import time
@@ -64,7 +65,7 @@ def statuses(hosts, token: str, per_host: int = 6) -> set[int]:
     """The answers to `per_host` requests on new connections to each host (so that both workers of
     each are asked, whichever takes the connection)."""
     found = set()
-    for base in hosts:
+    for base in (h.base for h in hosts):
         for _ in range(per_host):
             with httpx.Client(base_url=base, timeout=5) as client:
                 found.add(client.get("/api/customers", headers={"Authorization": f"Bearer {token}"}).status_code)
@@ -74,7 +75,7 @@ def statuses(hosts, token: str, per_host: int = 6) -> set[int]:
 @pytest.fixture(scope="module")
 def fleet(keys_url):
     hosts = [Gunicorn(keys_url, API_KEY_REFRESH=REFRESH) for _ in range(2)]
-    yield [h.base for h in hosts]
+    yield hosts
     for host in hosts:
         host.stop()
 
@@ -100,6 +101,11 @@ def test_a_key_is_served_by_every_host_and_refused_by_each_within_the_bound_once
     assert took <= BOUND, seen
     # And it stays refused (no worker that read it late brings it back).
     assert statuses(fleet, token) == {401}
+    # The access log names the caller by the key's id, and never holds the key.
+    logged = [json.loads(x) for host in fleet for x in host.stdout().splitlines() if x.startswith("{")]
+    served = [e for e in logged if e["status"] == 200 and e["path"] == "/api/customers"]
+    assert served and {e["caller"] for e in served} == {"key:" + key_id}
+    assert token[16:] not in json.dumps(logged)
     assert cli(keys_url, "revoke", "nosuchkey234").returncode == 1
 
 

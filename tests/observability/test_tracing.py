@@ -5,6 +5,7 @@ the trace context on (tests/deploy/test_nginx.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import socket
@@ -21,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from harness.waiting import wait_until
 from swagger_server.db.embedded import free_port
-from tests.conftest import AUTH, query
+from tests.conftest import AUTH, TOKEN, query
 from tests.servers import Gunicorn, gunicorn_env, refused_start
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -133,6 +134,9 @@ def test_a_request_with_a_traceparent_continues_the_callers_trace(traced, store)
     attributes = root["attributes"]
     assert attributes["http.route"] == "/api/customers/{customer_id}" and attributes["http.response.status_code"] == 200
     assert attributes["store_api.request_id"] == response.headers["X-Request-ID"]
+    # Who asked: the caller security.py names (a configured token's digest), never the token itself.
+    assert attributes["enduser.id"] == hashlib.sha256(TOKEN.encode()).hexdigest()[:16]
+    assert TOKEN not in json.dumps(spans)
     children = [s for s in spans if s["parent"] == root["span_id"]]
     wait_span = next(s for s in children if s["name"] == "db.client.connection.wait")
     assert wait_span["attributes"]["db.client.connection.pool.name"] == "primary"
@@ -146,6 +150,7 @@ def test_a_request_with_a_traceparent_continues_the_callers_trace(traced, store)
         message="the access line",
     )[0]
     assert line["trace_id"] == CALLER_TRACE
+    assert line["caller"] == attributes["enduser.id"]
 
 
 def test_a_request_without_a_traceparent_starts_a_trace(traced, store):
