@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
             if settings.api.oidc_issuer
             else None
         ),
+        required_scopes=security.required_scopes(spec["paths"]),
         customer_scoped=security.customer_scoped(spec["paths"]),
         routes=errors.Routes(spec["paths"], "/api"),
         limits=HeadLimits.of(settings.api),

@@ -27,6 +27,8 @@ from swagger_server.state import of_scope
 logger = logging.getLogger(__name__)
 
 READ_METHODS = ("GET", "HEAD")
+# What each scope a configured token names grants.
+GRANTS = {"read": ["read"], "write": ["read", "write"], "admin": ["admin", "read", "write"]}
 
 
 class Unavailable(ApiError):
@@ -49,9 +51,9 @@ class Tokens:
             parsed.append((bytes.fromhex(value) if kind == "sha256" else digest(value), scope))
         self.known: tuple[tuple[bytes, str], ...] = tuple(parsed)  # none: a note at start (config.log_notes)
 
-    def check(self, token: str, method: str) -> dict | None:
+    def check(self, token: str, needed: str) -> dict | None:
         """The token's info for a known token, None (401) for an unknown one; Forbidden (403) when the
-        token's scope does not allow `method`. Compares in constant time, with every known token."""
+        token's scope does not grant `needed`. Compares in constant time, with every known token."""
         candidate = digest(token)
         scope = None
         for known, known_scope in self.known:
@@ -59,10 +61,9 @@ class Tokens:
                 scope = known_scope
         if scope is None:
             return None
-        scopes = ["read", "write"] if scope == "write" else ["read"]
-        needed = required_scope(method)
+        scopes = GRANTS[scope]
         if needed not in scopes:
-            raise Forbidden(f"this token may only read; {needed!s} access is needed")
+            raise Forbidden(f"this token may not {needed}; {needed} access is needed")
         # `sub` identifies the caller without revealing the token (Idempotency-Keys are scoped to it).
         return {"sub": candidate.hex()[:16], "scope": scopes}
 
@@ -71,7 +72,7 @@ def required_scope(method: str) -> str:
     return "read" if method.upper() in READ_METHODS else "write"
 
 
-def check_key(keys: ApiKeys, token: str, method: str, operation: str, customer_scoped: frozenset) -> dict | None:
+def check_key(keys: ApiKeys, token: str, needed: str, operation: str, customer_scoped: frozenset) -> dict | None:
     """An API key's info (identity/keys.py), None (401) for one that is not live; Forbidden (403) as
     `grant` says; Unavailable (503) before this process has read the keys."""
     try:
@@ -83,10 +84,10 @@ def check_key(keys: ApiKeys, token: str, method: str, operation: str, customer_s
     if key is None:
         return None
     scopes = set(key.scopes) | ({"read"} if "write" in key.scopes else set())
-    return grant("key:" + key.id, scopes, key.customer_id, method, operation, customer_scoped)
+    return grant("key:" + key.id, scopes, key.customer_id, needed, operation, customer_scoped)
 
 
-async def check_jwt(oidc: OidcTokens, token: str, method: str, operation: str, customer_scoped: frozenset):
+async def check_jwt(oidc: OidcTokens, token: str, needed: str, operation: str, customer_scoped: frozenset):
     """An OpenID provider's access token's info (identity/oidc.py), None (401) for one that does not
     verify; Forbidden (403) as `grant` says."""
     try:
@@ -95,19 +96,18 @@ async def check_jwt(oidc: OidcTokens, token: str, method: str, operation: str, c
     except Rejected as exc:
         logger.info("access token refused: %s", exc)
         return None
-    return grant("oidc:" + str(claims["sub"]), oidc.scopes(claims), customer, method, operation, customer_scoped)
+    return grant("oidc:" + str(claims["sub"]), oidc.scopes(claims), customer, needed, operation, customer_scoped)
 
 
-def grant(caller: str, scopes: set[str], customer_id: int | None, method: str, operation: str, customer_scoped):
-    """The token info of a caller with `scopes`: Forbidden (403) when they do not allow `method`, or
+def grant(caller: str, scopes: set[str], customer_id: int | None, needed: str, operation: str, customer_scoped):
+    """The token info of a caller with `scopes`: Forbidden (403) when they do not grant `needed`, or
     when it is bound to a customer and `operation` is not one the spec marks `x-customer-scoped` (whose
     rows PostgreSQL limits to that customer: request_scope.py). `caller` is who asks, everywhere: its
     rate limit, its share of the threads, its idempotency keys, the access log."""
-    needed = required_scope(method)
-    if needed not in scopes:
-        raise Forbidden(f"this caller may not {needed}; {needed} access is needed")
     if customer_id is not None and operation not in customer_scoped:
         raise Forbidden("this caller is bound to one customer; this operation is not open to it")
+    if needed not in scopes:
+        raise Forbidden(f"this caller may not {needed}; {needed} access is needed")
     return {"sub": caller, "scope": sorted(scopes), "customer_id": customer_id}
 
 
@@ -116,11 +116,13 @@ def check_token(token: str, request):
     (a coroutine: Connexion awaits it) or a configured token, by the app serving `request` (the
     outermost middleware puts the app's state in the request's scope)."""
     state = of_scope(request.scope)
+    operation = operation_of(request.scope)
+    needed = state.required_scopes.get(operation) or required_scope(request.method)
     if looks_like_key(token):
-        return check_key(state.keys, token, request.method, operation_of(request.scope), state.customer_scoped)
+        return check_key(state.keys, token, needed, operation, state.customer_scoped)
     if state.oidc is not None and looks_like_jwt(token):
-        return check_jwt(state.oidc, token, request.method, operation_of(request.scope), state.customer_scoped)
-    return state.tokens.check(token, request.method)
+        return check_jwt(state.oidc, token, needed, operation, state.customer_scoped)
+    return state.tokens.check(token, needed)
 
 
 class CachedBearerHandler(BearerSecurityHandler):
@@ -142,6 +144,17 @@ class CachedBearerHandler(BearerSecurityHandler):
         if found is None:
             found = self._accepts[key] = BearerSecurityHandler._accepts_kwarg(func, keyword)
         return found
+
+
+def required_scopes(spec_paths: dict) -> dict[str, str]:
+    """Each secured operation's scope (the spec's x-required-scope): `read` for a GET, `write` for the
+    rest, `admin` for the keys' (tests/identity/test_customer_scope.py checks the rule)."""
+    return {
+        op["operationId"]: op["x-required-scope"]
+        for item in spec_paths.values()
+        for op in item.values()
+        if isinstance(op, dict) and "x-required-scope" in op
+    }
 
 
 def customer_scoped(spec_paths: dict) -> frozenset[str]:

@@ -39,6 +39,7 @@ class AppState:
     tokens: Tokens
     keys: ApiKeys  # the API keys the service issued, in memory (identity/keys.py)
     oidc: OidcTokens | None  # an OpenID provider's access tokens, when [API] oidc_issuer is set (identity/oidc.py)
+    required_scopes: dict[str, str]  # operationId -> the scope it needs (the spec's x-required-scope)
     customer_scoped: frozenset[str]  # operations open to a caller bound to one customer (the spec's x-customer-scoped)
     routes: Routes  # path templates -> methods, for the Allow header of a 405
     limits: HeadLimits  # the HTTP layer's head limits (swagger_server/server.py)

@@ -522,8 +522,8 @@ MUTATIONS = [
     Mutation(
         "each app has its own tokens",
         "swagger_server/security.py",
-        "    return state.tokens.check(token, request.method)",
-        "    return _first.setdefault('tokens', state.tokens).check(token, request.method)\n\n\n_first: dict = {}",
+        "    return state.tokens.check(token, needed)",
+        "    return _first.setdefault('tokens', state.tokens).check(token, needed)\n\n\n_first: dict = {}",
         ("tests/project/test_two_apps.py::test_two_apps_in_one_process_share_nothing",),
     ),
     Mutation(

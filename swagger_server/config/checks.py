@@ -7,7 +7,7 @@ import ipaddress
 
 from swagger_server.config.settings import ConfigError, Settings, label
 
-TOKEN_SCOPES = ("read", "write")
+TOKEN_SCOPES = ("read", "write", "admin")
 
 
 def _network(entry: str) -> bool:
@@ -19,9 +19,9 @@ def _network(entry: str) -> bool:
 
 
 def parse_token(entry: str) -> tuple[str, str, str]:
-    """`[read:|write:][sha256:]<secret or hex digest>` -> (scope, "sha256" or "plain", value).
+    """`[read:|write:|admin:][sha256:]<secret or hex digest>` -> (scope, "sha256" or "plain", value).
 
-    A token without a scope may write (and read). `sha256:` followed by 64 hex digits is the token's
+    A token without a scope may write (and read); an admin token may also issue and revoke API keys. `sha256:` followed by 64 hex digits is the token's
     SHA-256 digest, so that a config file need not hold the token itself.
     """
     scope, rest = "write", entry

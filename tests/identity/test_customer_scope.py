@@ -49,6 +49,9 @@ def calls(owner: dict) -> dict:
         "get_ready": ("GET", "/api/health/ready", None),
         "get_db_health": ("GET", "/api/health/db", None),
         "test_db": ("GET", "/api/health/db/test", None),
+        "list_keys": ("GET", "/api/keys", None),
+        "create_key": ("POST", "/api/keys", {"scopes": ["read"], "customer_id": c}),
+        "revoke_key": ("DELETE", "/api/keys/abcdefgh2345", None),
     }
 
 

@@ -237,3 +237,42 @@ def test_ten_thousand_keys_are_checked_as_two_are(keys_url, admin, monkeypatch):
     monkeypatch.setattr(hmac, "compare_digest", lambda a, b: calls.append(1) or real(a, b))
     assert keys.check(rows[1234][1]) is not None and keys.check(rows[9999][1][:-1] + "x") is None
     assert len(calls) == 2  # one comparison a check, not one per key
+
+
+ADMIN = "admin:admin-secret-for-tests"
+
+
+@pytest.fixture
+def admin_client(keys_url):
+    app = create_app(make_settings(keys_url, api={"key_refresh": 0.1, "tokens": ("test-token", ADMIN)}))
+    with app.test_client() as client:
+        yield client
+    get_database(app).close()
+
+
+def test_admin_operations_issue_list_and_revoke(keys_url, admin, admin_client):
+    client, root = admin_client, bearer(ADMIN.split(":", 1)[1])
+    assert client.get("/api/keys", headers=bearer("test-token")).status_code == 403  # write is not admin
+    customer = query(admin, "INSERT INTO customers (name, email) VALUES ('K', 'k2@example.com') RETURNING id")[0][0]
+    issued = client.post("/api/keys", headers=root, json={"scopes": ["write"], "customer_id": customer, "name": "shop"})
+    assert issued.status_code == 201, issued.text
+    assert (
+        issued.headers["Cache-Control"] == "no-store"
+        and issued.headers["Location"] == f"/api/keys/{issued.json()['id']}"
+    )
+    key = issued.json()["key"]
+    assert key.startswith(f"sk_{issued.json()['id']}_") and issued.json()["customer_id"] == customer
+    wait_until(lambda: client.get(f"/api/customers/{customer}", headers=bearer(key)).status_code == 200, timeout=5)
+    listed = client.get("/api/keys", headers=root)
+    assert listed.status_code == 200 and listed.headers["Cache-Control"] == "no-store"
+    assert [k["id"] for k in listed.json()["items"]] == [issued.json()["id"]] and key[16:] not in listed.text
+    assert client.delete(f"/api/keys/{issued.json()['id']}", headers=root).status_code == 204
+    assert client.delete(f"/api/keys/{issued.json()['id']}", headers=root).status_code == 204  # again: no change
+    wait_until(lambda: client.get(f"/api/customers/{customer}", headers=bearer(key)).status_code == 401, timeout=5)
+    assert client.delete("/api/keys/abcdefgh2345", headers=root).status_code == 404
+    missing = client.post("/api/keys", headers=root, json={"scopes": ["read"], "customer_id": 999999})
+    assert missing.status_code == 404 and missing.json()["field"] == "customer_id"
+    # An admin key manages keys and nothing else: its scopes are what it says.
+    admin_key = client.post("/api/keys", headers=root, json={"scopes": ["admin"]}).json()["key"]
+    wait_until(lambda: client.get("/api/keys", headers=bearer(admin_key)).status_code == 200, timeout=5)
+    assert client.get("/api/customers", headers=bearer(admin_key)).status_code == 403
