@@ -29,7 +29,10 @@ NOT_RESOURCES = {
     "get_db_health": "the pool's own numbers, per process: on the primary's pool by definition",
     "test_db": "a round trip to the primary, by definition",
 }
-NO_ETAG = {"get_dashboard": "an aggregate over many rows: no one version to name (it evaluates If-Match: *)"}
+NO_ETAG = {
+    "get_dashboard": "an aggregate over many rows: no one version to name (it evaluates If-Match: *)",
+    "list_keys": "credentials, never cached (no-store); a key's last use moves without a version",
+}
 # Tables with no version of their own, and why.
 UNVERSIONED = {
     "order_lines": "part of its order: written once with it, never changed; the order's version names it",
