@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help run dev mock test lint mutations deps-latest fuzz fuzz-http sdk bench bench-conditional bench-tracing bench-ratelimit bench-compare bench-stages bench-replica bench-pgbouncer bench-scale clean
+.PHONY: help run dev mock test lint mutations deps-latest fuzz fuzz-http sdk bench bench-conditional bench-tracing bench-ratelimit bench-compare bench-stages bench-replica bench-pgbouncer bench-scale bench-identity clean
 .DEFAULT_GOAL := help
 
 # `make` alone lists the targets: each is the line starting with "## name:" above its rule.
@@ -91,6 +91,11 @@ sdk: $(VENV)/.installed-dev
 ## bench: the benchmark: ours vs the peers, loopback only (about 10 minutes)
 bench: $(VENV)/.installed-bench
 	$(PY) bench/run.py
+	$(PY) bench/identity.py
+
+## bench-identity: CPU per check of each credential (configured token, API key, provider JWT), in process (seconds)
+bench-identity: $(VENV)/.installed-bench
+	$(PY) bench/identity.py
 
 ## bench-conditional: a 304 re-read against a 200 (worker CPU per request), loopback only (about a minute)
 bench-conditional: $(VENV)/.installed-bench

@@ -225,3 +225,14 @@ def test_a_refreshed_token_is_the_same_caller(client, store, provider):
     assert query(store, "SELECT count(*) FROM orders") == [(3,)]
     left = [client.get("/api/customers", headers=bearer(t)).headers["RateLimit"] for t in (first, second)]
     assert [int(value.split("r=")[1].split(";")[0]) for value in left] == [2, 1], left
+
+
+def test_a_token_verified_before_still_expires(client, store, provider):
+    """The cache of verified tokens answers only while the token is valid: one whose `exp` passes
+    (with the leeway) is refused as an uncached one is."""
+    now = int(time.time())
+    token = forged(provider, {"exp": now - oidc.LEEWAY + 2})
+    assert client.get("/api/customers", headers=bearer(token)).status_code == 200  # verified, cached
+    assert client.get("/api/customers", headers=bearer(token)).status_code == 200  # from the cache
+    time.sleep(3)  # time passing: past exp + leeway
+    assert client.get("/api/customers", headers=bearer(token)).status_code == 401
