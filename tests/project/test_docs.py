@@ -196,6 +196,15 @@ def test_make_lint_and_the_cli_commands_of_the_readme(scratch_database):
         conn.close()
     assert counts == (50, 10, 500), counts
     assert seeded.stdout.startswith("seeded 50 customers"), seeded.stdout
+    # `keys create | list | revoke`, as the README shows them.
+    created = _cli("keys", "create", "--scope", "read", "--customer", "1", "--expires-in-days", "30", env=env)
+    assert created.returncode == 0 and created.stdout.startswith("sk_"), created.stdout + created.stderr
+    key_id = created.stdout[3:15]
+    listed = _cli("keys", "list", env=env)
+    assert key_id in listed.stdout and created.stdout.split()[0][16:] not in listed.stdout
+    assert f"key {key_id} revoked" in _cli("keys", "revoke", key_id, env=env).stdout
+    refused = _cli("keys", "create", "--scope", "read", "--customer", "999999", env=env)
+    assert refused.returncode == 1 and refused.stderr.strip() == "error: --customer 999999: no such customer"
     # `db rollup`: the seed left the rollups current; an order added since is rolled up, one line.
     conn = admin_connect(scratch_database)
     try:
