@@ -59,6 +59,14 @@ COMMANDS = {
         "run",
         f"{THIS}::test_make_lint_and_the_cli_commands_of_the_readme",
     ),
+    ".venv/bin/python -m swagger_server keys create": (
+        "run",
+        f"{THIS}::test_make_lint_and_the_cli_commands_of_the_readme",
+    ),
+    ".venv/bin/python -m swagger_server keys list": (
+        "run",
+        f"{THIS}::test_make_lint_and_the_cli_commands_of_the_readme",
+    ),
     ".venv/bin/python -m swagger_server check-config": (
         "run",
         f"{THIS}::test_make_lint_and_the_cli_commands_of_the_readme",
