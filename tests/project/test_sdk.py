@@ -1,6 +1,7 @@
 """Client SDKs generated from the spec, used the way a user would, against a live server.
 
-Each SDK is generated into a temporary folder (scripts/sdk.py, as `make sdk` does) and runs a flow
+Each SDK is generated into a temporary folder (scripts/sdk.py, as `make sdk` does) and runs a flow,
+once with a configured token and once with an API key the service issued (both bearer tokens),
 in its own process: create a customer, read it, create a product, place an order, read the dashboard,
 then a 409 (duplicate email, short stock) and a 503 (a server whose database is down) as typed errors.
 The spec itself must pass Spectral (every rule of its OpenAPI ruleset) and openapi-spec-validator.
@@ -15,10 +16,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
+from harness.waiting import wait_until
 from swagger_server.db.embedded import free_port
-from tests.conftest import TEST_DB, TOKEN
+from swagger_server.identity.keys import new_key
+from tests.conftest import TEST_DB, TOKEN, admin_connect, query
 from tests.servers import Gunicorn
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,9 +51,31 @@ def servers(database_url):
     down.stop()
 
 
+@pytest.fixture
+def flow_env(servers, database_url):
+    """The servers, the configured token, and an API key the service issued (made after any fixture
+    that empties the store: `store` empties api_keys too), once the live server serves it."""
+    key_id, key, digest = new_key()
+    conn = admin_connect(database_url)
+    query(conn, "INSERT INTO api_keys (id, secret_sha256, scopes) VALUES (%s, %s, '{write}')", (key_id, digest))
+    conn.close()
+    wait_until(
+        lambda: (
+            httpx.get(f"{servers['BASE_URL']}/api/customers", headers={"Authorization": f"Bearer {key}"}).status_code
+            == 200
+        ),
+        timeout=10,
+        message="the key to be served",
+    )
+    return {**servers, "KEY": key}
+
+
 def run_flow(args: list[str], env: dict, cwd: Path) -> None:
-    done = subprocess.run(args, env={**os.environ, **env}, cwd=cwd, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout + done.stderr
+    """The flow with the configured token, then with the API key, each sent as the SDK's bearer token."""
+    for credential in (env["TOKEN"], env["KEY"]):
+        flow_env = {**os.environ, **env, "TOKEN": credential}
+        done = subprocess.run(args, env=flow_env, cwd=cwd, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout + done.stderr
 
 
 def spectral(spec: Path, report: Path) -> tuple[subprocess.CompletedProcess, list[dict]]:
@@ -100,11 +126,11 @@ def test_spec_passes_openapi_spec_validator():
     validate(spec)  # raises on any violation
 
 
-def test_openapi_generator_python_sdk(servers, store, tmp_path):
+def test_openapi_generator_python_sdk(servers, store, flow_env, tmp_path):
     made = generate(tmp_path, ("python",))
     run_flow(
         [sys.executable, str(FLOWS / "flow_openapi_generator.py")],
-        {**servers, "PYTHONPATH": str(made["python"])},
+        {**flow_env, "PYTHONPATH": str(made["python"])},
         tmp_path,
     )
     # docs/API.md's usage example, as typed but for this server's address and token (it reads
@@ -126,16 +152,16 @@ def test_openapi_generator_python_sdk(servers, store, tmp_path):
     assert name and int(price) > 0, done.stdout
 
 
-def test_openapi_python_client_sdk(servers, tmp_path):
+def test_openapi_python_client_sdk(flow_env, tmp_path):
     made = generate(tmp_path, ("pyclient",))
     run_flow(
         [sys.executable, str(FLOWS / "flow_openapi_python_client.py")],
-        {**servers, "PYTHONPATH": str(made["pyclient"].parent)},
+        {**flow_env, "PYTHONPATH": str(made["pyclient"].parent)},
         tmp_path,
     )
 
 
-def test_typescript_fetch_sdk(servers, tmp_path):
+def test_typescript_fetch_sdk(flow_env, tmp_path):
     made = generate(tmp_path, ("typescript",))
     project = tmp_path / "ts-flow"
     shutil.copytree(made["typescript"] / "src", project / "src" / "sdk")
@@ -160,4 +186,4 @@ def test_typescript_fetch_sdk(servers, tmp_path):
     )
     compiled = subprocess.run([node_tool("tsc"), "-p", str(project)], capture_output=True, text=True)
     assert compiled.returncode == 0, compiled.stdout + compiled.stderr
-    run_flow(["node", str(project / "dist" / "flow.js")], servers, project)
+    run_flow(["node", str(project / "dist" / "flow.js")], flow_env, project)
