@@ -82,13 +82,18 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         sampler.handlers = state.handlers
         lag = observability.LoopLag().start()
         sampler.loop_lag = lag
-        # The API keys from the start: a key is refused 503 (not 401) until the first pass has read them.
-        refresher = KeyRefresher(state.keys, database.pool, settings.api.key_refresh).start()
+        # The API keys, read from the first key this worker is shown (identity/keys.py).
+        refreshers: list[KeyRefresher] = []
+        state.keys.starter = lambda: refreshers.append(
+            KeyRefresher(state.keys, database.pool, settings.api.key_refresh).start()
+        )
         provider_keys = asyncio.create_task(state.oidc.keep_fresh()) if state.oidc is not None else None
         yield
         if provider_keys is not None:
             provider_keys.cancel()
-        refresher.stop()
+        state.keys.starter = None
+        for refresher in refreshers:
+            refresher.stop()
         lag.stop()
         state.sampler.stop()
         state.tracing.shutdown()

@@ -306,6 +306,7 @@ _UNIQUE = {
 _REFERENCES = {
     "orders_customer_id_fkey": (("customer_id", "the customer does not exist"), "the customer has orders"),
     "order_lines_product_id_fkey": (("lines", "a product of this order does not exist"), "the product has orders"),
+    "api_keys_customer_id_fkey": (("customer_id", "the customer does not exist"), "the customer has API keys"),
 }
 _CHECKS = {  # check constraints a valid request can still reach through a race
     "products_stock_check": ("stock", "the stock of a product may not go below zero"),

@@ -11,6 +11,7 @@ The tokens belong to the app (swagger_server/state.py), not to the process. It r
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -27,6 +28,7 @@ from swagger_server.state import of_scope
 logger = logging.getLogger(__name__)
 
 READ_METHODS = ("GET", "HEAD")
+FIRST_READ = 1.0  # seconds the first API key a process sees waits for the keys' first read
 # What each scope a configured token names grants.
 GRANTS = {"read": ["read"], "write": ["read", "write"], "admin": ["admin", "read", "write"]}
 
@@ -72,15 +74,30 @@ def required_scope(method: str) -> str:
     return "read" if method.upper() in READ_METHODS else "write"
 
 
-def check_key(keys: ApiKeys, token: str, needed: str, operation: str, customer_scoped: frozenset) -> dict | None:
+def check_key(keys: ApiKeys, token: str, needed: str, operation: str, customer_scoped: frozenset):
     """An API key's info (identity/keys.py), None (401) for one that is not live; Forbidden (403) as
-    `grant` says; Unavailable (503) before this process has read the keys."""
+    `grant` says. The first key a process is shown starts its reading of the keys: that request waits
+    for the first read up to FIRST_READ seconds (a coroutine, awaited by Connexion), then is
+    Unavailable (503, Retry-After) if the database has not answered: never a wrong 401."""
+    try:
+        key = keys.check(token)
+    except KeysNotLoaded:
+        return _after_first_read(keys, token, needed, operation, customer_scoped)
+    return _key_info(key, needed, operation, customer_scoped)
+
+
+async def _after_first_read(keys: ApiKeys, token: str, needed: str, operation: str, customer_scoped: frozenset):
+    await asyncio.get_running_loop().run_in_executor(None, keys.loaded.wait, FIRST_READ)
     try:
         key = keys.check(token)
     except KeysNotLoaded:
         raise Unavailable(
             "The API keys have not been read from the database yet; retry shortly.", headers={"Retry-After": "1"}
         ) from None
+    return _key_info(key, needed, operation, customer_scoped)
+
+
+def _key_info(key, needed: str, operation: str, customer_scoped: frozenset) -> dict | None:
     if key is None:
         return None
     scopes = set(key.scopes) | ({"read"} if "write" in key.scopes else set())

@@ -1113,6 +1113,50 @@ MUTATIONS = [
         "        if (oversize := None) is not None:",
         ("tests/pipeline/test_bounded_validation.py::test_a_string_over_its_max_length_is_refused_by_its_length",),
     ),
+    Mutation(
+        "a caller bound to one customer reaches that customer's rows only",
+        "swagger_server/db/connection.py",
+        '    if customer_id is None:\n        return ""',
+        '    if True:\n        return ""',
+        ("tests/identity/test_customer_scope.py::test_a_bound_key_reaches_its_own_rows_only",),
+    ),
+    Mutation(
+        "a revoked API key is refused",
+        "swagger_server/identity/keys.py",
+        "        if key.revoked or (key.expires_at is not None and key.expires_at <= now):",
+        "        if key.expires_at is not None and key.expires_at <= now:",
+        (
+            "tests/identity/test_keys.py::test_a_key_is_served_by_every_host_and_refused_by_each_within_the_bound_once_revoked",
+        ),
+    ),
+    Mutation(
+        "a provider's token for another audience is refused",
+        "swagger_server/identity/oidc.py",
+        '                options={"require": ["exp", "iss", "aud", "sub"]},',
+        '                options={"require": ["exp", "iss", "sub"], "verify_aud": False},',
+        ("tests/identity/test_oidc.py::test_forged_tokens_are_401",),
+    ),
+    Mutation(
+        "a flood of unknown kids is one fetch of the provider's keys",
+        "swagger_server/identity/oidc.py",
+        "        if not force and self._clock() - self._fetched_at < MIN_REFETCH:",
+        "        if False:",
+        ("tests/identity/test_oidc.py::test_a_flood_of_made_up_kids_is_one_fetch",),
+    ),
+    Mutation(
+        "a verified token kept in the cache still expires",
+        "swagger_server/identity/oidc.py",
+        '            if kid in self._keys and time.time() <= claims["exp"] + LEEWAY:',
+        "            if kid in self._keys:",
+        ("tests/identity/test_oidc.py::test_a_token_verified_before_still_expires",),
+    ),
+    Mutation(
+        "the search asks the trigram index for a few substrings only when they narrow enough",
+        "swagger_server/db/queries/trigrams.py",
+        "    if estimate > ENOUGH:\n        return None",
+        "    if False:\n        return None",
+        ("tests/db/test_search.py::test_the_chosen_substrings_are_the_terms_rarest_apart",),
+    ),
 ]
 
 

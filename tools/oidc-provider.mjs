@@ -27,6 +27,8 @@ const provider = new Provider(issuer, {
   })),
   jwks,
   scopes: ['read', 'write', 'admin'],
+  // Swagger UI asks for a token from the browser (tests/project/test_browser.py): any origin may.
+  clientBasedCORS: () => true,
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },

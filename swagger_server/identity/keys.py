@@ -6,8 +6,9 @@ is 32 random bytes (43 characters of base64url), kept only as its digest: a rand
 needs no slow hash, as there is no dictionary to try against a stolen digest.
 
 Each process keeps every key in memory (`ApiKeys`) and reads what changed every `[API] key_refresh`
-seconds (`KeyRefresher`, a thread on a connection borrowed from the pool): a revoked key is refused
-by every worker of every host within that interval plus one pass (docs/SECURITY.md). A pass is one
+seconds (`KeyRefresher`, a thread on a connection borrowed from the pool), from the first key it is
+shown on (a worker no key reaches costs nothing): a revoked key is refused by every worker of every
+host within that interval plus one pass (docs/SECURITY.md). A pass is one
 statement, the rows changed since the last pass (a little before it, `OVERLAP`, for a change
 committed late) and the number of keys, which tells that a key went with its customer (then it
 reads them all again, as it does every `FULL_EVERY` seconds). Each pass also writes the last use of
@@ -80,6 +81,11 @@ class ApiKeys:
         self._since = _EPOCH
         self._full_at = float("-inf")
         self._lock = threading.Lock()  # one pass at a time
+        # Set by the app's lifespan: starts this process's KeyRefresher. Called on the first key this
+        # process sees: a worker no key reaches never reads the table (nor borrows a connection for it).
+        self.starter = None
+        self._started = False
+        self._start_lock = threading.Lock()
 
     def check(self, token: str) -> Key | None:
         """The key `token` is, if it is a live one (known, its secret right, not revoked or expired);
@@ -88,6 +94,7 @@ class ApiKeys:
         if match is None:
             return None
         if not self.loaded.is_set():
+            self.start_refreshing()
             raise KeysNotLoaded()
         key = self._keys.get(match.group(1))
         candidate = digest(match.group(2))
@@ -100,6 +107,13 @@ class ApiKeys:
             return None
         self._used[key.id] = now
         return key
+
+    def start_refreshing(self) -> None:
+        with self._start_lock:  # not the pass's lock: a pass may wait on the database, the loop may not
+            if self._started or self.starter is None:
+                return
+            self._started = True
+        self.starter()
 
     def __len__(self) -> int:
         return len(self._keys)

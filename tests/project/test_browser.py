@@ -231,3 +231,72 @@ def test_cors_from_another_origin_is_refused_by_the_browser(browser, api, sites,
     assert outcome == {"get": "TypeError", "post": "TypeError"}
     assert any("CORS" in e for e in errors), errors
     assert not _customer_exists(store, "no@example.com"), "the preflight failed, so the POST was never sent"
+
+
+def test_swagger_ui_authorizes_with_an_api_key_and_with_the_openid_provider(browser, database_url, store, tmp_path):
+    """With an OpenID provider configured, Swagger UI's Authorize offers its scheme (read from the
+    provider's discovery document, by the browser) beside the bearer one: a client of the provider
+    authorizes by the client credentials flow and calls an operation; so does an API key, pasted as
+    a bearer token."""
+    from harness import oidc as harness
+    from swagger_server.identity.keys import new_key
+    from tests.conftest import admin_connect, query
+
+    if harness.NODE is None or not harness.INSTALLED:
+        pytest.skip("node and tools/node_modules are needed for the OpenID provider")
+    client = {"client_id": "swagger-ui", "client_secret": "swagger-ui-secret-" + "s" * 24, "scope": "read write"}
+    provider = harness.Provider(tmp_path / "oidc", [client], "https://store-api.test").start()
+    key_id, key, digest = new_key()
+    conn = admin_connect(database_url)
+    query(conn, "INSERT INTO api_keys (id, secret_sha256, scopes) VALUES (%s, %s, '{read}')", (key_id, digest))
+    conn.close()
+    live = Gunicorn(
+        database_url, WEB_CONCURRENCY=1, API_OIDC_ISSUER=provider.issuer, API_OIDC_AUDIENCE=provider.audience
+    )
+    page = browser.new_page()
+    try:
+        page.goto(f"{live.base}/api/ui/")
+        get = page.locator("#operations-customers-get_customer")
+        expect(get).to_be_visible()
+
+        get.locator(".opblock-summary").first.click()
+        get.locator("button.try-out__btn").click()
+        get.locator("tr[data-param-name='customer_id'] input").fill("1")
+
+        def call_get_customer() -> str:
+            """Execute GET /customers/1 with what Authorize holds now: the status of this answer."""
+            get.locator("button.execute").click()
+            status = get.locator(".live-responses-table tr.response .response-col_status").first
+            expect(status).to_be_visible()
+            text = status.inner_text()
+            get.locator("button.btn-clear").click()  # cleared for the next call
+            return text
+
+        assert call_get_customer() == "401"  # not authorized yet: the observer sees a refusal
+
+        # The OpenID provider: its scheme in the dialog, the client credentials flow.
+        page.locator(".auth-wrapper button.authorize").click()
+        modal = page.locator(".modal-ux")
+        expect(modal).to_contain_text("openIdConnect")
+        expect(modal).to_contain_text("openIdConnect (OAuth2, client_credentials)")
+        oidc = modal.locator(".auth-container", has_text="openIdConnect (OAuth2, client_credentials)")
+        oidc.locator("input[id^='client_id']").fill(client["client_id"])
+        oidc.locator("input[id^='client_secret']").fill(client["client_secret"])
+        oidc.locator("label[for='read-client_credentials-checkbox-openIdConnect']").click()  # the box is styled
+        oidc.locator("button.authorize").click()
+        expect(oidc.locator("button.authorize", has_text="Logout")).to_be_visible(timeout=10_000)
+        modal.locator("button.btn-done, button.close-modal").first.click()
+        assert call_get_customer() == "200"
+
+        # An API key, as the bearer token (after logging the provider out).
+        page.locator(".auth-wrapper button.authorize").click()
+        oidc.locator("button.authorize", has_text="Logout").click()
+        bearer = modal.locator(".auth-container", has_text="bearerAuth")
+        bearer.locator("input").first.fill(key)
+        bearer.locator("button.authorize").click()
+        modal.locator("button.btn-done, button.close-modal").first.click()
+        assert call_get_customer() == "200"
+    finally:
+        page.close()
+        live.stop()
+        provider.stop()
