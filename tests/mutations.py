@@ -1169,6 +1169,8 @@ def run(mutation: Mutation, python: str) -> tuple[bool, float, str]:
             tree,
             ignore=shutil.ignore_patterns(".venv", ".venv-*", ".git", ".data", "build", "node_modules", ".*cache*"),
         )
+        if (ROOT / "tools" / "node_modules").is_dir():  # the Node tools the tests run (Spectral, oidc-provider)
+            (tree / "tools" / "node_modules").symlink_to(ROOT / "tools" / "node_modules")
         for change in ((mutation.old, mutation.new), *mutation.also):
             path, old, new = change if len(change) == 3 else (mutation.path, *change)
             target = tree / path
