@@ -92,6 +92,8 @@ def lock_products(conn, product_ids: list[int]) -> dict[int, dict]:
 def insert_order(conn, customer_id: int, lines: list[tuple[int, int, int]]) -> dict:
     """Decrement stock, insert the order and its lines in one statement; return the new order as
     get_order() reads it (the same columns, the lines in the same order), with no second round trip.
+    The lines answered are the ones inserted, read from `wanted`, not returned by the insert: a caller
+    bound to one customer could not read them back in this statement (schema 020).
 
     `lines` are (product_id, quantity, unit_price_cents) for products already locked and checked.
     """
@@ -113,12 +115,11 @@ def insert_order(conn, customer_id: int, lines: list[tuple[int, int, int]]) -> d
             ), new_lines AS (
                 INSERT INTO order_lines (order_id, product_id, quantity, unit_price_cents)
                 SELECT new_order.id, w.product_id, w.quantity, w.price FROM new_order, wanted w
-                RETURNING product_id, quantity, unit_price_cents
             )
             SELECT o.id, o.customer_id, o.status, o.total_cents, o.created_at, o.version,
-                   COALESCE((SELECT json_agg(json_build_object('product_id', l.product_id, 'quantity', l.quantity,
-                                                               'unit_price_cents', l.unit_price_cents)
-                                             ORDER BY l.product_id) FROM new_lines l), '[]') AS lines
+                   COALESCE((SELECT json_agg(json_build_object('product_id', w.product_id, 'quantity', w.quantity,
+                                                               'unit_price_cents', w.price)
+                                             ORDER BY w.product_id) FROM wanted w), '[]') AS lines
             FROM new_order o
         """,
             {"ids": product_ids, "qty": quantities, "price": prices, "customer": customer_id},

@@ -50,21 +50,17 @@ CREATE POLICY bound_customer ON orders AS RESTRICTIVE TO store_bound
     USING (customer_id = current_setting('store.customer_id')::bigint)
     WITH CHECK (customer_id = current_setting('store.customer_id')::bigint);
 
--- A line is the caller's when its order is: the subquery meets the orders' policy. An order's lines
--- are inserted in the same statement as the order (queries/orders.py, insert_order), which cannot see
--- its own new order row; the order itself passed the orders' policy, and its id is the one this
--- session drew last from the orders' sequence, so a line may name that order too (USING as well: the
--- insert returns its lines, and a returned row must pass the policy for reading).
-CREATE FUNCTION store_new_order_id() RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
-BEGIN
-    RETURN currval(pg_get_serial_sequence('orders', 'id'));
-EXCEPTION WHEN object_not_in_prerequisite_state THEN  -- no order drawn yet in this session
-    RETURN NULL;
-END
-$$;
-
+-- A line is the caller's when its order is (the subquery meets the orders' policy: one probe of the
+-- orders' primary key a line). An order's lines are inserted in the same statement as the order
+-- (queries/orders.py, insert_order), which cannot see its own new order row; the order itself passed
+-- the orders' policy, and its id is the one this session just drew from the orders' sequence, so a
+-- new line may name that order too (evaluated only when the first test fails; a session that drew
+-- none gets an error, never a row). The insert returns no line (a returned row must pass USING).
 ALTER TABLE order_lines ENABLE ROW LEVEL SECURITY;
 CREATE POLICY every_row ON order_lines USING (true) WITH CHECK (true);
 CREATE POLICY bound_customer ON order_lines AS RESTRICTIVE TO store_bound
-    USING (order_id IN (SELECT id FROM orders) OR order_id = store_new_order_id())
-    WITH CHECK (order_id IN (SELECT id FROM orders) OR order_id = store_new_order_id());
+    USING (EXISTS (SELECT 1 FROM orders o WHERE o.id = order_lines.order_id))
+    WITH CHECK (
+        EXISTS (SELECT 1 FROM orders o WHERE o.id = order_lines.order_id)
+        OR order_id = currval(pg_get_serial_sequence('orders', 'id'))
+    );
