@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
+from harness.processes import OwnProcess
 from harness.waiting import wait_listening
 from swagger_server.db.embedded import free_port
 
@@ -31,7 +31,7 @@ def signing_key() -> dict:
     return {**jwk, "kid": secrets.token_hex(8), "alg": "ES256", "use": "sig"}
 
 
-class Provider:
+class Provider(OwnProcess):
     def __init__(self, workdir: Path, clients: list[dict], audience: str, ttl: int = 300, port: int | None = None):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -85,13 +85,3 @@ class Provider:
         )
         answer.raise_for_status()
         return answer.json()["access_token"]
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)

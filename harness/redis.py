@@ -4,17 +4,17 @@ port, stopped (or killed, for the fault tests) by its pid."""
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
+from harness.processes import OwnProcess
 from harness.waiting import wait_listening
 from swagger_server.db.embedded import free_port
 
 BINARY = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
 
 
-class Redis:
+class Redis(OwnProcess):
     def __init__(self, workdir: Path, port: int | None = None):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -41,14 +41,3 @@ class Redis:
         )  # fmt: skip
         wait_listening(self.process, self.port, "redis-server")
         return self
-
-    def kill(self) -> None:
-        """SIGKILL: gone at once, as a crashed Redis is."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)

@@ -23,6 +23,7 @@ from harness import oidc as harness
 from harness.waiting import wait_until
 from swagger_server import create_app, get_database
 from swagger_server.identity import oidc
+from swagger_server.state import of_flask
 from tests.conftest import make_settings, query
 
 pytestmark = pytest.mark.skipif(
@@ -52,7 +53,7 @@ def client(database_url, provider, monkeypatch):
     )
     app = create_app(settings)
     with app.test_client() as client:
-        client.oidc = app.app.extensions["store_api"].oidc
+        client.oidc = of_flask(app.app).oidc
         wait_until(lambda: client.oidc.fetches >= 1 and client.oidc._keys, timeout=10, message="the provider's keys")
         yield client
     get_database(app).close()
