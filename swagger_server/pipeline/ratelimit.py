@@ -1,8 +1,8 @@
 """Per-caller rate limits: `[API] rate_limit` (e.g. `600/minute`) per token, or per client address without one,
-counted by the `limits` library in `[API] rate_limit_storage`: `memory://` (each worker counts its own,
-a caller gets the quota once per worker; the sliding-window counter, which weighs the previous window's
-count, so a caller can pass the quota by a fraction across a window's edge) or `redis://host:port/db`
-(one count for every worker of every host; the moving window, exact).
+in `[API] rate_limit_storage`: `memory://` (each worker counts its own, a caller gets the quota once per
+worker; the `limits` library's sliding-window counter, which weighs the previous window's count, so a
+caller can pass the quota by a fraction across a window's edge) or `redis://host:port/db` (one count
+for every worker of every host; a moving window, exact, one round trip a request: fleet.py).
 
 Every answer it lets through carries the IETF draft's fields (draft-ietf-httpapi-ratelimit-headers):
 `RateLimit-Policy: "default";q=600;w=60` and `RateLimit: "default";r=<remaining>;t=<seconds to reset>`;
@@ -10,32 +10,29 @@ a refusal is `429 rate-limited` problem+json with the same fields and `Retry-Aft
 cost more than one unit (the dashboard, by its date range: `costs`).
 
 It runs on the event loop, after security (it knows the token) and before the handler threads (a
-refused request never waits for one). Redis is asked asynchronously, and never for longer than
-`STORAGE_WAIT` (its client's connect and read timeouts): a storage that is down or slow must not take the API down, so the limiter then fails
-open (requests pass, unlimited), says so once in the log and in `store_api_rate_limiter_degraded`,
-asks again after `RETRY_DEGRADED` seconds (with a request, or, with none, by a task on the worker's
-loop: every worker's gauge clears within that of the storage's return), and says so once when it is back.
+refused request never waits for one). Redis is asked by a thread of the worker's own, and never for
+longer than `STORAGE_WAIT` of Redis's own time (the socket's timeouts, measured while the thread waits,
+not while the loop is busy): a storage that is down or slow must not take the API down, so the limiter
+then fails open (requests pass, unlimited), says so once in the log and in
+`store_api_rate_limiter_degraded`, asks again every `RETRY_DEGRADED` seconds (requests or not: every
+worker's gauge clears within that of the storage's return), and says so once when it is back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from collections.abc import Callable
 
 import limits
-from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from swagger_server.errors import problem_bytes
+from swagger_server.pipeline.fleet import RedisWindow
 from swagger_server.pipeline.handlers import caller_of, operation_of
 from swagger_server.state import request_context
-from swagger_server.text import first_line
-
-logger = logging.getLogger(__name__)
 
 STORAGE_WAIT = 0.05  # seconds the storage may take to answer, then the request passes unlimited
 RETRY_DEGRADED = 1.0  # seconds between tries of a storage that failed
@@ -64,8 +61,7 @@ def storage_uri(uri: str) -> str:
 
 
 class RateLimits:
-    """One app's limiter: the policy, the storage (made on first use in each process and event loop),
-    and whether the storage is degraded."""
+    """One app's limiter: the policy and its storage, in memory (inline) or in Redis (fleet.py)."""
 
     def __init__(
         self,
@@ -79,107 +75,40 @@ class RateLimits:
         self.storage_uri = storage_uri(storage)
         self.window = self.item.get_expiry()
         self.policy = f'"default";q={self.item.amount};w={self.window}'.encode()
-        self.on_degraded = on_degraded
         self.on_unlimited = on_unlimited
-        self.degraded_since: float | None = None
-        self.next_try = 0.0
-        self._limiter: MovingWindowRateLimiter | None = None
-        self._loop = None
-        self._watching: asyncio.Task | None = None  # while degraded: _watch, on the worker's loop
-
-    def _get_limiter(self):
+        self._memory: SlidingWindowCounterRateLimiter | None = None
+        self._redis: RedisWindow | None = None
         if self.storage_uri == "async+memory://":
             # In memory: the synchronous storage, called inline (its calls take ~15 µs and never wait),
             # with the sliding-window counter (two counters a caller, O(1)). The asynchronous memory
             # storage's expiry task hops to a thread for every key, and the moving window keeps every
             # hit: with a thousand callers they cost a fifth of a request's CPU.
-            if self._limiter is None:
-                self._limiter = SlidingWindowCounterRateLimiter(storage_from_string("memory://"))
-            return self._limiter
-        loop = asyncio.get_running_loop()
-        if self._limiter is None or self._loop is not loop:  # a worker's loop (a test client's are several)
-            options = {}
-            if self.storage_uri.startswith("async+redis"):
-                # redis-py's asyncio client, every connect and read bounded by its own socket timeouts
-                # (no task per request, as asyncio.wait_for would make).
-                options = {
-                    "implementation": "redispy",
-                    "socket_connect_timeout": STORAGE_WAIT,
-                    "socket_timeout": STORAGE_WAIT,
-                }
-            storage = storage_from_string(self.storage_uri, wrap_exceptions=True, **options)
-            self._limiter, self._loop = MovingWindowRateLimiter(storage), loop
-        return self._limiter
+            self._memory = SlidingWindowCounterRateLimiter(storage_from_string("memory://"))
+        else:
+            self._redis = RedisWindow(
+                self.storage_uri[len("async+") :],
+                self.item.amount,
+                self.window,
+                wait=STORAGE_WAIT,
+                retry=RETRY_DEGRADED,
+                on_degraded=on_degraded,
+            )
 
     async def hit(self, caller: str, cost: int = 1) -> tuple[bool, int, int] | None:
         """Count `cost` for `caller`: (allowed, remaining, seconds to reset), or None while the storage
         is degraded (the request passes unlimited)."""
-        now = time.monotonic()
-        if self.degraded_since is not None and now < self.next_try:
+        if self._memory is not None:
+            allowed = self._memory.hit(self.item, caller, cost=cost)
+            stats = self._memory.get_window_stats(self.item, caller)
+            return allowed, stats.remaining, max(0, math.ceil(stats.reset_time - time.time()))
+        verdict = None if self._redis.passing() else await self._redis.hit(asyncio.get_running_loop(), caller, cost)
+        if verdict is None:
             self._unlimited()
-            return None
-        limiter = self._get_limiter()
-        try:
-            if isinstance(limiter, SlidingWindowCounterRateLimiter):
-                allowed = limiter.hit(self.item, caller, cost=cost)
-                stats = limiter.get_window_stats(self.item, caller)
-            else:
-                allowed = await limiter.hit(self.item, caller, cost=cost)
-                stats = await limiter.get_window_stats(self.item, caller)
-        except Exception as exc:  # noqa: BLE001 - any storage failure: fail open, said once
-            self._degraded(now, exc)
-            self._unlimited()
-            return None
-        self._recovered()
-        reset = max(0, math.ceil(stats.reset_time - time.time()))
-        return allowed, stats.remaining, reset
-
-    def _recovered(self) -> None:
-        """The storage answered: limits hold again, said once (by a request or by the watch)."""
-        if self.degraded_since is None:
-            return
-        logger.warning(
-            "rate limiter: storage answers again after %.1f s; limits enforced", time.monotonic() - self.degraded_since
-        )
-        self.degraded_since = None
-        if self.on_degraded is not None:
-            self.on_degraded(False)
-
-    async def _watch(self) -> None:
-        """While degraded, ask the storage every RETRY_DEGRADED seconds whether it answers, requests or
-        not: a worker that no request reaches after Redis is back must not say degraded for ever (its
-        gauge, and the alert on it, would stay up)."""
-        try:
-            while self.degraded_since is not None:
-                await asyncio.sleep(RETRY_DEGRADED)
-                if self.degraded_since is None:
-                    return
-                try:
-                    answers = await self._get_limiter().storage.check()
-                except Exception:  # noqa: BLE001 - a storage that fails is what is watched for
-                    answers = False
-                if answers:
-                    self._recovered()
-                else:
-                    self._limiter = None  # a new client for the next try
-        finally:
-            self._watching = None
+        return verdict
 
     def _unlimited(self) -> None:
         if self.on_unlimited is not None:
             self.on_unlimited()
-
-    def _degraded(self, now: float, exc: BaseException) -> None:
-        self.next_try = now + RETRY_DEGRADED
-        if self.degraded_since is None:
-            self.degraded_since = now
-            reason = first_line(exc) if str(exc) else type(exc).__name__
-            logger.error("rate limiter: storage failed (%s); requests pass unlimited until it answers", reason)
-            if self.on_degraded is not None:
-                self.on_degraded(True)
-        self._limiter = None  # a new client on the next try: a cancelled call may leave this one broken
-        if self._watching is None:
-            self._watching = asyncio.get_running_loop().create_task(self._watch())
 
 
 class RateLimited:
