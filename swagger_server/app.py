@@ -113,7 +113,7 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
         security_map=security.security_map(),
         # Connexion's own stack, with each API's routes indexed (pipeline/routing.py).
-        middlewares=pipeline.connexion_stack(settings),
+        middlewares=pipeline.connexion_stack(settings, state, PROBES),
     )
     observability.setup_access_log(settings.api.access_log, settings.api.log_format, metrics.access_log_dropped.inc)
     observability.guard_process_logs()

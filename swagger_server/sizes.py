@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 def over_size(body, schema) -> tuple[str, str] | None:
     """(field, detail) for a body with an array, object or string longer than its schema allows."""
@@ -45,3 +47,53 @@ def _first(value, schema, path: str) -> tuple[str, str] | None:
         if most is not None and len(value) > most:
             return path, f"is {len(value)} characters long; at most {most} are allowed"
     return None
+
+
+NUMBER_BYTES = 32  # the longest number literal a body may hold (validation.py refuses longer ones)
+
+
+def most_bytes(schema) -> int | None:
+    """The most bytes a value valid against `schema` takes as JSON without whitespace, every character
+    of every string written as an escape (`\\u0061` for `a`: JSON allows it); None when the schema does
+    not bound it (a string without maxLength, an array without maxItems, an object open to members it
+    does not list). Proportional to what the spec allows, so a body far longer than this is refused
+    by its length, before a parser reads it (validation.py)."""
+    if not isinstance(schema, dict):
+        return None
+    alternatives = [s for key in ("oneOf", "anyOf") for s in schema.get(key, ())]
+    if alternatives:
+        sizes = [most_bytes(s) for s in alternatives]
+        return None if None in sizes else max(sizes)
+    if "enum" in schema:
+        return max(_escaped(json.dumps(value)) for value in schema["enum"])
+    kind = schema.get("type")
+    if kind in ("integer", "number"):
+        size = NUMBER_BYTES
+    elif kind == "boolean":
+        size = len("false")
+    elif kind == "string":
+        if schema.get("maxLength") is None:
+            return None
+        size = 2 + 12 * schema["maxLength"]  # a code point beyond the BMP escaped is 12 bytes
+    elif kind == "array":
+        items = most_bytes(schema.get("items"))
+        if items is None or schema.get("maxItems") is None:
+            return None
+        size = 2 + schema["maxItems"] * (items + 1)
+    elif kind == "object" or "properties" in schema:
+        if schema.get("additionalProperties", True) is not False:
+            return None
+        size = 2
+        for name, sub in (schema.get("properties") or {}).items():
+            value = most_bytes(sub)
+            if value is None:
+                return None
+            size += _escaped(json.dumps(name)) + 1 + value + 1
+    else:
+        return None
+    return max(size, len("null")) if schema.get("nullable") else size
+
+
+def _escaped(literal: str) -> int:
+    """Bytes of a JSON literal with every character of its strings written as an escape."""
+    return sum(6 if ord(c) < 0x10000 else 12 for c in literal)

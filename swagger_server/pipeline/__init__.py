@@ -11,16 +11,19 @@ it is; this list is the order.
                                      whole body before anything reads it (413, 408)
   4. rendered.RenderedOnce           the spec and Swagger UI, rendered once per process
   5. Connexion's stack               (routing.middlewares) exceptions as problem+json, routing with
-                                     each API's routes indexed, security (security.py), validation
-                                     (validation.py)
-  6. ratelimit.RateLimited           per-caller rate limits, when [API] rate_limit is set: a refused
-                                     request never waits for a thread
+                                     each API's routes indexed, security (security.py), then
+  6. ratelimit.RateLimited           per-caller rate limits, when [API] rate_limit is set: after
+                                     security (it knows the caller), before validation (a request
+                                     refused as invalid is counted against its caller, and a caller
+                                     past its quota costs no validation); then validation (validation.py)
   7. handlers.HandlerThreads         Flask in threads we size: admission (503), a share per caller
                                      (429), the probes' own lane
   8. Flask                           request_scope.py (the request's connection), the controllers
 """
 
 from __future__ import annotations
+
+import functools
 
 from connexion.middleware import MiddlewarePosition
 
@@ -33,14 +36,25 @@ from swagger_server.pipeline.ratelimit import RateLimited, RateLimits
 from swagger_server.pipeline.rendered import RenderedOnce
 
 
-def connexion_stack(settings) -> list:
-    """Layer 5, given to connexion.FlaskApp(middlewares=...)."""
-    return routing.middlewares(settings.api.validate_responses)
+def connexion_stack(settings, state, probes: frozenset) -> list:
+    """Layers 5 and 6, given to connexion.FlaskApp(middlewares=...)."""
+    api, metrics = settings.api, state.metrics
+    limited = None
+    if api.rate_limit:
+        state.rate_limits = RateLimits(
+            api.rate_limit,
+            api.rate_limit_storage,
+            on_degraded=lambda down: metrics.rate_limiter_degraded.set(1 if down else 0),
+            on_unlimited=metrics.rate_limiter_unlimited.inc,
+        )
+        costs = {"get_dashboard": dashboard_controller.rate_cost}
+        limited = functools.partial(RateLimited, limits_=state.rate_limits, probes=probes, costs=costs)
+    return routing.middlewares(api.validate_responses, after_security=limited)
 
 
 def assemble(app, spec: dict, settings, state, probes: frozenset, on_loop: frozenset = frozenset()) -> HandlerThreads:
-    """Add layers 1 to 4 and 6 to 7 around Connexion's stack and the API; return the handler threads."""
-    api, metrics = settings.api, state.metrics
+    """Add layers 1 to 4 and 7 around Connexion's stack and the API; return the handler threads."""
+    api = settings.api
     # Layers added at BEFORE_EXCEPTION run in the order added: the first is the outermost.
     app.add_middleware(observability.Observability, position=MiddlewarePosition.BEFORE_EXCEPTION, state=state)
     app.add_middleware(
@@ -90,14 +104,4 @@ def assemble(app, spec: dict, settings, state, probes: frozenset, on_loop: froze
         on_loop=on_loop,
     )
     patches.serve_flask_with(app, handlers)
-    if api.rate_limit:
-        limiter = RateLimits(
-            api.rate_limit,
-            api.rate_limit_storage,
-            on_degraded=lambda down: metrics.rate_limiter_degraded.set(1 if down else 0),
-            on_unlimited=metrics.rate_limiter_unlimited.inc,
-        )
-        costs = {"get_dashboard": dashboard_controller.rate_cost}
-        patches.serve_flask_with(app, RateLimited(handlers, limiter, probes=probes, costs=costs))
-        state.rate_limits = limiter
     return handlers

@@ -17,6 +17,7 @@ from __future__ import annotations
 from connexion.middleware.main import ConnexionMiddleware
 from connexion.middleware.response_validation import ResponseValidationMiddleware
 from connexion.middleware.routing import RoutingMiddleware
+from connexion.middleware.security import SecurityMiddleware
 from starlette._utils import get_route_path
 from starlette.routing import Match, Mount, Route, Router
 
@@ -80,10 +81,11 @@ class IndexedRoutingMiddleware(RoutingMiddleware):
                 mount._base_app = mount.app = indexed
 
 
-def middlewares(validate_responses: bool) -> list:
+def middlewares(validate_responses: bool, after_security=None) -> list:
     """Connexion's default middleware list, with the indexed routing middleware in the routing
-    middleware's place, and without the response-validation middleware when responses are not
-    validated (it then passes every request through after a lookup of its operation)."""
+    middleware's place, `after_security` (a factory of ASGI middleware, called with the next app)
+    right after the security middleware, and without the response-validation middleware when
+    responses are not validated (it then passes every request through after a lookup of its operation)."""
     stack = []
     for middleware in ConnexionMiddleware.default_middlewares:
         if middleware is RoutingMiddleware:
@@ -92,4 +94,6 @@ def middlewares(validate_responses: bool) -> list:
             continue
         else:
             stack.append(middleware)
+        if middleware is SecurityMiddleware and after_security is not None:
+            stack.append(after_security)
     return stack

@@ -119,3 +119,54 @@ def test_the_dashboard_has_a_statement_timeout_of_its_own(new_database):
                 assert client.get("/api/customers/1").status_code == 200
         finally:
             get_database(app).close(timeout=2)
+
+
+def test_a_request_refused_as_invalid_counts_against_its_caller(limited, store, monkeypatch):
+    """The limit runs before validation: a body the schema refuses (400) and one too long to parse
+    (413) each cost the caller a unit, and a caller past its quota is answered 429 before its body is
+    validated at all."""
+    from swagger_server import validation
+
+    with limited.test_client(headers=AUTH) as client:
+        first = client.post("/api/customers", json={"name": "x" * 1000, "email": "a@example.com"})
+        assert first.status_code == 400 and remaining(first) == 199, first.text
+        long = client.post("/api/customers", content=" " * 100_000, headers={"Content-Type": "application/json"})
+        assert long.status_code == 413 and remaining(long) == 198, long.text
+        for _ in range(198):
+            client.post("/api/orders", json={"customer_id": 1, "lines": []})
+        validated = []
+        monkeypatch.setattr(validation.ProblemJSONBodyValidator, "_read", lambda self, raw: validated.append(raw))
+        refused = client.post("/api/customers", json={"name": "n", "email": "a@example.com"})
+        assert refused.status_code == 429 and remaining(refused) == 0, refused.text
+        assert validated == []  # never read: refused by the limit first
+        monkeypatch.undo()
+        assert client.post("/api/customers", json={"name": "n", "email": "a@example.com"}).status_code == 429
+
+
+def test_a_body_is_read_off_the_event_loop(limited, store, monkeypatch):
+    """Parsing and validating a body (up to 6 ms of jsonschema for 100 lines) runs in a thread, not on
+    the event loop that serves every other connection of the worker."""
+    import asyncio
+    import threading
+
+    from swagger_server import validation
+
+    seen = {}
+    original = validation.ProblemJSONBodyValidator._read
+    original_parse = validation.ProblemJSONBodyValidator._parse
+
+    async def parse(self, stream, scope):
+        seen["loop"] = threading.get_ident()
+        asyncio.get_running_loop()  # the observer: this part is on the loop
+        return await original_parse(self, stream, scope)
+
+    def read(self, raw):
+        seen["read"] = threading.get_ident()
+        return original(self, raw)
+
+    monkeypatch.setattr(validation.ProblemJSONBodyValidator, "_parse", parse)
+    monkeypatch.setattr(validation.ProblemJSONBodyValidator, "_read", read)
+    with limited.test_client(headers=AUTH) as client:
+        answer = client.post("/api/orders", json={"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]})
+    assert answer.status_code == 201, answer.text
+    assert "loop" in seen and "read" in seen and seen["read"] != seen["loop"], seen
