@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from connexion.json_schema import resolve_refs
 
 from swagger_server import create_app, get_database, validation
