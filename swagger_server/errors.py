@@ -15,6 +15,7 @@ from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionResponse
 from starlette.exceptions import HTTPException
 
+from swagger_server.db.constraints import CHECKS, REFERENCES, TEXT_RULES, UNIQUE
 from swagger_server.db.errors import (
     DatabaseUnavailable,
     PoolClosed,
@@ -293,24 +294,6 @@ async def schema_behind(_request, exc: SchemaBehind) -> ConnexionResponse:
     )
 
 
-# Integrity errors, by constraint: what the client is told. A foreign key has two answers: a write that
-# references a row that is gone (404, naming the field), and a delete of a row still referenced (409).
-# Every write reaches these through the database's own constraints, so a race between two requests
-# (an order placed as its customer is deleted, two creates with one email) is a 4xx here, whichever
-# controller ran it: none has to catch them itself.
-_UNIQUE = {
-    "customers_email_key": ("email", "a customer with this email already exists"),
-    "products_sku_key": ("sku", "a product with this SKU already exists"),
-    "idempotency_keys_pkey": ("Idempotency-Key", "a request with this Idempotency-Key is in progress; retry shortly"),
-}
-_REFERENCES = {
-    "orders_customer_id_fkey": (("customer_id", "the customer does not exist"), "the customer has orders"),
-    "order_lines_product_id_fkey": (("lines", "a product of this order does not exist"), "the product has orders"),
-    "api_keys_customer_id_fkey": (("customer_id", "the customer does not exist"), "the customer has API keys"),
-}
-_CHECKS = {  # check constraints a valid request can still reach through a race
-    "products_stock_check": ("stock", "the stock of a product may not go below zero"),
-}
 # Transient: the same request may succeed if sent again (a lock cycle, a serialization conflict).
 _TRANSIENT = (psycopg2.errors.DeadlockDetected, psycopg2.errors.SerializationFailure)
 
@@ -328,16 +311,20 @@ def integrity_problem(exc: psycopg2.Error, retry: dict | None = None) -> Connexi
             headers=retry or {"Retry-After": "1"},
         )
     if isinstance(exc, psycopg2.errors.UniqueViolation):
-        field, detail = _UNIQUE.get(constraint, (None, "this would duplicate an existing resource"))
+        field, detail = UNIQUE.get(constraint, (None, "this would duplicate an existing resource"))
         return problem(409, "Conflict", detail, "conflict", **({"field": field} if field else {}))
     if isinstance(exc, psycopg2.errors.ForeignKeyViolation):
-        missing, referenced = _REFERENCES.get(constraint, ((None, "a referenced resource does not exist"), None))
+        missing, referenced = REFERENCES.get(constraint, ((None, "a referenced resource does not exist"), None))
         if (exc.diag.message_primary or "").startswith("update or delete"):
             return problem(409, "Conflict", referenced or "the resource is still referenced", "conflict")
         field, detail = missing
         return problem(404, "Not Found", detail, "not-found", **({"field": field} if field else {}))
+    if isinstance(exc, psycopg2.errors.CheckViolation) and constraint in TEXT_RULES:  # db/unicode.py's gap
+        field = TEXT_RULES[constraint]
+        detail = f"'{field}' holds text the database's text rule refuses (its Unicode is older than the API's)"
+        return problem(400, "Bad Request", detail, "bad-request", field=field)
     if isinstance(exc, psycopg2.errors.CheckViolation):
-        field, detail = _CHECKS.get(constraint, (None, "the change would break a rule of the data"))
+        field, detail = CHECKS.get(constraint, (None, "the change would break a rule of the data"))
         return problem(409, "Conflict", detail, "conflict", **({"field": field} if field else {}))
     if isinstance(exc, psycopg2.errors.NotNullViolation):
         column = exc.diag.column_name or "a field"

@@ -630,10 +630,57 @@ MUTATIONS = [
     ),
     Mutation(
         "a rate limit storage that fails lets requests through (fail open), never a 5xx",
-        "swagger_server/pipeline/ratelimit.py",
-        "            self._degraded(now, exc)\n            self._unlimited()\n            return None",
-        "            raise",
+        "swagger_server/pipeline/fleet.py",
+        "            except Exception as exc:  # noqa: BLE001 - any failure of the storage: fail open, said once\n                self._failed(exc, connection)",
+        "            except Exception as exc:  # noqa: BLE001 - any failure of the storage: fail open, said once\n                raise",
         ("tests/pipeline/test_ratelimit_redis.py::test_redis_killed_under_load_fails_open_then_limits_again",),
+    ),
+    Mutation(
+        "the fleet limit's deadline measures Redis, not the event loop: a busy loop is not a slow storage",
+        "swagger_server/pipeline/fleet.py",
+        "        self._queue.put((KEY_PREFIX + caller, cost, future, loop))\n        return await future",
+        "        self._queue.put((KEY_PREFIX + caller, cost, future, loop))\n        started = loop.time()\n"
+        "        verdict = await future\n        return None if loop.time() - started > self.wait else verdict",
+        ("tests/pipeline/test_ratelimit_redis.py::test_a_busy_event_loop_is_not_a_slow_storage",),
+    ),
+    Mutation(
+        "a request costs one round trip to Redis",
+        "swagger_server/pipeline/fleet.py",
+        "            replies = [connection.read_response() for _ in batch]",
+        "            replies = [connection.read_response() for _ in batch]\n"
+        "            connection.send_packed_command(connection.pack_commands(commands))\n"
+        "            [connection.read_response() for _ in batch]",
+        ("tests/pipeline/test_ratelimit_redis.py::test_a_request_costs_one_round_trip_to_redis",),
+    ),
+    Mutation(
+        "the outage log says one true thing per outage per worker",
+        "swagger_server/pipeline/fleet.py",
+        "        if self.down_since is None:\n            self.down_since = now",
+        "        if True:\n            self.down_since = now",
+        ("tests/pipeline/test_ratelimit_redis.py::test_redis_killed_under_load_fails_open_then_limits_again",),
+    ),
+    Mutation(
+        "a request refused as invalid counts against its caller (the limit runs before validation)",
+        "swagger_server/pipeline/routing.py",
+        "        if middleware is SecurityMiddleware and after_security is not None:",
+        "        if middleware is ResponseValidationMiddleware and after_security is not None:",
+        ("tests/pipeline/test_ratelimit.py::test_a_request_refused_as_invalid_counts_against_its_caller",),
+    ),
+    Mutation(
+        "a body longer than any valid one is refused by its length, unparsed",
+        "swagger_server/validation.py",
+        "        if most is not None and len(raw) > most:",
+        "        if False:",
+        (
+            "tests/pipeline/test_bounded_validation.py::test_a_body_longer_than_any_valid_one_is_refused_by_its_length_before_it_is_parsed",
+        ),
+    ),
+    Mutation(
+        "a body is parsed and validated off the event loop",
+        "swagger_server/validation.py",
+        "        body = await asyncio.to_thread(self._read, raw)",
+        "        body = self._read(raw)",
+        ("tests/pipeline/test_ratelimit.py::test_a_body_is_read_off_the_event_loop",),
     ),
     Mutation(
         "every limited answer carries RateLimit-Policy and RateLimit, errors too",

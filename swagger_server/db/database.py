@@ -20,7 +20,7 @@ import time
 import psycopg2
 
 from swagger_server.config import PoolSettings, Settings
-from swagger_server.db import migrate
+from swagger_server.db import migrate, unicode
 from swagger_server.db.errors import SchemaBehind
 from swagger_server.db.null_pool import NullPool
 from swagger_server.db.pool import ConnectionPool, keep_inherited
@@ -78,6 +78,7 @@ class Database:
         # The schema files this code ships but the database lacks: None until first asked, () once current.
         self._schema_missing: tuple[str, ...] | None = None
         self._schema_checked = float("-inf")
+        self.unicode: str | None = None  # the database's Unicode version, once the first connection said
 
     def application_name(self) -> str:
         """What `pg_stat_activity.application_name` shows for this process: host and worker pid."""
@@ -154,7 +155,10 @@ class Database:
 
     def _see_schema(self, conn) -> None:
         """Ask the database which schema files it has (one query), unless already known current. The
-        first answer is logged, and each change."""
+        first answer is logged, and each change. The first connection also compares the database's
+        Unicode version with the text rule's (db/unicode.py), once per process."""
+        if self.unicode is None:
+            self.unicode = unicode.compare(conn) or "unknown"
         if self._schema_missing == ():
             return
         now = time.monotonic()

@@ -103,7 +103,7 @@ def test_a_body_longer_than_any_valid_one_is_refused_by_its_length_before_it_is_
     app = create_app(make_settings(database_url))
     try:
         with app.test_client(headers=AUTH) as client:
-            flood = '{"customer_id": 1, "lines": [' + ",".join(['{}'] * 150_000) + "]}"
+            flood = '{"customer_id": 1, "lines": [' + ",".join(["{}"] * 150_000) + "]}"
             answer = client.post("/api/orders", content=flood, headers={"Content-Type": "application/json"})
             parsed = parses["n"]  # before the test reads the answer (which parses JSON too)
             assert answer.status_code == 413, answer.text

@@ -13,9 +13,9 @@ import re
 import flask
 import pytest
 
-from swagger_server import errors
 from swagger_server.app import load_spec
 from swagger_server.controllers.orders import MAX_QUANTITY
+from swagger_server.db import constraints
 from swagger_server.validation import EcmaValidator, ecma_regex
 from tests.conftest import query
 
@@ -125,5 +125,9 @@ def test_every_unique_and_foreign_key_of_the_schema_has_its_answer(store):
     # Keys whose violation a request can cause name their field; the rest cannot be reached by a
     # request (an order's own lines and keys reference the order being written in that transaction).
     unreachable = {"order_lines_order_id_fkey", "idempotency_keys_order_id_fkey", "orders_idempotency_key_key"}
-    assert unique - unreachable <= set(errors._UNIQUE), unique - set(errors._UNIQUE)
-    assert foreign - unreachable <= set(errors._REFERENCES), foreign - set(errors._REFERENCES)
+    assert unique - unreachable <= set(constraints.UNIQUE), unique - set(constraints.UNIQUE)
+    assert foreign - unreachable <= set(constraints.REFERENCES), foreign - set(constraints.REFERENCES)
+    # The text rule's checks, one a column, each names its field (the answer when the database's
+    # Unicode is older than the API's: db/unicode.py).
+    texts = {name for (name,) in query(store, "SELECT conname FROM pg_constraint WHERE conname ~ '_(canonical|ascii)$'")}
+    assert texts == set(constraints.TEXT_RULES), texts

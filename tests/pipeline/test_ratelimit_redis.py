@@ -4,6 +4,7 @@ fails open, says so once per worker and in /metrics) and limits hold again once 
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import re
@@ -285,3 +286,27 @@ def test_a_request_costs_one_round_trip_to_redis(database_url, store, redis):
         assert set(asked) <= scripted, asked  # what the script calls inside Redis, no second request
     finally:
         host.stop()
+
+
+def test_a_busy_event_loop_is_not_a_slow_storage(redis):
+    """The storage's 50 ms deadline is Redis's time, measured by the thread that waits for it, not the
+    event loop's: a loop busy for 300 ms (what a flood does to it) while a hit is pending still gets
+    the hit's verdict, and the storage is not counted as failed. (On the loop, the deadline expired
+    on answers that had come in a millisecond: the limiter failed open for everyone.)"""
+    from swagger_server.pipeline.ratelimit import RateLimits
+
+    degraded_calls = []
+    limits_ = RateLimits("100/minute", redis.url, on_degraded=degraded_calls.append)
+
+    async def main():
+        assert await limits_.hit("warm") is not None  # the thread is up, the script loaded
+        pending = asyncio.ensure_future(limits_.hit("caller"))
+        await asyncio.sleep(0)  # the hit is handed to the thread
+        time.sleep(0.3)  # the loop is busy for six deadlines
+        return await pending
+
+    verdict = asyncio.run(main())
+    assert verdict is not None and verdict[:2] == (True, 99), verdict
+    assert degraded_calls == []
+    redis.kill()  # the observer: a storage that is gone does count as failed
+    assert asyncio.run(limits_.hit("caller")) is None and degraded_calls == [True]
