@@ -20,12 +20,8 @@ from swagger_server.config.settings import (
     ENV_OVERRIDES,
     SECTION_ATTR,
     SECTIONS,
-    ApiSettings,
     ConfigError,
     DatabaseSettings,
-    PoolSettings,
-    ReplicaSettings,
-    ServerSettings,
     Settings,
 )
 from swagger_server.text import first_line
@@ -134,11 +130,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             )
 
     settings = Settings(
-        database=DatabaseSettings(**values["database"]),
-        pool=PoolSettings(**values["pool"]),
-        api=ApiSettings(**values["api"]),
-        server=ServerSettings(**values["server"]),
-        replica=ReplicaSettings(**values["replica"]),
+        # Every section of the table, by its attribute ([MIGRATE] was read and then left out here:
+        # DB_MIGRATE_LOCK_TIMEOUT never reached `db upgrade`).
+        **{attr: SECTIONS[section](**values[attr]) for section, attr in SECTION_ATTR.items()},
         source=source,
         origins=tuple(sorted(origins.items())),
     )

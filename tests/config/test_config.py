@@ -231,3 +231,29 @@ def test_the_cli_finds_the_embedded_server_of_make_run(tmp_path, monkeypatch):
     (tmp_path / "postgres" / "postmaster.pid").write_text("1\n")
     assert config.embedded_url(env) == "postgresql://postgres@127.0.0.1:40123/store"
     assert config.embedded_url({**env, "DATABASE_URL": "postgresql://elsewhere/store"}) is None
+
+
+def test_every_section_of_the_table_reaches_the_settings():
+    """Each section the table lists is read into the settings (the migrate section was read and then
+    left out: DB_MIGRATE_LOCK_TIMEOUT=7 left `settings.migrate.lock_timeout` at 0.5, and 999 passed
+    validation); and `check-config` shows what `db upgrade` will use."""
+    from dataclasses import fields
+
+    from swagger_server.config.settings import ENV_OVERRIDES, SECTION_ATTR, SECTIONS
+
+    settings = load_settings(
+        {
+            "APP_CONFIG": EMPTY,
+            "DB_MIGRATE_LOCK_TIMEOUT": "7",
+            "DB_MIGRATE_STATEMENT_TIMEOUT": "30",
+            "DB_MIGRATE_DEADLINE": "42",
+        }
+    )
+    mig = settings.migrate
+    assert (mig.lock_timeout, mig.statement_timeout, mig.deadline) == (7.0, 30.0, 42.0)
+    with pytest.raises(ConfigError, match="DB_MIGRATE_LOCK_TIMEOUT"):
+        load_settings({"APP_CONFIG": EMPTY, "DB_MIGRATE_LOCK_TIMEOUT": "999"})
+    # Every environment variable of the table names a field of its section's settings.
+    for var, (section, key) in ENV_OVERRIDES.items():
+        names = {f.name for f in fields(SECTIONS[section])}
+        assert hasattr(settings, SECTION_ATTR[section]) and key in names, (var, section, key)
