@@ -5,6 +5,7 @@ tests/pipeline/test_ratelimit_redis.py."""
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -170,3 +171,35 @@ def test_a_body_is_read_off_the_event_loop(limited, store, monkeypatch):
         answer = client.post("/api/orders", json={"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]})
     assert answer.status_code == 201, answer.text
     assert "loop" in seen and "read" in seen and seen["read"] != seen["loop"], seen
+
+
+def test_the_memory_window_counts_as_the_limits_library_does(monkeypatch):
+    """MemoryWindows is the `limits` library's sliding-window counter without its storage's expiry
+    thread: on the same clock, 3 000 random hits of 5 callers (costs 1-7, time moving by up to a
+    window) get the same verdict, the same remaining count and the same reset from both."""
+    import random
+    import time as time_module
+
+    from limits import parse
+    from limits.storage import MemoryStorage
+    from limits.strategies import SlidingWindowCounterRateLimiter
+
+    from swagger_server.pipeline.ratelimit import MemoryWindows
+
+    clock = [1_000_000.0]
+    monkeypatch.setattr(time_module, "time", lambda: clock[0])
+    item = parse("10/minute")
+    library = SlidingWindowCounterRateLimiter(MemoryStorage())
+    ours = MemoryWindows(item.amount, item.get_expiry())
+    rng = random.Random(42)
+    allowed = refused = 0
+    for _ in range(3_000):
+        clock[0] += rng.choice([0.0, 0.0, 0.0, 0.3, 0.3, 1.7, 13.1, 59.9, 61.0, 150.0][: rng.choice([5, 10])])
+        caller, cost = f"c{rng.randrange(5)}", rng.choice([1, 1, 1, 2, 7])
+        theirs_allowed = library.hit(item, caller, cost=cost)
+        stats = library.get_window_stats(item, caller)
+        theirs = (theirs_allowed, stats.remaining, max(0, math.ceil(stats.reset_time - clock[0])))
+        mine = ours.hit(caller, cost, now=clock[0])
+        assert mine == theirs, (caller, cost, clock[0], mine, theirs)
+        allowed, refused = allowed + theirs_allowed, refused + (not theirs_allowed)
+    assert allowed > 300 and refused > 100  # the observer: both verdicts were compared
