@@ -1,4 +1,5 @@
-"""A request body's sizes against its schema, measured before anything else reads the body."""
+"""A request body's sizes against its schema, measured before anything else reads the body, and the
+shapes no body may have whatever its schema (too deep, NUL, lone surrogates, endless number literals)."""
 
 from __future__ import annotations
 
@@ -97,3 +98,48 @@ def most_bytes(schema) -> int | None:
 def _escaped(literal: str) -> int:
     """Bytes of a JSON literal with every character of its strings written as an escape."""
     return sum(6 if ord(c) < 0x10000 else 12 for c in literal)
+
+
+def hostile(body, max_depth: int) -> tuple[str, str] | None:
+    """(what, where) if the parsed body nests deeper than `max_depth`, or holds a NUL or an unpaired
+    surrogate in a string, else None. Iterative, so a hostile body cannot exhaust the recursion limit here."""
+    stack = [(body, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > max_depth:
+            return "depth", path
+        if isinstance(value, str):
+            if "\x00" in value:
+                return "nul", path
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate (\ud800): not text PostgreSQL can store
+                    return "surrogate", path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                where = f"{path}.{key}" if path else key
+                if "\x00" in key:
+                    return "nul", path
+                stack.append((item, where, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
+    return None
+
+
+def bounded_int(literal: str) -> int:
+    """json.loads' parse_int: at most NUMBER_BYTES characters (Python refuses over 4300 digits, slowly)."""
+    if len(literal) > NUMBER_BYTES:
+        raise ValueError("number literal too long")
+    return int(literal)
+
+
+def bounded_float(literal: str) -> float:
+    if len(literal) > NUMBER_BYTES:
+        raise ValueError("number literal too long")
+    return float(literal)
+
+
+def no_constant(name: str):
+    """json.loads' parse_constant: NaN and Infinity are not JSON."""
+    raise ValueError(f"{name} is not JSON")

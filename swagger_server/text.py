@@ -42,7 +42,7 @@ REFUSED_CATEGORIES = {
 # UAX #44's derivation of Default_Ignorable_Code_Point: Other_Default_Ignorable_Code_Point + Cf +
 # Variation_Selector - White_Space - FFF9..FFFB - 13430..1343F - Prepended_Concatenation_Mark. The
 # Cf part is refused as a format character already; these are the rest (PropList.txt, Unicode 16.0;
-# tests/test_text.py checks the derivation against the `regex` library's own tables).
+# tests/db/test_text_identity.py checks the derivation against the `regex` library's own tables).
 OTHER_DEFAULT_IGNORABLE = (
     (0x034F, 0x034F),
     (0x115F, 0x1160),
@@ -69,10 +69,10 @@ def is_space(char: str) -> bool:
 
 def refused_kind(char: str) -> str | None:
     """Why `char` may not be in stored text, or None."""
-    kind = REFUSED_CATEGORIES.get(ucd.category(char))
-    if kind is None and ord(char) in DEFAULT_IGNORABLE:
-        kind = "a default-ignorable code point"
-    return kind
+    why = REFUSED_CATEGORIES.get(ucd.category(char))
+    if why is None and ord(char) in DEFAULT_IGNORABLE:
+        why = "a default-ignorable code point"
+    return why
 
 
 def first_line(exc: BaseException) -> str:
@@ -98,9 +98,9 @@ def refusal(value: str) -> str | None:
     if is_space(value[:1]) or is_space(value[-1:]):
         return "may not begin or end with whitespace"
     for char in value:
-        kind = refused_kind(char)
-        if kind is not None:
-            return f"may not contain U+{ord(char):04X} ({kind})"
+        why = refused_kind(char)
+        if why is not None:
+            return f"may not contain U+{ord(char):04X} ({why})"
     return None
 
 

@@ -39,6 +39,7 @@ from connexion.utils import is_null, is_nullable
 from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, ParameterValidator
 from jsonschema import Draft4Validator, ValidationError, validators
 
+from swagger_server import sizes
 from swagger_server import text as text_rule
 from swagger_server.errors import ApiError, PayloadTooLarge, excerpt
 from swagger_server.sizes import NUMBER_BYTES, most_bytes, over_size
@@ -160,49 +161,6 @@ def _message(error: ValidationError) -> str:
     return excerpt(error.message, 300)
 
 
-def _inspect(body) -> tuple[str, str] | None:
-    """(what, where) if the parsed body nests deeper than MAX_DEPTH, or holds a NUL or an unpaired
-    surrogate in a string, else None. Iterative, so a hostile body cannot exhaust the recursion limit here."""
-    stack = [(body, "", 0)]
-    while stack:
-        value, path, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            return "depth", path
-        if isinstance(value, str):
-            if "\x00" in value:
-                return "nul", path
-            if not value.isascii():
-                try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError:  # a lone surrogate (\ud800): not text PostgreSQL can store
-                    return "surrogate", path
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                where = f"{path}.{key}" if path else key
-                if "\x00" in key:
-                    return "nul", path
-                stack.append((item, where, depth + 1))
-        elif isinstance(value, list):
-            stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
-    return None
-
-
-def _int(literal: str) -> int:
-    if len(literal) > MAX_NUMBER_DIGITS:
-        raise ValueError("number literal too long")
-    return int(literal)
-
-
-def _float(literal: str) -> float:
-    if len(literal) > MAX_NUMBER_DIGITS:
-        raise ValueError("number literal too long")
-    return float(literal)
-
-
-def _constant(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
 class ProblemJSONBodyValidator(JSONRequestBodyValidator):
     """Connexion's JSON body validator: hostile bodies refused, errors naming the member at fault."""
 
@@ -249,7 +207,9 @@ class ProblemJSONBodyValidator(JSONRequestBodyValidator):
         if not text.strip():
             return None
         try:
-            body = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
+            body = json.loads(
+                text, parse_int=sizes.bounded_int, parse_float=sizes.bounded_float, parse_constant=sizes.no_constant
+            )
         except RecursionError:
             raise InvalidRequest(f"the request body nests deeper than {MAX_DEPTH} levels", field="body") from None
         except ValueError as exc:
@@ -258,7 +218,7 @@ class ProblemJSONBodyValidator(JSONRequestBodyValidator):
             raise InvalidRequest(f"the request body is not valid JSON: {reason}{where}", field="body") from None
         if (oversize := over_size(body, self._schema)) is not None:  # before anything walks the body
             raise InvalidRequest(oversize[1], field=oversize[0])
-        found = _inspect(body)
+        found = sizes.hostile(body, MAX_DEPTH)
         if found is not None:
             what, where = found
             message = {

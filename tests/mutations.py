@@ -865,7 +865,7 @@ MUTATIONS = [
     Mutation(
         "default-ignorable code points are refused (UAX #44), not only format characters",
         "swagger_server/text.py",
-        "    if kind is None and ord(char) in DEFAULT_IGNORABLE:",
+        "    if why is None and ord(char) in DEFAULT_IGNORABLE:",
         "    if False:",
         (
             "tests/pipeline/test_edges.py::test_a_sku_that_looks_like_another_is_refused_naming_the_field",
@@ -1124,9 +1124,9 @@ MUTATIONS = [
     ),
     Mutation(
         "a degraded limiter asks Redis by itself, so an idle worker's gauge clears",
-        "swagger_server/pipeline/ratelimit.py",
-        "            self._watching = asyncio.get_running_loop().create_task(self._watch())",
-        "            pass",
+        "swagger_server/pipeline/fleet.py",
+        "            except queue.Empty:  # down, and no request came: ask by itself\n                self._try(",
+        "            except queue.Empty:  # down, and no request came: ask by itself\n                continue\n                self._try(",
         (
             "tests/pipeline/test_ratelimit_redis.py::"
             "test_the_degraded_gauge_clears_on_every_worker_of_every_host_when_redis_is_back",
@@ -1252,8 +1252,11 @@ MUTATIONS = [
 ]
 
 
-def run(mutation: Mutation, python: str) -> tuple[bool, float, str]:
-    """Apply `mutation` in a scratch copy; True if the tests failed (the mutation was caught)."""
+def run(mutation: Mutation, python: str) -> tuple[str, float, str]:
+    """Apply `mutation` in a scratch copy and run its tests: "caught" (they failed), "SURVIVED" (they
+    passed), "STALE" (its text is no longer in the file exactly once: the mutation needs updating, not
+    the code) or "BROKEN" (the mutant did not even load: pytest could not collect, a mutation that
+    proves nothing)."""
     with tempfile.TemporaryDirectory(prefix="mutation-") as scratch:
         tree = Path(scratch) / "tree"
         shutil.copytree(
@@ -1268,7 +1271,7 @@ def run(mutation: Mutation, python: str) -> tuple[bool, float, str]:
             target = tree / path
             text = target.read_text()
             if text.count(old) != 1:
-                return False, 0.0, f"the text to replace is not in {path} exactly once: {old[:60]!r}"
+                return "STALE", 0.0, f"the text to replace is not in {path} exactly once: {old[:60]!r}"
             target.write_text(text.replace(old, new))
         began = time.monotonic()
         result = subprocess.run(
@@ -1292,21 +1295,20 @@ def run(mutation: Mutation, python: str) -> tuple[bool, float, str]:
         )
         lines = (result.stdout + result.stderr).strip().splitlines()
         summary = [line for line in lines if " passed" in line or " failed" in line or " error" in line]
-        return result.returncode == 1, time.monotonic() - began, (summary or lines or [""])[-1]
+        verdict = {0: "SURVIVED", 1: "caught"}.get(result.returncode, "BROKEN")
+        return verdict, time.monotonic() - began, (summary or lines or [""])[-1]
 
 
 def main(argv: list[str]) -> int:
     chosen = [m for m in MUTATIONS if not argv or any(a in m.guarantee or a in " ".join(m.tests) for a in argv)]
-    survived = 0
+    counts: dict[str, int] = {}
     for mutation in chosen:
-        caught, seconds, tail = run(mutation, sys.executable)
-        survived += not caught
-        print(
-            f"{'caught  ' if caught else 'SURVIVED'} {seconds:5.1f}s  {mutation.guarantee}\n          {tail}",
-            flush=True,
-        )
-    print(f"{len(chosen) - survived}/{len(chosen)} mutations caught")
-    return 1 if survived else 0
+        verdict, seconds, tail = run(mutation, sys.executable)
+        counts[verdict] = counts.get(verdict, 0) + 1
+        print(f"{verdict:8} {seconds:5.1f}s  {mutation.guarantee}\n          {tail}", flush=True)
+    others = ", ".join(f"{n} {verdict.lower()}" for verdict, n in sorted(counts.items()) if verdict != "caught")
+    print(f"{counts.get('caught', 0)}/{len(chosen)} mutations caught" + (f" ({others})" if others else ""))
+    return 0 if counts.get("caught", 0) == len(chosen) else 1
 
 
 if __name__ == "__main__":

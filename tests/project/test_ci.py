@@ -125,3 +125,22 @@ def test_every_sleep_in_the_tests_says_it_is_not_a_poll():
                     bare.append(f"{path.relative_to(tests)}:{number}")
     assert seen >= 20  # the observer sees them
     assert not bare, bare
+
+
+def test_a_mutation_that_proves_nothing_is_not_reported_as_survived():
+    """A mutation whose text is gone is STALE (update the mutation), one whose mutant cannot even be
+    loaded is BROKEN (a syntax error proves nothing): neither reads as "SURVIVED", which sends one
+    looking for a missing test. The observer: a real mutation is caught."""
+    import sys
+
+    from tests.mutations import MUTATIONS, Mutation, run
+
+    test = "tests/db/test_unicode_version.py::test_the_rule_is_unicode_16_whatever_python_runs_it"
+    stale = Mutation("stale", "swagger_server/text.py", "text that is in no file 4711", "", (test,))
+    broken = Mutation(
+        "broken", "swagger_server/text.py", "import unicodedata2 as ucd\n", "import unicodedata2 as ucd\n)\n", (test,)
+    )
+    assert run(stale, sys.executable)[0] == "STALE"
+    assert run(broken, sys.executable)[0] == "BROKEN"
+    real = next(m for m in MUTATIONS if m.guarantee.startswith("one Unicode version governs"))
+    assert run(real, sys.executable)[0] == "caught"
