@@ -320,8 +320,10 @@ def integrity_problem(exc: psycopg2.Error, retry: dict | None = None) -> Connexi
         field, detail = missing
         return problem(404, "Not Found", detail, "not-found", **({"field": field} if field else {}))
     if isinstance(exc, psycopg2.errors.CheckViolation) and constraint in TEXT_RULES:  # db/unicode.py's gap
-        field = TEXT_RULES[constraint]
-        detail = f"'{field}' holds text the database's text rule refuses (its Unicode is older than the API's)"
+        field, detail = TEXT_RULES[constraint]
+        detail = (
+            detail or f"'{field}' holds text the database's text rule refuses (its Unicode is older than the API's)"
+        )
         return problem(400, "Bad Request", detail, "bad-request", field=field)
     if isinstance(exc, psycopg2.errors.CheckViolation):
         field, detail = CHECKS.get(constraint, (None, "the change would break a rule of the data"))

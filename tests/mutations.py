@@ -860,7 +860,7 @@ MUTATIONS = [
         "swagger_server/db/schema/021_text_identity_unicode_16.sql",
         "    SELECT value IS NFC NORMALIZED\n",
         "    SELECT true OR value IS NFC NORMALIZED\n",
-        ("tests/db/test_text_identity.py::test_psql_cannot_store_a_second_spelling",),
+        ("tests/db/test_text_identity.py::test_a_customer_name_is_held_to_the_same_rule",),
     ),
     Mutation(
         "default-ignorable code points are refused (UAX #44), not only format characters",
@@ -892,6 +892,13 @@ MUTATIONS = [
         "pattern: '^[!-~]([ -~]*[!-~])?$', description: 'Printable ASCII",
         "pattern: '^[^ ]+$', description: 'Printable ASCII",
         ("tests/pipeline/test_edges.py::test_a_sku_that_looks_like_another_is_refused_naming_the_field",),
+    ),
+    Mutation(
+        "the database holds a SKU to printable ASCII too",
+        "swagger_server/db/schema/021_text_identity_unicode_16.sql",
+        "    ADD CONSTRAINT products_sku_ascii CHECK (sku ~ '^[!-~]([ -~]*[!-~])?$') NOT VALID,",
+        "    ADD CONSTRAINT products_sku_ascii CHECK (true) NOT VALID,",
+        ("tests/db/test_text_identity.py::test_psql_cannot_store_a_second_spelling",),
     ),
     Mutation(
         "the database's Unicode version is compared at start-up",

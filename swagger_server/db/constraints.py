@@ -25,9 +25,9 @@ CHECKS = {  # check constraints a valid request can still reach through a race
 # the write, unless the database's Unicode is older than the API's (db/unicode.py); then the answer is
 # the API's own, 400 naming the field.
 TEXT_RULES = {
-    "customers_name_canonical": "name",
-    "customers_email_canonical": "email",
-    "products_sku_canonical": "sku",
-    "products_name_canonical": "name",
-    "products_sku_ascii": "sku",
+    "customers_name_canonical": ("name", None),
+    "customers_email_canonical": ("email", None),
+    "products_sku_canonical": ("sku", None),
+    "products_name_canonical": ("name", None),
+    "products_sku_ascii": ("sku", "'sku' must be printable ASCII without a space at either end"),
 }

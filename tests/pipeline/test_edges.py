@@ -417,6 +417,8 @@ def test_a_sku_that_looks_like_another_is_refused_naming_the_field(server, db, s
     answer = _post_product(server, LOOKALIKES[shape].format(sku))
     assert answer.status == 400, (shape, answer.status)
     assert answer.problem()["field"] == "sku"
+    # Refused by the API's own rule (the spec's pattern or the text rule), before the database's.
+    assert answer.problem()["detail"].startswith(("'sku': ", "'sku' may not")), answer.problem()
     assert query(db, "SELECT count(*) FROM products WHERE sku LIKE %s", (f"%{sku[4:]}%",))[0][0] == 1
 
 
