@@ -113,6 +113,7 @@ class RedisWindow:
         self.next_try = 0.0
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._pid = 0  # the process whose thread serves the queue (a forked worker starts its own)
+        self._thread = threading.Thread()  # not started: the first hit starts the real one
         self._lock = threading.Lock()
 
     def passing(self) -> bool:
@@ -121,7 +122,7 @@ class RedisWindow:
 
     async def hit(self, loop, caller: str, cost: int) -> tuple[bool, int, int] | None:
         """(allowed, remaining, seconds to reset), or None when the storage failed (pass unlimited)."""
-        if self._pid != os.getpid():
+        if self._pid != os.getpid() or not self._thread.is_alive():  # forked, or (a bug) the thread died
             self._start()
         future = loop.create_future()
         self._queue.put((KEY_PREFIX + caller, cost, future, loop))
@@ -129,10 +130,12 @@ class RedisWindow:
 
     def _start(self) -> None:
         with self._lock:
-            if self._pid == os.getpid():
+            if self._pid == os.getpid() and self._thread.is_alive():
                 return
-            self._queue = queue.SimpleQueue()
-            threading.Thread(target=self._serve, name="ratelimit-redis", daemon=True).start()
+            if self._pid != os.getpid():
+                self._queue = queue.SimpleQueue()  # a forked worker's own (the parent's may hold hits)
+            self._thread = threading.Thread(target=self._serve, name="ratelimit-redis", daemon=True)
+            self._thread.start()
             self._pid = os.getpid()
 
     # --- the thread ---
