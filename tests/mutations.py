@@ -622,8 +622,8 @@ MUTATIONS = [
     Mutation(
         "with redis:// every worker of every host counts one quota",
         "swagger_server/pipeline/ratelimit.py",
-        '        return "async+" + uri',
-        '        return "async+memory://"',
+        "        return uri\n",
+        '        return "memory://"\n',
         (
             "tests/pipeline/test_ratelimit_redis.py::test_two_hosts_sharing_redis_serve_a_token_one_quota_and_leave_others_alone",
         ),
@@ -1132,8 +1132,8 @@ MUTATIONS = [
     Mutation(
         "a degraded limiter asks Redis by itself, so an idle worker's gauge clears",
         "swagger_server/pipeline/fleet.py",
-        "            except queue.Empty:  # down, and no request came: ask by itself\n                self._try(",
-        "            except queue.Empty:  # down, and no request came: ask by itself\n                continue\n                self._try(",
+        "            except queue.Empty:  # down, and no request came: ask by itself\n                self._probe(",
+        "            except queue.Empty:  # down, and no request came: ask by itself\n                continue\n                self._probe(",
         (
             "tests/pipeline/test_ratelimit_redis.py::"
             "test_the_degraded_gauge_clears_on_every_worker_of_every_host_when_redis_is_back",

@@ -150,7 +150,7 @@ class RedisWindow:
             try:
                 first = self._queue.get(timeout=self.retry if self.down_since is not None else None)
             except queue.Empty:  # down, and no request came: ask by itself
-                self._try(connection, lambda: connection.send_command("PING") or connection.read_response())
+                self._probe(connection)
                 continue
             batch = [first]
             while True:
@@ -185,9 +185,11 @@ class RedisWindow:
             verdicts.append((bool(allowed), max(0, self.limit - int(count)), reset))
         return sha, verdicts
 
-    def _try(self, connection: redis.Connection, ask: Callable) -> None:
+    def _probe(self, connection: redis.Connection) -> None:
+        """While down and idle: does the storage answer (PING)?"""
         try:
-            ask()
+            connection.send_command("PING")
+            connection.read_response()
         except Exception as exc:  # noqa: BLE001 - a storage that fails is what is watched for
             self._failed(exc, connection)
             return

@@ -50,11 +50,11 @@ def parse_limit(text: str) -> limits.RateLimitItem:
 
 
 def storage_uri(uri: str) -> str:
-    """The async storage URI for `[API] rate_limit_storage`: memory:// or redis[s]://."""
+    """`[API] rate_limit_storage` checked: memory:// (this worker's memory) or redis[s]:// (fleet.py)."""
     if uri in ("memory://", "async+memory://"):
-        return "async+memory://"
+        return "memory://"
     if uri.startswith(("redis://", "rediss://", "redis+unix://")):
-        return "async+" + uri
+        return uri
     raise RateLimitConfigError(f"expected memory:// or redis://host:port/db, got {uri!r}")
 
 
@@ -123,11 +123,11 @@ class RateLimits:
         self.on_unlimited = on_unlimited
         self._memory: MemoryWindows | None = None
         self._redis: RedisWindow | None = None
-        if self.storage_uri == "async+memory://":
+        if self.storage_uri == "memory://":
             self._memory = MemoryWindows(self.item.amount, self.window)
         else:
             self._redis = RedisWindow(
-                self.storage_uri[len("async+") :],
+                self.storage_uri,
                 self.item.amount,
                 self.window,
                 wait=STORAGE_WAIT,
