@@ -37,6 +37,7 @@ import psycopg2.errors
 import tenacity
 from psycopg2 import sql
 
+from swagger_server.config import MigrateSettings
 from swagger_server.db import schema_rules
 from swagger_server.text import first_line
 
@@ -83,11 +84,12 @@ _YIELDED = (
 
 @dataclass(frozen=True)
 class Timeouts:
-    """How long a migration may hold up traffic, and how long it keeps trying."""
+    """How long a migration may hold up traffic, and how long it keeps trying: [MIGRATE]'s settings
+    (their defaults are the settings' own), and the backoff's cap."""
 
-    lock_timeout: float = 0.5  # seconds any one lock may be waited for (what a request waits behind it)
-    statement_timeout: float = 60.0  # seconds a transactional file may run
-    deadline: float = 600.0  # seconds of retries before `db upgrade` gives up
+    lock_timeout: float = MigrateSettings.lock_timeout
+    statement_timeout: float = MigrateSettings.statement_timeout
+    deadline: float = MigrateSettings.deadline
     max_backoff: float = 5.0  # seconds between tries at most (jittered exponential from 0.25 s)
 
 

@@ -58,7 +58,7 @@ SECRET_URL = "postgresql://app:pw-s3cret@db/store"  # in every row: no message m
         ({"DB_POOL_TIMEOUT": "-1"}, "DB_POOL_TIMEOUT / [POOL] timeout: must be > 0 seconds"),
         ({"DB_POOL_TIMEOUT": "nan"}, "DB_POOL_TIMEOUT (environment): expected a number, got 'nan'"),
         ({"DB_POOL_TIMEOUT": "inf"}, "DB_POOL_TIMEOUT (environment): expected a number, got 'inf'"),
-        ({"DB_POOL_MODE": "maybe"}, "DB_POOL_MODE / [POOL] mode: must be 'pool' or 'none'"),
+        ({"DB_POOL_MODE": "maybe"}, "DB_POOL_MODE / [POOL] mode: must be pool or none, got 'maybe'"),
         (
             {"DB_POOL_MIN_CONNECTIONS": "9", "DB_POOL_MAX_CONNECTIONS": "3"},
             "DB_POOL_MIN_CONNECTIONS / [POOL] min_connections: (9) must not exceed",
@@ -233,27 +233,117 @@ def test_the_cli_finds_the_embedded_server_of_make_run(tmp_path, monkeypatch):
     assert config.embedded_url({**env, "DATABASE_URL": "postgresql://elsewhere/store"}) is None
 
 
-def test_every_section_of_the_table_reaches_the_settings():
-    """Each section the table lists is read into the settings (the migrate section was read and then
-    left out: DB_MIGRATE_LOCK_TIMEOUT=7 left `settings.migrate.lock_timeout` at 0.5, and 999 passed
-    validation); and `check-config` shows what `db upgrade` will use."""
+def _table():
+    """(section, field) for every field of every section of the settings' table."""
     from dataclasses import fields
 
-    from swagger_server.config.settings import ENV_OVERRIDES, SECTION_ATTR, SECTIONS
+    from swagger_server.config.settings import SECTIONS
 
-    settings = load_settings(
-        {
-            "APP_CONFIG": EMPTY,
-            "DB_MIGRATE_LOCK_TIMEOUT": "7",
-            "DB_MIGRATE_STATEMENT_TIMEOUT": "30",
-            "DB_MIGRATE_DEADLINE": "42",
-        }
-    )
-    mig = settings.migrate
+    return [(section, f) for section, cls in SECTIONS.items() for f in fields(cls)]
+
+
+# A setting whose value another must accompany (checks.py's relations): what the test sets beside it.
+COMPANIONS = {
+    "DB_POOL_MIN_CONNECTIONS": {"DB_POOL_MAX_CONNECTIONS": "16"},
+    "API_OIDC_ISSUER": {"API_OIDC_AUDIENCE": "store-api"},
+}
+INI_COMPANIONS = {
+    ("POOL", "min_connections"): "max_connections = 16",
+    ("POOL", "reconnect_initial_delay"): "reconnect_max_delay = 60",
+    ("API", "oidc_issuer"): "oidc_audience = x",
+}
+JUNK = {"int": "lots", "float": "soon", "bool": "sometimes"}  # what each type's parser refuses
+
+
+def _ids(x):
+    return getattr(x, "name", x)
+
+
+@pytest.mark.parametrize("section, f", [(s, f) for s, f in _table() if f.metadata["env"]], ids=_ids)
+def test_every_environment_variable_changes_its_setting_and_is_validated(section, f):
+    """Generated from the table: each environment variable, set to a value its rule admits, is the
+    effective value (not the default) and says where it came from; set to one its rule refuses, or
+    one its type cannot parse, it is refused in one line naming the variable and the ini key (and,
+    for a secret, not the value)."""
+    from swagger_server.config import _INI_KEYS
+    from swagger_server.config.rules import rule_of
+    from swagger_server.config.settings import SECTION_ATTR, label
+
+    var, rule = f.metadata["env"], rule_of(f)
+    _, parse, secret = _INI_KEYS[section][f.name]
+    env = {"APP_CONFIG": EMPTY, **COMPANIONS.get(var, {})}
+    settings = load_settings({**env, var: rule.admits})
+    value = getattr(getattr(settings, SECTION_ATTR[section]), f.name)
+    assert value == parse(rule.admits) and value != f.default, (var, value)
+    assert dict(settings.origins)[f"{section}.{f.name}"] == f"{var} (environment)"
+    refused = [rule.refuses] if rule.refuses is not None else []
+    refused += [JUNK[f.type]] if f.type in JUNK else []
+    assert refused or rule.message == "", f"{var}: neither its rule nor its type refuses a value: say so (anything())"
+    for bad in refused:
+        with pytest.raises(ConfigError) as error:
+            load_settings({**env, var: bad})
+        message = str(error.value)
+        assert var in message and "\n" not in message, message
+        if bad == rule.refuses:
+            assert message.startswith(f"{label(section, f.name)}: "), message
+        if secret and len(bad) > 2:
+            assert bad not in message, message
+
+
+@pytest.mark.parametrize("section, f", _table(), ids=_ids)
+def test_every_ini_key_changes_its_setting_and_is_validated(tmp_path, section, f):
+    """Generated from the table: each key of config.ini, as the environment test above."""
+    from swagger_server.config import _INI_KEYS
+    from swagger_server.config.rules import rule_of
+    from swagger_server.config.settings import SECTION_ATTR
+
+    rule, ini = rule_of(f), tmp_path / "config.ini"
+    _, parse, _ = _INI_KEYS[section][f.name]
+    extra = INI_COMPANIONS.get((section, f.name), "")
+    ini.write_text(f"[{section}]\n{f.name} = {rule.admits}\n{extra}\n")
+    settings = load_settings({"APP_CONFIG": str(ini)})
+    value = getattr(getattr(settings, SECTION_ATTR[section]), f.name)
+    assert value == parse(rule.admits) and value != f.default, (section, f.name, value)
+    if (section, f.name) == ("POSTGRES", "url"):  # the tutorial's [POSTGRES] url holding a host name
+        ini.write_text(f"[{section}]\n{f.name} = db.internal\n")
+        assert load_settings({"APP_CONFIG": str(ini)}).database.host == "db.internal"
+    elif rule.refuses is not None:
+        ini.write_text(f"[{section}]\n{f.name} = {rule.refuses}\n{extra}\n")
+        with pytest.raises(ConfigError, match=rf"\[{section}\] {f.name}: "):
+            load_settings({"APP_CONFIG": str(ini)})
+
+
+def test_the_table_is_written_once():
+    """SECTIONS, SECTION_ATTR and ENV_OVERRIDES are derived from the dataclasses: every section of
+    Settings is in them, every variable names a field of its section, and no variable is declared twice."""
+    from dataclasses import fields
+
+    from swagger_server.config.settings import ENV_OVERRIDES, SECTION_ATTR, SECTIONS, Settings
+
+    sections = [f.name for f in fields(Settings) if hasattr(type(f.default), "SECTION")]
+    assert sorted(SECTION_ATTR.values()) == sorted(sections)
+    assert sorted(sections) == ["api", "database", "migrate", "pool", "replica", "server"]
+    declared = [f.metadata["env"] for _, f in _table() if f.metadata["env"]]
+    assert len(declared) == len(set(declared)) == len(ENV_OVERRIDES)
+    for var, (section, key) in ENV_OVERRIDES.items():
+        assert key in {f.name for f in fields(SECTIONS[section])}, (var, section, key)
+
+
+def test_the_migrate_settings_are_read_and_their_defaults_are_db_upgrades():
+    """[MIGRATE] was read and then left out of Settings: DB_MIGRATE_LOCK_TIMEOUT=7 left
+    `settings.migrate.lock_timeout` at 0.5, and 999 passed validation. `db upgrade`'s timeouts default
+    to the settings' own (they were written twice); tests/db/test_migrate.py proves the command uses them."""
+    from swagger_server.config import MigrateSettings
+    from swagger_server.db.migrate import Timeouts
+
+    env = {"DB_MIGRATE_LOCK_TIMEOUT": "7", "DB_MIGRATE_STATEMENT_TIMEOUT": "30", "DB_MIGRATE_DEADLINE": "42"}
+    mig = load_settings({"APP_CONFIG": EMPTY, **env}).migrate
     assert (mig.lock_timeout, mig.statement_timeout, mig.deadline) == (7.0, 30.0, 42.0)
     with pytest.raises(ConfigError, match="DB_MIGRATE_LOCK_TIMEOUT"):
         load_settings({"APP_CONFIG": EMPTY, "DB_MIGRATE_LOCK_TIMEOUT": "999"})
-    # Every environment variable of the table names a field of its section's settings.
-    for var, (section, key) in ENV_OVERRIDES.items():
-        names = {f.name for f in fields(SECTIONS[section])}
-        assert hasattr(settings, SECTION_ATTR[section]) and key in names, (var, section, key)
+    defaults, timeouts = MigrateSettings(), Timeouts()
+    assert (timeouts.lock_timeout, timeouts.statement_timeout, timeouts.deadline) == (
+        defaults.lock_timeout,
+        defaults.statement_timeout,
+        defaults.deadline,
+    )

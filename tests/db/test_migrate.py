@@ -350,6 +350,26 @@ def test_a_held_upgrade_lock_is_waited_for_under_the_deadline_naming_its_holder(
     assert upgrade(url, FAST, schema_dir=folder, say=lambda _: None)  # the lock free: applied
 
 
+@pytest.mark.timing  # the deadline is 0.5 s; the bound 10 s is far from the default deadline (600 s) it replaces
+def test_the_migrate_settings_of_the_environment_reach_db_upgrade(new_database, monkeypatch, capsys):
+    """`db upgrade` under a held lock gives up at DB_MIGRATE_DEADLINE, not the default 600 s: the
+    environment's [MIGRATE] reaches the command (it once was read and then dropped)."""
+    url = new_database("store_mig_settings")
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("APP_CONFIG", str(Path(__file__).parent.parent / "empty.ini"))
+    monkeypatch.setenv("DB_MIGRATE_LOCK_TIMEOUT", "0.1")
+    monkeypatch.setenv("DB_MIGRATE_DEADLINE", "0.5")
+    holder = LockHolder(url)
+    try:
+        began = time.monotonic()
+        assert cli(["db", "upgrade"]) == 1
+        took = time.monotonic() - began
+    finally:
+        holder.end()
+    err = capsys.readouterr().err
+    assert f"held by pid {holder.pid} (stuck-job" in err and took < 10, (took, err[-500:])
+
+
 def test_a_role_without_rights_gets_one_line_not_a_traceback(new_database, pg_server, capsys, monkeypatch):
     """`db status` and `db upgrade` as a role that may not read the schema: one line on stderr saying
     what was refused and what to do, exit 1 (they printed 14-15 lines of traceback)."""

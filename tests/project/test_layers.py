@@ -54,7 +54,7 @@ def test_the_pool_imports_without_flask_or_connexion():
 
 
 def test_the_pool_mode_is_decided_in_one_place():
-    """Only config/checks.py (validation) and db/database.py (pool_class) look at `[POOL] mode`."""
+    """Only db/database.py (pool_class) compares `[POOL] mode` (its rule, one_of in settings.py, validates it)."""
     readers = []
     for path in (ROOT / "swagger_server").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -62,7 +62,7 @@ def test_the_pool_mode_is_decided_in_one_place():
                 isinstance(side, ast.Attribute) and side.attr == "mode" for side in [node.left, *node.comparators]
             ):
                 readers.append(str(path.relative_to(ROOT)))
-    assert sorted(set(readers)) <= ["swagger_server/config/checks.py", "swagger_server/db/database.py"], readers
+    assert set(readers) == {"swagger_server/db/database.py"}, readers
 
 
 def test_every_operation_id_resolves_and_a_missing_one_is_named():
