@@ -32,6 +32,7 @@ NOT_RESOURCES = {
 NO_ETAG = {
     "get_dashboard": "an aggregate over many rows: no one version to name (it evaluates If-Match: *)",
     "list_keys": "credentials, never cached (no-store); a key's last use moves without a version",
+    "create_key": "a key is not versioned (api_keys in UNVERSIONED): nothing for If-Match to compare",
 }
 # Tables with no version of their own, and why.
 UNVERSIONED = {
@@ -181,18 +182,44 @@ _WRITES = re.compile(
 )
 
 
-def _writing_queries() -> set[str]:
-    """`module.function` of every query function whose SQL writes or locks rows."""
-    found = set()
+def _writes_in(source: str, namespace: dict) -> bool:
+    """Whether a function's SQL writes or locks rows: its own text, and the module-level strings it
+    names (SQL kept in a constant is SQL all the same)."""
+    names = {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)}
+    texts = [source] + [namespace[n] for n in names if isinstance(namespace.get(n), str)]
+    return any(_WRITES.search(text) for text in texts)
+
+
+def _writes(function) -> bool:
+    return _writes_in(textwrap.dedent(inspect.getsource(function)), vars(inspect.getmodule(function)))
+
+
+def _writing_queries() -> dict[object, str]:
+    """Every query function whose SQL writes or locks rows -> `module.function`."""
+    found = {}
     for file in Path(inspect.getfile(importlib.import_module("swagger_server.db.queries"))).parent.glob("*.py"):
-        source = file.read_text()
-        for node in ast.parse(source).body:
-            if isinstance(node, ast.FunctionDef) and _WRITES.search(ast.get_source_segment(source, node)):
-                found.add(f"{file.stem}.{node.name}")
+        module = importlib.import_module(f"swagger_server.db.queries.{file.stem}")
+        for name, function in vars(module).items():
+            if inspect.isfunction(function) and function.__module__ == module.__name__ and _writes(function):
+                found[function] = f"{file.stem}.{name}"
     return found
 
 
-def _outside_transactions(source: str, entry: str, writes: set[str]) -> list[str]:
+def _resolve(expr: ast.expr, namespace: dict):
+    """What a call's function is in the module's namespace (a name, or attributes of one), or None:
+    a query imported under another name (`keys as queries`, `create_key as issue`) is the same function."""
+    if isinstance(expr, ast.Name):
+        found = namespace.get(expr.id)
+    elif isinstance(expr, ast.Attribute):
+        owner = _resolve(expr.value, namespace)
+        found = vars(owner).get(expr.attr) if inspect.ismodule(owner) else None
+    else:
+        return None
+    # Modules and functions only: a name may be a proxy (flask's `request`) that must not be touched here.
+    return found if inspect.ismodule(found) or inspect.isfunction(found) else None
+
+
+def _outside_transactions(source: str, entry: str, writes: dict, namespace: dict) -> list[str]:
     """Calls of a writing query reachable from function `entry` of `source` and not lexically inside
     `with transaction(...)` (helpers of the same module followed, inside or out)."""
     functions = {n.name: n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)}
@@ -207,8 +234,9 @@ def _outside_transactions(source: str, entry: str, writes: set[str]) -> list[str
             inside = True
         if isinstance(node, ast.Call):
             name = ast.unparse(node.func)
-            if name in writes and not inside:
-                offenders.append(f"{where}:{node.lineno} {name}")
+            target = _resolve(node.func, namespace)
+            if not inside and target in writes:
+                offenders.append(f"{where}:{node.lineno} {name} ({writes[target]})")
             if name in functions and (name, inside) not in seen:
                 seen.add((name, inside))
                 for child in functions[name].body:
@@ -224,15 +252,18 @@ def _outside_transactions(source: str, entry: str, writes: set[str]) -> list[str
 def test_every_write_runs_in_a_transaction():
     """A write outside `with transaction(conn)` commits on its own (autocommit) and returns no
     X-Consistency-Token: a client reading its write from the replica may not see it, with every test
-    green. Locks (FOR UPDATE / FOR KEY SHARE) outside one hold nothing."""
+    green. Locks (FOR UPDATE / FOR KEY SHARE) outside one hold nothing. A query is known by what it
+    is, not by the name it was imported under; its SQL by its text, in the function or in a constant."""
     writes = _writing_queries()
-    assert {"orders.insert_order", "customers.create_customer", "products.update_product"} <= writes
+    assert {"orders.insert_order", "customers.create_customer", "products.update_product"} <= set(writes.values())
     offenders = []
     for _path, method, op in operations():
         if method != "get":
             module = importlib.import_module(op["x-openapi-router-controller"])
-            offenders += _outside_transactions(inspect.getsource(module), op["operationId"], writes)
-    assert offenders == []
+            offenders += _outside_transactions(inspect.getsource(module), op["operationId"], writes, vars(module))
+    assert offenders == [], "wrap each in `with transaction(conn):` (db/connection.py)"
+    from swagger_server.db.queries import customers, orders
+
     trap = textwrap.dedent(
         """
         def create_supplier(body):
@@ -241,15 +272,24 @@ def test_every_write_runs_in_a_transaction():
             with transaction(conn):
                 _helper(conn)
             _helper(conn)
+            q.create_customer(conn, "a", "b")
+            make(conn, "a", "b")
 
         def _helper(conn):
             orders.insert_order(conn, 1, [])
         """
     )
-    assert _outside_transactions(trap, "create_supplier", writes) == [
-        "create_supplier:4 customers.create_customer",
-        "_helper:10 orders.insert_order",
+    namespace = {"customers": customers, "orders": orders, "q": customers, "make": customers.create_customer}
+    assert _outside_transactions(trap, "create_supplier", writes, namespace) == [
+        "create_supplier:4 customers.create_customer (customers.create_customer)",
+        "_helper:12 orders.insert_order (orders.insert_order)",
+        "create_supplier:8 q.create_customer (customers.create_customer)",
+        "create_supplier:9 make (customers.create_customer)",
     ]
+    # SQL in a module-level constant is read as SQL.
+    query_source = "def create_supplier(conn, name):\n    conn.cursor().execute(INSERT_SUPPLIER, (name,))\n"
+    assert not _writes_in(query_source, {})
+    assert _writes_in(query_source, {"INSERT_SUPPLIER": "INSERT INTO suppliers (name) VALUES (%s)"})
 
 
 # -- the spec: conditional requests declared -------------------------------------------------------
@@ -286,12 +326,18 @@ def test_every_resource_operation_declares_its_conditions():
     ]
 
 
-@pytest.mark.parametrize("path,method,op", [o for o in operations() if o[2]["operationId"] not in NOT_RESOURCES])
-def test_every_resource_operation_lists_its_failures(path, method, op):
-    """Every status the layers in front of a handler can answer is in the spec (the contract fuzzer
-    fails an undocumented one only when it happens to reach it): 400 always, 401 and 403 where a token
-    is needed or a write, 429 (rate limits), 503 (pool), 413/415 with a body."""
-    responses = set(op["responses"])
+# Creates whose body cannot collide with a row, and why.
+NO_CONFLICT = {"create_key": "the key is made by the server: nothing the caller sends is unique"}
+
+
+def _undeclared(path: str, method: str, op: dict) -> list[str]:
+    """What a resource operation's spec leaves out, each with what to add. Every status the layers in
+    front of a handler can answer (the contract fuzzer fails an undocumented one only when it happens to
+    reach it): 400 always, 401 and 403 where a token is needed or a write, 429 (rate limits), 503
+    (pool), 413/415 with a body, 404 with a path parameter (a missing row, or a missing parent of a
+    list), 409 on a create (a unique key). Every 2xx names the RateLimit headers the server sends; a 201
+    its Location, ETag and X-Consistency-Token; a change's 2xx its X-Consistency-Token."""
+    name, responses = op["operationId"], op["responses"]
     wanted = {"400", "429", "503"}
     if op.get("security", SPEC.get("security")):
         wanted.add("401")
@@ -299,4 +345,173 @@ def test_every_resource_operation_lists_its_failures(path, method, op):
         wanted |= {"401", "403"}
     if "requestBody" in op:
         wanted |= {"413", "415"}
-    assert wanted <= responses, f"{method.upper()} {path} lacks {sorted(wanted - responses)}"
+    if "{" in path:
+        wanted.add("404")
+    if method == "post" and "201" in responses and name not in NO_CONFLICT:
+        wanted.add("409")
+    missing = [f"response {code}" for code in sorted(wanted - set(responses))]
+    for code, response in sorted(responses.items()):
+        if not code.startswith("2"):
+            continue
+        headers = set(response.get("headers", {}))
+        needed = {"RateLimit-Policy", "RateLimit"}
+        if code == "201":
+            needed |= {"Location", "X-Consistency-Token"} | ({"ETag"} if name not in NO_ETAG else set())
+        if method in ("patch", "put", "delete"):
+            needed.add("X-Consistency-Token")
+        missing += [f"header {h} on {code}" for h in sorted(needed - headers)]
+    return [f"{method.upper()} {path} ({name}) lacks {what}" for what in missing]
+
+
+@pytest.mark.parametrize("path,method,op", [o for o in operations() if o[2]["operationId"] not in NOT_RESOURCES])
+def test_every_resource_operation_lists_its_failures_and_headers(path, method, op):
+    """See _undeclared: a create without its 409, a get without its 404, a 200 without the RateLimit
+    fields, a 201 without Location/ETag/X-Consistency-Token passed every test before."""
+    assert _undeclared(path, method, op) == [], "add each to the operation in swagger/swagger.yaml"
+
+
+def test_an_operation_without_its_failures_and_headers_is_named():
+    created = {"201": {"headers": {"RateLimit": {}, "RateLimit-Policy": {}, "Location": {}}}}
+    create = {"operationId": "create_supplier", "requestBody": {}, "responses": {"400": {}, "201": created["201"]}}
+    assert _undeclared("/suppliers", "post", create) == [
+        f"POST /suppliers (create_supplier) lacks {what}"
+        for what in (
+            "response 401",
+            "response 403",
+            "response 409",
+            "response 413",
+            "response 415",
+            "response 429",
+            "response 503",
+            "header ETag on 201",
+            "header X-Consistency-Token on 201",
+        )
+    ]
+    get = {"operationId": "get_supplier", "responses": {"200": {}, "400": {}, "401": {}, "429": {}, "503": {}}}
+    assert _undeclared("/suppliers/{supplier_id}", "get", get) == [
+        "GET /suppliers/{supplier_id} (get_supplier) lacks response 404",
+        "GET /suppliers/{supplier_id} (get_supplier) lacks header RateLimit on 200",
+        "GET /suppliers/{supplier_id} (get_supplier) lacks header RateLimit-Policy on 200",
+    ]
+
+
+# -- behaviour every resource owes, called on every operation of the spec ----------------------------
+
+ADMIN = "admin:resource-rules-admin"
+# How to make a row that each DELETE may remove (a new DELETE fails below until it is added here).
+MAKERS = {
+    "delete_customer": ("customer_id", "/api/customers", {"name": "To Delete", "email": "to.delete@example.com"}),
+    "revoke_key": ("key_id", "/api/keys", {"scopes": ["read"]}),
+}
+
+
+@pytest.fixture
+def admin_client(database_url):
+    from swagger_server import create_app, get_database
+    from tests.conftest import make_settings
+
+    app = create_app(make_settings(database_url, api={"tokens": ("test-token", ADMIN)}))
+    with app.test_client(headers={"Authorization": f"Bearer {ADMIN.split(':', 1)[1]}"}) as client:
+        yield client
+    get_database(app).close(timeout=2)
+
+
+def _found_for_missing_rows(client) -> list[str]:
+    """Every GET with a path parameter, called for ids no row has: those not answering a 404 problem
+    naming the id."""
+    wrong = []
+    for path, method, op in operations():
+        if method != "get" or "{" not in path or op["operationId"] in NOT_RESOURCES:
+            continue
+        url = "/api" + re.sub(r"\{[^}]+\}", "999999", path)
+        answer = client.get(url)
+        problem = answer.headers["Content-Type"] == "application/problem+json" and "999999" in answer.json()["detail"]
+        if answer.status_code != 404 or not problem:
+            wrong.append(f"GET {url}: {answer.status_code} (raise NotFound when the row or its parent is missing)")
+    return wrong
+
+
+def test_every_get_of_a_missing_row_or_under_a_missing_parent_is_404(admin_client, store):
+    """A list under a missing parent answering `200 []` passed every test: a client cannot tell "no
+    orders" from "no such customer". Every GET with a path parameter, called for ids no row has, is
+    404 with a problem naming what is missing."""
+    assert _found_for_missing_rows(admin_client) == []
+
+
+def test_a_list_under_a_missing_parent_answering_200_is_named(database_url, store, monkeypatch):
+    """The check above can fail: the customers' orders listed without the parent's check are named."""
+    from swagger_server import create_app, get_database
+    from swagger_server.controllers import customers
+    from swagger_server.controllers.conditional import answer_page
+    from swagger_server.controllers.reply import page
+    from swagger_server.db.queries import orders
+    from swagger_server.request_scope import get_conn, read_only
+    from tests.conftest import make_settings
+
+    @read_only
+    def list_customer_orders(customer_id: int, limit: int = 20, after: int | None = None):
+        return answer_page(page(orders.list_customer_orders(get_conn(), customer_id, limit + 1, after), limit))
+
+    monkeypatch.setattr(customers, "list_customer_orders", list_customer_orders)
+    app = create_app(make_settings(database_url))
+    try:
+        with app.test_client(headers={"Authorization": "Bearer test-token"}) as client:
+            assert _found_for_missing_rows(client) == [
+                "GET /api/customers/999999/orders: 200 (raise NotFound when the row or its parent is missing)"
+            ]
+    finally:
+        get_database(app).close(timeout=2)
+
+
+def _deletes_ignoring_if_match(client) -> list[str]:
+    """Every DELETE of the spec on a row made for it: those that do not answer a stale If-Match with
+    412 and leave the row (deleting it without a condition then succeeds: 204, where a 412 that had
+    deleted it would leave 404)."""
+    wrong = []
+    for path, method, op in operations():
+        if method != "delete":
+            continue
+        name = op["operationId"]
+        assert name in MAKERS, f"{name}: add how to make a row it may delete to MAKERS"
+        param, collection, body = MAKERS[name]
+        made = client.post(collection, json=body)
+        assert made.status_code == 201, made.json()
+        url = "/api" + path.replace("{" + param + "}", str(made.json()["id"]))
+        stale = client.delete(url, headers={"If-Match": '"stale-0"'}).status_code
+        after = client.delete(url).status_code
+        if (stale, after) != (412, 204):
+            wrong.append(f"DELETE {url} with a stale If-Match: {stale}, then without: {after} (use write_condition())")
+    return wrong
+
+
+def test_every_delete_refuses_a_stale_if_match_and_leaves_the_row(admin_client, store):
+    """A DELETE that ignores If-Match deletes what the client did not see, with every test green."""
+    assert _deletes_ignoring_if_match(admin_client) == []
+
+
+def test_a_delete_ignoring_if_match_is_named(database_url, store, monkeypatch):
+    """The check above can fail: a customer deleted whatever its If-Match is named."""
+    from swagger_server import create_app, get_database
+    from swagger_server.controllers import customers
+    from swagger_server.controllers.reply import no_content
+    from swagger_server.db.connection import transaction
+    from swagger_server.db.queries import ANY
+    from swagger_server.db.queries import customers as queries
+    from swagger_server.request_scope import get_conn
+    from tests.conftest import make_settings
+
+    def delete_customer(customer_id: int):
+        conn = get_conn()
+        with transaction(conn):
+            queries.delete_customer(conn, customer_id, ANY)
+        return no_content()
+
+    monkeypatch.setattr(customers, "delete_customer", delete_customer)
+    app = create_app(make_settings(database_url, api={"tokens": ("test-token", ADMIN)}))
+    try:
+        with app.test_client(headers={"Authorization": f"Bearer {ADMIN.split(':', 1)[1]}"}) as client:
+            assert [line.split(":")[0] for line in _deletes_ignoring_if_match(client)] == [
+                "DELETE /api/customers/4 with a stale If-Match"
+            ]
+    finally:
+        get_database(app).close(timeout=2)
