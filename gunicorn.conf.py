@@ -230,7 +230,15 @@ def pre_fork(server, worker):
 
 
 def post_fork(server, worker):
-    """Each worker gets its own pool, made after the fork so no libpq socket is shared."""
+    """Each worker gets its own pool, made after the fork so no libpq socket is shared.
+
+    First, the worker's own signal handling (uvicorn's init_signals: the default action for each, USR1
+    reopens the logs), which init_process would set only after this hook: post_fork runs with the
+    master's handlers, which queue a signal into this process's copy of the master's queue, never
+    read. A SIGTERM during the import and the pool's opening was lost, and the worker served on until
+    the master killed it at graceful_timeout
+    (tests/deploy/test_gunicorn.py::test_a_sigterm_while_a_worker_boots_stops_it_at_once)."""
+    worker.init_signals()
     import wsgi
 
     wsgi.open_worker_pool()

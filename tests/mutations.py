@@ -1123,10 +1123,17 @@ MUTATIONS = [
         ("tests/db/test_search.py::test_the_search_finds_what_a_plain_scan_finds",),
     ),
     Mutation(
+        "a SIGTERM while a worker boots is not lost",
+        "gunicorn.conf.py",
+        "    worker.init_signals()\n    import wsgi",
+        "    import wsgi",
+        ("tests/deploy/test_gunicorn.py::test_a_sigterm_while_a_worker_boots_stops_it_at_once",),
+    ),
+    Mutation(
         "gunicorn listens on loopback unless told otherwise",
         "swagger_server/config/settings.py",
-        '    # The image and the manifests say 0.0.0.0 themselves.\n    host: str = "127.0.0.1"',
-        '    # The image and the manifests say 0.0.0.0 themselves.\n    host: str = "0.0.0.0"',
+        'host: str = setting("127.0.0.1", env="HOST"',
+        'host: str = setting("0.0.0.0", env="HOST"',
         ("tests/deploy/test_gunicorn.py::test_gunicorn_listens_on_loopback_unless_told_otherwise",),
     ),
     Mutation(

@@ -12,8 +12,9 @@ from harness.gunicorn import healthy
 from harness.waiting import wait_until
 from swagger_server.db.database import application_name
 from swagger_server.db.embedded import free_port
-from tests.conftest import AUTH, query
-from tests.servers import Gunicorn, gunicorn_env, refused_start, start_gunicorn
+from tests.support.auth import AUTH
+from tests.support.database import query
+from tests.support.servers import Gunicorn, gunicorn_env, refused_start, start_gunicorn
 
 pytestmark = pytest.mark.slow
 
@@ -113,3 +114,50 @@ def test_the_image_and_the_manifests_listen_on_every_interface_explicitly():
     assert "HOST=0.0.0.0" in (root / "Dockerfile").read_text()
     manifest = (root / "deploy" / "k8s" / "api-deployment.yaml").read_text()
     assert '- name: HOST\n              value: "0.0.0.0"' in manifest
+
+
+@pytest.mark.timing  # a lost SIGTERM costs graceful_timeout (20 s) by construction; a kept one about 1 s
+def test_a_sigterm_while_a_worker_boots_stops_it_at_once(database_url):
+    """gunicorn runs post_fork (our pool opening, the app's import) in the new worker with the master's
+    signal handlers, which queue a signal into the worker's copy of the master's queue: lost. A
+    SIGTERM that arrived then left that worker serving until the master killed it at graceful_timeout,
+    20 s (every test that stopped a server just started paid it). The SIGTERM is sent the moment a
+    worker says it is booting, before it says its pool is open, and the master must be gone well
+    within graceful_timeout."""
+    import threading
+    import time
+
+    for _attempt in range(5):
+        process = start_gunicorn(gunicorn_env(database_url, free_port()))
+        lines: list[str] = []
+        sent = threading.Event()
+
+        def read(stream=process.stderr, lines=lines, sent=sent, process=process):
+            for line in stream:
+                lines.append(line)
+                if "Booting worker with pid" in line and not sent.is_set():
+                    process.send_signal(signal.SIGTERM)
+                    sent.set()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        assert sent.wait(30), "".join(lines)[-2000:]
+        began = time.monotonic()
+        try:
+            process.wait(timeout=15)
+        except Exception:
+            process.kill()
+            process.wait()
+            raise AssertionError(f"gunicorn still running 15 s after SIGTERM: {''.join(lines)[-3000:]}") from None
+        took = time.monotonic() - began
+        reader.join(5)
+        booted = next(line for line in lines if "Booting worker with pid" in line)
+        pid = booted.rsplit(":", 1)[1].strip()
+        text = "".join(lines)
+        # Only a SIGTERM that reached the worker before its post_fork ended proves anything.
+        if text.index("Handling signal: term") < text.find(f"worker {pid}: pool opened") or (
+            f"worker {pid}: pool opened" not in text
+        ):
+            assert took < 10, (took, text[-3000:])
+            return
+    raise AssertionError("the SIGTERM never reached a worker during its boot in 5 tries")
