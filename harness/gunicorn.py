@@ -1,4 +1,4 @@
-"""Starting and stopping a real gunicorn, for the tests (tests/servers.py) and the benchmark
+"""Starting and stopping a real gunicorn, for the tests (tests/support/servers.py) and the benchmark
 (bench/servers.py): one launcher, so both run the server the same way."""
 
 from __future__ import annotations

@@ -1,39 +1,27 @@
 """Fixtures: a real PostgreSQL (embedded, or TEST_DATABASE_URL), a schema, known data, and the app.
 
 settings -> app -> client build on each other; `db` is a separate autocommit connection for
-asserting rows. Each test that uses `store` starts from the same known rows.
+asserting rows. Each test that uses `store` starts from the same known rows. What tests import (the
+tokens, the live server, raw HTTP, the database helpers) is in tests/support, never in a test module.
 """
 
 from __future__ import annotations
 
 import os
-import urllib.parse
-from pathlib import Path
 
-import psycopg2
 import pytest
 
 from swagger_server import create_app, get_database
-from swagger_server.config import load_settings
 from swagger_server.db.catalogue import truncate_store
-from swagger_server.db.migrate import upgrade
-
-TOKEN = "test-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-TEST_DB = "store_test"
-
-
-class ExternalServer:
-    """A server we did not start (TEST_DATABASE_URL): usable, but not restartable."""
-
-    restartable = False
-
-    def __init__(self, url: str):
-        self._url = urllib.parse.urlsplit(url)
-        self.port = self._url.port or 5432
-
-    def url(self, dbname: str = "postgres") -> str:
-        return urllib.parse.urlunsplit(self._url._replace(path="/" + dbname))
+from tests.support.auth import AUTH
+from tests.support.database import (
+    TEST_DB,
+    ExternalServer,
+    admin_connect,
+    make_settings,
+    query,
+    schema_database,
+)
 
 
 @pytest.fixture(scope="session")
@@ -52,28 +40,10 @@ def pg_server(tmp_path_factory):
     server.destroy()
 
 
-def admin_connect(url: str):
-    conn = psycopg2.connect(url)
-    conn.autocommit = True
-    return conn
-
-
 @pytest.fixture(scope="session")
 def database_url(pg_server) -> str:
     """A fresh database with the schema applied."""
     return schema_database(pg_server, TEST_DB)
-
-
-def schema_database(pg_server, name: str) -> str:
-    """The URL of database `name`, made anew with the schema applied (a module's database of its own)."""
-    admin = admin_connect(pg_server.url("postgres"))
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    admin.close()
-    url = pg_server.url(name)
-    upgrade(url)
-    return url
 
 
 @pytest.fixture
@@ -96,50 +66,12 @@ def new_database(pg_server):
     admin.close()
 
 
-def seed_demo(url: str, customers: int) -> None:
-    """`db seed --customers N` (a tenth as many products, ten orders each) in a process of its own: COPY
-    cannot run in a process where an app installed its psycopg2 wait callback (as this one may have)."""
-    import subprocess
-    import sys
-
-    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": url, "APP_CONFIG": str(Path(__file__).parent / "empty.ini")}
-    done = subprocess.run(
-        [sys.executable, "-m", "swagger_server", "db", "seed", "--customers", str(customers), "--quiet"],
-        cwd=Path(__file__).resolve().parent.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-
-
-def schema_dir(tmp_path: Path, upto: str | None = None, extra: dict[str, str] | None = None) -> Path:
-    """A copy of the shipped schema files (those up to and including `upto`), plus `extra` files."""
-    from swagger_server.db.migrate import SCHEMA_DIR
-
-    folder = tmp_path / "schema"
-    folder.mkdir(exist_ok=True)
-    for path in sorted(SCHEMA_DIR.glob("*.sql")):
-        if upto is None or path.name <= upto:
-            (folder / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
-    for name, text in (extra or {}).items():
-        (folder / name).write_text(text, encoding="utf-8")
-    return folder
-
-
 @pytest.fixture
 def db(database_url):
     """An autocommit connection for setting up and asserting rows (not from the app's pool)."""
     conn = admin_connect(database_url)
     yield conn
     conn.close()
-
-
-def query(conn, sql: str, params=()):
-    with conn.cursor() as cur:
-        cur.execute(sql, params)
-        return cur.fetchall() if cur.description else None
 
 
 @pytest.fixture
@@ -169,28 +101,6 @@ def store(db):
         " (1, 1, 2, 1000), (1, 2, 1, 500), (2, 1, 1, 1000)",
     )
     return db
-
-
-def make_settings(database_url: str, **overrides):
-    """Settings for tests: response validation on, short timeouts, a small pool."""
-    env = {"DATABASE_URL": database_url, "API_TOKENS": TOKEN, "APP_CONFIG": str(Path(__file__).parent / "empty.ini")}
-    base = load_settings(env)
-    sections = {
-        # Dashboard reports read for every request (tests change the store between two reads), and no
-        # roller borrowing pool connections behind the pool tests' counts: the tests of each turn it on.
-        "api": {"validate_responses": True, "dashboard_max_age": 0, "dashboard_rollup_interval": 0},
-        "pool": {
-            "min_connections": 1,
-            "max_connections": 4,
-            "timeout": 1.0,
-            "statement_timeout_ms": 3000,
-            "check_idle_after": 0.5,
-            "reconnect_max_delay": 0.5,
-        },
-    }
-    for section, values in overrides.items():
-        sections.setdefault(section, {}).update(values)
-    return base.with_overrides(**sections)
 
 
 @pytest.fixture(scope="session")

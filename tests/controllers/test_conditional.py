@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from swagger_server import create_app, get_database
-from tests.conftest import AUTH, TOKEN, make_settings, query
-from tests.servers import Gunicorn
+from tests.support.auth import AUTH, TOKEN
+from tests.support.database import make_settings, query
+from tests.support.servers import Gunicorn
 
 
 def test_a_product_has_a_strong_etag_that_changes_with_every_change_of_its_row(client, store):

@@ -1,6 +1,7 @@
 """Customers through HTTP (Connexion's test client, so the spec validates requests and responses)."""
 
-from tests.conftest import AUTH, query
+from tests.support.auth import AUTH
+from tests.support.database import query
 
 
 def test_list_customers_pages_with_a_cursor(client, store):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import AUTH
+from tests.support.auth import AUTH
 
 
 def test_dashboard_aggregates_the_range(client, store):
@@ -171,7 +171,7 @@ def test_demo_data_spans_the_twelve_months_before_today(database_url, db):
     import sys
     from datetime import datetime, timedelta
 
-    from tests.conftest import query
+    from tests.support.database import query
 
     # The command line, in its own process (COPY cannot run under the pool's wait callback, which
     # this test process has installed).

@@ -11,7 +11,8 @@ import pytest
 
 from swagger_server import create_app, get_database
 from swagger_server.reports import ReportCache
-from tests.conftest import AUTH, make_settings, query
+from tests.support.auth import AUTH
+from tests.support.database import make_settings, query
 
 RANGE = "/api/dashboard?from=2026-01-01&to=2026-01-31"
 

@@ -13,7 +13,8 @@ import pytest
 from swagger_server import app as app_module
 from swagger_server import create_app, get_database
 from swagger_server.app import SpecError, load_spec
-from tests.conftest import AUTH, make_settings
+from tests.support.auth import AUTH
+from tests.support.database import make_settings
 
 
 def spec_with(**marks) -> dict:

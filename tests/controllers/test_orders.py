@@ -1,6 +1,7 @@
 """Orders through HTTP: one transaction, stock checked and decremented, nothing half-written."""
 
-from tests.conftest import AUTH, query
+from tests.support.auth import AUTH
+from tests.support.database import query
 
 
 def order(client, lines, customer_id=1, headers=None):

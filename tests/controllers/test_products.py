@@ -1,6 +1,7 @@
 """Products through HTTP."""
 
-from tests.conftest import AUTH, query
+from tests.support.auth import AUTH
+from tests.support.database import query
 
 
 def test_list_products_and_in_stock_filter(client, store):

@@ -11,20 +11,16 @@ import collections
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import requests
 
-from tests.conftest import AUTH, query
-from tests.servers import Gunicorn
+from tests.support.auth import AUTH
+from tests.support.database import query
+from tests.support.servers import live_server
 
 ROUNDS = 25
 
 
-@pytest.fixture(scope="module")
-def server(database_url):
-    live = Gunicorn(database_url, WEB_THREADS=8, DB_POOL_MAX_CONNECTIONS=8, DB_POOL_TIMEOUT=5)
-    yield live
-    live.stop()
+server = live_server("server", WEB_THREADS=8, DB_POOL_MAX_CONNECTIONS=8, DB_POOL_TIMEOUT=5)
 
 
 def race(*calls) -> list[requests.Response]:

@@ -14,7 +14,8 @@ from swagger_server import create_app, get_database
 from swagger_server.db.connection import Cursor
 from swagger_server.db.database import application_name
 from swagger_server.request_scope import get_conn
-from tests.conftest import AUTH, make_settings, query
+from tests.support.auth import AUTH
+from tests.support.database import make_settings, query
 
 
 def test_same_connection_for_the_whole_request(app, pool):
@@ -124,7 +125,7 @@ import json, os, sys, threading, time
 from swagger_server import create_app, get_database
 from harness.waiting import wait_until
 from swagger_server.request_scope import get_conn
-from tests.conftest import make_settings
+from tests.support.database import make_settings
 
 app = create_app(make_settings(sys.argv[1]))
 pool = get_database(app).pool

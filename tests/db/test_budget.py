@@ -19,7 +19,7 @@ import pytest
 from harness.waiting import wait_until
 from swagger_server.db.budget import BudgetExceeded, check_connection_budget, measure
 from swagger_server.db.database import application_name, host_label
-from tests.conftest import admin_connect, make_settings, query
+from tests.support.database import admin_connect, make_settings, query
 
 
 def budget_settings(url, workers=2, size=4, threads=None, **pool):
@@ -215,7 +215,7 @@ def test_a_second_host_that_would_overflow_the_server_is_refused(database_url, r
     CONNECTION LIMIT 20 (headroom 5). Host A holds 2 x 6 = 12; host B asking for 12 more is refused
     at start, naming the other host's connections; B asking for 2 x 1 fits and starts."""
     from swagger_server.db.embedded import free_port
-    from tests.servers import Gunicorn, gunicorn_env, refused_start
+    from tests.support.servers import Gunicorn, gunicorn_env, refused_start
 
     url = role(20)
     wait_until(lambda: query_count(url, "store-api:host-_:%") == 0, message="no connection of an earlier run")

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 
 import psycopg2.extensions as ext
 import pytest
@@ -20,7 +19,8 @@ from harness.waiting import wait_until
 from swagger_server import create_app, get_database
 from swagger_server.db.embedded import free_port
 from swagger_server.request_scope import get_conn
-from tests.conftest import AUTH, admin_connect, make_settings, query
+from tests.support.auth import AUTH
+from tests.support.database import admin_connect, make_settings, query, via_port
 
 POOL_TIMEOUT = 1.0
 IO_TIMEOUT = 1.5  # statement timeout 1 s + grace 0.5 s
@@ -35,11 +35,6 @@ FAULT_POOL = {
     "reconnect_initial_delay": 0.05,
     "reconnect_max_delay": 0.5,
 }
-
-
-def via_port(url: str, port: int) -> str:
-    parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{port}"))
 
 
 @pytest.fixture

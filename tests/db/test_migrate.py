@@ -18,7 +18,7 @@ from harness.waiting import wait_until
 from swagger_server.__main__ import main as cli
 from swagger_server.db import migrate
 from swagger_server.db.migrate import MigrationError, Timeouts, upgrade
-from tests.conftest import admin_connect, query, schema_dir
+from tests.support.database import admin_connect, query, schema_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 SQUAWK = Path(sys.executable).parent / "squawk"  # requirements-dev.txt pins it (squawk-cli, from PyPI)

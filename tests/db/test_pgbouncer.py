@@ -5,7 +5,8 @@ import pytest
 
 from swagger_server import create_app, get_database
 from swagger_server.request_scope import get_conn
-from tests.conftest import AUTH, TEST_DB, admin_connect, make_settings, query
+from tests.support.auth import AUTH
+from tests.support.database import TEST_DB, admin_connect, make_settings, query
 
 
 @pytest.fixture
@@ -84,7 +85,7 @@ def test_eighty_app_connections_through_pgbouncer_into_thirty_slots(small_server
     from harness.pgbouncer import BINARY, PgBouncer
     from harness.waiting import wait_until
     from swagger_server.db.embedded import free_port
-    from tests.servers import Gunicorn, gunicorn_env, refused_start
+    from tests.support.servers import Gunicorn, gunicorn_env, refused_start
 
     if BINARY is None:
         pytest.skip("pgbouncer is not installed (apt-get install pgbouncer; .ci/run installs it)")

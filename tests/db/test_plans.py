@@ -19,7 +19,7 @@ from harness.recording import recording
 from swagger_server.db import queries
 from swagger_server.db.queries import customers, dashboard, health, orders, products, rollups, trigrams
 from swagger_server.db.seed import seed
-from tests.conftest import admin_connect, query, schema_database
+from tests.support.database import admin_connect, query, schema_database
 
 BIG = {"customers", "orders", "order_lines", "sales_product_days"}
 CUSTOMERS, ORDERS = 60_000, 300_000

@@ -12,7 +12,7 @@ from swagger_server.config import PoolSettings
 from swagger_server.db.embedded import free_port
 from swagger_server.db.errors import DatabaseUnavailable, PoolClosed, PoolTimeout, TooManyWaiters
 from swagger_server.db.pool import ConnectionPool
-from tests.conftest import query
+from tests.support.database import query
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from harness.waiting import wait_until
 from swagger_server import create_app, get_database
 from swagger_server.db.budget import BudgetExceeded, check_connection_budget
 from swagger_server.db.replica import parse_lsn
-from tests.conftest import AUTH, TEST_DB, admin_connect, make_settings, query
+from tests.support.auth import AUTH
+from tests.support.database import TEST_DB, admin_connect, make_settings, query
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +250,7 @@ def test_a_migrations_lock_replayed_on_the_replica_sends_the_cancelled_reads_to_
     under a read load: every cancelled read is run again on the primary, never a 5xx."""
     import requests
 
-    from tests.servers import Gunicorn
+    from tests.support.servers import Gunicorn
 
     wait_until(lambda: caught_up(replica_admin, store), timeout=10)
     query(replica_admin, "ALTER SYSTEM SET max_standby_streaming_delay = 0")

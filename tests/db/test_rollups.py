@@ -14,7 +14,7 @@ from harness.waiting import wait_until
 from swagger_server.db import rollups as roller
 from swagger_server.db.queries import dashboard
 from swagger_server.db.queries.rollups import NAME
-from tests.conftest import admin_connect, query, schema_database
+from tests.support.database import admin_connect, query, schema_database
 
 DAY0 = date(2026, 1, 1)
 SPAN = 70  # days the random orders fall in: whole months and the days at their ends
@@ -330,7 +330,8 @@ def test_the_roller_in_a_worker_rolls_up_what_the_api_places(database_url, store
     """The service's own roller (a thread per worker, `[API] dashboard_rollup_interval`): orders placed
     through the API reach the rollups within a few passes, and its connection goes back to the pool."""
     from swagger_server import create_app, get_database
-    from tests.conftest import AUTH, make_settings
+    from tests.support.auth import AUTH
+    from tests.support.database import make_settings
 
     app = create_app(make_settings(database_url, api={"dashboard_rollup_interval": 0.1}))
     try:

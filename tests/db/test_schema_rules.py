@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from swagger_server.db.migrate import MigrationError, upgrade
-from tests.conftest import admin_connect, query, schema_dir
+from tests.support.database import admin_connect, query, schema_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = "-- a harmless expand step, pending with the bad one\nALTER TABLE customers ADD COLUMN nickname text;\n"

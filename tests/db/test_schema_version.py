@@ -11,7 +11,8 @@ import pytest
 from harness.waiting import wait_until
 from swagger_server import create_app, get_database
 from swagger_server.db.migrate import upgrade
-from tests.conftest import AUTH, admin_connect, make_settings, query, schema_dir
+from tests.support.auth import AUTH
+from tests.support.database import admin_connect, make_settings, query, schema_dir
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from swagger_server.db.connection import Connection
 from swagger_server.db.queries import customers, trigrams
-from tests.conftest import admin_connect, query, schema_database
+from tests.support.database import admin_connect, query, schema_database
 
 ALPHABET = "abAB01.@_%\\-é"
 

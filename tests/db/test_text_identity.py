@@ -13,7 +13,7 @@ import psycopg2
 import pytest
 
 from swagger_server import text
-from tests.conftest import query
+from tests.support.database import query
 
 SCHEMA = Path(__file__).resolve().parents[2] / "swagger_server" / "db" / "schema" / "021_text_identity_unicode_16.sql"
 

@@ -10,8 +10,8 @@ import pytest
 from harness.faultproxy import FaultProxy
 from swagger_server import create_app, get_database
 from swagger_server.db.connection import connect, transaction
-from tests.conftest import AUTH, make_settings, query
-from tests.db.test_faults import via_port
+from tests.support.auth import AUTH
+from tests.support.database import make_settings, query, via_port
 
 
 @pytest.fixture

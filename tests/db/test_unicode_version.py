@@ -13,7 +13,8 @@ from swagger_server import create_app, get_database
 from swagger_server.db import unicode
 from swagger_server.db.migrate import upgrade
 from swagger_server.text import UNICODE_VERSION
-from tests.conftest import AUTH, admin_connect, make_settings, query
+from tests.support.auth import AUTH
+from tests.support.database import admin_connect, make_settings, query
 
 
 def test_the_rule_is_unicode_16_whatever_python_runs_it():

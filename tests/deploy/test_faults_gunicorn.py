@@ -15,8 +15,9 @@ import requests
 from harness.waiting import wait_until
 from swagger_server.db.database import application_name
 from swagger_server.db.embedded import free_port
-from tests.conftest import AUTH, admin_connect, query
-from tests.servers import Gunicorn
+from tests.support.auth import AUTH
+from tests.support.database import admin_connect, query
+from tests.support.servers import Gunicorn
 
 pytestmark = pytest.mark.slow
 

@@ -23,8 +23,8 @@ import requests
 
 from harness.waiting import wait_listening, wait_until
 from swagger_server.db.embedded import free_port
-from tests.conftest import AUTH
-from tests.servers import Gunicorn
+from tests.support.auth import AUTH
+from tests.support.servers import Gunicorn
 
 pytestmark = pytest.mark.slow
 

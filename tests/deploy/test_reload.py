@@ -20,7 +20,7 @@ import pytest
 from harness import gunicorn
 from harness.waiting import wait_until
 from swagger_server.db.embedded import free_port
-from tests.servers import Gunicorn, gunicorn_env
+from tests.support.servers import Gunicorn, gunicorn_env
 
 ROOT = Path(__file__).resolve().parents[2]
 NEW_PATH = """

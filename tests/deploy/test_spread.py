@@ -11,8 +11,8 @@ import psutil
 import pytest
 
 from harness.waiting import wait_until
-from tests.rawhttp import Connection, request_bytes
-from tests.servers import Gunicorn
+from tests.support.rawhttp import Connection, request_bytes
+from tests.support.servers import Gunicorn
 
 pytestmark = pytest.mark.slow
 

@@ -29,8 +29,9 @@ import pytest
 from harness.waiting import wait_until
 from swagger_server.db.embedded import free_port
 from swagger_server.db.migrate import upgrade
-from tests.conftest import TOKEN, admin_connect, query, schema_dir
-from tests.servers import Gunicorn
+from tests.support.auth import TOKEN
+from tests.support.database import admin_connect, query, schema_dir
+from tests.support.servers import Gunicorn
 
 ROOT = Path(__file__).resolve().parents[2]
 # The release before this one (1.0.0), as `git archive` gives it: the code the rolling upgrade starts from.

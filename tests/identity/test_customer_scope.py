@@ -15,7 +15,8 @@ from harness.waiting import wait_until
 from swagger_server import create_app, get_database
 from swagger_server.app import SPEC_DIR
 from swagger_server.identity.keys import new_key
-from tests.conftest import AUTH, make_settings, query
+from tests.support.auth import AUTH
+from tests.support.database import make_settings, query
 
 SPEC = yaml.safe_load((SPEC_DIR / "swagger.yaml").read_text(encoding="utf-8"))
 OPERATIONS = {

@@ -18,8 +18,8 @@ from harness.waiting import wait_until
 from swagger_server import create_app, get_database
 from swagger_server.db.connection import connect
 from swagger_server.identity.keys import ApiKeys, new_key
-from tests.conftest import admin_connect, make_settings, query, schema_database
-from tests.servers import EMPTY, Gunicorn
+from tests.support.database import admin_connect, make_settings, query, schema_database
+from tests.support.servers import EMPTY, Gunicorn
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 REFRESH = 1.0  # [API] key_refresh of the servers here

@@ -24,7 +24,7 @@ from harness.waiting import wait_until
 from swagger_server import create_app, get_database
 from swagger_server.identity import oidc
 from swagger_server.state import of_flask
-from tests.conftest import make_settings, query
+from tests.support.database import make_settings, query
 
 pytestmark = pytest.mark.skipif(
     harness.NODE is None or not harness.INSTALLED, reason="node and tools/node_modules (make tools) are needed"

@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import psycopg2
-import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -20,8 +19,9 @@ from harness.waiting import wait_until
 from swagger_server import create_app, get_database
 from swagger_server.db.database import application_name
 from swagger_server.db.embedded import free_port
-from tests.conftest import AUTH, TEST_DB, make_settings
-from tests.servers import Gunicorn
+from tests.support.auth import AUTH
+from tests.support.database import TEST_DB, make_settings
+from tests.support.servers import Gunicorn, live_server
 
 
 def scrape(base: str, session=requests) -> dict[tuple, float]:
@@ -50,11 +50,7 @@ def access_lines(output: str) -> list[dict]:
     return lines
 
 
-@pytest.fixture(scope="module")
-def two_workers(database_url):
-    server = Gunicorn(database_url, WEB_CONCURRENCY=2, DB_POOL_MIN_CONNECTIONS=2)
-    yield server
-    server.stop()
+two_workers = live_server("two_workers", WEB_CONCURRENCY=2, DB_POOL_MIN_CONNECTIONS=2)
 
 
 def test_metrics_aggregate_every_worker_and_logs_say_one_line_per_request(two_workers, store):

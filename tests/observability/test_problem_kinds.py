@@ -10,7 +10,8 @@ from pathlib import Path
 from swagger_server import create_app, get_database
 from swagger_server.errors import _KINDS, PROBLEM_KINDS
 from swagger_server.state import of_flask
-from tests.conftest import AUTH, make_settings
+from tests.support.auth import AUTH
+from tests.support.database import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

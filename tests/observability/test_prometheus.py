@@ -25,8 +25,9 @@ import requests
 from harness.prometheus import BINARY, PROMTOOL, Prometheus
 from harness.waiting import wait_until
 from swagger_server.db.migrate import upgrade
-from tests.conftest import AUTH, seed_demo
-from tests.servers import Gunicorn
+from tests.support.auth import AUTH
+from tests.support.database import seed_demo
+from tests.support.servers import Gunicorn
 
 pytestmark = pytest.mark.slow
 

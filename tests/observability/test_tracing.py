@@ -22,8 +22,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from harness.waiting import wait_until
 from swagger_server.db.embedded import free_port
-from tests.conftest import AUTH, TOKEN, query
-from tests.servers import Gunicorn, gunicorn_env, refused_start
+from tests.support.auth import AUTH, TOKEN
+from tests.support.database import query
+from tests.support.servers import Gunicorn, gunicorn_env, refused_start
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"

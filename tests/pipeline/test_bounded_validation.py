@@ -15,7 +15,8 @@ from connexion.json_schema import resolve_refs
 from swagger_server import create_app, get_database, validation
 from swagger_server.app import checked_spec
 from swagger_server.sizes import most_bytes
-from tests.conftest import AUTH, make_settings
+from tests.support.auth import AUTH
+from tests.support.database import make_settings
 
 
 @pytest.fixture

@@ -2,13 +2,12 @@
 protocol upgrades, redirects built from Host, conditional requests to the letter of RFC 9110 §13, and
 one identity per text.
 
-Every request is written byte by byte (tests/rawhttp.py); every answer is tallied, and the last test
+Every request is written byte by byte (tests/support/rawhttp.py); every answer is tallied, and the last test
 compares the tally with /metrics and reads the server's log for tracebacks, 500s and long lines.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import select
 import socket
@@ -19,33 +18,23 @@ import uuid
 import psutil
 import pytest
 
-from tests.conftest import TOKEN, query
-from tests.pipeline.test_http_layer import _statuses, signals_agree_with_what_clients_received
-from tests.rawhttp import Answer, Connection, exchange, request_bytes
-from tests.servers import Gunicorn
+from tests.support.auth import AUTH_LINE
+from tests.support.database import query
+from tests.support.rawhttp import Answer, Connection, Tally, request_bytes
+from tests.support.servers import live_server
 
-AUTH = f"Authorization: Bearer {TOKEN}"
+AUTH = AUTH_LINE
 JSON = "Content-Type: application/json"
-RECEIVED: collections.Counter = collections.Counter()
+TALLY = Tally()  # every answer clients in this module got, compared with /metrics by the last test
+RECEIVED = TALLY.received
 MAX_HEADER_BYTES = 32768  # [API] max_header_bytes, the default
 
 
-@pytest.fixture(scope="module")
-def server(database_url):
-    live = Gunicorn(database_url, WEB_THREADS=4, DB_POOL_TIMEOUT=2)
-    live.baseline = _statuses(live)
-    yield live
-    try:  # after every test of this module that ran, in whatever order or number
-        signals_agree_with_what_clients_received(live, RECEIVED)
-    finally:
-        live.stop()
+server = live_server("server", tally=TALLY, WEB_THREADS=4, DB_POOL_TIMEOUT=2)
 
 
 def send(server, data: bytes, answers: int = 1) -> Answer:
-    answer = exchange(server.port, data, answers=answers)
-    for one in (answer, *answer.more):
-        RECEIVED[one.status] += 1
-    return answer
+    return TALLY.send(server, data, answers)
 
 
 def chunked(method: str, path: str, body: bytes, headers=(), trailers: bytes = b"") -> tuple[bytes, bytes]:
@@ -491,3 +480,8 @@ def test_body_patterns_are_ecma_262_even_where_the_text_rule_would_also_refuse()
     )
     assert list(validator.iter_errors({"sku": "ABC"})) == []
     assert list(validator.iter_errors({"sku": "ABC\n"}))
+
+
+def test_the_servers_signals_agree_with_what_its_clients_received(server):
+    """Last in this module: what /metrics counted is what the clients above received."""
+    TALLY.check(server)

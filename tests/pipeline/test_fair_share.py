@@ -16,8 +16,9 @@ import time
 import pytest
 
 from swagger_server.db.migrate import upgrade
-from tests.conftest import TOKEN, seed_demo
-from tests.servers import Gunicorn
+from tests.support.auth import TOKEN
+from tests.support.database import seed_demo
+from tests.support.servers import Gunicorn
 
 FLOOD_TOKEN = "flood-token"
 FLOOD = """

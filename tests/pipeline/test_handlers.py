@@ -14,7 +14,8 @@ from swagger_server import create_app, get_database
 from swagger_server.observability.logs import BackgroundStreamHandler
 from swagger_server.observability.sampling import LoopLag
 from swagger_server.state import of_flask
-from tests.conftest import AUTH, admin_connect, make_settings, query
+from tests.support.auth import AUTH
+from tests.support.database import admin_connect, make_settings, query
 
 
 def test_waiting_requests_are_served_in_arrival_order_and_counted_in_metrics(database_url, store):

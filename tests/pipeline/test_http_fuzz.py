@@ -22,12 +22,11 @@ import threading
 import time
 import traceback
 
-import pytest
-
 from swagger_server import text
-from tests.conftest import TOKEN, query
-from tests.rawhttp import Connection
-from tests.servers import Gunicorn
+from tests.support.auth import TOKEN
+from tests.support.database import query
+from tests.support.rawhttp import Connection
+from tests.support.servers import live_server
 
 SECONDS = float(os.environ.get("HTTP_FUZZ_SECONDS", "6"))
 SEED = os.environ.get("HTTP_FUZZ_SEED", "19")
@@ -202,11 +201,7 @@ def make_request(rng: random.Random) -> tuple[bytes, bool]:
     return data, True
 
 
-@pytest.fixture(scope="module")
-def server(database_url):
-    live = Gunicorn(database_url, API_HEAD_TIMEOUT="1", API_BODY_TIMEOUT="1", WEB_THREADS=4)
-    yield live
-    live.stop()
+server = live_server("server", API_HEAD_TIMEOUT="1", API_BODY_TIMEOUT="1", WEB_THREADS=4)
 
 
 def test_permuted_requests_never_get_a_5xx_nor_store_what_the_schema_forbids(server, store):

@@ -2,7 +2,7 @@
 threads, stalled clients cut, and signals that tell the truth (issue 19).
 
 A client library normalises exactly what an attacker does not (header case, repetition, framing), so
-every request here is written byte by byte (tests/rawhttp.py). Every answer any test in this module
+every request here is written byte by byte (tests/support/rawhttp.py). Every answer any test in this module
 receives is tallied by status; the last test compares the tally with the server's /metrics and
 checks the server's log for tracebacks and 500s.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -22,39 +21,31 @@ import requests
 
 from harness.waiting import wait_until
 from swagger_server.pipeline.gate import SINGLE, parse_media_type
-from tests.conftest import TOKEN, query
-from tests.rawhttp import Answer, Connection, exchange, request_bytes
-from tests.servers import Gunicorn
+from tests.support.auth import AUTH_LINE, TOKEN
+from tests.support.database import query
+from tests.support.rawhttp import Answer, Connection, Tally, request_bytes, statuses
+from tests.support.servers import live_server
 
 HEAD_TIMEOUT = 2.0
 BODY_TIMEOUT = 3.0
-AUTH = f"Authorization: Bearer {TOKEN}"
+AUTH = AUTH_LINE
 JSON = "Content-Type: application/json"
-RECEIVED: collections.Counter = collections.Counter()  # status -> answers clients in this module got
+TALLY = Tally()  # every answer clients in this module got, compared with /metrics by the last test
+RECEIVED = TALLY.received
 
 
-@pytest.fixture(scope="module")
-def server(database_url):
-    live = Gunicorn(
-        database_url,
-        API_HEAD_TIMEOUT=HEAD_TIMEOUT,
-        API_BODY_TIMEOUT=BODY_TIMEOUT,
-        WEB_THREADS=4,
-        DB_POOL_TIMEOUT=2,
-    )
-    live.baseline = _statuses(live)
-    yield live
-    try:  # after every test of this module that ran, in whatever order or number
-        signals_agree_with_what_clients_received(live, RECEIVED)
-    finally:
-        live.stop()
+server = live_server(
+    "server",
+    tally=TALLY,
+    API_HEAD_TIMEOUT=HEAD_TIMEOUT,
+    API_BODY_TIMEOUT=BODY_TIMEOUT,
+    WEB_THREADS=4,
+    DB_POOL_TIMEOUT=2,
+)
 
 
 def send(server, data: bytes, answers: int = 1, timeout: float = 10.0) -> Answer:
-    answer = exchange(server.port, data, timeout=timeout, answers=answers)
-    for one in (answer, *answer.more):
-        RECEIVED[one.status] += 1
-    return answer
+    return TALLY.send(server, data, answers, timeout)
 
 
 def post(server, path: str, body, *headers, auth: bool = True) -> Answer:
@@ -69,14 +60,6 @@ def _waiting_on_a_lock(conn) -> bool:
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
     )
     return found[0][0] > 0
-
-
-def _statuses(server) -> collections.Counter:
-    text = requests.get(f"{server.base}/metrics", timeout=5).text
-    counts: collections.Counter = collections.Counter()
-    for status, value in re.findall(r'^store_api_requests_total\{[^}]*status="(\d+)"[^}]*\} ([0-9.e+]+)$', text, re.M):
-        counts[int(status)] += int(float(value))
-    return counts
 
 
 # -- one reading of Content-Type -----------------------------------------------------------------------
@@ -265,13 +248,13 @@ def test_pipelined_requests_are_answered_in_order(server, store):
 
 
 def test_a_client_that_closes_early_is_logged_499_and_never_500(server, store):
-    before = _statuses(server)
+    before = statuses(server)
     conn = Connection(server.port)
     conn.send(request_bytes("POST", "/api/customers", [AUTH, JSON, "Content-Length: 100"], b'{"name":'))
     time.sleep(0.2)  # not a poll: the server reads part of a body before the client leaves
     conn.close()
-    wait_until(lambda: _statuses(server)[499] > before[499], timeout=5, message="the 499 counted")
-    assert _statuses(server)[499] == before[499] + 1
+    wait_until(lambda: statuses(server)[499] > before[499], timeout=5, message="the 499 counted")
+    assert statuses(server)[499] == before[499] + 1
     RECEIVED[499] += 1  # what the server rightly records for it; the client received nothing
 
 
@@ -571,16 +554,6 @@ def _timed(session, url) -> float:
     return time.perf_counter() - start
 
 
-def signals_agree_with_what_clients_received(server, received: collections.Counter) -> None:
-    """A module's server, at its teardown: its metrics count exactly the answers its clients
-    `received` (however many tests ran), and its log has no traceback, no 500 and no line over
-    2 000 characters."""
-    counts = _statuses(server)
-    delta = {status: counts[status] - server.baseline[status] for status in counts}
-    delta = {status: n for status, n in delta.items() if n}
-    assert delta == dict(received)
-    output = server.output()
-    assert '"status":' in output, "the access log is on (the observer works)"
-    assert "Traceback" not in output
-    assert '"status":500' not in output and "500 Internal" not in output
-    assert max(len(line) for line in output.splitlines()) <= 2000
+def test_the_servers_signals_agree_with_what_its_clients_received(server):
+    """Last in this module: what /metrics counted is what the clients above received."""
+    TALLY.check(server)

@@ -17,7 +17,7 @@ from swagger_server.app import load_spec
 from swagger_server.controllers.orders import MAX_QUANTITY
 from swagger_server.db import constraints
 from swagger_server.validation import EcmaValidator, ecma_regex
-from tests.conftest import query
+from tests.support.database import query
 
 
 def test_the_handler_gets_the_validated_body_not_a_second_parse(app, client, store):

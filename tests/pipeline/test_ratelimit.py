@@ -13,7 +13,8 @@ import pytest
 from swagger_server import create_app, get_database
 from swagger_server.config import ConfigError, load_settings
 from swagger_server.state import of_flask
-from tests.conftest import AUTH, make_settings, seed_demo
+from tests.support.auth import AUTH
+from tests.support.database import make_settings, seed_demo
 
 FIELD = re.compile(r'^"default";r=(\d+);t=(\d+)$')
 

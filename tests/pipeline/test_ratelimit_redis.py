@@ -17,8 +17,8 @@ import pytest
 
 from harness.redis import BINARY, Redis
 from harness.waiting import wait_until
-from tests.conftest import TOKEN
-from tests.servers import Gunicorn
+from tests.support.auth import TOKEN
+from tests.support.servers import Gunicorn
 
 OTHER = "other-token"
 FIELD = re.compile(r'^"default";r=\d+;t=\d+$')

@@ -20,8 +20,9 @@ import requests
 
 from harness.waiting import wait_until
 from swagger_server.db.embedded import free_port
-from tests.conftest import AUTH, TEST_DB, TOKEN, query
-from tests.servers import Gunicorn
+from tests.support.auth import AUTH, TOKEN
+from tests.support.database import TEST_DB, query
+from tests.support.servers import Gunicorn, live_server
 
 READER = "reader-token-1"
 OTHER_WRITER = "writer-token-2"
@@ -32,11 +33,7 @@ BIG = 20 * MIB
 AUTH_LINE = f"Authorization: Bearer {TOKEN}\r\n"
 
 
-@pytest.fixture(scope="module")
-def server(database_url):
-    live = Gunicorn(database_url, API_TOKENS=TOKENS, API_IDEMPOTENCY_TTL="1")
-    yield live
-    live.stop()
+server = live_server("server", API_TOKENS=TOKENS, API_IDEMPOTENCY_TTL="1")
 
 
 def rss(server) -> int:
@@ -354,7 +351,7 @@ def test_the_spec_declares_the_scope_the_server_enforces():
     import yaml
 
     from swagger_server.security import required_scope
-    from tests.servers import ROOT
+    from tests.support.servers import ROOT
 
     spec = yaml.safe_load((ROOT / "swagger" / "swagger.yaml").read_text())
     for path, item in spec["paths"].items():

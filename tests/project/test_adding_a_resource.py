@@ -17,7 +17,7 @@ import pytest
 
 from swagger_server.app import load_spec
 from swagger_server.db import catalogue
-from tests.conftest import query
+from tests.support.database import query
 
 SPEC = load_spec()
 METHODS = ("get", "put", "post", "patch", "delete")
@@ -408,7 +408,7 @@ MAKERS = {
 @pytest.fixture
 def admin_client(database_url):
     from swagger_server import create_app, get_database
-    from tests.conftest import make_settings
+    from tests.support.database import make_settings
 
     app = create_app(make_settings(database_url, api={"tokens": ("test-token", ADMIN)}))
     with app.test_client(headers={"Authorization": f"Bearer {ADMIN.split(':', 1)[1]}"}) as client:
@@ -446,7 +446,7 @@ def test_a_list_under_a_missing_parent_answering_200_is_named(database_url, stor
     from swagger_server.controllers.reply import page
     from swagger_server.db.queries import orders
     from swagger_server.request_scope import get_conn, read_only
-    from tests.conftest import make_settings
+    from tests.support.database import make_settings
 
     @read_only
     def list_customer_orders(customer_id: int, limit: int = 20, after: int | None = None):
@@ -498,7 +498,7 @@ def test_a_delete_ignoring_if_match_is_named(database_url, store, monkeypatch):
     from swagger_server.db.queries import ANY
     from swagger_server.db.queries import customers as queries
     from swagger_server.request_scope import get_conn
-    from tests.conftest import make_settings
+    from tests.support.database import make_settings
 
     def delete_customer(customer_id: int):
         conn = get_conn()

@@ -21,8 +21,9 @@ import yaml
 
 from harness.waiting import wait_until
 from swagger_server.db.embedded import free_port
-from tests.conftest import TEST_DB, TOKEN
-from tests.servers import Gunicorn
+from tests.support.auth import TOKEN
+from tests.support.database import TEST_DB
+from tests.support.servers import Gunicorn
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = next(
@@ -240,7 +241,7 @@ def test_swagger_ui_authorizes_with_an_api_key_and_with_the_openid_provider(brow
     a bearer token."""
     from harness import oidc as harness
     from swagger_server.identity.keys import new_key
-    from tests.conftest import admin_connect, query
+    from tests.support.database import admin_connect, query
 
     if harness.NODE is None or not harness.INSTALLED:
         pytest.skip("node and tools/node_modules are needed for the OpenID provider")

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import TOKEN
-from tests.servers import Gunicorn
+from tests.support.auth import TOKEN
+from tests.support.servers import Gunicorn
 
 CONFIG = Path(__file__).parents[1] / "contract" / "schemathesis.toml"
 SPEC = Path(__file__).resolve().parents[2] / "swagger" / "swagger.yaml"

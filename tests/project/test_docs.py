@@ -26,8 +26,9 @@ import yaml
 from harness.waiting import wait_until
 from swagger_server import create_app, get_database
 from swagger_server.db.embedded import free_port
-from tests.conftest import TOKEN, admin_connect, make_settings, query
-from tests.servers import EMPTY, Gunicorn
+from tests.support.auth import TOKEN
+from tests.support.database import admin_connect, make_settings, query
+from tests.support.servers import EMPTY, Gunicorn
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -157,3 +157,29 @@ def test_one_place_renders_every_error():
             ):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
     assert not offenders, offenders
+
+
+def _imports_of_tests(source: str) -> list[str]:
+    """The modules of tests/ a test module imports, other than tests/support (and tests/mutations.py,
+    the mutation runner that test_ci drives)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        found += [n for n in names if n.startswith("tests") and not n.startswith(("tests.support", "tests.mutations"))]
+    return found
+
+
+def test_no_test_module_imports_another_or_the_conftest():
+    """Helpers shared by tests live in tests/support; a test module importing another's helpers (or the
+    conftest's) ties their fates: moving one test broke another."""
+    offenders = {
+        str(path.relative_to(ROOT)): found
+        for path in (ROOT / "tests").rglob("test_*.py")
+        if (found := _imports_of_tests(path.read_text()))
+    }
+    assert offenders == {}, "move what they share to tests/support"
+    assert _imports_of_tests("from tests.pipeline.test_http_layer import send\nimport tests.conftest") == [
+        "tests.pipeline.test_http_layer",
+        "tests.conftest",
+    ]

@@ -18,7 +18,8 @@ from starlette.testclient import TestClient
 
 from swagger_server import create_app, get_database, patches, security
 from swagger_server.controllers.reply import reply
-from tests.conftest import AUTH, make_settings
+from tests.support.auth import AUTH
+from tests.support.database import make_settings
 
 
 def _resolve(owner):

@@ -22,8 +22,9 @@ import pytest
 from harness.waiting import wait_until
 from swagger_server.db.embedded import free_port
 from swagger_server.identity.keys import new_key
-from tests.conftest import TEST_DB, TOKEN, admin_connect, query
-from tests.servers import Gunicorn
+from tests.support.auth import TOKEN
+from tests.support.database import TEST_DB, admin_connect, query
+from tests.support.servers import Gunicorn
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOWS = Path(__file__).parents[1] / "sdk_flows"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from swagger_server import create_app, get_database
 from swagger_server.state import of_flask
-from tests.conftest import make_settings
+from tests.support.database import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN_A = "token-of-app-a"

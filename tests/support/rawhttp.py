@@ -3,10 +3,14 @@ twice, in another case, with `_`, a lying length, half a head) and read exactly 
 
 from __future__ import annotations
 
+import collections
 import json
+import re
 import socket
 import time
 from dataclasses import dataclass, field
+
+import requests
 
 
 @dataclass
@@ -118,3 +122,43 @@ def exchange(port: int, data: bytes, timeout: float = 10.0, answers: int = 1) ->
         return first
     finally:
         conn.close()
+
+
+def statuses(server) -> collections.Counter:
+    """status -> the requests a live server's /metrics has counted (every worker)."""
+    text = requests.get(f"{server.base}/metrics", timeout=5).text
+    counts: collections.Counter = collections.Counter()
+    for status, value in re.findall(r'^store_api_requests_total\{[^}]*status="(\d+)"[^}]*\} ([0-9.e+]+)$', text, re.M):
+        counts[int(status)] += int(float(value))
+    return counts
+
+
+class Tally:
+    """What a module's clients received from its live server, by status: `begin` when the server is up,
+    `send` (or count into `received` by hand), and a module's last test calls `check`."""
+
+    def __init__(self):
+        self.received: collections.Counter = collections.Counter()
+        self.baseline: collections.Counter = collections.Counter()
+
+    def begin(self, server) -> None:
+        self.baseline = statuses(server)
+
+    def send(self, server, data: bytes, answers: int = 1, timeout: float = 10.0) -> Answer:
+        answer = exchange(server.port, data, timeout=timeout, answers=answers)
+        for one in (answer, *answer.more):
+            self.received[one.status] += 1
+        return answer
+
+    def check(self, server) -> None:
+        """The server's metrics count exactly the answers its clients received (however many tests
+        ran), and its log has no traceback, no 500 and no line over 2 000 characters."""
+        counts = statuses(server)
+        delta = {status: counts[status] - self.baseline[status] for status in counts}
+        delta = {status: n for status, n in delta.items() if n}
+        assert delta == dict(self.received)
+        output = server.output()
+        assert '"status":' in output, "the access log is on (the observer works)"
+        assert "Traceback" not in output
+        assert '"status":500' not in output and "500 Internal" not in output
+        assert max(len(line) for line in output.splitlines()) <= 2000

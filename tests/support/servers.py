@@ -9,14 +9,15 @@ import threading
 from pathlib import Path
 
 import psutil
+import pytest
 
 from harness import gunicorn
 from harness.waiting import wait_until
 from swagger_server.db.embedded import free_port
-from tests.conftest import TOKEN
+from tests.support.auth import TOKEN
 
-ROOT = Path(__file__).resolve().parent.parent
-EMPTY = str(Path(__file__).parent / "empty.ini")
+ROOT = Path(__file__).resolve().parents[2]
+EMPTY = str(ROOT / "tests" / "empty.ini")
 
 
 def gunicorn_env(database_url: str, port: int, **extra) -> dict:
@@ -150,3 +151,21 @@ class Gunicorn:
         for drain in self._drains:
             drain.join(5)
         return self.process.returncode, self.output()
+
+
+def live_server(name: str, *, tally=None, **env):
+    """A module-scoped fixture called `name`: one gunicorn on the tests' database, given `env`, started
+    for the module's first test that asks and stopped after its last; `tally` (rawhttp.Tally) starts
+    counting once it serves. At module level: `server = live_server("server", WEB_THREADS=4)`."""
+
+    @pytest.fixture(scope="module", name=name)
+    def fixture(database_url):
+        live = Gunicorn(database_url, **env)
+        try:
+            if tally is not None:
+                tally.begin(live)
+            yield live
+        finally:
+            live.stop()
+
+    return fixture
