@@ -26,6 +26,7 @@ from swagger_server.db.database import Database
 from swagger_server.identity.keys import ApiKeys, KeyRefresher
 from swagger_server.identity.oidc import OidcTokens
 from swagger_server.jsonify import FastJsonifier
+from swagger_server.pipeline import routing
 from swagger_server.pipeline.gate import HeadLimits
 from swagger_server.reports import ReportCache
 from swagger_server.request_scope import RequestScope
@@ -65,7 +66,7 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         ),
         required_scopes=security.required_scopes(spec["paths"]),
         customer_scoped=security.customer_scoped(spec["paths"]),
-        routes=errors.Routes(spec["paths"], "/api"),
+        routes=routing.Routes(spec["paths"], "/api"),
         limits=HeadLimits.of(settings.api),
         validators=validation.validator_map(),
         tracing=observability.Tracing(),

@@ -22,8 +22,8 @@ from swagger_server.config import parse_token
 from swagger_server.errors import ApiError, Forbidden
 from swagger_server.identity.keys import ApiKeys, KeysNotLoaded, looks_like_key
 from swagger_server.identity.oidc import OidcTokens, Rejected, looks_like_jwt
-from swagger_server.pipeline.handlers import operation_of
 from swagger_server.state import of_scope
+from swagger_server.state import operation as operation_of
 
 logger = logging.getLogger(__name__)
 

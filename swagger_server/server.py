@@ -37,7 +37,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
-from swagger_server.errors import problem_bytes
+from swagger_server import problems
 from swagger_server.observability import refusal_recorder
 from swagger_server.pipeline.gate import HeadLimits
 from swagger_server.spread import FairAcceptor, Share
@@ -46,14 +46,6 @@ from swagger_server.state import of_flask
 LINGER_SECONDS = 2.0  # how long a refused client's remaining bytes are read and dropped
 ORPHAN_CHECK = 1.0  # seconds between a worker's looks at whether its master is still there
 SHUTDOWN_GRACE = 1.0  # at shutdown, how long a connection between requests may still bring one
-STATUS_TEXT = {
-    400: b"Bad Request",
-    408: b"Request Timeout",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-}
-
-
 # Bytes a chunk's framing may take beyond the head limit: a size line with CRLF, the CRLF after the
 # data ("ffffffff\r\n" ... "\r\n": 12), with room for a short extension.
 CHUNK_FRAMING = 40
@@ -227,8 +219,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             refused = cycle
         else:
             self._record_refusal(status, self.client)
-        headers, body = problem_bytes(status, detail, {"Connection": "close"})
-        out = [b"HTTP/1.1 %d %s\r\n" % (status, STATUS_TEXT[status])]
+        headers, body = problems.asgi(status, detail, {"Connection": "close"})
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, problems.title(status).encode())]
         out += [name + b": " + value + b"\r\n" for name, value in headers]
         out += [b"\r\n", body]
         self._in_head = False  # nothing more is parsed on this connection

@@ -15,7 +15,6 @@ from flask import current_app
 if TYPE_CHECKING:
     from swagger_server.config import Settings
     from swagger_server.db.database import Database
-    from swagger_server.errors import Routes
     from swagger_server.identity.keys import ApiKeys
     from swagger_server.identity.oidc import OidcTokens
     from swagger_server.observability import Metrics, ProcessSampler
@@ -23,6 +22,7 @@ if TYPE_CHECKING:
     from swagger_server.pipeline.gate import HeadLimits
     from swagger_server.pipeline.handlers import HandlerThreads
     from swagger_server.pipeline.ratelimit import RateLimits
+    from swagger_server.pipeline.routing import Routes
     from swagger_server.reports import ReportCache
     from swagger_server.request_scope import RequestScope
     from swagger_server.security import Tokens
@@ -87,3 +87,23 @@ def peek_request_context(scope) -> dict:
 def of_scope(scope) -> AppState:
     """The state of the app serving this request (an ASGI scope)."""
     return scope["extensions"][KEY]["app"]
+
+
+def operation(scope) -> str:
+    """This request's operationId ('' when none): what Connexion's router found, kept in the request's
+    context once the request is past security (pipeline/routing.Identified); read from the router's
+    result by what runs before (security itself, an error handler)."""
+    context = peek_request_context(scope)
+    if "operation" in context:
+        return context["operation"]
+    routing = (scope or {}).get("extensions", {}).get("connexion_routing", {})
+    return (routing.get("operation_id") or "").rsplit(".", 1)[-1]
+
+
+def caller(scope) -> str | None:
+    """Who is asking, as security.py named it (`key:<id>`, `oidc:<sub>`, a token's digest), or None when
+    no token was checked; kept in the request's context as `operation` is."""
+    context = peek_request_context(scope)
+    if "caller" in context:
+        return context["caller"]
+    return (scope or {}).get("extensions", {}).get("connexion_context", {}).get("user")

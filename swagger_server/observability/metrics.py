@@ -14,7 +14,7 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from swagger_server.db.pool_types import EVENTS
-from swagger_server.errors import PROBLEM_KINDS
+from swagger_server.problems import PROBLEM_KINDS
 
 # Metric labels take the method only from this set (anything else is "other"): a client cannot make
 # new time series by sending made-up methods.
@@ -117,7 +117,7 @@ class Metrics:
             "store_api_problems",
             "Problem answers (problem+json) by operation and kind, the end of the problem's type: overloaded,"
             " statement-timeout, schema-behind, pool-exhausted, database-unavailable, rate-limited,"
-            " too-many-concurrent, bad-request, ... (errors.PROBLEM_KINDS; anything else: other).",
+            " too-many-concurrent, bad-request, ... (problems.PROBLEM_KINDS; anything else: other).",
             ["operation", "kind"],
             registry=r,
         )

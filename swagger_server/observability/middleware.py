@@ -14,11 +14,12 @@ import time
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from swagger_server import state
-from swagger_server.errors import _KINDS, PROBLEM, excerpt, send_problem
+from swagger_server import problems, state
+from swagger_server.errors import excerpt
 from swagger_server.observability import tracing
 from swagger_server.observability.logs import log_request
 from swagger_server.observability.metrics import METHODS
+from swagger_server.problems import PROBLEM
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -52,7 +53,7 @@ class Observability:
                 if on_metrics_port and scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD"):
                     await self._serve_metrics(scope, send)
                 else:
-                    await send_problem(send, 404, "no such resource")
+                    await problems.send(send, 404, "no such resource")
                 return
         elif scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD"):
             await self._serve_metrics(scope, send)
@@ -83,8 +84,7 @@ class Observability:
             recorded = True
             status = scope.get("store_api_refused", status)  # answered by the HTTP layer (server.py)
             elapsed = time.perf_counter() - start
-            routing = scope["extensions"].get("connexion_routing", {})
-            operation = (routing.get("operation_id") or "").rsplit(".", 1)[-1] or "none"
+            operation = state.operation(scope) or "none"
             method = scope["method"] if scope["method"] in METHODS else "other"
             kind = problem.decode() if problem else None
             self.metrics.record_request(operation, method, status, elapsed, kind)
@@ -97,7 +97,7 @@ class Observability:
                     "client": (scope.get("client") or ("",))[0],
                     "operation": operation,
                     # Who asked: `key:<id>`, `oidc:<sub>`, a configured token's digest (security.py); never a token.
-                    "caller": scope["extensions"].get("connexion_context", {}).get("user"),
+                    "caller": state.caller(scope),
                     "status": status,
                     "duration_ms": round(elapsed * 1000, 2),
                     "pool_wait_ms": context.get("pool_wait_ms"),
@@ -120,8 +120,7 @@ class Observability:
             if message["type"] == "http.response.start":
                 extra = [header, *context.get("ratelimit", ())]  # the rate limit's fields (ratelimit.py)
                 if self.state.deprecations:  # a deprecated operation says so on every answer (deprecation.py)
-                    routing = scope["extensions"].get("connexion_routing", {})
-                    extra += self.state.deprecations.get((routing.get("operation_id") or "").rsplit(".", 1)[-1], ())
+                    extra += self.state.deprecations.get(state.operation(scope), ())
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 # Counted before the last byte leaves: a client that has its answer and then
@@ -138,16 +137,14 @@ class Observability:
         finally:
             record()
             if span is not None:
-                routing = scope["extensions"].get("connexion_routing", {})
-                route = self.state.routes.template((routing.get("operation_id") or "").rsplit(".", 1)[-1])
-                caller = scope["extensions"].get("connexion_context", {}).get("user")
-                tracing.end_server_span(span, span_token, scope["method"], route, status, caller)
+                route = self.state.routes.template(state.operation(scope))
+                tracing.end_server_span(span, span_token, scope["method"], route, status, state.caller(scope))
 
     async def _serve_metrics(self, scope, send):
         if self.metrics_token:
             given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
             if not hmac.compare_digest(given[:7].lower() + given[7:], self.metrics_token):
-                await send_problem(
+                await problems.send(
                     send,
                     401,
                     "GET /metrics needs the metrics bearer token",
@@ -208,7 +205,7 @@ def refusal_recorder(metrics):
     /metrics matches what clients received."""
 
     def record_refusal(status: int, client) -> None:
-        metrics.record_request("none", "other", status, None, _KINDS.get(status, "error") if status >= 400 else None)
+        metrics.record_request("none", "other", status, None, problems.kind_of(status) if status >= 400 else None)
         log_request(
             {
                 "request_id": _new_request_id(),

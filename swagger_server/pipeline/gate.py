@@ -36,7 +36,8 @@ from urllib.parse import unquote_to_bytes
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
-from swagger_server.errors import PROBLEM, problem_bytes, send_problem
+from swagger_server import problems
+from swagger_server.problems import PROBLEM
 
 
 @dataclass(frozen=True)
@@ -124,17 +125,17 @@ class RequestGate:
         method = scope["method"]
         if path in REDIRECTS:  # the same answer for every method
             location, status = REDIRECTS[path]
-            await send_problem(send, status, f"see {location}", {"Location": location})
+            await problems.send(send, status, f"see {location}", {"Location": location})
             return
         if path.endswith("/") and path != "/" and not path.startswith("/api/ui/"):
             # Starlette would redirect to the path without the slash, in a Location built from Host.
-            await send_problem(send, 404, "no such resource (paths here have no trailing slash)", _CLOSE)
+            await problems.send(send, 404, "no such resource (paths here have no trailing slash)", _CLOSE)
             return
 
         for part, what in ((scope.get("raw_path") or b"", "path"), (scope.get("query_string") or b"", "query")):
             if b"%" in part and not _utf8(unquote_to_bytes(part.replace(b"+", b" "))):
                 # uvicorn and Starlette would decode it with U+FFFD in place of the bad bytes.
-                await send_problem(send, 400, f"the {what} is not UTF-8 once percent-decoded", _CLOSE, field=what)
+                await problems.send(send, 400, f"the {what} is not UTF-8 once percent-decoded", _CLOSE, field=what)
                 return
 
         single: dict[bytes, bytes] = {}
@@ -144,7 +145,7 @@ class RequestGate:
                 continue  # WSGI would read it as the same header with "-"; nobody reads it
             if name in SINGLE:
                 if name in single:
-                    await send_problem(
+                    await problems.send(
                         send,
                         400,
                         f"the {_name(name)} header may appear only once",
@@ -156,28 +157,28 @@ class RequestGate:
             if name not in (b"content-type", b"content-length", b"transfer-encoding"):
                 headers.append((name, value))
         if scope.get("http_version") == "1.1" and b"host" not in single:
-            await send_problem(send, 400, "an HTTP/1.1 request needs a Host header", _CLOSE, field="Host")
+            await problems.send(send, 400, "an HTTP/1.1 request needs a Host header", _CLOSE, field="Host")
             return
 
         content_type = single.get(b"content-type")
         if content_type is not None:
             parsed = parse_media_type(content_type)
             if parsed is None:
-                await send_problem(send, 400, "Content-Type is not a media type", _CLOSE, field="Content-Type")
+                await problems.send(send, 400, "Content-Type is not a media type", _CLOSE, field="Content-Type")
                 return
             media_type, parameters = parsed
             headers.append((b"content-type", media_type.encode()))
 
         declared, chunked = single.get(b"content-length"), single.get(b"transfer-encoding")
         if declared is not None and chunked is not None:
-            await send_problem(send, 400, "Content-Length and Transfer-Encoding together", _CLOSE)
+            await problems.send(send, 400, "Content-Length and Transfer-Encoding together", _CLOSE)
             return
         if declared is not None:
             if not declared.isdigit() or len(declared) > 18:
-                await send_problem(send, 400, "Content-Length must be a non-negative integer", _CLOSE)
+                await problems.send(send, 400, "Content-Length must be a non-negative integer", _CLOSE)
                 return
             if int(declared) > self.max_bytes:
-                await send_problem(
+                await problems.send(
                     send,
                     413,
                     f"the request body may be at most {self.max_bytes} bytes; Content-Length says {int(declared)}",
@@ -189,12 +190,12 @@ class RequestGate:
         if has_body:
             if content_type is None and method in BODY_METHODS:
                 # Without it, Connexion would hand the raw bytes to the handler as the body.
-                await send_problem(send, 415, "a request body needs Content-Type: application/json", _CLOSE)
+                await problems.send(send, 415, "a request body needs Content-Type: application/json", _CLOSE)
                 return
             if content_type is not None and (
                 media_type != JSON or parameters.get("charset", "utf-8").lower() != "utf-8"
             ):
-                await send_problem(
+                await problems.send(
                     send, 415, "the request body must be application/json (charset utf-8, or none)", _CLOSE
                 )
                 return
@@ -217,7 +218,7 @@ class RequestGate:
                 async with asyncio.timeout_at(deadline):
                     message = await receive()
             except TimeoutError:
-                await send_problem(
+                await problems.send(
                     send, 408, f"the request body did not arrive within {self.body_timeout:g} s", _CLOSE, field="body"
                 )
                 return None
@@ -226,7 +227,7 @@ class RequestGate:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await send_problem(send, 413, f"the request body may be at most {self.max_bytes} bytes", _CLOSE)
+                await problems.send(send, 413, f"the request body may be at most {self.max_bytes} bytes", _CLOSE)
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -302,6 +303,6 @@ class ProblemCORS(CORSMiddleware):
         if response.status_code < 400:
             return response
         detail = bytes(response.body).decode("latin-1")  # "Disallowed CORS origin, method": no client text
-        _, body = problem_bytes(response.status_code, detail)
+        body = problems.document(response.status_code, detail)
         headers = {k: v for k, v in response.headers.items() if k not in ("content-type", "content-length")}
         return Response(body, status_code=response.status_code, headers=headers, media_type=PROBLEM)

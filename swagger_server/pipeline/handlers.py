@@ -46,27 +46,23 @@ import threading
 
 from a2wsgi.wsgi import build_environ
 
-from swagger_server.errors import PROBLEM, problem_bytes
+from swagger_server import problems
+from swagger_server.state import caller
+from swagger_server.state import operation as operation_of
 
-# Rendered once, by errors.py as every problem is.
-_BODY = problem_bytes(503, "Every request handler is busy; retry shortly.", kind="overloaded")[1]
-_SHARE_BODY = problem_bytes(
+# Rendered once, by problems.py as every problem is.
+_BODY = problems.document(503, "Every request handler is busy; retry shortly.", kind="overloaded")
+_SHARE_BODY = problems.document(
     429,
     "This caller already has as many requests in progress on this server as it may; retry shortly.",
     kind="too-many-concurrent",
-)[1]
-
-
-def operation_of(scope) -> str:
-    """The operationId Connexion's router found for this request ('' when none)."""
-    routing = scope.get("extensions", {}).get("connexion_routing", {})
-    return (routing.get("operation_id") or "").rsplit(".", 1)[-1]
+)
 
 
 def caller_of(scope) -> str:
-    """Who is asking: the token's `sub` (security.py) once Connexion's security checked it, else the
-    client's address (behind a trusted proxy, the one it names)."""
-    user = scope.get("extensions", {}).get("connexion_context", {}).get("user")
+    """Whose share and quota a request counts against: the caller security.py named (state.caller),
+    else the client's address (behind a trusted proxy, the one it names)."""
+    user = caller(scope)
     if user:
         return "token:" + user
     return "address:" + (scope.get("client") or ("",))[0]
@@ -208,11 +204,11 @@ class HandlerThreads:
 
     async def _reject(self, send, status: int, body: bytes) -> None:
         headers = [
-            (b"content-type", PROBLEM.encode()),
+            (b"content-type", problems.PROBLEM.encode()),
             (b"content-length", str(len(body)).encode()),
             (b"retry-after", self.retry_after),
         ]
-        await _answer(send, status, headers, body)
+        await problems.answer(send, status, headers, body)
 
     # -- the threads ----------------------------------------------------------------------------------
     def _start_workers(self) -> None:

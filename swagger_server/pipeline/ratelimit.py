@@ -27,9 +27,10 @@ from collections.abc import Callable
 
 import limits
 
-from swagger_server.errors import problem_bytes
+from swagger_server import problems
 from swagger_server.pipeline.fleet import RedisWindow
-from swagger_server.pipeline.handlers import caller_of, operation_of
+from swagger_server.pipeline.handlers import caller_of
+from swagger_server.state import operation as operation_of
 from swagger_server.state import request_context
 
 STORAGE_WAIT = 0.05  # seconds the storage may take to answer, then the request passes unlimited
@@ -179,12 +180,11 @@ class RateLimited:
         if allowed:
             await self.app(scope, receive, send)
             return
-        headers, body = problem_bytes(
+        await problems.send(
+            send,
             429,
             f"This caller's quota ({self.limits.item.amount} per {self.limits.window} s) is spent;"
             f" retry in {max(1, reset)} s.",
             {"Retry-After": str(max(1, reset))},
             kind="rate-limited",
         )
-        await send({"type": "http.response.start", "status": 429, "headers": headers})
-        await send({"type": "http.response.body", "body": body})

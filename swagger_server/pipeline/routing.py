@@ -9,10 +9,13 @@ first full match, the first partial match (which becomes a 405), and everything 
 router's redirect and default) are what Starlette's router decides over all of them.
 
 Given to Connexion through its documented `middlewares=` list, in the routing middleware's place
-(app.py, `middlewares()`).
+(app.py, `middlewares()`). Beside it, the app's route table (`Routes`): the methods of each path, for
+the Allow header of a 405, and the template of each operation, for a span's name.
 """
 
 from __future__ import annotations
+
+import re
 
 from connexion.middleware.main import ConnexionMiddleware
 from connexion.middleware.response_validation import ResponseValidationMiddleware
@@ -20,6 +23,8 @@ from connexion.middleware.routing import RoutingMiddleware
 from connexion.middleware.security import SecurityMiddleware
 from starlette._utils import get_route_path
 from starlette.routing import Match, Mount, Route, Router
+
+from swagger_server.state import request_context
 
 
 def _first_segment(path: str) -> str:
@@ -81,11 +86,31 @@ class IndexedRoutingMiddleware(RoutingMiddleware):
                 mount._base_app = mount.app = indexed
 
 
+class Identified:
+    """Right after Connexion's security: the request's operation and caller, read once from what the
+    router and the security found and kept in the request's context (state.operation, state.caller),
+    for every layer inside and, once it returns, outside."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            extensions = scope.get("extensions", {})
+            context = request_context(scope)
+            context["operation"] = (extensions.get("connexion_routing", {}).get("operation_id") or "").rsplit(".", 1)[
+                -1
+            ]
+            context["caller"] = extensions.get("connexion_context", {}).get("user")
+        await self.app(scope, receive, send)
+
+
 def middlewares(validate_responses: bool, after_security=None) -> list:
     """Connexion's default middleware list, with the indexed routing middleware in the routing
-    middleware's place, `after_security` (a factory of ASGI middleware, called with the next app)
-    right after the security middleware, and without the response-validation middleware when
-    responses are not validated (it then passes every request through after a lookup of its operation)."""
+    middleware's place, Identified and then `after_security` (a factory of ASGI middleware, called with
+    the next app) right after the security middleware, and without the response-validation middleware
+    when responses are not validated (it then passes every request through after a lookup of its
+    operation)."""
     stack = []
     for middleware in ConnexionMiddleware.default_middlewares:
         if middleware is RoutingMiddleware:
@@ -94,6 +119,36 @@ def middlewares(validate_responses: bool, after_security=None) -> list:
             continue
         else:
             stack.append(middleware)
-        if middleware is SecurityMiddleware and after_security is not None:
-            stack.append(after_security)
+        if middleware is SecurityMiddleware:
+            stack.append(Identified)
+            if after_security is not None:
+                stack.append(after_security)
     return stack
+
+
+class Routes:
+    """One app's path templates -> methods, so that a 405's Allow header lists the path's real ones."""
+
+    def __init__(self, spec_paths: dict, base_path: str):
+        self._routes: list[tuple[re.Pattern, tuple[str, ...]]] = []
+        # operationId -> its path template (a span's name is the template, never the raw path)
+        self._templates = {
+            operation["operationId"]: base_path + template
+            for template, item in spec_paths.items()
+            for operation in item.values()
+            if isinstance(operation, dict) and "operationId" in operation
+        }
+        for template, item in spec_paths.items():
+            pattern = re.escape(base_path + template)
+            pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", pattern)
+            methods = sorted(m.upper() for m in item if m in ("get", "put", "post", "patch", "delete"))
+            self._routes.append((re.compile(f"^{pattern}$"), tuple(methods)))
+
+    def template(self, operation_id: str) -> str | None:
+        return self._templates.get(operation_id)
+
+    def allowed_methods(self, path: str) -> tuple[str, ...]:
+        for pattern, methods in self._routes:
+            if pattern.match(path):
+                return methods
+        return ()

@@ -1,5 +1,5 @@
 """Every refusal counted by its cause: store_api_problems_total{operation, kind}, kind the end of the
-problem's `type` (errors.PROBLEM_KINDS, a bounded set), so that a statement timeout, an overload and
+problem's `type` (problems.PROBLEM_KINDS, a bounded set), so that a statement timeout, an overload and
 a schema behind the code, or a rate limit and a concurrency limit, are told apart."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 from swagger_server import create_app, get_database
-from swagger_server.errors import _KINDS, PROBLEM_KINDS
+from swagger_server.problems import KIND_OF_STATUS, PROBLEM_KINDS
 from swagger_server.state import of_flask
 from tests.support.auth import AUTH
 from tests.support.database import make_settings
@@ -18,15 +18,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def kinds_in_the_code() -> set[str]:
     """The problem kinds the code names: `kind=` arguments, `kind = ...` (alone or in a tuple), the
-    first of the (kind, detail) pairs errors.py maps exceptions to, and problem()'s fourth argument."""
-    found = set(_KINDS.values())
+    first of the (kind, detail) pairs errors.py maps exceptions to, and problems.response()'s third
+    argument; and the kinds problems.py gives a status."""
+    found = set(KIND_OF_STATUS.values())
     for path in (ROOT / "swagger_server").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call):
                 found |= {k.value.value for k in node.keywords if k.arg == "kind" and isinstance(k.value, ast.Constant)}
                 name = getattr(node.func, "id", getattr(node.func, "attr", ""))
-                if name == "problem" and len(node.args) >= 4 and isinstance(node.args[3], ast.Constant):
-                    found.add(node.args[3].value)
+                if name == "response" and len(node.args) >= 3 and isinstance(node.args[2], ast.Constant):
+                    found.add(node.args[2].value)
             elif isinstance(node, ast.Assign):
                 for target in node.targets:
                     if isinstance(target, ast.Name) and target.id == "kind" and isinstance(node.value, ast.Constant):
@@ -48,7 +49,7 @@ def test_every_kind_the_code_answers_with_is_a_label_value():
     assert {"overloaded", "too-many-concurrent", "rate-limited", "pool-exhausted", "schema-behind"} <= used
     assert {"statement-timeout", "insufficient-stock", "conflict", "not-found", "bad-request"} <= used
     assert used <= PROBLEM_KINDS, (
-        f"kinds not in errors.PROBLEM_KINDS (they would count as other): {used - PROBLEM_KINDS}"
+        f"kinds not in problems.PROBLEM_KINDS (they would count as other): {used - PROBLEM_KINDS}"
     )
 
 

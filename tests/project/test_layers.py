@@ -143,12 +143,15 @@ def test_the_app_state_has_one_home():
 
 
 def test_one_place_renders_every_error():
-    """errors.py renders every problem (its type, title and content type); the layers that answer
-    before Connexion (the gate, the handler threads, the rate limiter, the HTTP protocol) ask it for
-    the bytes instead of writing their own."""
+    """problems.py renders every problem (its type, title and content type) for the Connexion and the
+    raw ASGI paths alike; the layers that answer before Connexion (the gate, the handler threads, the
+    rate limiter, the HTTP protocol) ask it for the bytes instead of writing their own, and no module
+    keeps a table of reason phrases beside http.HTTPStatus."""
+    from http import HTTPStatus
+
     offenders = []
     for path in (ROOT / "swagger_server").rglob("*.py"):
-        if path.name == "errors.py" and path.parent.name == "swagger_server":
+        if path.name == "problems.py" and path.parent.name == "swagger_server":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and (
@@ -156,6 +159,16 @@ def test_one_place_renders_every_error():
                 or (isinstance(node.value, str) and node.value.startswith("/api/problems/"))
             ):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.endswith("Too Large"):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} a title: {node.value!r}")
+            if isinstance(node, ast.Dict) and any(
+                isinstance(k, ast.Constant)
+                and isinstance(v, ast.Constant)
+                and k.value in {s.value for s in HTTPStatus}
+                and v.value == HTTPStatus(k.value).phrase
+                for k, v in zip(node.keys, node.values, strict=True)
+            ):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} a table of reason phrases")
     assert not offenders, offenders
 
 
