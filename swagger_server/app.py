@@ -50,31 +50,9 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
     patches.apply()
     spec = security.for_deployment(checked_spec(), settings.api.oidc_issuer)
     database = Database(settings)
-    scope = RequestScope(database)
     metrics = observability.Metrics()
-    state = AppState(
-        settings=settings,
-        database=database,
-        metrics=metrics,
-        sampler=observability.ProcessSampler(metrics, database),
-        tokens=security.Tokens(settings.api.tokens),
-        keys=ApiKeys(),
-        oidc=(
-            OidcTokens(settings.api.oidc_issuer, settings.api.oidc_audience, settings.api.oidc_customer_claim)
-            if settings.api.oidc_issuer
-            else None
-        ),
-        required_scopes=security.required_scopes(spec["paths"]),
-        customer_scoped=security.customer_scoped(spec["paths"]),
-        routes=routing.Routes(spec["paths"], "/api"),
-        limits=HeadLimits.of(settings.api),
-        validators=validation.validator_map(),
-        tracing=observability.Tracing(),
-        deprecations=deprecation.headers_by_operation(spec["paths"]),
-        request_scope=scope,
-        reports=ReportCache(settings.api.dashboard_max_age),
-    )
-    scope.tracing = state.tracing
+    tracing = observability.Tracing()
+    limits = pipeline.rate_limits(settings.api, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -114,16 +92,40 @@ def create_app(settings: Settings | None = None) -> connexion.FlaskApp:
         swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
         security_map=security.security_map(),
         # Connexion's own stack, with each API's routes indexed (pipeline/routing.py).
-        middlewares=pipeline.connexion_stack(settings, state, PROBES),
+        middlewares=pipeline.connexion_stack(settings.api, limits, spec, PROBES),
+    )
+    # Everything the app owns, complete when made: nothing is added to it afterwards.
+    state = AppState(
+        settings=settings,
+        database=database,
+        metrics=metrics,
+        sampler=observability.ProcessSampler(metrics, database),
+        tokens=security.Tokens(settings.api.tokens),
+        keys=ApiKeys(),
+        oidc=(
+            OidcTokens(settings.api.oidc_issuer, settings.api.oidc_audience, settings.api.oidc_customer_claim)
+            if settings.api.oidc_issuer
+            else None
+        ),
+        required_scopes=security.required_scopes(spec["paths"]),
+        customer_scoped=security.customer_scoped(spec["paths"]),
+        routes=routing.Routes(spec["paths"], "/api"),
+        limits=HeadLimits.of(settings.api),
+        validators=validation.validator_map(),
+        tracing=tracing,
+        deprecations=deprecation.headers_by_operation(spec["paths"]),
+        request_scope=RequestScope(database, tracing, on_checkout=_record_pool_wait),
+        reports=ReportCache(settings.api.dashboard_max_age),
+        handlers=pipeline.handler_threads(app, settings, PROBES, ON_LOOP),
+        rate_limits=limits,
     )
     observability.setup_access_log(settings.api.access_log, settings.api.log_format, metrics.access_log_dropped.inc)
     observability.guard_process_logs()
-    scope.on_checkout = _record_pool_wait
     # Every layer a request passes through, in order, in one place (swagger_server/pipeline/__init__.py).
-    state.handlers = pipeline.assemble(app, spec, settings, state, PROBES, ON_LOOP)
+    pipeline.assemble(app, spec, settings, state)
     install(app.app, state)
     errors.register(app)
-    scope.init_app(app.app)
+    state.request_scope.init_app(app.app)
     return app
 
 

@@ -50,11 +50,11 @@ def request_db() -> RequestDb:
 class RequestScope:
     """Binds a Database to a Flask app: the per-request connection and its teardown."""
 
-    def __init__(self, database: Database):
+    def __init__(self, database: Database, tracing=None, on_checkout: Callable[[str, float], None] | None = None):
         self.database = database
+        self.tracing = tracing  # the app's Tracing: a span for the wait, and the connection traces statements
         # Called after each checkout with the pool's name and the seconds waited (metrics, access log).
-        self.on_checkout: Callable[[str, float], None] | None = None
-        self.tracing = None  # the app's Tracing: a span for the wait, and the connection traces statements
+        self.on_checkout = on_checkout
 
     def init_app(self, flask_app) -> None:
         flask_app.teardown_appcontext(self.teardown)

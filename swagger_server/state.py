@@ -30,8 +30,10 @@ if TYPE_CHECKING:
 KEY = "store_api"  # flask_app.extensions[KEY] is the AppState; scope["extensions"][KEY] the request's context
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, frozen=True)
 class AppState:
+    """Complete when made (app.py): nothing is added to it afterwards, and frozen so nothing can be."""
+
     settings: Settings
     database: Database
     metrics: Metrics
@@ -49,8 +51,8 @@ class AppState:
     deprecations: dict[str, list[tuple[bytes, bytes]]]
     request_scope: RequestScope  # the per-request connection and its teardown (request_scope.py)
     reports: ReportCache  # the dashboard's reports, kept for [API] dashboard_max_age (reports.py)
-    handlers: HandlerThreads | None = None
-    rate_limits: RateLimits | None = None  # [API] rate_limit (swagger_server/pipeline/ratelimit.py), when set
+    handlers: HandlerThreads  # Flask in threads we size (pipeline/handlers.py)
+    rate_limits: RateLimits | None  # [API] rate_limit (swagger_server/pipeline/ratelimit.py), when set
 
 
 def install(flask_app, state: AppState) -> None:

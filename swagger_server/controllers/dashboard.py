@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
-import urllib.parse
 from datetime import UTC, date, datetime, timedelta
 
 from swagger_server import state as app_state
@@ -48,20 +46,6 @@ def report_etag(start: date, end: date, top: int, as_of: str) -> str:
     """A report's weak ETag: its range, `top` and the snapshot it was read in (`as_of`)."""
     digest = hashlib.sha256(f"{start}/{end}/{top}/{as_of}".encode()).hexdigest()[:24]
     return f'W/"{digest}"'
-
-
-def rate_cost(scope) -> int:
-    """What one report costs in the rate limit (ratelimit.py): a unit per 31 days of its range, so the
-    default 30 days cost 1 and ten years 118. Read from the query before the handler runs; a range the
-    handler will refuse costs 1."""
-    query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    try:
-        end = date.fromisoformat(query["to"][0]) if "to" in query else datetime.now(UTC).date()
-        start = date.fromisoformat(query["from"][0]) if "from" in query else end - _DEFAULT_SPAN
-    except (ValueError, OverflowError):
-        return 1
-    days = (end - start).days + 1
-    return max(1, min(math.ceil(days / 31), 119))
 
 
 def _day(value: str, name: str) -> date:

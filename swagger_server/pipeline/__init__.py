@@ -28,32 +28,49 @@ import functools
 from connexion.middleware import MiddlewarePosition
 
 from swagger_server import observability, patches, validation
-from swagger_server.controllers import dashboard as dashboard_controller
 from swagger_server.pipeline import routing
 from swagger_server.pipeline.gate import ProblemCORS, RequestGate
 from swagger_server.pipeline.handlers import HandlerThreads
-from swagger_server.pipeline.ratelimit import RateLimited, RateLimits
+from swagger_server.pipeline.ratelimit import RateLimited, RateLimits, costs_from_spec
 from swagger_server.pipeline.rendered import RenderedOnce
 
 
-def connexion_stack(settings, state, probes: frozenset) -> list:
-    """Layers 5 and 6, given to connexion.FlaskApp(middlewares=...)."""
-    api, metrics = settings.api, state.metrics
+def rate_limits(api, metrics) -> RateLimits | None:
+    """The limiter of [API] rate_limit, or None without one."""
+    if not api.rate_limit:
+        return None
+    return RateLimits(
+        api.rate_limit,
+        api.rate_limit_storage,
+        on_degraded=lambda down: metrics.rate_limiter_degraded.set(1 if down else 0),
+        on_unlimited=metrics.rate_limiter_unlimited.inc,
+    )
+
+
+def connexion_stack(api, limits: RateLimits | None, spec: dict, probes: frozenset) -> list:
+    """Layers 5 and 6, given to connexion.FlaskApp(middlewares=...); the costs are the spec's x-rate-cost."""
     limited = None
-    if api.rate_limit:
-        state.rate_limits = RateLimits(
-            api.rate_limit,
-            api.rate_limit_storage,
-            on_degraded=lambda down: metrics.rate_limiter_degraded.set(1 if down else 0),
-            on_unlimited=metrics.rate_limiter_unlimited.inc,
-        )
-        costs = {"get_dashboard": dashboard_controller.rate_cost}
-        limited = functools.partial(RateLimited, limits_=state.rate_limits, probes=probes, costs=costs)
+    if limits is not None:
+        limited = functools.partial(RateLimited, limits_=limits, probes=probes, costs=costs_from_spec(spec["paths"]))
     return routing.middlewares(api.validate_responses, after_security=limited)
 
 
-def assemble(app, spec: dict, settings, state, probes: frozenset, on_loop: frozenset = frozenset()) -> HandlerThreads:
-    """Add layers 1 to 4 and 7 around Connexion's stack and the API; return the handler threads."""
+def handler_threads(app, settings, probes: frozenset, on_loop: frozenset = frozenset()) -> HandlerThreads:
+    """Layer 7: Flask (the Connexion app's) in threads we size."""
+    api = settings.api
+    return HandlerThreads(
+        app.app.wsgi_app,
+        threads=settings.server.threads,
+        timeout=api.admission_timeout,
+        retry_after=api.retry_after,
+        caller_share=api.caller_share,
+        probes=probes,
+        on_loop=on_loop,
+    )
+
+
+def assemble(app, spec: dict, settings, state) -> None:
+    """Add layers 1 to 4 around Connexion's stack and the API, and the handler threads (7) inside."""
     api = settings.api
     # Layers added at BEFORE_EXCEPTION run in the order added: the first is the outermost.
     app.add_middleware(observability.Observability, position=MiddlewarePosition.BEFORE_EXCEPTION, state=state)
@@ -94,14 +111,4 @@ def assemble(app, spec: dict, settings, state, probes: frozenset, on_loop: froze
         validator_map=state.validators,
         uri_parser_class=validation.StrictURIParser,
     )
-    handlers = HandlerThreads(
-        app.app.wsgi_app,
-        threads=settings.server.threads,
-        timeout=api.admission_timeout,
-        retry_after=api.retry_after,
-        caller_share=api.caller_share,
-        probes=probes,
-        on_loop=on_loop,
-    )
-    patches.serve_flask_with(app, handlers)
-    return handlers
+    patches.serve_flask_with(app, state.handlers)

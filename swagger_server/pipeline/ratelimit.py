@@ -7,7 +7,7 @@ for every worker of every host; a moving window, exact, one round trip a request
 Every answer it lets through carries the IETF draft's fields (draft-ietf-httpapi-ratelimit-headers):
 `RateLimit-Policy: "default";q=600;w=60` and `RateLimit: "default";r=<remaining>;t=<seconds to reset>`;
 a refusal is `429 rate-limited` problem+json with the same fields and `Retry-After`. An operation may
-cost more than one unit (the dashboard, by its date range: `costs`).
+cost more than one unit, as its spec says (`x-rate-cost`: the dashboard, by its date range).
 
 It runs on the event loop, after security (it knows the token) and before the handler threads (a
 refused request never waits for one). Redis is asked by a thread of the worker's own, and never for
@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import urllib.parse
 from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
 
 import limits
 
@@ -104,6 +106,45 @@ class MemoryWindows:
             reset = min(reset, current_ttl % window)
         seconds = 0 if reset == math.inf else max(0, math.ceil((now + reset) - now))
         return allowed, max(0, self.limit - math.floor(weighted)), seconds
+
+
+def costs_from_spec(paths: dict) -> dict[str, Callable]:
+    """operationId -> what one of its requests costs, by the spec's `x-rate-cost` (1 where it has none):
+    a number, or a date range's cost `{days-per-unit, from, to, default-days, most}` (the names of the
+    query parameters bounding the range, both inclusive; the range when `from` is absent)."""
+    costs: dict[str, Callable] = {}
+    for item in paths.values():
+        for operation in item.values():
+            if not isinstance(operation, dict) or "x-rate-cost" not in operation:
+                continue
+            rule, name = operation["x-rate-cost"], operation["operationId"]
+            if isinstance(rule, int) and rule >= 1:
+                costs[name] = lambda _scope, cost=rule: cost
+                continue
+            query = {p.get("name") for p in operation.get("parameters", []) if p.get("in") == "query"}
+            keys = {"days-per-unit", "from", "to", "default-days", "most"}
+            if not isinstance(rule, dict) or set(rule) != keys or not {rule["from"], rule["to"]} <= query:
+                raise RateLimitConfigError(
+                    f"x-rate-cost of {name}: a number >= 1, or {sorted(keys)} naming two of its query parameters"
+                )
+            costs[name] = _range_cost(rule)
+    return costs
+
+
+def _range_cost(rule: dict) -> Callable:
+    per, most, span = rule["days-per-unit"], rule["most"], timedelta(days=rule["default-days"] - 1)
+
+    def cost(scope) -> int:
+        """Read from the query before the handler runs."""
+        query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        try:
+            end = date.fromisoformat(query[rule["to"]][0]) if rule["to"] in query else datetime.now(UTC).date()
+            start = date.fromisoformat(query[rule["from"]][0]) if rule["from"] in query else end - span
+        except (ValueError, OverflowError):
+            return 1
+        return max(1, min(math.ceil(((end - start).days + 1) / per), most))
+
+    return cost
 
 
 class RateLimits:

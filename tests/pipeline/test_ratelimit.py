@@ -204,3 +204,25 @@ def test_the_memory_window_counts_as_the_limits_library_does(monkeypatch):
         assert mine == theirs, (caller, cost, clock[0], mine, theirs)
         allowed, refused = allowed + theirs_allowed, refused + (not theirs_allowed)
     assert allowed > 300 and refused > 100  # the observer: both verdicts were compared
+
+
+def test_the_cost_of_an_operation_is_declared_in_the_spec():
+    """The dashboard's cost is its spec's x-rate-cost (the pipeline imported a controller for it); a
+    malformed one stops the start naming the operation."""
+    from swagger_server.app import load_spec
+    from swagger_server.pipeline.ratelimit import RateLimitConfigError, costs_from_spec
+
+    costs = costs_from_spec(load_spec()["paths"])
+    assert set(costs) == {"get_dashboard"}
+    cost = costs["get_dashboard"]
+    assert cost({"query_string": b""}) == 1  # the default 30 days
+    assert cost({"query_string": b"from=2016-01-01&to=2025-12-31"}) == 118
+    assert cost({"query_string": b"from=2026-01-01&to=2026-01-31"}) == 1
+    assert cost({"query_string": b"from=2026-01-01&to=2026-02-01"}) == 2
+    assert cost({"query_string": b"from=yesterday"}) == 1  # refused by the handler: costs 1
+    assert cost({"query_string": b"from=0001-01-01&to=9999-12-31"}) == 119
+    fixed = {"/x": {"get": {"operationId": "get_x", "x-rate-cost": 3}}}
+    assert costs_from_spec(fixed)["get_x"]({}) == 3
+    broken = {"/x": {"get": {"operationId": "get_x", "x-rate-cost": {"days-per-unit": 31}}}}
+    with pytest.raises(RateLimitConfigError, match="x-rate-cost of get_x"):
+        costs_from_spec(broken)
