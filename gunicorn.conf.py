@@ -38,7 +38,7 @@ control_socket = os.path.join(_run_dir, "gunicorn.ctl")
 # on code the master has not seen load. A reload that fails its checks (a syntax error, a missing
 # module, a spec error, a bad setting, an app that does not build) logs one error naming the cause,
 # keeps the last good code, and the
-# workers go on serving it; gunicorn's master never exits on it (it used to, orphaning its workers with
+# workers go on serving it; gunicorn's master never exits on it (that would orphan its workers with
 # their metrics directory removed under them). A later SIGHUP with fixed code serves that.
 # tests/deploy/test_reload.py proves each case over real gunicorn.
 _MASTER = sys.modules.setdefault("_store_api_master", types.ModuleType("_store_api_master"))  # survives reloads
@@ -235,8 +235,8 @@ def post_fork(server, worker):
     First, the worker's own signal handling (uvicorn's init_signals: the default action for each, USR1
     reopens the logs), which init_process would set only after this hook: post_fork runs with the
     master's handlers, which queue a signal into this process's copy of the master's queue, never
-    read. A SIGTERM during the import and the pool's opening was lost, and the worker served on until
-    the master killed it at graceful_timeout
+    read: a SIGTERM during the import and the pool's opening would be lost, and the worker would serve
+    on until the master killed it at graceful_timeout
     (tests/deploy/test_gunicorn.py::test_a_sigterm_while_a_worker_boots_stops_it_at_once)."""
     worker.init_signals()
     import wsgi

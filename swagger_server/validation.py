@@ -17,7 +17,7 @@ input, not what it checks:
 - numbers in the query are ASCII digits (Python's `int()` also reads "١٢", " 12" and "1_2"), and a
   parameter that is not an array may be given once (Connexion would silently take the last);
 - one reading: the parameters and the body validated here are the ones the handler gets (stored in
-  the request's context, `state.request_context`, and handed to Connexion's Flask-side request by app.py), so no
+  the request's context, `state.request_context`, and handed to Connexion's Flask-side request by patches.py), so no
   second parser can read the request differently.
 """
 
@@ -376,7 +376,7 @@ class NamingParameterValidator(ParameterValidator):
                 error = self.validate_parameter(location, get(key), param)
                 if error:
                     raise InvalidRequest(error, field=param["name"])
-        # The handler gets these very values (app.py), not a second parse of the URL.
+        # The handler gets these very values (patches.py), not a second parse of the URL.
         read = request_context(request.scope)
         read["query"] = request.query_params
         read["path"] = request.path_params

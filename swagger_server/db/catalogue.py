@@ -1,6 +1,7 @@
 """The store's tables, read from PostgreSQL's catalogue rather than listed by hand: a table added by a
 migration is emptied by `db seed --reset` and by the tests' `store` fixture without anyone
-remembering to add it to a list (a list missed `suppliers` and leaked rows between test runs)."""
+remembering to add it to a list (a list someone must extend is one someone forgets, and rows then
+leak between test runs)."""
 
 from __future__ import annotations
 

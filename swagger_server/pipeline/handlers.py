@@ -18,7 +18,7 @@ is free only when its request is done. Further requests wait in a queue on the l
 slot is passed straight from a finished request to the first waiter that may take it, so no newcomer
 overtakes it. Requests Connexion rejects earlier (validation, auth, routing) never get here.
 
-Two rules keep one caller from taking a worker from the others (issue 29):
+Two rules keep one caller from taking a worker from the others:
 - **A share per caller.** A caller (its token; without one, its address) holds at most `cap` of the
   threads at once (`[API] caller_share` of them, at least one): one token's flood of slow dashboards
   leaves threads, and with them pool connections (one per request), for everybody else. Its further
