@@ -166,3 +166,13 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true, which fails the run instead: {reason}"
     return report
+
+
+# -- parallel runs (pytest-xdist, `make test`) --------------------------------------------------------
+def pytest_collection_modifyitems(config, items):
+    """Under `--dist loadgroup`, a module's tests run in one worker, in order, and share its module
+    fixtures (one live server a module, not one a worker); a test with an xdist_group of its own keeps
+    it (tests that share something outside their module)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
