@@ -27,6 +27,8 @@ can be a second SKU that reads like the first (docs/SECURITY.md, "Text").
 
 from __future__ import annotations
 
+import re
+
 import unicodedata2 as ucd
 
 UNICODE_VERSION = ucd.unidata_version
@@ -81,13 +83,20 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def canonical(value: str) -> str:
-    """`value` in NFC (ASCII is already)."""
+def canonical(value: str, lines: bool = False) -> str:
+    """`value` in NFC (ASCII is already); for free text (`lines`), each line break a line feed (CR LF
+    and CR alone, as a browser's form sends them, are one LF)."""
+    if lines and "\r" in value:
+        value = value.replace("\r\n", "\n").replace("\r", "\n")
     return value if value.isascii() else ucd.normalize("NFC", value)
 
 
-def refusal(value: str) -> str | None:
-    """Why `value` (already canonical) may not be stored, or None."""
+def refusal(value: str, lines: bool = False) -> str | None:
+    """Why `value` (already canonical) may not be stored, or None. Free text (`lines`: a description,
+    a review) may hold line feeds between its lines; the rest of the rule is the same (the database's
+    check reads it so too: `text_is_canonical(replace(value, E'\n', ' '))`)."""
+    if lines:
+        value = value.replace("\n", " ")
     if value.isascii():
         if value[:1].isspace() or value[-1:].isspace():
             return "may not begin or end with whitespace"
@@ -110,11 +119,32 @@ class TextRefused(ValueError):
         self.where, self.reason = where, reason
 
 
-def canonical_strings(tree):
+def line_fields(schema) -> frozenset[str]:
+    """The members of a body's schema that are free text (`x-text: lines`), as paths with `[]` for an
+    array's items: `description`, `lines[].note`."""
+    found: set[str] = set()
+    stack = [(schema, "")]
+    while stack:
+        node, path = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        if node.get("x-text") == "lines":
+            found.add(path)
+        stack += [(sub, f"{path}.{key}" if path else key) for key, sub in (node.get("properties") or {}).items()]
+        stack += [(node["items"], f"{path}[]")] if isinstance(node.get("items"), dict) else []
+        stack += [(sub, path) for combo in ("allOf", "anyOf", "oneOf") for sub in node.get(combo, ())]
+    return frozenset(found)
+
+
+_INDEX = re.compile(r"\[\d+\]")
+
+
+def canonical_strings(tree, lines: frozenset[str] = frozenset()):
     """`tree` (parsed JSON, its depth already bounded) with every string made canonical, in place;
-    TextRefused naming the first string `refusal` refuses (`lines[0].name`)."""
+    TextRefused naming the first string `refusal` refuses (`lines[0].name`). The members named in
+    `lines` (line_fields) are free text."""
     if isinstance(tree, str):
-        return _checked(tree, "")
+        return _checked(tree, "", "" in lines)
     if not isinstance(tree, (dict, list)):
         return tree  # null, a number, a boolean: no text
     stack = [(tree, "")]
@@ -125,15 +155,15 @@ def canonical_strings(tree):
             if isinstance(value, (str, dict, list)):
                 where = (f"{path}.{key}" if path else key) if isinstance(container, dict) else f"{path}[{key}]"
                 if isinstance(value, str):
-                    container[key] = _checked(value, where)
+                    container[key] = _checked(value, where, bool(lines) and _INDEX.sub("[]", where) in lines)
                 else:
                     stack.append((value, where))
     return tree
 
 
-def _checked(value: str, where: str) -> str:
-    value = canonical(value)
-    reason = refusal(value)
+def _checked(value: str, where: str, lines: bool = False) -> str:
+    value = canonical(value, lines)
+    reason = refusal(value, lines)
     if reason is not None:
         raise TextRefused(where, reason)
     return value

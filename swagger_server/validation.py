@@ -167,7 +167,8 @@ class ProblemJSONBodyValidator(JSONRequestBodyValidator):
     _cache: dict[int, tuple[dict, Draft4Validator]] = {}  # each app's subclass has its own (validator_map)
 
     def _compiled(self) -> tuple:
-        """(schema, its validator, the most bytes a valid body may take), made once per schema."""
+        """(schema, its validator, the most bytes a valid body may take, its free-text members), made once
+        per schema."""
         cached = self._cache.get(id(self._schema))
         if cached is None or cached[0] is not self._schema:
             most = most_bytes(self._schema)
@@ -175,6 +176,7 @@ class ProblemJSONBodyValidator(JSONRequestBodyValidator):
                 self._schema,
                 EcmaRequestValidator(self._schema, format_checker=FORMAT_CHECKER),
                 None if most is None else 2 * most + WHITESPACE_BYTES,
+                text_rule.line_fields(self._schema),
             )
             self._cache[id(self._schema)] = cached
         return cached
@@ -228,7 +230,7 @@ class ProblemJSONBodyValidator(JSONRequestBodyValidator):
             }[what]
             raise InvalidRequest(message, field=excerpt(where, 60) or "body")
         try:
-            body = text_rule.canonical_strings(body)
+            body = text_rule.canonical_strings(body, self._compiled()[3])
         except text_rule.TextRefused as exc:
             field = excerpt(exc.where, 60) or "body"
             raise InvalidRequest(f"'{field}' {exc.reason}", field=field) from None

@@ -169,6 +169,7 @@ def pytest_runtest_makereport(item, call):
 
 
 # -- parallel runs (pytest-xdist, `make test`) --------------------------------------------------------
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Under `--dist loadgroup`, a module's tests run in one worker, in order, and share its module
     fixtures (one live server a module, not one a worker); a test with an xdist_group of its own keeps

@@ -662,8 +662,9 @@ MUTATIONS = [
     Mutation(
         "a request refused as invalid counts against its caller (the limit runs before validation)",
         "swagger_server/pipeline/routing.py",
-        "        if middleware is SecurityMiddleware and after_security is not None:",
-        "        if middleware is ResponseValidationMiddleware and after_security is not None:",
+        "            if after_security is not None:\n                stack.append(after_security)\n    return stack",
+        "    if after_security is not None:  # innermost: after validation\n"
+        "        stack.append(after_security)\n    return stack",
         ("tests/pipeline/test_ratelimit.py::test_a_request_refused_as_invalid_counts_against_its_caller",),
     ),
     Mutation(
@@ -690,10 +691,10 @@ MUTATIONS = [
         ("tests/pipeline/test_ratelimit.py::test_each_answer_says_the_policy_and_what_is_left_and_past_it_429",),
     ),
     Mutation(
-        "the dashboard costs a unit per 31 days of its range",
-        "swagger_server/controllers/dashboard.py",
-        "    return max(1, min(math.ceil(days / 31), 119))",
-        "    return 1",
+        "the dashboard costs a unit per 31 days of its range (its spec's x-rate-cost)",
+        "swagger_server/pipeline/ratelimit.py",
+        "        return max(1, min(math.ceil(((end - start).days + 1) / per), most))",
+        "        return 1",
         ("tests/pipeline/test_ratelimit.py::test_each_answer_says_the_policy_and_what_is_left_and_past_it_429",),
     ),
     Mutation(
@@ -834,7 +835,7 @@ MUTATIONS = [
     Mutation(
         "text with format, control or separator characters or surrounding whitespace is refused naming the field",
         "swagger_server/text.py",
-        "    reason = refusal(value)\n",
+        "    reason = refusal(value, lines)\n",
         "    reason = None\n",
         (
             "tests/pipeline/test_edges.py::test_a_sku_that_looks_like_another_is_refused_naming_the_field",
@@ -844,7 +845,7 @@ MUTATIONS = [
     Mutation(
         "a body's text is normalised to NFC",
         "swagger_server/text.py",
-        "    value = canonical(value)\n",
+        "    value = canonical(value, lines)\n",
         "    value = value\n",
         ("tests/pipeline/test_edges.py::test_a_sku_is_ascii_and_a_name_in_another_normal_form_is_the_same_name",),
     ),

@@ -32,7 +32,9 @@ def create_product(body: dict):
     evaluate(lambda: page_etag(page(products.list_products(conn, 21, None, None), 20)))
     # A taken SKU is the database's unique constraint: 409 in one place (errors.integrity_problem).
     with transaction(conn):
-        row = products.create_product(conn, body["sku"], body["name"], body["price_cents"], body["stock"])
+        row = products.create_product(
+            conn, body["sku"], body["name"], body["price_cents"], body["stock"], body.get("description", "")
+        )
     return answer(row, 201, {"Location": f"/api/products/{row['id']}"})
 
 

@@ -30,4 +30,7 @@ TEXT_RULES = {
     "products_sku_canonical": ("sku", None),
     "products_name_canonical": ("name", None),
     "products_sku_ascii": ("sku", "'sku' must be printable ASCII without a space at either end"),
+    # Free text (schema 023): the rule with line feeds between lines, and the spec's maxLength.
+    "products_description_canonical": ("description", None),
+    "products_description_length": ("description", "'description' may be at most 2000 characters"),
 }

@@ -131,11 +131,13 @@ def test_a_customer_name_is_held_to_the_same_rule(db):
 def test_the_validation_files_leave_valid_constraints(db):
     rows = query(
         db,
-        "SELECT conname, convalidated FROM pg_constraint WHERE conname ~ '_(canonical|ascii)$' ORDER BY conname",
+        "SELECT conname, convalidated FROM pg_constraint WHERE conname ~ '_(canonical|ascii|length)$' ORDER BY conname",
     )
     assert rows == [
         ("customers_email_canonical", True),
         ("customers_name_canonical", True),
+        ("products_description_canonical", True),
+        ("products_description_length", True),
         ("products_name_canonical", True),
         ("products_sku_ascii", True),
         ("products_sku_canonical", True),
@@ -199,3 +201,26 @@ def _not_ignorable_format(cp: int) -> bool:
         0x110CD,
     }
     return cp in prepended or 0xFFF9 <= cp <= 0xFFFB or 0x13430 <= cp <= 0x1343F
+
+
+def test_free_text_is_the_same_rule_with_line_feeds_in_the_database_and_the_api(db):
+    """A description (schema 023) may hold line feeds between its lines; the rest of the rule is every
+    other column's. The database's check (text_is_canonical with each LF read as a space) and the
+    API's (text.refusal, lines=True) agree on every code point between two lines, and on the edges."""
+    points = [chr(cp) for cp in range(1, 0x110000) if not 0xD800 <= cp <= 0xDFFF]
+    values = ["a\n" + p + "\nb" for p in points] + ["\na", "a\n", "a\n\nb", "", "a\r\nb", " a\nb", "a\n\u200bb"]
+    api = {v: text.canonical(v, lines=True) == v and text.refusal(v, lines=True) is None for v in values}
+    assert api["a\n\nb"] and api[""] and not api["\na"] and not api["a\n"] and not api["a\n\u200bb"]
+    assert not api["a\r\nb"]  # not canonical: the API reads it as "a\nb" first
+    assert text.canonical("a\r\nb\rc", lines=True) == "a\nb\nc" and text.refusal("a\nb") is not None
+    rows = query(
+        db,
+        "SELECT v, text_is_canonical(replace(v, E'\\n', ' ')) FROM unnest(%s::text[]) v",
+        ([v for v in values if text.canonical(v, lines=True) == v],),
+    )
+    differ = [repr(v[:8]) for v, ok in rows if ok != api[v]]
+    assert len(rows) > 150_000 and differ == [], differ[:20]
+    row = query(
+        db, "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'products_description_canonical'"
+    )
+    assert row and "replace(description, '\n'::text, ' '::text)" in row[0][0], row

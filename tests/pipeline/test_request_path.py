@@ -193,15 +193,22 @@ def test_the_fast_paths_leave_the_answers_alone_under_concurrency(client, store)
 
 
 def test_the_middleware_list_is_connexions_with_the_indexed_router():
+    """Connexion's own list, with the indexed router in the router's place and, right after security,
+    the layer that reads the operation and the caller once (Identified)."""
     from connexion.middleware.main import ConnexionMiddleware
     from connexion.middleware.response_validation import ResponseValidationMiddleware
     from connexion.middleware.routing import RoutingMiddleware
+    from connexion.middleware.security import SecurityMiddleware
 
-    from swagger_server.pipeline.routing import IndexedRoutingMiddleware, middlewares
+    from swagger_server.pipeline.routing import Identified, IndexedRoutingMiddleware, middlewares
 
     default = ConnexionMiddleware.default_middlewares
     validating = middlewares(validate_responses=True)
-    assert validating == [IndexedRoutingMiddleware if m is RoutingMiddleware else m for m in default]
+    expected = []
+    for m in default:
+        expected.append(IndexedRoutingMiddleware if m is RoutingMiddleware else m)
+        expected += [Identified] if m is SecurityMiddleware else []
+    assert validating == expected
     assert middlewares(validate_responses=False) == [m for m in validating if m is not ResponseValidationMiddleware]
 
 

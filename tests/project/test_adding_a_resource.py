@@ -136,7 +136,7 @@ def _uncanonical_text(conn) -> list[str]:
         " WHERE c.relname = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped"
         " AND a.atttypid IN ('text'::regtype, 'varchar'::regtype)"
         " AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'c'"
-        "   AND pg_get_constraintdef(k.oid) ~ ('text_is_canonical\\(' || quote_ident(a.attname) || '\\)'))"
+        "   AND pg_get_constraintdef(k.oid) ~ ('text_is_canonical\\((replace\\()?' || quote_ident(a.attname) || '[),]'))"
         " ORDER BY 1",
         (catalogue.store_tables(conn),),
     )
