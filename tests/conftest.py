@@ -7,7 +7,9 @@ tokens, the live server, raw HTTP, the database helpers) is in tests/support, ne
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 
 import pytest
 
@@ -168,12 +170,34 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
-# -- parallel runs (pytest-xdist, `make test`) --------------------------------------------------------
-@pytest.hookimpl(tryfirst=True)
+# -- the fast tier (`make test-fast`) ------------------------------------------------------------------
+# What starts a process (a server, a tool, a seeded store): a test that does, or uses a fixture that
+# does, is not in the fast tier.
+_PROCESSES = re.compile(
+    r"\b(Gunicorn|start_gunicorn|refused_start|live_server|Popen|subprocess\.run|RedisServer|PgBouncer|seed_demo|seed)\("
+)
+
+
+def _starts_a_process(item) -> bool:
+    functions = [getattr(item, "function", None)]
+    for definitions in item._fixtureinfo.name2fixturedefs.values():
+        functions += [d.func for d in definitions if d.scope != "session"]
+    for function in functions:
+        try:
+            if function is not None and _PROCESSES.search(inspect.getsource(function)):
+                return True
+        except (OSError, TypeError):
+            continue
+    return False
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under `--dist loadgroup`, a module's tests run in one worker, in order, and share its module
-    fixtures (one live server a module, not one a worker); a test with an xdist_group of its own keeps
-    it (tests that share something outside their module)."""
+    """The fast tier (`-m fast`, `make test-fast`): the tests that are neither slow nor timing and start
+    no process, in or through their fixtures: the edit loop's, in-process against the test database.
+
+    (`make test` spreads the modules over workers with `--dist loadfile`: a module's tests run in one
+    worker, in order, and share its module fixtures: one live server a module, not one a worker.
+    Not `loadgroup`: pytest-xdist 3.8 marks a group on `item._nodeid`, which pytest 9.2 no longer reads.)"""
     for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+        if not any(item.get_closest_marker(m) for m in ("slow", "timing")) and not _starts_a_process(item):
+            item.add_marker(pytest.mark.fast)
