@@ -174,7 +174,8 @@ def pytest_runtest_makereport(item, call):
 # What starts a process (a server, a tool, a seeded store): a test that does, or uses a fixture that
 # does, is not in the fast tier.
 _PROCESSES = re.compile(
-    r"\b(Gunicorn|start_gunicorn|refused_start|live_server|Popen|subprocess\.run|RedisServer|PgBouncer|seed_demo|seed)\("
+    r"\b(Gunicorn|start_gunicorn|refused_start|live_server|Popen|subprocess\.run|RedisServer|PgBouncer|seed_demo|seed"
+    r"|make_replica|restart)\("
 )
 
 
