@@ -122,7 +122,58 @@ RELIED_ON = [
     ("uvicorn.server.Server", "shutdown", ("self", "sockets")),
     ("uvicorn_worker.UvicornWorker", "_serve", ("self",)),
     ("uvicorn_worker.UvicornWorker", "_install_sigquit_handler", ("self",)),
+    # What those overrides read of the objects they extend (found in the code by
+    # tests/project/test_patches.py::test_every_framework_name_the_code_relies_on_is_in_relied_on).
+    ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "_unset_keepalive_if_required", ("self",)),
+    ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "connection_made", ("self", "transport")),
+    ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "on_body", ("self", "body")),
+    ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "shutdown", ("self",)),
+    ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "parser", None),
+    ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "cycle", None),
+    ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "client", None),
+    ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "logger", None),
+    ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "loop", None),
+    ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "scope", None),
+    ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "transport", None),
+    ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "url", None),
+    # ... and of a request's cycle (server.py marks a refused or lost request's cycle done).
+    ("uvicorn.protocols.http.httptools_impl.RequestResponseCycle", "response_complete", None),
+    ("uvicorn.protocols.http.httptools_impl.RequestResponseCycle", "disconnected", None),
+    ("uvicorn.protocols.http.httptools_impl.RequestResponseCycle", "message_event", None),
+    ("uvicorn.protocols.http.httptools_impl.RequestResponseCycle", "keep_alive", None),
+    ("uvicorn.server.Server", "startup", ("self", "sockets")),
+    ("uvicorn.server.Server", "config", None),
+    ("uvicorn.server.Server", "lifespan", None),
+    ("uvicorn.lifespan.on.LifespanOn", "state", None),
+    ("uvicorn.server.Server", "server_state", None),
+    ("uvicorn.server.Server", "should_exit", None),
+    ("uvicorn.server.Server", "started", None),
+    ("uvicorn_worker._workers.UvicornWorker", "CONFIG_KWARGS", None),
+    ("uvicorn_worker._workers.UvicornWorker", "config", None),
+    ("uvicorn_worker._workers.UvicornWorker", "log", None),
+    ("uvicorn_worker._workers.UvicornWorker", "ppid", None),
+    ("uvicorn_worker._workers.UvicornWorker", "sockets", None),
+    ("uvicorn_worker._workers.UvicornWorker", "wsgi", None),
+    # gunicorn.conf.py's hooks: the arbiter's table of workers, a worker's own signal handling.
+    ("gunicorn.arbiter.Arbiter", "WORKERS", None),
+    ("gunicorn.workers.base.Worker", "init_signals", ("self",)),
+    # gate.py's CORS: Starlette's preflight answer, rendered as a problem when it refuses.
+    ("starlette.middleware.cors.CORSMiddleware", "preflight_response", ("self", "request_headers")),
+    ("starlette.middleware.cors.CORSMiddleware", "app", None),
+    ("starlette.routing.Router", "routes", None),
+    # validation.py, jsonify.py
+    ("connexion.validators.json.JSONRequestBodyValidator", "_nullable", None),
+    ("connexion.validators.json.JSONRequestBodyValidator", "_schema", None),
+    ("connexion.validators.parameter.ParameterValidator", "security_query_params", None),
+    ("connexion.validators.parameter.ParameterValidator", "strict_validation", None),
+    ("connexion.jsonifier.Jsonifier", "dumps", ("self", "data", "kwargs")),
+    # Patch 4: the operation Connexion routed to, read from its context proxy; handlers.py's environ.
+    ("werkzeug.local.LocalProxy", "_get_current_object", None),
+    ("a2wsgi.wsgi", "build_environ", ("scope", "body")),
 ]
+# Keys of an ASGI scope's "extensions" that Connexion fills and our layers read (state.operation and
+# state.caller, read once after security): a request's routing and its security's verdict.
+SCOPE_KEYS = ("connexion_routing", "connexion_context")
 
 
 def apply() -> None:

@@ -130,6 +130,9 @@ def test_every_unique_and_foreign_key_of_the_schema_has_its_answer(store):
     # The text rule's checks, one a column, each names its field (the answer when the database's
     # Unicode is older than the API's: db/unicode.py).
     texts = {
-        name for (name,) in query(store, "SELECT conname FROM pg_constraint WHERE conname ~ '_(canonical|ascii)$' OR conname ~ '_length$'")
+        name
+        for (name,) in query(
+            store, "SELECT conname FROM pg_constraint WHERE conname ~ '_(canonical|ascii)$' OR conname ~ '_length$'"
+        )
     }
     assert texts == set(constraints.TEXT_RULES), texts
