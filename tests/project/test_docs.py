@@ -405,13 +405,14 @@ def test_make_dev_serves_a_changed_spec_without_a_restart(scratch_database, tmp_
 
 
 def test_make_mock_answers_the_specs_examples():
-    """`make mock` (scripts/mock.py): no database; each operation answers its documented example,
-    requests are validated, the secured operations need a token (any)."""
+    """`make mock` (scripts/mock.py): no database; each operation answers its documented example as
+    the service would (its status, Location, ETag and 304, a 404 past the examples, its problem bodies,
+    CORS), requests are validated by the service's validators, the secured operations need a token (any)."""
     port = free_port()
     mock = subprocess.Popen(
         [sys.executable, "scripts/mock.py"],
         cwd=ROOT,
-        env={**os.environ, "MOCK_PORT": str(port)},
+        env={**os.environ, "MOCK_PORT": str(port), "APP_CONFIG": EMPTY},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -430,6 +431,24 @@ def test_make_mock_answers_the_specs_examples():
         refused = requests.post(f"{base}/customers", json={"name": "A"}, headers=token, timeout=5)
         assert refused.status_code == 400 and "email" in refused.json()["detail"]
         assert requests.get(f"{base}/ui/", timeout=5).status_code == 200
+        # As the service answers: its problem bodies, 404 past the examples, its statuses and headers, CORS.
+        assert refused.headers["Content-Type"] == "application/problem+json" and refused.json()["field"] == "email"
+        missing = requests.get(f"{base}/products/4", timeout=5)
+        assert missing.status_code == 404 and missing.json()["type"] == "/api/problems/not-found"
+        order = {"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}
+        placed = requests.post(f"{base}/orders", json=order, headers=token, timeout=5)
+        assert placed.status_code == 201 and placed.headers["Location"] == f"/api/orders/{placed.json()['id']}"
+        product = requests.get(f"{base}/products/3", timeout=5)
+        again = requests.get(f"{base}/products/3", headers={"If-None-Match": product.headers["ETag"]}, timeout=5)
+        assert again.status_code == 304
+        assert requests.delete(f"{base}/customers/1", headers=token, timeout=5).status_code == 204
+        preflight = requests.options(
+            f"{base}/products",
+            headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "GET"},
+            timeout=5,
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
     finally:
         mock.terminate()
         mock.communicate(timeout=30)
