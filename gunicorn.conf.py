@@ -136,7 +136,7 @@ def _cause(exc: BaseException) -> str:
     ) + (f": {text}" if text else "")
 
 
-worker_class = "swagger_server.server.StoreUvicornWorker"
+worker_class = "swagger_server.serving.worker.StoreUvicornWorker"
 try:
     _settings, _wsgi_code, _log_notes = _load()
 except BaseException as _exc:  # noqa: BLE001 - whatever stops the code loading is reported, one line
@@ -165,9 +165,9 @@ sys.modules["wsgi"] = _Wsgi(_wsgi_code)
 from swagger_server.db.budget import BudgetExceeded, check_connection_budget  # noqa: E402
 
 # Each worker's count of open connections, shared with the others, so that a worker holding more than
-# its share leaves new connections to them (swagger_server/spread.py). Made here, before any fork; a
+# its share leaves new connections to them (swagger_server/serving/acceptor.py). Made here, before any fork; a
 # reload makes a new table for its new workers, and each worker keeps the one it was given.
-from swagger_server.spread import Table  # noqa: E402
+from swagger_server.serving.acceptor import Table  # noqa: E402
 
 _connections = Table()
 
@@ -187,7 +187,7 @@ workers = _settings.server.workers
 # threads inside each worker (swagger_server/pipeline/handlers.py).
 #
 # Ours adds limits on the request line, header size and header count (gunicorn's limit_request_*
-# settings do nothing under uvicorn): see swagger_server/server.py. Set here, inherited by the workers.
+# settings do nothing under uvicorn): see swagger_server/serving/protocol.py. Set here, inherited by the workers.
 # (worker_class is set above, before the checks import its module.)
 
 # The app is imported in each worker, not the master: nothing can open a connection before the fork.

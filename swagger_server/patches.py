@@ -105,7 +105,7 @@ RELIED_ON = [
     ("starlette._utils", "get_route_path", ("scope",)),
     # Overrides: security.py (the cached bearer handler)
     ("connexion.security.BearerSecurityHandler", "_accepts_kwarg", ("func", "keyword")),
-    # Overrides: server.py (uvicorn's httptools protocol and server)
+    # Overrides: serving/ (uvicorn's httptools protocol and server, uvicorn_worker's worker)
     (
         "uvicorn.protocols.http.httptools_impl.HttpToolsProtocol",
         "__init__",
@@ -136,7 +136,7 @@ RELIED_ON = [
     ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "scope", None),
     ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "transport", None),
     ("uvicorn.protocols.http.httptools_impl.HttpToolsProtocol", "url", None),
-    # ... and of a request's cycle (server.py marks a refused or lost request's cycle done).
+    # ... and of a request's cycle (serving/protocol.py marks a refused or lost request's cycle done).
     ("uvicorn.protocols.http.httptools_impl.RequestResponseCycle", "response_complete", None),
     ("uvicorn.protocols.http.httptools_impl.RequestResponseCycle", "disconnected", None),
     ("uvicorn.protocols.http.httptools_impl.RequestResponseCycle", "message_event", None),

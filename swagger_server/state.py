@@ -44,7 +44,7 @@ class AppState:
     required_scopes: dict[str, str]  # operationId -> the scope it needs (the spec's x-required-scope)
     customer_scoped: frozenset[str]  # operations open to a caller bound to one customer (the spec's x-customer-scoped)
     routes: Routes  # path templates -> methods, for the Allow header of a 405
-    limits: HeadLimits  # the HTTP layer's head limits (swagger_server/server.py)
+    limits: HeadLimits  # the HTTP layer's head limits (swagger_server/serving/protocol.py)
     validators: dict[str, Any]  # Connexion's validator_map, with this app's validator caches
     tracing: Tracing  # OpenTelemetry, from the OTEL_* variables (off by default)
     # operationId -> Deprecation, Sunset, Link of a deprecated operation (swagger_server/deprecation.py)

@@ -283,14 +283,14 @@ MUTATIONS = [
     ),
     Mutation(
         "a stalled head is cut with 408 at the head timeout",
-        "swagger_server/server.py",
+        "swagger_server/serving/protocol.py",
         "self._head_timer = self.loop.call_later(self.limits.head_timeout, self._head_expired)",
         "self._head_timer = None",
         ("tests/pipeline/test_http_layer.py::test_a_stalled_head_gets_408_within_its_timeout_and_is_closed",),
     ),
     Mutation(
         "the head limit counts the head only, not a body in the same read",
-        "swagger_server/server.py",
+        "swagger_server/serving/protocol.py",
         "if in_head and self._in_head and not self._head_completed:",
         "if in_head and self._in_head:",
         (
@@ -299,7 +299,7 @@ MUTATIONS = [
     ),
     Mutation(
         "a head that arrives whole in one read is still held to the head limit",
-        "swagger_server/server.py",
+        "swagger_server/serving/protocol.py",
         '        if self._head_size + len(self.url) > self.limits.max_header_bytes:\n            raise _Refused(431, f"the request head may',
         '        if False:\n            raise _Refused(431, f"the request head may',
         (
@@ -388,14 +388,14 @@ MUTATIONS = [
     ),
     Mutation(
         "requests refused by the HTTP layer are counted in /metrics",
-        "swagger_server/server.py",
+        "swagger_server/serving/protocol.py",
         "        else:\n            self._record_refusal(status, self.client)",
         "        else:\n            pass",
         ("tests/pipeline/test_http_layer.py",),
     ),
     Mutation(
         "a client gone with pipelined requests in flight leaves no traceback",
-        "swagger_server/server.py",
+        "swagger_server/serving/protocol.py",
         "        for cycle in self._cycles:\n            if not cycle.response_complete:",
         "        for cycle in ():\n            if not cycle.response_complete:",
         (
@@ -404,7 +404,7 @@ MUTATIONS = [
     ),
     Mutation(
         "a refusal is sent after the answers to earlier pipelined requests",
-        "swagger_server/server.py",
+        "swagger_server/serving/protocol.py",
         "            return  # an earlier request is still being answered: on_response_complete calls again",
         "            pass",
         ("tests/pipeline/test_http_fuzz.py",),
@@ -764,21 +764,21 @@ MUTATIONS = [
     # -- issue 30: the edges beside the schema --------------------------------------------------------------
     Mutation(
         "chunked trailer fields never become request headers",
-        "swagger_server/server.py",
+        "swagger_server/serving/protocol.py",
         "            return\n        super().on_header(name, value)",
         "        super().on_header(name, value)",
         ("tests/pipeline/test_edges.py::test_an_authorization_trailer_never_authenticates",),
     ),
     Mutation(
         "the bytes of a chunked body that are not body (framing, trailers) are bounded as they arrive",
-        "swagger_server/server.py",
+        "swagger_server/serving/protocol.py",
         "            if self._framing > self.limits.max_header_bytes + CHUNK_FRAMING * self._chunks:",
         "            if False:",
         ("tests/pipeline/test_edges.py::test_trailers_and_framing_over_the_head_limit_are_431_with_bounded_memory",),
     ),
     Mutation(
         "a protocol upgrade is refused with a 400 problem",
-        "swagger_server/server.py",
+        "swagger_server/serving/protocol.py",
         "        if self.parser.should_upgrade():\n            raise _Refused(400,",
         "        if False:\n            raise _Refused(400,",
         ("tests/pipeline/test_edges.py::test_a_protocol_upgrade_is_a_400_problem_and_the_connection_closed",),
@@ -959,7 +959,7 @@ MUTATIONS = [
     ),
     Mutation(
         "trust is the TCP peer's, not the address a forwarding header names",
-        "swagger_server/server.py",
+        "swagger_server/serving/protocol.py",
         '        self.scope["store_api_peer"] = self.client\n',
         "",
         ("tests/observability/test_tracing.py::test_an_untrusted_caller_cannot_force_its_requests_traced",),
@@ -1069,7 +1069,7 @@ MUTATIONS = [
     ),
     Mutation(
         "a worker over its share of connections leaves new ones to its peers",
-        "swagger_server/spread.py",
+        "swagger_server/serving/acceptor.py",
         "        return mine > low + max(SLACK, low >> 3)",
         "        return False",
         (
@@ -1079,14 +1079,14 @@ MUTATIONS = [
     ),
     Mutation(
         "a connection left to a peer is taken anyway after the deferral",
-        "swagger_server/spread.py",
+        "swagger_server/serving/acceptor.py",
         "                if waited < MAX_DEFER_NS and not self._share.fewer_have_looked_since(self._deferred_at):",
         "                if not self._share.fewer_have_looked_since(self._deferred_at):",
         ("tests/deploy/test_spread.py::test_a_stopped_worker_delays_no_connection_and_then_gets_the_new_ones",),
     ),
     Mutation(
         "a closed connection no longer counts toward its worker's share",
-        "swagger_server/server.py",
+        "swagger_server/serving/protocol.py",
         "            self._share.closed()\n",
         "            pass\n",
         ("tests/deploy/test_spread.py::test_closed_connections_no_longer_count",),
@@ -1191,7 +1191,7 @@ MUTATIONS = [
     ),
     Mutation(
         "a worker whose master is gone stops",
-        "swagger_server/server.py",
+        "swagger_server/serving/worker.py",
         "                server.should_exit = True\n                return",
         "                return",
         ("tests/deploy/test_reload.py::test_workers_whose_master_was_killed_stop_within_seconds",),
@@ -1208,7 +1208,7 @@ MUTATIONS = [
     ),
     Mutation(
         "a connection that sends nothing is closed at the head timeout",
-        "swagger_server/server.py",
+        "swagger_server/serving/protocol.py",
         "        self._head_timer = self.loop.call_later(self.limits.head_timeout, self._nothing_sent)",
         "        pass",
         ("tests/pipeline/test_http_layer.py::test_a_connection_that_sends_nothing_is_closed_at_the_head_timeout",),

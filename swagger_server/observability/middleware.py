@@ -82,7 +82,7 @@ class Observability:
             if recorded:
                 return
             recorded = True
-            status = scope.get("store_api_refused", status)  # answered by the HTTP layer (server.py)
+            status = scope.get("store_api_refused", status)  # answered by the HTTP layer (serving/protocol.py)
             elapsed = time.perf_counter() - start
             operation = state.operation(scope) or "none"
             method = scope["method"] if scope["method"] in METHODS else "other"
@@ -200,7 +200,7 @@ _new_request_id = _RequestIds()
 
 
 def refusal_recorder(metrics):
-    """What the HTTP layer (swagger_server/server.py) calls for a request it refused before it reached
+    """What the HTTP layer (swagger_server/serving/protocol.py) calls for a request it refused before it reached
     the app (a head over a limit or too slow, malformed HTTP): counted and logged like any answer, so
     /metrics matches what clients received."""
 

@@ -138,7 +138,7 @@ class TrustedPeers:
     def __call__(self, scope) -> bool:
         if not self.networks:
             return False
-        # The TCP peer (server.py keeps it), not the client a forwarding header names.
+        # The TCP peer (serving/protocol.py keeps it), not the client a forwarding header names.
         peer = (scope.get("store_api_peer") or scope.get("client") or ("",))[0]
         known = self._seen.get(peer)
         if known is None:

@@ -2,7 +2,7 @@
 nowhere else (as Connexion's own `middleware/` package). Each layer's module says why it is where
 it is; this list is the order.
 
-  0. swagger_server/server.py        the HTTP protocol (uvicorn's httptools): head limits and timeout
+  0. swagger_server/serving/        the HTTP protocol (uvicorn's httptools): head limits and timeout
                                      (408, 414, 431), trailers dropped, upgrades refused
   1. observability/middleware.py     X-Request-ID, the request's context (state.py), /metrics, the
                                      access log line, the server span: sees every answer

@@ -42,7 +42,7 @@ from swagger_server.problems import PROBLEM
 
 @dataclass(frozen=True)
 class HeadLimits:
-    """The limits on a request head, enforced by the HTTP protocol while it is parsed (server.py)."""
+    """The limits on a request head, enforced by the HTTP protocol while it is parsed (serving/protocol.py)."""
 
     max_url_bytes: int = 8190
     max_header_bytes: int = 32768

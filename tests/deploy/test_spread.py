@@ -1,4 +1,4 @@
-"""Connections spread across gunicorn's workers (swagger_server/spread.py), seen from outside: which
+"""Connections spread across gunicorn's workers (swagger_server/serving/acceptor.py), seen from outside: which
 worker process holds each accepted connection (psutil, the kernel's view), on raw sockets."""
 
 from __future__ import annotations

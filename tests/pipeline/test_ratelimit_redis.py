@@ -168,7 +168,7 @@ def test_the_degraded_gauge_clears_on_every_worker_of_every_host_when_redis_is_b
     try:
         redis.kill()
         for host in hosts:
-            # New connections, spread over the workers (swagger_server/spread.py), until each
+            # New connections, spread over the workers (swagger_server/serving/acceptor.py), until each
             # worker of this host has met the failure: the host's log says so once per worker.
             def all_failed(host=host):
                 conn = http.client.HTTPConnection("127.0.0.1", host.port, timeout=10)

@@ -1,4 +1,5 @@
-"""The gunicorn worker: uvicorn's, with limits on the request head enforced while it is parsed.
+"""The HTTP protocol: uvicorn's httptools protocol, with limits on the request head enforced while it
+is parsed.
 
 gunicorn's `limit_request_line` / `limit_request_fields` / `limit_request_field_size` do nothing under
 the uvicorn worker (uvicorn parses HTTP itself), and uvicorn has no such limits for httptools: a 10 MB
@@ -27,24 +28,14 @@ Protocol-level refusals are counted in /metrics and logged like any other answer
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
-
 import httptools
-from gunicorn.arbiter import Arbiter
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.server import Server
-from uvicorn_worker import UvicornWorker
 
 from swagger_server import problems
-from swagger_server.observability import refusal_recorder
 from swagger_server.pipeline.gate import HeadLimits
-from swagger_server.spread import FairAcceptor, Share
-from swagger_server.state import of_flask
+from swagger_server.serving import DEFAULTS, ServingOptions
 
 LINGER_SECONDS = 2.0  # how long a refused client's remaining bytes are read and dropped
-ORPHAN_CHECK = 1.0  # seconds between a worker's looks at whether its master is still there
 SHUTDOWN_GRACE = 1.0  # at shutdown, how long a connection between requests may still bring one
 # Bytes a chunk's framing may take beyond the head limit: a size line with CRLF, the CRLF after the
 # data ("ffffffff\r\n" ... "\r\n": 12), with room for a short extension.
@@ -59,14 +50,14 @@ class _Refused(Exception):
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the app's head limits (HeadLimits, swagger_server/pipeline/gate.py)."""
+    """uvicorn's httptools protocol with the app's head limits (HeadLimits, swagger_server/pipeline/gate.py),
+    given one frozen ServingOptions by the worker's server (worker.py) as it makes each connection's."""
 
-    def __init__(self, config, *args, **kwargs):
+    def __init__(self, config, *args, options: ServingOptions = DEFAULTS, **kwargs):
         super().__init__(config, *args, **kwargs)
-        # The app's limits and refusal recorder, given to uvicorn's config by the worker (below).
-        self.limits: HeadLimits = getattr(config, "store_api_limits", None) or HeadLimits()
-        self._record_refusal = getattr(config, "store_api_record_refusal", None) or (lambda status, client: None)
-        self._share = getattr(config, "store_api_share", None)  # counted open by the acceptor
+        self.limits: HeadLimits = options.limits
+        self._record_refusal = options.record_refusal
+        self._share = options.share  # counted open by the acceptor
         self._in_head = True
         self._head_bytes = 0
         self._header_count = 0
@@ -162,6 +153,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._message_completed = True
 
     def data_received(self, data: bytes) -> None:
+        """uvicorn's data_received, written out rather than extended: its body is one parser call
+        wrapped in the error handling this must replace (a parser error is our problem+json refusal,
+        not uvicorn's plain-text 400, and an upgrade is refused, not handed to a WebSocket handler);
+        around it, the head's bytes are counted and a body's framing bounded per read. What it calls
+        of uvicorn (`_unset_keepalive_if_required`, `parser`) is in patches.RELIED_ON."""
         if self._lingering:
             return  # refused: what the client still sends is read and dropped
         in_head = self._in_head
@@ -285,62 +281,3 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if getattr(self, "_linger", None) is not None:
             self._linger.cancel()
         super().connection_lost(exc)
-
-
-class StoreUvicornWorker(UvicornWorker):
-    """gunicorn worker class: uvicorn with uvloop and the limited httptools protocol."""
-
-    CONFIG_KWARGS = {"loop": "auto", "http": LimitedHttpToolsProtocol, "ws": "none"}
-
-    async def _serve(self) -> None:
-        # As uvicorn_worker's, with our Server: fair accepts, each listening socket closed once (below).
-        self.config.app = self.wsgi
-        state = of_flask(self.wsgi.app)
-        self.config.store_api_limits = state.limits
-        self.config.store_api_record_refusal = refusal_recorder(state.metrics)
-        # This worker's slot in the master's table of open connections (gunicorn.conf.py's pre_fork).
-        self.config.store_api_share = Share(*getattr(self, "store_api_slot", (None, None)))
-        server = _Server(config=self.config)
-        self._install_sigquit_handler()
-        orphan_watch = asyncio.get_running_loop().create_task(self._stop_if_orphaned(server))
-        try:
-            await server.serve(sockets=self.sockets)
-        finally:
-            orphan_watch.cancel()
-        if not server.started:
-            sys.exit(Arbiter.WORKER_BOOT_ERROR)
-
-    async def _stop_if_orphaned(self, server) -> None:
-        """A worker whose master is gone (killed with SIGKILL: no one to stop or replace it, its port
-        and metrics unattended) stops, gracefully, within ORPHAN_CHECK seconds, instead of serving on."""
-        while not server.should_exit:
-            await asyncio.sleep(ORPHAN_CHECK)
-            if os.getppid() != self.ppid:
-                self.log.error("worker %s: its master (pid %s) is gone; stopping", os.getpid(), self.ppid)
-                server.should_exit = True
-                return
-
-
-class _Server(Server):
-    """uvicorn's Server, taking its connections through FairAcceptor (spread.py) rather than asyncio's
-    servers, and closing each listening socket once (uvicorn's own shutdown closed gunicorn's socket
-    objects a second time, after the asyncio servers had: "Error while closing socket [Errno 9] Bad
-    file descriptor" at every shutdown, and a close of whatever reused that descriptor number)."""
-
-    async def startup(self, sockets=None) -> None:
-        await super().startup(sockets=[])  # the lifespan (the app's start) and no listener yet
-        if self.should_exit or not self.started:
-            return
-        config = self.config
-        loop = asyncio.get_running_loop()
-
-        def create_protocol():
-            return config.http_protocol_class(
-                config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=loop
-            )
-
-        share = config.store_api_share
-        self.servers = [FairAcceptor(loop, listener, create_protocol, share) for listener in sockets or []]
-
-    async def shutdown(self, sockets=None) -> None:
-        await super().shutdown(sockets=None)  # closes each FairAcceptor, hence its socket
