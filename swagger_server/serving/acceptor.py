@@ -20,8 +20,9 @@ loop busy with 256 connections (a turn of ~50 ms) took 13 s to accept 256 more (
 
 Not `reuse_port` (a listening socket per worker, spread by the kernel's hash): under gunicorn 27 the
 master then holds no socket, and a worker that stops (a reload, a restart, a crash) resets the
-connections waiting in its own queue. With the one shared socket, a connection waits in the master's
-queue until some worker takes it, across any worker's stop.
+connections waiting in its own queue unless the host sets `net.ipv4.tcp_migrate_req=1` (then none
+are lost: bench/reuse_port.py, docs/PERFORMANCE.md). With the one shared socket, a connection waits
+in the master's queue until some worker takes it, across any worker's stop, on any host.
 """
 
 from __future__ import annotations
