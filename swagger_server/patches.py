@@ -171,6 +171,29 @@ RELIED_ON = [
     ("werkzeug.local.LocalProxy", "_get_current_object", None),
     ("a2wsgi.wsgi", "build_environ", ("scope", "body")),
 ]
+# Each patch (a function of this module) and the behaviour tests that fail if the framework changes
+# what the patch relies on, or the patch stops doing what it is for (tests/project/test_patches.py
+# checks every patch apply() makes has an entry, and every test named exists).
+BEHAVIOUR_TESTS = {
+    "_route_integers_as_segments": (
+        "tests/controllers/test_customers.py::test_a_non_numeric_id_is_a_400_naming_the_parameter",
+        "tests/project/test_patches.py::test_plain_flask_and_starlette_int_routes_keep_their_converters",
+    ),
+    "extract_content_type": (
+        "tests/pipeline/test_request_path.py::test_extract_content_type_answers_as_connexions_did",
+    ),
+    "_decorate_once": (
+        "tests/project/test_patches.py::test_each_operation_is_decorated_once",
+        "tests/project/test_patches.py::test_a_handler_replaced_after_the_first_request_is_used",
+    ),
+    "_without_slash_redirects": (
+        "tests/pipeline/test_http_layer.py::test_redirects_and_unknown_paths_are_problems_with_a_path_only_location",
+    ),
+    "serve_flask_with": (
+        "tests/pipeline/test_handlers.py::test_one_caller_holds_at_most_its_share_and_the_other_threads_stay_for_the_others",
+        "tests/pipeline/test_handlers.py::test_waiting_requests_are_served_in_arrival_order_and_counted_in_metrics",
+    ),
+}
 # Keys of an ASGI scope's "extensions" that Connexion fills and our layers read (state.operation and
 # state.caller, read once after security): a request's routing and its security's verdict.
 SCOPE_KEYS = ("connexion_routing", "connexion_context")

@@ -267,3 +267,33 @@ def test_every_scope_key_of_connexion_the_code_reads_is_listed():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("connexion_"):
                 named.add(node.value)
     assert named and named <= set(patches.SCOPE_KEYS), named - set(patches.SCOPE_KEYS)
+
+
+def test_every_patch_has_its_behaviour_tests():
+    """Every patch apply() makes, and serve_flask_with, names the behaviour tests that would fail if the
+    framework changed what it does (patches.BEHAVIOUR_TESTS); each named test exists."""
+    source = inspect.getsource(patches.apply)
+    names = {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)}
+    made = {name for name in names if inspect.isfunction(getattr(patches, name, None))} | {"serve_flask_with"}
+    assert {"_route_integers_as_segments", "_decorate_once", "_without_slash_redirects"} <= made  # the observer
+    assert made <= set(patches.BEHAVIOUR_TESTS), made - set(patches.BEHAVIOUR_TESTS)
+    for tests in patches.BEHAVIOUR_TESTS.values():
+        for node in tests:
+            path, _, name = node.partition("::")
+            assert f"def {name}(" in (_ROOT / path).read_text(), f"{node} does not exist"
+
+
+def test_each_operation_is_decorated_once(database_url, store, monkeypatch):
+    """Patch 2: Connexion built a FlaskDecorator for every request (signature inspection, three
+    wrappers); here an operation's is built at its first request, and not again."""
+    built: list = []
+    original = patches._Decorator.decorate
+    monkeypatch.setattr(patches._Decorator, "decorate", lambda self, fn: built.append(fn) or original(self, fn))
+    app = create_app(make_settings(database_url))
+    try:
+        with app.test_client(headers=AUTH) as client:
+            for _ in range(5):
+                assert client.get("/api/customers/1").status_code == 200
+    finally:
+        get_database(app).close(timeout=2)
+    assert [fn.__name__ for fn in built] == ["get_customer"]
