@@ -21,6 +21,10 @@ from swagger_server.db.queries import customers, dashboard, health, orders, prod
 from swagger_server.db.seed import seed
 from tests.support.database import admin_connect, query, schema_database
 
+# The module's store is seeded once, in its first test's setup: about 15 s alone, about 45 s beside the
+# other modules of a parallel `make test`, once over 120 s (the default per-test timeout) on a machine
+# loaded past that. The timeout of this module's tests is the seeding's bound, not a test's.
+pytestmark = pytest.mark.timeout(600)
 BIG = {"customers", "orders", "order_lines", "sales_product_days"}
 CUSTOMERS, ORDERS = 60_000, 300_000
 TODAY = date(2026, 12, 6)

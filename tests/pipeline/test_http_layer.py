@@ -481,16 +481,13 @@ def test_a_refused_cors_preflight_is_a_problem(server):
 
 
 @pytest.mark.timing
-def test_the_spec_is_rendered_once_and_a_flood_of_it_leaves_health_fast(server):
-    session = requests.Session()
-    idle = statistics.median(_timed(session, f"{server.base}/api/health") for _ in range(30))
+def _health_during_a_flood(server, session, *paths) -> tuple[float, collections.Counter]:
+    """The median time of GET /api/health from this client while another process floods `paths` (four
+    threads), over at least 2 s and 30 samples; and the flood's answers by status."""
     # The floods run in a process of their own: as threads of this one they would hold this process's
     # GIL for turns of up to 5 ms each, and the delay measured would be this client's, not the server's.
     flood = subprocess.Popen(
-        [sys.executable, "-c", _FLOOD, server.base, "/api/openapi.yaml", "/api/openapi.json"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-c", _FLOOD, server.base, *paths], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     assert flood.stdout.readline().strip() == "flooding"
     time.sleep(0.3)  # time passing: the flood is under way before measuring
@@ -499,10 +496,18 @@ def test_the_spec_is_rendered_once_and_a_flood_of_it_leaves_health_fast(server):
     samples, until = [], time.monotonic() + 2.0
     while len(samples) < 30 or time.monotonic() < until:
         samples.append(_timed(session, f"{server.base}/api/health"))
-    busy = statistics.median(samples)
     out, _ = flood.communicate("", timeout=30)  # closing its stdin stops it
     counts = collections.Counter({int(k): v for k, v in json.loads(out).items()})
     RECEIVED[200] += sum(counts.values())
+    return statistics.median(samples), counts
+
+
+def test_the_spec_is_rendered_once_and_a_flood_of_it_leaves_health_fast(server):
+    session = requests.Session()
+    # The control: the same flood of a cheap answer (health itself), under whatever else this machine
+    # runs at the time (make test runs other modules beside this one).
+    control, _ = _health_during_a_flood(server, session, "/api/health", "/api/health")
+    busy, counts = _health_during_a_flood(server, session, "/api/openapi.yaml", "/api/openapi.json")
     assert set(counts) == {200} and sum(counts.values()) > 20
 
     # On the server: each spec answer after a worker's first is a copy from memory (about 0.1 ms in
@@ -521,9 +526,11 @@ def test_the_spec_is_rendered_once_and_a_flood_of_it_leaves_health_fast(server):
     assert statistics.median(spec) < 5, sorted(spec)[-10:]
     slow = [d for d in spec if d >= 20]
     assert len(slow) <= 4 + 0.02 * len(spec), sorted(spec)[-10:]
-    # From this client, which shares 2 cores with 4 flooding threads and the server: health waits at
-    # most its turn behind spec answers from memory, not behind a 35 ms rendering of the YAML.
-    assert busy <= idle + 0.010, (idle, busy)
+    # From this client: health waits at most its turn behind spec answers from memory, as behind the
+    # control's health answers, not behind 35 ms renderings of the YAML (which would add half of one,
+    # about 17 ms, to the median). Against the control, not against an idle server: beside the other
+    # modules of a parallel run, health alone once took 4 ms and 18 ms under any flood.
+    assert busy <= control + 0.010, (control, busy)
 
 
 # Four threads asking for the given paths in a loop until stdin closes; prints {status: count}.
