@@ -10,6 +10,8 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import shutil
+import tempfile
 
 import pytest
 
@@ -151,6 +153,27 @@ def anon(app):
 def pool(app):
     """The app's pool in this process (opened now)."""
     return get_database(app).pool
+
+
+# -- a session's temporary folder is its own ---------------------------------------------------------
+def pytest_configure(config):
+    """Each session (the controller of a parallel one; its workers get folders inside it) gets a
+    temporary folder of its own, outside pytest's numbered ones: a pytest session started meanwhile
+    (make test-fast beside make test) prunes the numbered folders to the last three, and so deleted a
+    running session's PostgreSQL data directories under it, failing every later test of that session.
+    Removed when the session passes; kept, for a look, when it fails."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="store-api-tests-")
+        config.stash[_OWN_BASETEMP] = config.option.basetemp
+
+
+_OWN_BASETEMP = pytest.StashKey[str]()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    own = session.config.stash.get(_OWN_BASETEMP, None)
+    if own is not None and exitstatus == 0:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 # -- under CI, a skip is a failure --------------------------------------------------------------------
