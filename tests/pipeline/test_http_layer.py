@@ -480,7 +480,6 @@ def test_a_refused_cors_preflight_is_a_problem(server):
     assert answer.status == 400 and answer.problem()["detail"].startswith("Disallowed CORS")
 
 
-@pytest.mark.timing
 def _health_during_a_flood(server, session, *paths) -> tuple[float, collections.Counter]:
     """The median time of GET /api/health from this client while another process floods `paths` (four
     threads), over at least 2 s and 30 samples; and the flood's answers by status."""
@@ -502,6 +501,7 @@ def _health_during_a_flood(server, session, *paths) -> tuple[float, collections.
     return statistics.median(samples), counts
 
 
+@pytest.mark.timing
 def test_the_spec_is_rendered_once_and_a_flood_of_it_leaves_health_fast(server):
     session = requests.Session()
     # The control: the same flood of a cheap answer (health itself), under whatever else this machine
