@@ -1124,6 +1124,20 @@ MUTATIONS = [
         ("tests/db/test_search.py::test_the_search_finds_what_a_plain_scan_finds",),
     ),
     Mutation(
+        "free text may hold line feeds between its lines, and nothing else the rule refuses",
+        "swagger_server/text.py",
+        '    if lines:\n        value = value.replace("\\n", " ")\n',
+        "",
+        ("tests/controllers/test_products.py::test_a_description_is_free_text_with_line_breaks_and_the_rest_of_the_rule",),
+    ),
+    Mutation(
+        "the settings' rules are applied",
+        "swagger_server/config/checks.py",
+        "            problem = rule_of(f).problem(getattr(values, f.name))\n",
+        "            problem = None\n",
+        ("tests/config/test_config.py::test_every_environment_variable_changes_its_setting_and_is_validated",),
+    ),
+    Mutation(
         "a SIGTERM while a worker boots is not lost",
         "gunicorn.conf.py",
         "    worker.init_signals()\n    import wsgi",
