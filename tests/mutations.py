@@ -1128,7 +1128,9 @@ MUTATIONS = [
         "swagger_server/text.py",
         '    if lines:\n        value = value.replace("\\n", " ")\n',
         "",
-        ("tests/controllers/test_products.py::test_a_description_is_free_text_with_line_breaks_and_the_rest_of_the_rule",),
+        (
+            "tests/controllers/test_products.py::test_a_description_is_free_text_with_line_breaks_and_the_rest_of_the_rule",
+        ),
     ),
     Mutation(
         "the settings' rules are applied",
