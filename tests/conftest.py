@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -156,24 +157,33 @@ def pool(app):
 
 
 # -- a session's temporary folder is its own ---------------------------------------------------------
+_KEEP = 3  # finished sessions' folders kept for a look (their reports, a failed test's files), as pytest keeps
+
+
 def pytest_configure(config):
     """Each session (the controller of a parallel one; its workers get folders inside it) gets a
     temporary folder of its own, outside pytest's numbered ones: a pytest session started meanwhile
     (make test-fast beside make test) prunes the numbered folders to the last three, and so deleted a
     running session's PostgreSQL data directories under it, failing every later test of that session.
-    Removed when the session passes; kept, for a look, when it fails."""
-    if config.option.basetemp is None and not hasattr(config, "workerinput"):
-        config.option.basetemp = tempfile.mkdtemp(prefix="store-api-tests-")
-        config.stash[_OWN_BASETEMP] = config.option.basetemp
+    Ours are pruned only once their session's process is gone (its pid is in the folder), keeping the
+    newest three."""
+    if config.option.basetemp is not None or hasattr(config, "workerinput"):
+        return
+    root = Path(tempfile.gettempdir())
+    finished = [d for d in root.glob("store-api-tests-*") if not _running(d / "session.pid")]
+    for old in sorted(finished, key=lambda d: d.stat().st_mtime)[:-_KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+    own = Path(tempfile.mkdtemp(prefix="store-api-tests-"))
+    (own / "session.pid").write_text(str(os.getpid()))
+    config.option.basetemp = str(own / "t")
 
 
-_OWN_BASETEMP = pytest.StashKey[str]()
-
-
-def pytest_sessionfinish(session, exitstatus):
-    own = session.config.stash.get(_OWN_BASETEMP, None)
-    if own is not None and exitstatus == 0:
-        shutil.rmtree(own, ignore_errors=True)
+def _running(pid_file: Path) -> bool:
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 # -- under CI, a skip is a failure --------------------------------------------------------------------
