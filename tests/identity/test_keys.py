@@ -270,6 +270,9 @@ def test_admin_operations_issue_list_and_revoke(keys_url, admin, admin_client):
     assert client.delete(f"/api/keys/{issued.json()['id']}", headers=root).status_code == 204  # again: no change
     wait_until(lambda: client.get(f"/api/customers/{customer}", headers=bearer(key)).status_code == 401, timeout=5)
     assert client.delete("/api/keys/abcdefgh2345", headers=root).status_code == 404
+    # /api/keys/{id} has no GET: nothing current for If-Match to match, so a create with one is 412.
+    matched = client.post("/api/keys", headers={**root, "If-Match": "*"}, json={"scopes": ["read"]})
+    assert matched.status_code == 412 and matched.headers["Content-Type"] == "application/problem+json"
     missing = client.post("/api/keys", headers=root, json={"scopes": ["read"], "customer_id": 999999})
     assert missing.status_code == 404 and missing.json()["field"] == "customer_id"
     # An admin key manages keys and nothing else: its scopes are what it says.
