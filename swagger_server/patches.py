@@ -162,8 +162,6 @@ RELIED_ON = [
     ("starlette.middleware.cors.CORSMiddleware", "app", None),
     ("starlette.routing.Router", "routes", None),
     # validation.py, jsonify.py
-    ("connexion.validators.json.JSONRequestBodyValidator", "_nullable", None),
-    ("connexion.validators.json.JSONRequestBodyValidator", "_schema", None),
     ("connexion.validators.parameter.ParameterValidator", "security_query_params", None),
     ("connexion.validators.parameter.ParameterValidator", "strict_validation", None),
     ("connexion.jsonifier.Jsonifier", "dumps", ("self", "data", "kwargs")),

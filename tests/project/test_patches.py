@@ -227,15 +227,27 @@ def relied_on_by_the_code() -> set[tuple[str, str]]:
 
 
 def _listed() -> set[tuple[str, str]]:
+    """(owner, name) of RELIED_ON, a class owner also under the names of the classes it inherits from
+    and of the subclasses the code reads it on: a name listed on a base (AbstractRequestBodyValidator's
+    `_schema`) covers it read on a subclass, and one listed on a subclass covers it found on a base."""
     listed = set()
     for owner, name, _ in patches.RELIED_ON:
         target = _resolve(owner)
         if inspect.ismodule(target):
             listed.add((target.__name__, name))
-        else:
-            for cls in getattr(target, "__mro__", (target,)):
-                listed.add((f"{cls.__module__}.{cls.__qualname__}", name))
+        else:  # listed on a class: found on any class it inherits from
+            listed |= {(f"{cls.__module__}.{cls.__qualname__}", name) for cls in getattr(target, "__mro__", (target,))}
         listed.add(("(private)", name))
+    found = relied_on_by_the_code()
+    for owner, name in found:
+        if owner == "(private)" or "." not in owner:
+            continue
+        try:
+            cls = _resolve(owner)
+        except (ImportError, AttributeError):
+            continue
+        if any((f"{base.__module__}.{base.__qualname__}", name) in listed for base in getattr(cls, "__mro__", ())):
+            listed.add((owner, name))
     return listed
 
 
