@@ -18,6 +18,7 @@ from swagger_server.db.embedded import free_port
 from tests.support.auth import AUTH
 from tests.support.database import admin_connect, query
 from tests.support.servers import Gunicorn
+from tests.support.timing import within
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +96,7 @@ def test_database_restart_under_load(server, store, pg_server):
     assert all(retry for _, _, code, retry in results if code == 503)
     assert statuses.count(503) > 0, "the restart was not noticed at all"
     longest = max(end - start for start, end, _, _ in results)
-    assert longest <= (POOL_TIMEOUT + STATEMENT_TIMEOUT) * 1.1, longest
+    assert longest <= within(POOL_TIMEOUT + STATEMENT_TIMEOUT), longest
     after = [code for start, _, code, _ in results if start >= up_at + 2.0]
     assert after and all(code == 200 for code in after), "service not back within 2 s of the database"
 
