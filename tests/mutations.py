@@ -1140,6 +1140,16 @@ MUTATIONS = [
         ("tests/config/test_config.py::test_every_environment_variable_changes_its_setting_and_is_validated",),
     ),
     Mutation(
+        "a scrape leaves out a worker's file not yet sized",
+        "swagger_server/observability/metrics.py",
+        "if os.stat(path).st_size >= self.HEADER:",
+        "if os.stat(path).st_size >= 0:",
+        (
+            "tests/observability/test_worker_files.py::test_a_file_not_yet_sized_is_left_out_and_the_rest_is_read",
+            "tests/observability/test_worker_files.py::test_a_scrape_beside_an_unsized_file_is_whole_over_http",
+        ),
+    ),
+    Mutation(
         "a SIGTERM while a worker boots is not lost",
         "gunicorn.conf.py",
         "    worker.init_signals()\n    import wsgi",

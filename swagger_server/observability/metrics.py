@@ -9,6 +9,7 @@ one process count separately.
 
 from __future__ import annotations
 
+import glob
 import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -222,8 +223,35 @@ class Metrics:
 
     def render(self) -> bytes:
         """The Prometheus text exposition: all workers' values in multiprocess mode, else this app's."""
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if directory:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            registry.register(WorkerFiles(directory))
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+class WorkerFiles:
+    """prometheus_client's multiprocess collector over the workers' files that have a header.
+
+    A worker creates a file and only then sizes it (`MmapedDict`): a scrape in between read a 0-byte
+    file, raised `struct.error` and answered 500 for every metric, and a worker killed in that window
+    left the file for good, so every scrape failed until a restart (prometheus/client_python#1199,
+    open). A file shorter than its 8-byte header holds no value yet and is left out; its worker's
+    values are read by the next scrape. A live gauge's file removed by child_exit after the listing
+    is skipped by prometheus_client itself."""
+
+    HEADER = 8
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def collect(self):
+        files = []
+        for path in glob.glob(os.path.join(self.directory, "*.db")):
+            try:
+                if os.stat(path).st_size >= self.HEADER:
+                    files.append(path)
+            except FileNotFoundError:  # a dead worker's live gauge, removed since the listing
+                continue
+        return multiprocess.MultiProcessCollector.merge(files, accumulate=True)
