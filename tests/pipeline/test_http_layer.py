@@ -391,6 +391,7 @@ def _ready_latency(session: requests.Session, base: str, n: int = 30) -> float:
     return statistics.median(times)
 
 
+@pytest.mark.timing  # a held thread costs the body timeout (3 s); the bound is 20 ms above idle
 def test_a_hundred_stalled_bodies_hold_no_thread_and_readiness_stays_fast(server):
     session = requests.Session()
     _ready_latency(session, server.base, 10)  # warm: both workers' pools and the session
@@ -403,9 +404,11 @@ def test_a_hundred_stalled_bodies_hold_no_thread_and_readiness_stays_fast(server
         stalled.append(conn)
     time.sleep(0.3)  # the workers have read those heads (each is one write on loopback)
     under_attack = _ready_latency(session, server.base)
-    # Median of 30 on a kept-alive connection; the floor of 1 ms is the timer resolution of a 2-core
-    # machine running 100 sockets' worth of events, not a defence's cost.
-    assert under_attack <= max(2 * idle, idle + 0.001), (idle, under_attack)
+    # Median of 30 on a kept-alive connection. Were the stalled bodies read in handler threads (4 a
+    # worker, 50 stalled POSTs), readiness would wait for a thread until BODY_TIMEOUT (3 s); 20 ms
+    # above idle is 150 times below that, and above what a parallel `make test` on 2 cores moves a
+    # millisecond median (seen: 1.4 ms idle, 2.9 ms with the 100 sockets open beside other modules).
+    assert under_attack <= idle + 0.02, (idle, under_attack)
     # The positive marker: every stalled client was still waiting, and is now cut with a 408.
     for conn in stalled:
         answer = conn.read_answer()
