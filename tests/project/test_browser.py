@@ -73,6 +73,10 @@ class StaticSite:
 
 @pytest.fixture(scope="module")
 def browser():
+    # Playwright's assertions wait 5 s by default for what they look for: Swagger UI drawing a spec of
+    # this size beside a parallel `make test` on 2 cores once took longer. These are waits for the
+    # page to get there, not bounds on its speed; 20 s still ends a test whose page never does.
+    expect.set_options(timeout=20_000)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield browser
