@@ -52,7 +52,7 @@ mock: $(VENV)/.installed-local
 
 # Every test, the modules spread over TEST_WORKERS processes (pytest-xdist, --dist loadfile: a module's
 # tests stay in one worker, in order, sharing its module fixtures). Most of a test's time is waiting on a server, so three workers
-# on two cores take under half the serial time (5 min 50 s on a fresh clone, setup included); four were
+# on two cores take under half the serial time (5 min 20 s on a fresh clone, setup included); four were
 # no faster and loaded the machine past what the timing tests' margins allow. TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 3
 ## test: set up and run every test against a real PostgreSQL, modules in parallel (under 6 minutes)
