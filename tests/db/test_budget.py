@@ -98,19 +98,21 @@ def test_headroom_is_kept_free(database_url):
     assert with_headroom.available == without.available - 7
 
 
+def refusal(settings) -> str:
+    """The budget check's refusal for `settings`, "" if it passes."""
+    try:
+        check_connection_budget(settings)
+    except BudgetExceeded as exc:
+        return str(exc)
+    return ""
+
+
 def test_exactly_at_the_limit_fits_and_one_more_is_refused(role):
     url = role(10)
     assert check_connection_budget(budget_settings(url, workers=2, size=5)).needed == 10
 
-    def refusal() -> str:
-        try:
-            check_connection_budget(budget_settings(url, workers=2, size=6))
-        except BudgetExceeded as exc:
-            return str(exc)
-        return ""
-
     # The check above connected as the role: its backend may linger a moment and count (steady()).
-    message = steady(refusal, lambda text: "only 10 are free" in text)
+    message = steady(lambda: refusal(budget_settings(url, workers=2, size=6)), lambda text: "only 10 are free" in text)
     assert re.search(r"2 workers x 6 connections = 12, but only 10 are free.*role limit 10", message), message
 
 
@@ -120,16 +122,10 @@ def test_a_roles_other_connections_count_against_its_limit(role):
     try:
         budget = steady(lambda: measure(budget_settings(url)), lambda b: b.available == 7)
         assert budget.role_limit == 10 and budget.available == 7
-
-        def refusal() -> str:
-            try:
-                check_connection_budget(budget_settings(url, workers=2, size=4))
-            except BudgetExceeded as exc:
-                return str(exc)
-            return ""
-
         # The measurement above connected as the role: its backend may linger a moment and count.
-        message = steady(refusal, lambda text: "only 7 are free" in text)
+        message = steady(
+            lambda: refusal(budget_settings(url, workers=2, size=4)), lambda text: "only 7 are free" in text
+        )
         assert "2 workers x 4 connections = 8, but only 7 are free" in message, message
     finally:
         for conn in held:
